@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything `make test` and `make demo` need on a fresh Debian machine:
+# SoftHSM2 (the PKCS#11 module the nodes use as their HSM slot), a Python >= 3.11
+# with venv, and a virtual environment holding the project and its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+
+need_apt=()
+command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv python3-dev)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    need_apt+=(python3-venv)
+fi
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: missing ${need_apt[*]}; run as root or install them with apt-get" >&2
+        exit 1
+    fi
+    echo "bootstrap: apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+python3 - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"bootstrap: Python >= 3.11 is required, found {sys.version.split()[0]}")
+PY
+
+stamp="$VENV/.installed"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    touch "$stamp"
+fi

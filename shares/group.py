@@ -1,0 +1,169 @@
+"""Ed25519 prime-order group and scalar field, on libsodium (via PyNaCl).
+
+Encodings are those of RFC 9591 for FROST(Ed25519, SHA-512): scalars are 32-byte
+little-endian integers below L, elements are 32-byte compressed Edwards points.
+Scalar and point arithmetic on secrets runs in libsodium's constant-time C code;
+Python integers appear only for public values (identifiers, Lagrange inputs).
+
+Decoding is strict: `decode_scalar` rejects values >= L, `decode_element`
+rejects non-canonical encodings, points off the curve, points of small order
+(which includes the identity) and points outside the prime-order subgroup, as
+RFC 9591 section 6.5 requires of DeserializeElement.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from nacl import bindings as _sodium
+
+from .errors import InvalidElement, InvalidScalar
+
+#: Order of the prime-order subgroup (RFC 8032 "L").
+ORDER = 2**252 + 27742317777372353535851937790883648493
+SCALAR_SIZE = 32
+ELEMENT_SIZE = 32
+
+Scalar = bytes
+Element = bytes
+#: An RNG is a callable returning `n` random bytes: `os.urandom` in production,
+#: a seeded deterministic source in tests. Every random operation takes one.
+RandomSource = Callable[[int], bytes]
+
+#: Encoding of the neutral element (x=0, y=1).
+IDENTITY: Element = b"\x01" + b"\x00" * 31
+#: Encoding of the standard base point B of RFC 8032.
+BASEPOINT: Element = bytes.fromhex(
+    "5866666666666666666666666666666666666666666666666666666666666666"
+)
+ZERO: Scalar = b"\x00" * 32
+ONE: Scalar = b"\x01" + b"\x00" * 31
+
+
+# ---------------------------------------------------------------------------
+# Scalars
+# ---------------------------------------------------------------------------
+
+
+def scalar_from_int(value: int) -> Scalar:
+    """Encode an integer, reduced mod L, as a canonical scalar."""
+    return (value % ORDER).to_bytes(SCALAR_SIZE, "little")
+
+
+def scalar_to_int(scalar: Scalar) -> int:
+    """Decode a scalar to an int (public values only: ints are not constant-time)."""
+    return int.from_bytes(scalar, "little")
+
+
+def decode_scalar(data: bytes) -> Scalar:
+    """Return `data` if it is a canonical scalar encoding, else raise InvalidScalar."""
+    if not isinstance(data, bytes | bytearray) or len(data) != SCALAR_SIZE:
+        raise InvalidScalar(f"scalar must be {SCALAR_SIZE} bytes")
+    data = bytes(data)
+    if int.from_bytes(data, "little") >= ORDER:
+        raise InvalidScalar("scalar is not canonical (>= group order)")
+    return data
+
+
+def scalar_reduce(wide: bytes) -> Scalar:
+    """Reduce a 64-byte little-endian integer mod L (used on hash outputs)."""
+    if len(wide) != 64:
+        raise InvalidScalar("wide scalar must be 64 bytes")
+    return _sodium.crypto_core_ed25519_scalar_reduce(wide)
+
+
+def scalar_add(a: Scalar, b: Scalar) -> Scalar:
+    return _sodium.crypto_core_ed25519_scalar_add(a, b)
+
+
+def scalar_sub(a: Scalar, b: Scalar) -> Scalar:
+    return _sodium.crypto_core_ed25519_scalar_sub(a, b)
+
+
+def scalar_mul(a: Scalar, b: Scalar) -> Scalar:
+    return _sodium.crypto_core_ed25519_scalar_mul(a, b)
+
+
+def scalar_neg(a: Scalar) -> Scalar:
+    return _sodium.crypto_core_ed25519_scalar_negate(a)
+
+
+def scalar_inv(a: Scalar) -> Scalar:
+    """Multiplicative inverse mod L; InvalidScalar for zero."""
+    if scalar_is_zero(a):
+        raise InvalidScalar("zero has no inverse")
+    return _sodium.crypto_core_ed25519_scalar_invert(a)
+
+
+def scalar_is_zero(a: Scalar) -> bool:
+    return hmac.compare_digest(a, ZERO)
+
+
+def scalar_eq(a: Scalar, b: Scalar) -> bool:
+    """Constant-time scalar equality."""
+    return hmac.compare_digest(a, b)
+
+
+def random_scalar(rng: RandomSource) -> Scalar:
+    """A uniformly random non-zero scalar from 64 bytes of `rng` (bias < 2^-250)."""
+    while True:
+        s = scalar_reduce(rng(64))
+        if not scalar_is_zero(s):
+            return s
+
+
+# ---------------------------------------------------------------------------
+# Elements
+# ---------------------------------------------------------------------------
+
+
+def decode_element(data: bytes) -> Element:
+    """Return `data` if it is a valid prime-order, non-identity element encoding."""
+    if not isinstance(data, bytes | bytearray) or len(data) != ELEMENT_SIZE:
+        raise InvalidElement(f"element must be {ELEMENT_SIZE} bytes")
+    data = bytes(data)
+    # libsodium's check: canonical encoding, on the curve, not of small order
+    # (so not the identity), and in the prime-order subgroup.
+    if not _sodium.crypto_core_ed25519_is_valid_point(data):
+        raise InvalidElement("not a canonical prime-order Ed25519 point")
+    return data
+
+
+def is_identity(p: Element) -> bool:
+    return p == IDENTITY
+
+
+def element_add(p: Element, q: Element) -> Element:
+    return _sodium.crypto_core_ed25519_add(p, q)
+
+
+def element_sub(p: Element, q: Element) -> Element:
+    return _sodium.crypto_core_ed25519_sub(p, q)
+
+
+def base_mult(k: Scalar) -> Element:
+    """k * B, constant-time in k. Returns IDENTITY for k = 0."""
+    if scalar_is_zero(k):
+        return IDENTITY
+    return _sodium.crypto_scalarmult_ed25519_base_noclamp(k)
+
+
+def scalar_mult(k: Scalar, p: Element) -> Element:
+    """k * P for a prime-order element P (or the identity); constant-time in k."""
+    if scalar_is_zero(k) or p == IDENTITY:
+        return IDENTITY
+    return _sodium.crypto_scalarmult_ed25519_noclamp(k, p)
+
+
+def multi_scalar_mult(pairs: list[tuple[Scalar, Element]]) -> Element:
+    """Sum of k_i * P_i (simple loop; inputs are public in every caller)."""
+    acc = IDENTITY
+    for k, p in pairs:
+        acc = element_add(acc, scalar_mult(k, p))
+    return acc
+
+
+def element_eq(p: Element, q: Element) -> bool:
+    return hmac.compare_digest(p, q)
+
