@@ -33,7 +33,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    log="$VENV/pip-install.log"
+    echo "bootstrap: installing the project and its test extras into $VENV"
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+           && "$VENV/bin/python" -m pip install -e '.[test]'; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "bootstrap: pip install failed (full log: $log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
