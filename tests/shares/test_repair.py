@@ -1,0 +1,185 @@
+"""Share repair: round trips over random (t, n) and helper sets; every detection path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shares import group as g
+from shares import repair, shamir, vss
+from shares.errors import InvalidParameters, InvalidShare
+from shares.rng import SeededRNG
+
+
+def deal(t: int, n: int, seed: int):
+    """Trusted-dealer keys: (secret, shares by id, group commitment, verification shares)."""
+    rng = SeededRNG(seed)
+    secret = g.random_scalar(rng)
+    shares, coefficients = shamir.split_secret(secret, t, n, rng)
+    commitment = vss.commit(coefficients)
+    vshares = {s.identifier: vss.evaluate_commitment(s.identifier, commitment) for s in shares}
+    return secret, {s.identifier: s for s in shares}, commitment, vshares
+
+
+def step1_all(shares, helpers, participant, t, rng):
+    packages, deltas = [], []
+    for i in helpers:
+        public, sent = repair.repair_step1(shares[i], helpers, participant, t, rng)
+        packages.append(public)
+        deltas.extend(sent.values())
+    return packages, deltas
+
+
+def step2_all(deltas, packages, helpers, participant, vshares):
+    return [
+        repair.repair_step2(
+            j, [d for d in deltas if d.recipient == j], packages, participant, vshares
+        )
+        for j in helpers
+    ]
+
+
+@st.composite
+def repair_case(draw: st.DrawFn):
+    n = draw(st.integers(3, 7))
+    t = draw(st.integers(2, n - 1))
+    participant = draw(st.integers(1, n))
+    others = [i for i in range(1, n + 1) if i != participant]
+    helpers = draw(st.lists(st.sampled_from(others), min_size=t, max_size=n - 1, unique=True))
+    return t, n, participant, sorted(helpers), draw(st.integers(0, 2**32))
+
+
+@settings(max_examples=25)
+@given(case=repair_case())
+def test_repair_round_trip(case) -> None:
+    t, n, participant, helpers, seed = case
+    secret, shares, _, vshares = deal(t, n, seed)
+    rng = SeededRNG(seed + 1)
+    packages, deltas = step1_all(shares, helpers, participant, t, rng)
+    sigmas = step2_all(deltas, packages, helpers, participant, vshares)
+    repaired = repair.repair_step3(participant, sigmas, packages, vshares, t)
+    assert repaired == shares[participant]
+    # The repaired share works with the others: any t including it reconstruct the key.
+    others = [shares[i] for i in range(1, n + 1) if i != participant][: t - 1]
+    assert shamir.reconstruct_secret([repaired, *others], t) == secret
+
+
+def test_no_single_helper_message_contains_the_share() -> None:
+    _, shares, _, vshares = deal(3, 5, 11)
+    packages, deltas = step1_all(shares, [1, 2, 3], 5, 3, SeededRNG(12))
+    sigmas = step2_all(deltas, packages, [1, 2, 3], 5, vshares)
+    lost = shares[5].value
+    assert all(d.value != lost for d in deltas)
+    assert all(s.value != lost for s in sigmas)
+    assert "redacted" in repr(deltas[0]) and deltas[0].value.hex() not in repr(deltas[0])
+    assert "redacted" in repr(sigmas[0]) and sigmas[0].value.hex() not in repr(sigmas[0])
+
+
+@pytest.fixture
+def setup():
+    _, shares, _, vshares = deal(3, 5, 21)
+    helpers = [1, 3, 4]
+    packages, deltas = step1_all(shares, helpers, 2, 3, SeededRNG(22))
+    return shares, vshares, helpers, packages, deltas
+
+
+def _bump(value: bytes) -> bytes:
+    return g.scalar_add(value, g.ONE)
+
+
+def test_tampered_delta_names_its_sender(setup) -> None:
+    _, vshares, _helpers, packages, deltas = setup
+    bad = [
+        dataclasses.replace(d, value=_bump(d.value)) if (d.sender, d.recipient) == (3, 4) else d
+        for d in deltas
+    ]
+    with pytest.raises(InvalidShare) as exc:
+        repair.repair_step2(4, [d for d in bad if d.recipient == 4], packages, 2, vshares)
+    assert exc.value.culprits == (3,)
+
+
+def test_consistent_lie_caught_by_commitment_sum(setup) -> None:
+    # Helper 3 shifts a piece *and* its commitment: pieces no longer sum to lambda_3 * s_3.
+    _, vshares, _helpers, packages, deltas = setup
+    bad_packages = []
+    for p in packages:
+        if p.helper == 3:
+            old = next(d for d in deltas if (d.sender, d.recipient) == (3, 1))
+            moved = dict(p.commitments)
+            moved[1] = g.base_mult(_bump(old.value))
+            p = dataclasses.replace(p, commitments=moved)
+        bad_packages.append(p)
+    with pytest.raises(InvalidShare) as exc:
+        repair.repair_step2(1, [d for d in deltas if d.recipient == 1], bad_packages, 2, vshares)
+    assert exc.value.culprits == (3,)
+
+
+def test_tampered_sigma_names_its_helper(setup) -> None:
+    _, vshares, helpers, packages, deltas = setup
+    sigmas = step2_all(deltas, packages, helpers, 2, vshares)
+    bad = [dataclasses.replace(s, value=_bump(s.value)) if s.sender == 4 else s for s in sigmas]
+    with pytest.raises(InvalidShare) as exc:
+        repair.repair_step3(2, bad, packages, vshares, 3)
+    assert exc.value.culprits == (4,)
+
+
+def test_bad_delta_detected_by_verification_share_check(setup) -> None:
+    # Without the per-piece commitments, a wrong piece still yields a share that
+    # fails the final check against the participant's verification share.
+    _shares, vshares, helpers, packages, deltas = setup
+    sigmas = step2_all(deltas, packages, helpers, 2, vshares)
+    total = g.ZERO
+    for s in sigmas:
+        total = g.scalar_add(total, s.value)
+    repair.verify_repaired_share(shamir.SecretShare(2, total), vshares[2])
+    wrong = shamir.SecretShare(2, _bump(total))
+    with pytest.raises(InvalidShare):
+        repair.verify_repaired_share(wrong, vshares[2])
+
+
+def test_wrong_verification_share_is_refused(setup) -> None:
+    _, vshares, helpers, packages, deltas = setup
+    sigmas = step2_all(deltas, packages, helpers, 2, vshares)
+    lying = dict(vshares)
+    lying[2] = g.base_mult(g.scalar_from_int(12345))
+    with pytest.raises(InvalidShare):
+        repair.repair_step3(2, sigmas, packages, lying, 3)
+
+
+def test_packages_for_another_repair_are_refused(setup) -> None:
+    _, vshares, _helpers, packages, deltas = setup
+    moved = [dataclasses.replace(p, participant=5) if p.helper == 1 else p for p in packages]
+    with pytest.raises(InvalidShare) as exc:
+        repair.repair_step2(3, [d for d in deltas if d.recipient == 3], moved, 2, vshares)
+    assert exc.value.culprits == (1,)
+
+
+def test_non_canonical_piece_is_attributed(setup) -> None:
+    _, vshares, _helpers, packages, deltas = setup
+    bad = [
+        dataclasses.replace(d, value=b"\xff" * 32) if (d.sender, d.recipient) == (4, 1) else d
+        for d in deltas
+    ]
+    with pytest.raises(InvalidShare) as exc:
+        repair.repair_step2(1, [d for d in bad if d.recipient == 1], packages, 2, vshares)
+    assert exc.value.culprits == (4,)
+
+
+def test_missing_messages_and_bad_roles(setup) -> None:
+    shares, vshares, helpers, packages, deltas = setup
+    with pytest.raises(InvalidParameters):
+        repair.repair_step2(1, [d for d in deltas if d.recipient == 1][:-1], packages, 2, vshares)
+    with pytest.raises(InvalidParameters):
+        repair.repair_step2(1, [d for d in deltas if d.recipient == 1], packages[:-1], 2, vshares)
+    with pytest.raises(InvalidParameters):  # too few helpers for t
+        repair.repair_step1(shares[1], [1, 3], 2, 3, SeededRNG(1))
+    with pytest.raises(InvalidParameters):  # participant among helpers
+        repair.repair_step1(shares[1], [1, 2, 3], 2, 3, SeededRNG(1))
+    with pytest.raises(InvalidParameters):  # helper not in its own set
+        repair.repair_step1(shares[5], [1, 3, 4], 2, 3, SeededRNG(1))
+    sigmas = step2_all(deltas, packages, helpers, 2, vshares)
+    with pytest.raises(InvalidParameters):
+        repair.repair_step3(2, sigmas[:-1], packages, vshares, 3)
