@@ -66,3 +66,15 @@ class DecryptionError(SharesError):
 
 class NonceReuse(SharesError):
     """A single-use FROST nonce was used a second time."""
+
+
+class InvalidCommitment(InvalidElement, CulpritError):
+    """A participant's published commitment is not a valid element; names the participant.
+
+    It is an `InvalidElement` (so encoding checks can be caught as one type) that also
+    carries `culprits`, because a bad commitment is always some participant's fault.
+    """
+
+
+class IncorrectCommitment(SharesError):
+    """A signer's own nonce commitment is missing from, or altered in, the commitment list."""
