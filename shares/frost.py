@@ -300,18 +300,20 @@ def compute_binding_factors(
 def _mult_commitment(entry: CommitmentEntry, factor: g.Scalar) -> g.Element:
     """factor * binding commitment, letting libsodium do DeserializeElement's checks.
 
-    crypto_scalarmult_ed25519_noclamp rejects non-canonical, small-order and
-    non-prime-order points itself; its failure is translated to a culprit error.
+    libsodium's variable-base multiplication rejects non-canonical, small-order
+    and non-prime-order points itself; the identity is rejected here. A bad
+    point is reported as the committing participant's fault.
     """
-    if g.scalar_is_zero(factor):  # probability 2^-252; keep libsodium's error meaningful
-        _decode_commitment(entry, entry.binding)
-        return g.IDENTITY
     try:
-        return _sodium.crypto_scalarmult_ed25519_noclamp(factor, entry.binding)
-    except Exception as exc:  # libsodium returns -1: nacl raises RuntimeError
-        _decode_commitment(entry, entry.binding)  # raises the precise reason
+        if entry.binding == g.IDENTITY:
+            raise InvalidElement("the identity is not a valid commitment")
+        if g.scalar_is_zero(factor):  # probability 2^-252
+            g.decode_element(entry.binding)
+            return g.IDENTITY
+        return g.scalar_mult(factor, entry.binding)
+    except InvalidElement as exc:
         raise InvalidCommitment(
-            "invalid binding nonce commitment", culprits=[entry.identifier]
+            f"invalid binding nonce commitment: {exc}", culprits=[entry.identifier]
         ) from exc
 
 

@@ -17,6 +17,7 @@ import hmac
 from collections.abc import Callable
 
 from nacl import bindings as _sodium
+from nacl.exceptions import CryptoError
 
 from .errors import InvalidElement, InvalidScalar
 
@@ -118,16 +119,30 @@ def random_scalar(rng: RandomSource) -> Scalar:
 # ---------------------------------------------------------------------------
 
 
+class CheckedElement(bytes):
+    """An element encoding known to be valid: it passed `decode_element`, or this
+    module computed it from valid inputs (k*B or k*P with k != 0).
+
+    `bytes` is immutable, so the mark cannot go stale; `decode_element` returns
+    a CheckedElement at once instead of repeating the subgroup check (the
+    costliest part of validation). Anything received from outside arrives as
+    plain `bytes` and is checked in full. Do not construct it directly.
+    """
+
+    __slots__ = ()
+
+
 def decode_element(data: bytes) -> Element:
     """Return `data` if it is a valid prime-order, non-identity element encoding."""
+    if type(data) is CheckedElement:
+        return data
     if not isinstance(data, bytes | bytearray) or len(data) != ELEMENT_SIZE:
         raise InvalidElement(f"element must be {ELEMENT_SIZE} bytes")
-    data = bytes(data)
     # libsodium's check: canonical encoding, on the curve, not of small order
     # (so not the identity), and in the prime-order subgroup.
-    if not _sodium.crypto_core_ed25519_is_valid_point(data):
+    if not _sodium.crypto_core_ed25519_is_valid_point(bytes(data)):
         raise InvalidElement("not a canonical prime-order Ed25519 point")
-    return data
+    return CheckedElement(data)
 
 
 def is_identity(p: Element) -> bool:
@@ -146,14 +161,23 @@ def base_mult(k: Scalar) -> Element:
     """k * B, constant-time in k. Returns IDENTITY for k = 0."""
     if scalar_is_zero(k):
         return IDENTITY
-    return _sodium.crypto_scalarmult_ed25519_base_noclamp(k)
+    # k < L and k != 0, so k*B is a valid prime-order element.
+    return CheckedElement(_sodium.crypto_scalarmult_ed25519_base_noclamp(k))
 
 
 def scalar_mult(k: Scalar, p: Element) -> Element:
-    """k * P for a prime-order element P (or the identity); constant-time in k."""
+    """k * P for a prime-order element P (or the identity); constant-time in k.
+
+    libsodium itself rejects a P that is non-canonical, of small order or
+    outside the prime-order subgroup; that surfaces here as InvalidElement.
+    """
     if scalar_is_zero(k) or p == IDENTITY:
         return IDENTITY
-    return _sodium.crypto_scalarmult_ed25519_noclamp(k, p)
+    try:
+        out = _sodium.crypto_scalarmult_ed25519_noclamp(k, p)
+    except CryptoError as exc:  # libsodium returned -1, or not 32 bytes
+        raise InvalidElement("not a canonical prime-order Ed25519 point") from exc
+    return CheckedElement(out)
 
 
 def multi_scalar_mult(pairs: list[tuple[Scalar, Element]]) -> Element:
@@ -166,4 +190,3 @@ def multi_scalar_mult(pairs: list[tuple[Scalar, Element]]) -> Element:
 
 def element_eq(p: Element, q: Element) -> bool:
     return hmac.compare_digest(p, q)
-
