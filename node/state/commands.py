@@ -1,0 +1,436 @@
+"""Commands: immutable values, and their strict msgpack encoding.
+
+A command on the wire is one msgpack map:
+
+    {"v": 1, "kind": <str>, "request_id": <id>, "author": <name>, <fields of the kind>...}
+
+`decode_command` is the only way bytes from the Raft log become a command. It
+bounds the total size and every string, byte string and list, rejects unknown or
+missing fields, wrong types (a bool is not an int, a float is nothing) and
+trailing bytes, and raises `DecodeError` with the offending path. Encoding is
+canonical (fixed field order), so the same command always has the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from .errors import DecodeError
+
+SCHEMA_VERSION = 1
+MAX_COMMAND_BYTES = 80 * 1024
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 256
+MAX_MEMBERS = 15
+MAX_PRINCIPALS = 256
+MAX_APPROVERS = 64
+U32 = (1 << 32) - 1
+U62 = (1 << 62) - 1
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+_RID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+# ---------------------------------------------------------------- field specs
+
+
+class Spec:
+    """A field's type and bounds: `check` returns the value or raises DecodeError."""
+
+    def check(self, value: Any, path: str) -> Any:
+        raise NotImplementedError
+
+    def dump(self, value: Any) -> Any:
+        return value
+
+
+class Name(Spec):
+    def __init__(self, pattern: re.Pattern[str] = _NAME_RE) -> None:
+        self.pattern = pattern
+
+    def check(self, value: Any, path: str) -> str:
+        if type(value) is not str or not self.pattern.fullmatch(value):
+            raise DecodeError(f"{path}: expected an identifier ([A-Za-z0-9._:@-], bounded)")
+        return value
+
+
+class Text(Spec):
+    def __init__(self, max_chars: int = MAX_TEXT_CHARS) -> None:
+        self.max_chars = max_chars
+
+    def check(self, value: Any, path: str) -> str:
+        if type(value) is not str:
+            raise DecodeError(f"{path}: expected a string")
+        if len(value) > self.max_chars or not value.isprintable():
+            raise DecodeError(f"{path}: string too long or not printable")
+        return value
+
+
+class Bytes(Spec):
+    def __init__(self, *, lengths: tuple[int, ...] = (), min_len: int = 0, max_len: int = 0):
+        self.lengths, self.min_len, self.max_len = lengths, min_len, max_len
+
+    def check(self, value: Any, path: str) -> bytes:
+        if type(value) is not bytes:
+            raise DecodeError(f"{path}: expected bytes")
+        n = len(value)
+        if self.lengths and n not in self.lengths:
+            raise DecodeError(f"{path}: length {n} not in {self.lengths}")
+        if not self.lengths and not self.min_len <= n <= self.max_len:
+            raise DecodeError(f"{path}: length {n} outside [{self.min_len}, {self.max_len}]")
+        return value
+
+
+class Int(Spec):
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def check(self, value: Any, path: str) -> int:
+        if type(value) is not int or not self.lo <= value <= self.hi:
+            raise DecodeError(f"{path}: expected an integer in [{self.lo}, {self.hi}]")
+        return value
+
+
+class Bool(Spec):
+    def check(self, value: Any, path: str) -> bool:
+        if type(value) is not bool:
+            raise DecodeError(f"{path}: expected a boolean")
+        return value
+
+
+class OneOf(Spec):
+    def __init__(self, *values: str) -> None:
+        self.values = frozenset(values)
+
+    def check(self, value: Any, path: str) -> str:
+        if type(value) is not str or value not in self.values:
+            raise DecodeError(f"{path}: expected one of {sorted(self.values)}")
+        return value
+
+
+class ListOf(Spec):
+    def __init__(self, item: Spec, max_items: int, *, unique: bool = False) -> None:
+        self.item, self.max_items, self.unique = item, max_items, unique
+
+    def check(self, value: Any, path: str) -> tuple[Any, ...]:
+        if type(value) is not list or len(value) > self.max_items:
+            raise DecodeError(f"{path}: expected a list of at most {self.max_items} items")
+        out = tuple(self.item.check(v, f"{path}[{i}]") for i, v in enumerate(value))
+        if self.unique and len(set(out)) != len(out):
+            raise DecodeError(f"{path}: duplicate items")
+        return out
+
+    def dump(self, value: Any) -> Any:
+        return [self.item.dump(v) for v in value]
+
+
+class Struct(Spec):
+    def __init__(self, cls: type[Any]) -> None:
+        self.cls = cls
+
+    def check(self, value: Any, path: str) -> Any:
+        if type(value) is not dict:
+            raise DecodeError(f"{path}: expected a map")
+        return self.cls(**_check_fields(value, self.cls.SCHEMA, path))
+
+    def dump(self, value: Any) -> Any:
+        return {name: spec.dump(getattr(value, name)) for name, spec in value.SCHEMA}
+
+
+def _check_fields(raw: dict[Any, Any], schema: tuple[tuple[str, Spec], ...], path: str):
+    names = {name for name, _ in schema}
+    extra = sorted(str(k) for k in raw if k not in names)
+    if extra:
+        raise DecodeError(f"{path}: unknown field(s) {extra}")
+    missing = [name for name, _ in schema if name not in raw]
+    if missing:
+        raise DecodeError(f"{path}: missing field(s) {missing}")
+    return {name: spec.check(raw[name], f"{path}.{name}") for name, spec in schema}
+
+
+# ------------------------------------------------------------ nested values
+
+ROLES = ("operator", "approver", "client", "auditor")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpec:
+    name: str
+    index: int
+    public_key: bytes
+    SCHEMA: ClassVar = (
+        ("name", Name()),
+        ("index", Int(1, 255)),
+        ("public_key", Bytes(lengths=(32,))),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalSpec:
+    name: str
+    role: str
+    public_key: bytes  # raw Ed25519 (32 bytes) or empty for roles that never sign
+    SCHEMA: ClassVar = (
+        ("name", Name()),
+        ("role", OneOf(*ROLES)),
+        ("public_key", Bytes(lengths=(0, 32))),
+    )
+
+
+# ---------------------------------------------------------------- commands
+
+RID = Name(_RID_RE)
+VERSION = Int(1, U32)
+PAYLOAD = Bytes(min_len=1, max_len=MAX_PAYLOAD_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Base: every command has an idempotency key and an (authenticated) author."""
+
+    request_id: str
+    author: str
+    KIND: ClassVar[str] = ""
+    SCHEMA: ClassVar[tuple[tuple[str, Spec], ...]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap(Command):
+    cluster_id: str
+    threshold: int
+    members: tuple[MemberSpec, ...]
+    principals: tuple[PrincipalSpec, ...]
+    KIND: ClassVar[str] = "bootstrap"
+    SCHEMA: ClassVar = (
+        ("cluster_id", Name()),
+        ("threshold", Int(1, MAX_MEMBERS)),
+        ("members", ListOf(Struct(MemberSpec), MAX_MEMBERS)),
+        ("principals", ListOf(Struct(PrincipalSpec), MAX_PRINCIPALS)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AddPrincipal(Command):
+    name: str
+    role: str
+    public_key: bytes
+    KIND: ClassVar[str] = "add_principal"
+    SCHEMA: ClassVar = PrincipalSpec.SCHEMA
+
+
+@dataclass(frozen=True, slots=True)
+class SetPolicy(Command):
+    policy_id: str
+    requesters: tuple[str, ...]
+    operations: tuple[str, ...]
+    approvers: tuple[str, ...]
+    k: int
+    rotation_interval_s: int
+    max_uses: int
+    grace_epochs: int
+    waiting_epochs: int
+    escrow: bool
+    KIND: ClassVar[str] = "set_policy"
+    SCHEMA: ClassVar = (
+        ("policy_id", Name()),
+        ("requesters", ListOf(Name(), MAX_PRINCIPALS, unique=True)),
+        ("operations", ListOf(OneOf("sign", "decrypt"), 2, unique=True)),
+        ("approvers", ListOf(Name(), MAX_APPROVERS, unique=True)),
+        ("k", Int(1, MAX_APPROVERS)),
+        ("rotation_interval_s", Int(0, U62)),
+        ("max_uses", Int(0, U62)),
+        ("grace_epochs", Int(0, U32)),
+        ("waiting_epochs", Int(1, U32)),
+        ("escrow", Bool()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AdvanceEpoch(Command):
+    epoch: int
+    at: int  # wall-clock seconds proposed by the leader: a policy input, never a condition
+    KIND: ClassVar[str] = "advance_epoch"
+    SCHEMA: ClassVar = (("epoch", Int(1, U62)), ("at", Int(0, U62)))
+
+
+@dataclass(frozen=True, slots=True)
+class CreateKey(Command):
+    key_id: str
+    purpose: str
+    policy_id: str
+    KIND: ClassVar[str] = "create_key"
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("purpose", OneOf("sign", "encrypt")),
+        ("policy_id", Name()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSign(Command):
+    key_id: str
+    version: int  # 0 = the primary version at submission
+    context: str
+    message: bytes
+    KIND: ClassVar[str] = "request_sign"
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", Int(0, U32)),
+        ("context", Text()),
+        ("message", PAYLOAD),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDecrypt(Command):
+    key_id: str
+    version: int
+    context: str
+    ciphertext: bytes
+    KIND: ClassVar[str] = "request_decrypt"
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", VERSION),
+        ("context", Text()),
+        ("ciphertext", PAYLOAD),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRotate(Command):
+    key_id: str
+    at: int  # wall-clock seconds; a node's scheduled rotation is accepted only if due
+    KIND: ClassVar[str] = "request_rotate"
+    SCHEMA: ClassVar = (("key_id", Name()), ("at", Int(0, U62)))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRevoke(Command):
+    key_id: str
+    version: int
+    KIND: ClassVar[str] = "request_revoke"
+    SCHEMA: ClassVar = (("key_id", Name()), ("version", VERSION))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDestroy(Command):
+    key_id: str
+    version: int
+    KIND: ClassVar[str] = "request_destroy"
+    SCHEMA: ClassVar = (("key_id", Name()), ("version", VERSION))
+
+
+@dataclass(frozen=True, slots=True)
+class Approve(Command):
+    request: str
+    signature: bytes  # Ed25519 over the 64-byte canonical request digest
+    KIND: ClassVar[str] = "approve"
+    SCHEMA: ClassVar = (("request", RID), ("signature", Bytes(lengths=(64,))))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDkgResult(Command):
+    request: str
+    group_public_key: bytes
+    verification_shares: tuple[bytes, ...]
+    KIND: ClassVar[str] = "record_dkg_result"
+    SCHEMA: ClassVar = (
+        ("request", RID),
+        ("group_public_key", Bytes(lengths=(32,))),
+        ("verification_shares", ListOf(Bytes(lengths=(32,)), MAX_MEMBERS)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult(Command):
+    request: str
+    result_digest: bytes  # e.g. SHA-512 of the signature; never plaintext
+    KIND: ClassVar[str] = "record_result"
+    SCHEMA: ClassVar = (("request", RID), ("result_digest", Bytes(min_len=32, max_len=64)))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFailure(Command):
+    request: str
+    reason: str
+    KIND: ClassVar[str] = "record_failure"
+    SCHEMA: ClassVar = (("request", RID), ("reason", Text()))
+
+
+COMMANDS: dict[str, type[Command]] = {
+    cls.KIND: cls
+    for cls in (
+        Bootstrap,
+        AddPrincipal,
+        SetPolicy,
+        AdvanceEpoch,
+        CreateKey,
+        RequestSign,
+        RequestDecrypt,
+        RequestRotate,
+        RequestRevoke,
+        RequestDestroy,
+        Approve,
+        RecordDkgResult,
+        RecordResult,
+        RecordFailure,
+    )
+}
+
+_HEADER: tuple[tuple[str, Spec], ...] = (("request_id", RID), ("author", Name()))
+
+
+def encode_command(cmd: Command) -> bytes:
+    """Canonical msgpack encoding (fixed field order); validates the values as decode would."""
+    cls = type(cmd)
+    if COMMANDS.get(cls.KIND) is not cls:
+        raise TypeError(f"not a command type: {cls.__name__}")
+    body: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": cls.KIND}
+    for name, spec in (*_HEADER, *cls.SCHEMA):
+        value = getattr(cmd, name)
+        body[name] = spec.dump(value)
+    data = msgpack.packb(body, use_bin_type=True)
+    decode_command(data)  # the encoder never produces what the decoder refuses
+    return data
+
+
+def decode_command(data: bytes) -> Command:
+    """Strictly decode one command; raises `DecodeError` and nothing else."""
+    if type(data) is not bytes:
+        raise DecodeError("command must be bytes")
+    if len(data) > MAX_COMMAND_BYTES:
+        raise DecodeError(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
+    try:
+        raw = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=4 * MAX_TEXT_CHARS,
+            max_bin_len=MAX_PAYLOAD_BYTES,
+            max_array_len=MAX_PRINCIPALS,
+            max_map_len=32,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types; all mean "not a command"
+        raise DecodeError(f"not a valid msgpack command: {type(exc).__name__}") from None
+    if type(raw) is not dict:
+        raise DecodeError("command must be a map")
+    if raw.get("v") != SCHEMA_VERSION or type(raw.get("v")) is not int:
+        raise DecodeError(f"unsupported schema version (expected v={SCHEMA_VERSION})")
+    kind = raw.get("kind")
+    cls = COMMANDS.get(kind) if type(kind) is str else None
+    if cls is None:
+        raise DecodeError("unknown command kind")
+    rest = {k: v for k, v in raw.items() if k not in ("v", "kind")}
+    values = _check_fields(rest, (*_HEADER, *cls.SCHEMA), cls.KIND)
+    return cls(**values)
+
+
+def command_fields(cmd: Command) -> dict[str, Any]:
+    """The kind-specific fields of a command (for display and tests)."""
+    return {f.name: getattr(cmd, f.name) for f in fields(cmd)}

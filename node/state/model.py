@@ -1,0 +1,196 @@
+"""State types of the custody state machine.
+
+Plain dataclasses holding only ints, strings, bytes, bools, enums, tuples and
+dicts, so that `snapshot` can encode them canonically. The machine owns the
+single mutable `State`; code outside `node.state` should treat it as read-only
+and use the query methods of `Machine`. Dicts are always iterated in sorted key
+order by the rules, never in insertion order (a restored replica's insertion
+order differs from a live one's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"
+    APPROVER = "approver"
+    CLIENT = "client"
+    AUDITOR = "auditor"
+    NODE = "node"  # a cluster member acting as itself (scheduler, coordinator)
+
+
+class Purpose(StrEnum):
+    SIGN = "sign"
+    ENCRYPT = "encrypt"
+
+
+class Op(StrEnum):
+    """Operations a key version may be used for."""
+
+    SIGN = "sign"
+    VERIFY = "verify"
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+
+
+class VersionState(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    REVOKED = "revoked"
+    DESTROYED = "destroyed"
+
+
+class RequestKind(StrEnum):
+    CREATE_KEY = "create_key"
+    SIGN = "sign"
+    DECRYPT = "decrypt"
+    ROTATE = "rotate"
+    REVOKE = "revoke"
+    DESTROY = "destroy"
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"  # waiting for approvals
+    APPROVED = "approved"  # quorum met; the cluster may execute it
+    EXECUTED = "executed"  # result recorded
+    FAILED = "failed"  # execution failed or became impossible
+
+
+@dataclass(slots=True)
+class Member:
+    """A custody node: its name (`node-<i>`), FROST participant index, identity key."""
+
+    name: str
+    index: int
+    public_key: bytes
+
+
+@dataclass(slots=True)
+class Principal:
+    """A human or service identity; `public_key` (Ed25519, raw) is required for approvers."""
+
+    name: str
+    role: Role
+    public_key: bytes
+
+
+@dataclass(slots=True)
+class Policy:
+    """Who may request what, who approves, and the lifecycle periods of keys under it."""
+
+    policy_id: str
+    requesters: tuple[str, ...]  # principals allowed to submit sign/decrypt requests
+    operations: tuple[str, ...]  # subset of {"sign", "decrypt"} those requesters may ask for
+    approvers: tuple[str, ...]
+    k: int  # approvals required (1 <= k <= len(approvers))
+    rotation_interval_s: int  # 0 = no time-based rotation (wall clock is policy input only)
+    max_uses: int  # 0 = no usage-based rotation
+    grace_epochs: int  # epochs a retired version must wait before it may be destroyed
+    waiting_epochs: int  # epochs between a DKG completing and its version activating (min 1)
+    escrow: bool  # whether break-glass export may ever be requested for keys under it
+
+
+@dataclass(slots=True)
+class Version:
+    number: int
+    state: VersionState
+    request_id: str  # the create-key or rotate request that made it
+    group_public_key: bytes = b""
+    verification_shares: tuple[bytes, ...] = ()  # ordered by participant index 1..n
+    dkg_posts: dict[str, bytes] = field(default_factory=dict)  # member -> digest of its post
+    activation_epoch: int = 0  # 0 = not scheduled yet
+    activated_at: int = 0  # wall-clock seconds carried by the AdvanceEpoch that activated it
+    retired_epoch: int = 0
+    revoked_epoch: int = 0
+    destroyed_epoch: int = 0
+    uses: int = 0
+
+
+@dataclass(slots=True)
+class Key:
+    key_id: str
+    purpose: Purpose
+    policy_id: str
+    versions: dict[int, Version] = field(default_factory=dict)
+    primary: int = 0  # the active version used for new operations; 0 = none
+    lifecycle_request: str = ""  # open create-key/rotate request ("" = none)
+
+
+@dataclass(slots=True)
+class Request:
+    request_id: str
+    kind: RequestKind
+    author: str
+    key_id: str
+    version: int  # 0 until known (create/rotate: set when the version is created)
+    context: str
+    payload_hash: bytes  # SHA-512 of message / ciphertext; payload itself is not kept
+    digest: bytes  # canonical request digest approvers sign
+    submitted_epoch: int
+    approvers: tuple[str, ...]  # copied from the policy at submission
+    k: int
+    state: RequestState = RequestState.PENDING
+    approvals: dict[str, bytes] = field(default_factory=dict)  # approver -> signature
+    payload: bytes = b""  # kept only while the request may still execute
+    result_digest: bytes = b""
+    failure: str = ""
+    decided_epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of applying one command (what the proposer gets back)."""
+
+    request_id: str
+    ok: bool
+    code: str  # a RequestState / "ok" when accepted, a Reason value when rejected
+    detail: str = ""
+    seq: int = -1  # audit sequence number of the record this command produced
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One link of the audit chain. Never holds key material, shares, nonces or plaintext."""
+
+    seq: int
+    epoch: int
+    author: str
+    kind: str  # command kind
+    request_id: str  # the command's own request id
+    subject: str  # the request it concerns (approve/record) or the same id
+    key_id: str
+    version: int
+    digest: bytes  # canonical request digest, or the command digest
+    outcome: str  # "ok"/request state, or "rejected:<reason>"
+    prev: bytes  # hash of the previous record (zeros for the first)
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dedup:
+    """First outcome of a request id plus the command digest that produced it."""
+
+    command_digest: bytes
+    outcome: Outcome
+
+
+@dataclass(slots=True)
+class State:
+    cluster_id: str = ""
+    threshold: int = 0
+    epoch: int = 0
+    members: dict[str, Member] = field(default_factory=dict)
+    principals: dict[str, Principal] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    keys: dict[str, Key] = field(default_factory=dict)
+    requests: dict[str, Request] = field(default_factory=dict)
+    outcomes: dict[str, Dedup] = field(default_factory=dict)
+    audit: list[AuditRecord] = field(default_factory=list)
+
+    @property
+    def bootstrapped(self) -> bool:
+        return bool(self.cluster_id)
