@@ -220,6 +220,11 @@ class FileStorage:
             wal.read_segment(path, seq, is_last=(i == len(segs) - 1))
             for i, (seq, path) in enumerate(segs)
         ]
+        for scan in scans:
+            if not scan.records or scan.records[0].kind != K_SEGHEAD:
+                raise CorruptLog(
+                    f"{scan.path}: offset {wal.SEGMENT_HEADER_SIZE}: segment head record missing"
+                )
         self._replay(scans)
         self._reconcile_snapshot()
         last = scans[-1]
