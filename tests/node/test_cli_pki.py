@@ -1,0 +1,166 @@
+"""``custody pki ...`` end to end: in-process via ``main`` and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.cli import main
+from node.pki import load_pki, verify_pki
+
+REPO = Path(__file__).resolve().parents[2]
+ARGS = [
+    "--nodes", "3",
+    "--approvers", "alice,bob,carol",
+    "--clients", "app1",
+    "--operators", "ops",
+    "--auditors", "audit",
+]  # fmt: skip
+
+
+def _init(root: Path, *extra: str) -> list[str]:
+    return ["pki", "init", "--dir", str(root), *ARGS, *extra]
+
+
+def test_init_show_verify_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "pki"
+    assert main(_init(root)) == 0
+    assert "created PKI" in capsys.readouterr().out
+    assert main(_init(root)) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert main(_init(root, "--clients", "app2")) == 0
+    assert "issued 1 new identity" in capsys.readouterr().out and "app2" in str(
+        load_pki(root).manifest.principal("app2")
+    )
+    assert main(["pki", "show", "--dir", str(root)]) == 0
+    shown = capsys.readouterr().out
+    assert "node-3" in shown and "ops       operator  approval key" in shown
+    assert main(["pki", "verify", "--dir", str(root)]) == 0
+    assert capsys.readouterr().out.startswith("ok: CA, 3 nodes, 7 principals")
+
+
+def test_verify_fails_on_tampering(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "pki"
+    assert main(_init(root)) == 0
+    (root / "nodes/node-1/tls.key").chmod(0o644)
+    capsys.readouterr()
+    assert main(["pki", "verify", "--dir", str(root)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "pki"
+    assert main(_init(root)) == 0
+    fingerprint = load_pki(root).manifest.ca_sha256
+    assert main(["pki", "init", "--dir", str(root), "--nodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "custody: error:" in err and "--force" in err
+    assert load_pki(root).manifest.ca_sha256 == fingerprint
+    assert main(["pki", "init", "--dir", str(root), "--nodes", "2", "--force"]) == 0
+    assert load_pki(root).manifest.ca_sha256 != fingerprint
+
+
+def test_offline_ca_key_flag(tmp_path: Path) -> None:
+    root, key = tmp_path / "pki", tmp_path / "offline" / "ca.key"
+    assert main(_init(root, "--ca-key", str(key))) == 0
+    assert key.exists() and not (root / "ca/ca.key").exists()
+    assert main(_init(root, "--clients", "late")) == 2  # needs the key
+    assert main(_init(root, "--clients", "late", "--ca-key", str(key))) == 0
+    assert main(["pki", "verify", "--dir", str(root), "--ca-key", str(key)]) == 0
+
+
+def test_subprocess_python_m_node_cli(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            *_init(root, "--node-hosts", "127.0.0.1+localhost,::1,n3.example"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "created PKI" in done.stdout
+    doc = json.loads((root / "pki.json").read_text())
+    assert [n["hosts"] for n in doc["nodes"]] == [
+        ["127.0.0.1", "localhost"],
+        ["::1"],
+        ["n3.example"],
+    ]
+    assert verify_pki(load_pki(root)) == []
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "pki",
+            "init",
+            "--dir",
+            str(tmp_path / "x"),
+            "--nodes",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 2 and "node count" in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodes", "0"], "node count"),
+        (["--nodes", "16"], "node count"),
+        (["--nodes", "three"], "invalid int value"),
+        (["--nodes", "3", "--approvers", "Alice"], "invalid principal name"),
+        (["--nodes", "3", "--approvers", "a b"], "invalid principal name"),
+        (["--nodes", "3", "--approvers", "alice,,bob"], "empty name"),
+        (["--nodes", "3", "--approvers", "node-1"], "reserved"),
+        (["--nodes", "3", "--approvers", "x" * 33], "invalid principal name"),
+        (["--nodes", "3", "--approvers", "alice", "--clients", "alice"], "given twice"),
+        (["--nodes", "3", "--approvers", "alice,alice"], "given twice"),
+        (["--nodes", "2", "--node-hosts", "10.0.0.1"], "1 entries for 2 nodes"),
+        (["--nodes", "1", "--node-hosts", "*.example"], "invalid host"),
+        (["--nodes", "1", "--node-hosts", "a+"], "empty host"),
+        (["--nodes", "1", "--leaf-days", "0"], "leaf validity"),
+        (["--nodes", "1", "--ca-days", "10", "--leaf-days", "20"], "cannot exceed"),
+        (["--nodes", "1", "--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_arguments_fail_clearly_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    root = tmp_path / "pki"
+    assert main(["pki", "init", "--dir", str(root), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_missing_dir_argument_and_help(capsys: pytest.CaptureFixture) -> None:
+    assert main(["pki", "init", "--nodes", "3"]) == 2
+    assert "--dir" in capsys.readouterr().err
+    assert main(["pki", "init", "--help"]) == 0
+    assert "--node-hosts" in capsys.readouterr().out
+    assert main([]) == 2
+
+
+def test_show_without_pki_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["pki", "show", "--dir", str(tmp_path)]) == 2
+    assert "no pki.json" in capsys.readouterr().err
