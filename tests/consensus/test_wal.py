@@ -100,7 +100,7 @@ def test_torn_tail_at_every_offset_of_the_last_batch_recovers_a_prefix(tmp_path,
 
 
 def test_recovery_truncates_the_torn_tail_durably_and_appends_after_it(tmp_path, two_states):
-    d, name, lo, hi, before, _ = two_states
+    d, name, lo, _, before, _ = two_states
     os.truncate(d / name, lo + 7)  # a few bytes into the first new record
     assert observe(d) == before
     assert (d / name).stat().st_size == lo
@@ -112,7 +112,7 @@ def test_recovery_truncates_the_torn_tail_durably_and_appends_after_it(tmp_path,
 
 
 def test_zero_filled_tail_is_a_torn_tail(tmp_path, two_states):
-    d, name, _, hi, _, after = two_states
+    d, name, _, _, _, after = two_states
     with open(d / name, "ab") as f:
         f.write(b"\x00" * 4096)
     assert observe(d) == after
@@ -126,7 +126,7 @@ def test_garbage_tail_is_a_torn_tail(tmp_path, two_states):
 
 
 def test_flipped_byte_in_any_non_tail_record_raises_corruptlog(tmp_path, two_states):
-    d, name, lo, hi, _, _ = two_states
+    d, name, _, hi, _, _ = two_states
     scan = wal.read_segment(d / name, 0, is_last=True)
     last_record_at = scan.records[-1].offset
     work = tmp_path / "work"
