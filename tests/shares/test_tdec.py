@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shares import group as g
-from shares import shamir, tdec, vss
+from shares import refresh, repair, shamir, tdec, vss
 from shares.errors import (
     DecryptionError,
     EncodingError,
@@ -242,3 +242,46 @@ def test_envelopes_are_randomised(wrapped) -> None:
     again = tdec.wrap(key, data_key, AAD, CONTEXT, rng)
     assert again != envelope
     assert data_key not in envelope and data_key not in again
+
+
+def test_envelope_survives_refresh_and_repair() -> None:
+    """Wrap, refresh all shares, lose node 2 and repair it, then unwrap with new shares."""
+    _, shares, commitment, vshares = deal(3, 4, 91)
+    rng = SeededRNG(92)
+    key = commitment[0]
+    data_key = b"D" * 32
+    envelope = tdec.wrap(key, data_key, AAD, CONTEXT, rng)
+    ids = [1, 2, 3, 4]
+    packages, subs = [], []
+    for d in ids:
+        package, sent = refresh.refresh_round1(d, ids, 3, rng)
+        packages.append(package)
+        subs.extend(sent.values())
+    results = {
+        j: refresh.refresh_round2(
+            shares[j], packages, [s for s in subs if s.recipient == j], 3, vshares, key
+        )
+        for j in ids
+    }
+    new_vshares = results[1].verification_shares
+    new = {j: r.share for j, r in results.items()}
+    # Node 2 loses its refreshed share; helpers 1, 3, 4 repair it.
+    helpers = [1, 3, 4]
+    pubs, deltas = [], []
+    for i in helpers:
+        pub, sent = repair.repair_step1(new[i], helpers, 2, 3, rng)
+        pubs.append(pub)
+        deltas.extend(sent.values())
+    sigmas = [
+        repair.repair_step2(j, [d for d in deltas if d.recipient == j], pubs, 2, new_vshares)
+        for j in helpers
+    ]
+    repaired = repair.repair_step3(2, sigmas, pubs, new_vshares, 3)
+    assert repaired == new[2]
+    partials = [tdec.partial_decrypt(s, envelope, rng) for s in (repaired, new[3], new[4])]
+    assert tdec.unwrap(envelope, partials, new_vshares, 3, key, AAD, CONTEXT) == data_key
+    # A partial made with a pre-refresh share is refused against the new verification shares.
+    stale = tdec.partial_decrypt(shares[1], envelope, rng)
+    with pytest.raises(InvalidProof) as exc:
+        tdec.unwrap(envelope, [stale, *partials[1:]], new_vshares, 3, key, AAD, CONTEXT)
+    assert exc.value.culprits == (1,)
