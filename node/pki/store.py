@@ -288,7 +288,10 @@ class InitResult:
 def _existing_manifest(root: Path) -> Manifest | None:
     if not (root / MANIFEST_NAME).exists():
         return None
-    return load_pki(root).manifest
+    try:
+        return load_pki(root).manifest
+    except PkiError as exc:
+        raise PkiError(f"{exc} (use --force to re-create the PKI)") from None
 
 
 def _check_ca_key_location(root: Path, ca_key_path: Path | None) -> None:
@@ -552,6 +555,25 @@ def _check_approval(pki: Pki, p: PrincipalEntry, problems: list[str]) -> None:
         problems.append(f"{p.name}: approval.pub does not match {MANIFEST_NAME}")
 
 
+def load_approval_key(pki: Pki, name: str) -> ed25519.Ed25519PrivateKey:
+    """Principal ``name``'s Ed25519 approval signing key (approvers and operators only)."""
+    key = read_private_key(pki.approval_key_path(name))
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise PkiError(f"approval key of {name!r} is not Ed25519")
+    if approval_public_hex(key) != pki.manifest.principal(name).approval_public_key_hex:
+        raise PkiError(f"approval key of {name!r} does not match {MANIFEST_NAME}")
+    return key
+
+
+def approval_public_keys(manifest: Manifest) -> dict[str, tuple[str, bytes]]:
+    """``name -> (role, raw 32-byte Ed25519 public key)`` for every principal that signs."""
+    return {
+        p.name: (p.role, bytes.fromhex(p.approval_public_key_hex))
+        for p in manifest.principals
+        if p.approval_public_key_hex is not None
+    }
+
+
 def principal_pairs(
     approvers: Iterable[str] = (),
     clients: Iterable[str] = (),
@@ -569,7 +591,9 @@ __all__ = [
     "InitRequest",
     "InitResult",
     "Plan",
+    "approval_public_keys",
     "init_pki",
+    "load_approval_key",
     "make_request",
     "node_id",
     "plan_init",

@@ -450,3 +450,28 @@ def test_plan_is_pure_and_decides(made: Path) -> None:
     assert plan_init(_request(), existing, force=True).action == "create"
     plan = plan_init(_request(nodes=4), existing, force=False)
     assert (plan.action, plan.new_nodes, plan.new_principals) == ("extend", (4,), ())
+
+
+def test_approval_key_helpers(made: Path) -> None:
+    from node.pki import approval_public_keys, load_approval_key
+
+    pki = load_pki(made)
+    keys = approval_public_keys(pki.manifest)
+    assert sorted(keys) == ["alice", "bob", "carol", "ops"]
+    role, raw = keys["alice"]
+    signature = load_approval_key(pki, "alice").sign(b"request digest")
+    assert role == "approver" and len(raw) == 32
+    ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(signature, b"request digest")
+    with pytest.raises(PkiError, match="has no approval key"):
+        load_approval_key(pki, "app1")
+    (made / "principals/alice/approval.key").unlink()
+    (made / "principals/alice/approval.key").symlink_to(made / "principals/bob/approval.key")
+    with pytest.raises(PkiError):
+        load_approval_key(pki, "alice")
+
+
+def test_corrupt_manifest_is_refused_then_forced(made: Path) -> None:
+    (made / "pki.json").write_text("{")
+    with pytest.raises(PkiError, match="use --force"):
+        init_pki(made, _request(), now=NOW)
+    assert init_pki(made, _request(), now=NOW, force=True).action == "create"
