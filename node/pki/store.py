@@ -371,6 +371,7 @@ def _create(
     else:
         _mkdir(ca_key_path.parent, 0o700)
         write_secret(ca_key_path, _pem_key(ca_key))
+        _fsync_dir(ca_key_path.parent)
     _write_new(root / layout.CA_CERT, _pem_cert(ca_cert), 0o644)
     manifest = Manifest(
         ca_cert=layout.CA_CERT,
@@ -449,8 +450,11 @@ def _issue_and_commit(
         _write_new(root / entry_p.cert, _pem_cert(cert), 0o644)
         principals.append(entry_p)
         issued.append(ident.name)
-    for d in {root / "ca", root / "nodes", root / "principals", root}:
-        if d.exists():
+    written = {root, root / "ca", root / "nodes", root / "principals"}
+    written |= {(root / n.cert).parent for n in nodes}
+    written |= {(root / p.cert).parent for p in principals}
+    for d in written:
+        if d.is_dir():
             _fsync_dir(d)
     manifest = replace(pki.manifest, nodes=tuple(nodes), principals=tuple(principals))
     _write_atomic(root / MANIFEST_NAME, manifest.to_json().encode())
