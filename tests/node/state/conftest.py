@@ -1,0 +1,168 @@
+"""A small world for state-machine tests: real Ed25519 keys, a bootstrapped cluster."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from node.state import (
+    AdvanceEpoch,
+    Approve,
+    Bootstrap,
+    CreateKey,
+    Machine,
+    MemberSpec,
+    Outcome,
+    PrincipalSpec,
+    RecordDkgResult,
+    SetPolicy,
+)
+from node.state.approvals import sign_approval
+
+MEMBERS = ("node-1", "node-2", "node-3")
+OPERATORS = ("ops",)
+APPROVERS = ("alice", "bob", "carol")
+CLIENTS = ("app",)
+AUDITORS = ("aud",)
+
+
+def private_key(name: str) -> Ed25519PrivateKey:
+    """A deterministic real Ed25519 key per name (tests must replay exactly)."""
+    return Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(b"test-key:" + name.encode()).digest()
+    )
+
+
+def public_key(name: str) -> bytes:
+    return private_key(name).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def bootstrap_command(request_id: str = "boot", author: str = "ops", threshold: int = 2):
+    members = tuple(MemberSpec(m, i + 1, public_key(m)) for i, m in enumerate(MEMBERS))
+    principals = (
+        *(PrincipalSpec(n, "operator", public_key(n)) for n in OPERATORS),
+        *(PrincipalSpec(n, "approver", public_key(n)) for n in APPROVERS),
+        *(PrincipalSpec(n, "client", b"") for n in CLIENTS),
+        *(PrincipalSpec(n, "auditor", b"") for n in AUDITORS),
+    )
+    return Bootstrap(request_id, author, "cluster-a", threshold, members, principals)
+
+
+def policy_command(request_id: str = "pol", policy_id: str = "p1", **kw):
+    args = dict(
+        requesters=("app",),
+        operations=("decrypt", "sign"),
+        approvers=APPROVERS,
+        k=2,
+        rotation_interval_s=0,
+        max_uses=0,
+        grace_epochs=2,
+        waiting_epochs=1,
+        escrow=False,
+    )
+    args.update(kw)
+    return SetPolicy(request_id, "ops", policy_id, **args)
+
+
+GPK = bytes(range(32))
+VSHARES = tuple(bytes([i]) * 32 for i in range(1, len(MEMBERS) + 1))
+
+
+class World:
+    """Applies commands to one machine with unique request ids; knows the test keys."""
+
+    def __init__(self) -> None:
+        self.m = Machine()
+        self.n = 0
+
+    def rid(self, prefix: str = "r") -> str:
+        self.n += 1
+        return f"{prefix}-{self.n}"
+
+    def do(self, cmd) -> Outcome:
+        return self.m.apply_command(cmd)
+
+    def ok(self, cmd) -> Outcome:
+        out = self.do(cmd)
+        assert out.ok, out
+        return out
+
+    def approve(self, request: str, approver: str, *, signer: str | None = None, rid=None):
+        digest = self.m.state.requests[request].digest
+        sig = sign_approval(private_key(signer or approver), digest)
+        return self.do(Approve(rid or self.rid("a"), approver, request, sig))
+
+    def setup(self, **policy) -> World:
+        self.ok(bootstrap_command())
+        self.ok(policy_command(**policy))
+        return self
+
+    def post_dkg(self, request: str, members=MEMBERS, gpk: bytes = GPK) -> list[Outcome]:
+        return [self.do(RecordDkgResult(self.rid("d"), m, request, gpk, VSHARES)) for m in members]
+
+    def advance(self, by: int = 1, at: int = 0, author: str = "node-1") -> Outcome:
+        return self.ok(AdvanceEpoch(self.rid("e"), author, self.m.state.epoch + by, at))
+
+    def active_key(self, key_id: str = "k1", purpose: str = "sign", at: int = 0) -> str:
+        """Create a key through the full flow; return the create request id."""
+        rid = self.rid("ck")
+        self.ok(CreateKey(rid, "ops", key_id, purpose, "p1"))
+        self.approve(rid, "alice")
+        self.approve(rid, "bob")
+        self.post_dkg(rid)
+        self.advance(at=at)
+        assert self.m.active_version(key_id) == 1
+        return rid
+
+    def snap(self) -> bytes:
+        return self.m.snapshot()
+
+    def rejects(self, cmd, reason) -> Outcome:
+        return rejects(self, cmd, reason)
+
+    bootstrap_command = staticmethod(bootstrap_command)
+    policy_command = staticmethod(policy_command)
+    public_key = staticmethod(public_key)
+    private_key = staticmethod(private_key)
+    core_bytes = staticmethod(lambda m: core_bytes(m))
+    GPK = GPK
+    VSHARES = VSHARES
+    MEMBERS = MEMBERS
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+@pytest.fixture
+def ready(world: World) -> World:
+    return world.setup()
+
+
+def core_bytes(machine: Machine) -> bytes:
+    """Canonical bytes of the state without the audit chain and the exactly-once table."""
+    import dataclasses
+
+    import msgpack
+
+    from node.state.snapshot import _dump
+
+    st = dataclasses.replace(machine.state, audit=[], outcomes={})
+    return msgpack.packb(_dump(st), use_bin_type=True)
+
+
+def rejects(world: World, cmd, reason) -> Outcome:
+    """Apply `cmd`: it must be rejected with `reason`, audited, and change nothing else."""
+    before = core_bytes(world.m)
+    n_audit = len(world.m.state.audit)
+    out = world.do(cmd) if not callable(cmd) else cmd()
+    assert not out.ok, out
+    assert out.code == reason.value, out
+    assert core_bytes(world.m) == before
+    assert len(world.m.state.audit) == n_audit + 1
+    assert world.m.state.audit[-1].outcome == f"rejected:{reason.value}"
+    return out

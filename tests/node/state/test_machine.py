@@ -1,0 +1,478 @@
+"""One test per transition and per rejection of the custody state machine."""
+
+from __future__ import annotations
+
+import hashlib
+
+from node.state import (
+    AddPrincipal,
+    AdvanceEpoch,
+    CreateKey,
+    Machine,
+    Op,
+    Reason,
+    RecordDkgResult,
+    RecordFailure,
+    RecordResult,
+    RequestDecrypt,
+    RequestDestroy,
+    RequestRevoke,
+    RequestRotate,
+    RequestSign,
+    RequestState,
+    VersionState,
+)
+from node.state.commands import MemberSpec, PrincipalSpec, SetPolicy
+
+RESULT = hashlib.sha512(b"a signature").digest()
+
+
+# ------------------------------------------------------------------ bootstrap
+
+
+def test_bootstrap_registers_cluster_and_starts_epoch_1(world):
+    out = world.ok(world.bootstrap_command())
+    st = world.m.state
+    assert out.code == "ok" and out.seq == 0
+    assert st.cluster_id == "cluster-a" and st.threshold == 2 and st.epoch == 1
+    assert sorted(st.members) == ["node-1", "node-2", "node-3"]
+    assert st.members["node-2"].index == 2 and st.principals["alice"].role.value == "approver"
+
+
+def test_bootstrap_twice_rejected(world):
+    world.ok(world.bootstrap_command())
+    world.rejects(world.bootstrap_command("boot2"), Reason.ALREADY_BOOTSTRAPPED)
+
+
+def test_bootstrap_by_non_operator_rejected(world):
+    world.rejects(world.bootstrap_command(author="alice"), Reason.UNAUTHORIZED)
+
+
+def test_bootstrap_bad_threshold_rejected(world):
+    world.rejects(world.bootstrap_command(threshold=4), Reason.INVALID_CLUSTER)
+
+
+def test_bootstrap_duplicate_names_and_indices_rejected(world):
+    good = world.bootstrap_command()
+    dup_name = good.__class__(
+        "b1",
+        "ops",
+        "c",
+        1,
+        good.members,
+        (*good.principals, PrincipalSpec("node-1", "client", b"")),
+    )
+    world.rejects(dup_name, Reason.DUPLICATE_NAME)
+    m = good.members
+    dup_index = good.__class__(
+        "b2", "ops", "c", 1, (m[0], MemberSpec("node-x", 1, world.public_key("x"))), good.principals
+    )
+    world.rejects(dup_index, Reason.INVALID_CLUSTER)
+
+
+def test_bootstrap_approver_without_key_rejected(world):
+    good = world.bootstrap_command()
+    bad = good.__class__(
+        "b", "ops", "c", 1, good.members, (*good.principals, PrincipalSpec("dan", "approver", b""))
+    )
+    world.rejects(bad, Reason.INVALID_PRINCIPAL)
+
+
+def test_commands_before_bootstrap_rejected(world):
+    world.rejects(world.policy_command(), Reason.NOT_BOOTSTRAPPED)
+
+
+# --------------------------------------------------------- principals, policy
+
+
+def test_add_principal(ready):
+    ready.ok(AddPrincipal("ap", "ops", "dave", "approver", ready.public_key("dave")))
+    assert ready.m.state.principals["dave"].public_key == ready.public_key("dave")
+
+
+def test_add_principal_duplicate_rejected(ready):
+    ready.rejects(AddPrincipal("ap", "ops", "alice", "client", b""), Reason.DUPLICATE_NAME)
+    ready.rejects(AddPrincipal("ap2", "ops", "node-1", "client", b""), Reason.DUPLICATE_NAME)
+
+
+def test_unknown_author_rejected(ready):
+    ready.rejects(AddPrincipal("ap", "mallory", "m", "client", b""), Reason.UNKNOWN_AUTHOR)
+
+
+def test_roles_enforced(ready):
+    ready.rejects(AddPrincipal("x1", "app", "m", "client", b""), Reason.UNAUTHORIZED)
+    by_approver = SetPolicy(
+        "x2", "alice", "p2", ("app",), ("sign",), ("alice",), 1, 0, 0, 0, 1, False
+    )
+    ready.rejects(by_approver, Reason.UNAUTHORIZED)
+    ready.rejects(CreateKey("x3", "app", "k9", "sign", "p1"), Reason.UNAUTHORIZED)
+
+
+def test_auditor_is_read_only(ready):
+    for cmd in [
+        AddPrincipal("q1", "aud", "m", "client", b""),
+        AdvanceEpoch("q2", "aud", 5, 0),
+        CreateKey("q3", "aud", "k9", "sign", "p1"),
+        RequestSign("q4", "aud", "k9", 0, "", b"m"),
+        RequestRevoke("q5", "aud", "k9", 1),
+    ]:
+        ready.rejects(cmd, Reason.UNAUTHORIZED)
+
+
+def test_set_policy_and_replace(ready):
+    pol = ready.m.state.policies["p1"]
+    assert pol.k == 2 and pol.approvers == ("alice", "bob", "carol")
+    ready.ok(ready.policy_command("pol2", k=3))
+    assert ready.m.state.policies["p1"].k == 3
+
+
+def test_set_policy_rejections(ready):
+    ready.rejects(ready.policy_command("x1", k=4), Reason.INVALID_POLICY)
+    ready.rejects(ready.policy_command("x2", approvers=("alice", "zed")), Reason.UNKNOWN_PRINCIPAL)
+    ready.rejects(ready.policy_command("x3", approvers=("alice", "app")), Reason.INVALID_POLICY)
+    ready.rejects(ready.policy_command("x4", requesters=("alice",)), Reason.INVALID_POLICY)
+
+
+# -------------------------------------------------------------------- epochs
+
+
+def test_advance_epoch_only_forward(ready):
+    ready.advance(by=3)
+    assert ready.m.state.epoch == 4
+    ready.rejects(AdvanceEpoch("e-same", "node-1", 4, 0), Reason.EPOCH_NOT_FORWARD)
+    ready.rejects(AdvanceEpoch("e-back", "ops", 2, 0), Reason.EPOCH_NOT_FORWARD)
+
+
+# ---------------------------------------------------------- key creation, DKG
+
+
+def test_create_key_full_lifecycle_to_active(ready):
+    out = ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1"))
+    assert out.code == "pending"
+    assert ready.approve("ck", "alice").code == "pending"
+    assert ready.approve("ck", "bob").code == "approved"
+    key = ready.m.state.keys["k1"]
+    assert key.versions[1].state is VersionState.PENDING
+    outs = ready.post_dkg("ck")
+    assert [o.code for o in outs] == ["ok", "ok", "executed"]
+    v = key.versions[1]
+    assert (
+        v.activation_epoch == 2
+        and v.group_public_key == ready.GPK
+        and v.verification_shares == ready.VSHARES
+    )
+    assert ready.m.active_version("k1") is None  # pending until its epoch
+    assert ready.m.active_version("k1", epoch=2) == 1  # scheduled
+    ready.advance(at=1000)
+    assert v.state is VersionState.ACTIVE and key.primary == 1 and v.activated_at == 1000
+    assert ready.m.state.requests["ck"].state is RequestState.EXECUTED
+
+
+def test_create_key_rejections(ready):
+    ready.active_key("k1")
+    ready.rejects(CreateKey("x1", "ops", "k1", "sign", "p1"), Reason.KEY_EXISTS)
+    ready.rejects(CreateKey("x2", "ops", "k2", "sign", "nope"), Reason.UNKNOWN_POLICY)
+
+
+def test_dkg_post_before_approval_rejected(ready):
+    ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1"))
+    ready.rejects(
+        RecordDkgResult("d", "node-1", "ck", ready.GPK, ready.VSHARES), Reason.NOT_APPROVED
+    )
+
+
+def test_dkg_post_rejections(ready):
+    ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1"))
+    ready.approve("ck", "alice")
+    ready.approve("ck", "bob")
+    ready.ok(RecordDkgResult("d1", "node-1", "ck", ready.GPK, ready.VSHARES))
+    ready.rejects(
+        RecordDkgResult("d2", "node-1", "ck", ready.GPK, ready.VSHARES), Reason.DUPLICATE_POST
+    )
+    ready.rejects(
+        RecordDkgResult("d3", "node-2", "ck", ready.GPK, ready.VSHARES[:2]), Reason.INVALID_ARGUMENT
+    )
+    ready.rejects(RecordDkgResult("d4", "ops", "ck", ready.GPK, ready.VSHARES), Reason.UNAUTHORIZED)
+    ready.rejects(
+        RecordDkgResult("d5", "node-2", "nope", ready.GPK, ready.VSHARES), Reason.UNKNOWN_REQUEST
+    )
+
+
+def test_dkg_mismatch_aborts_version(ready):
+    ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1"))
+    ready.approve("ck", "alice")
+    ready.approve("ck", "bob")
+    ready.post_dkg("ck", ("node-1", "node-2"))
+    out = ready.do(RecordDkgResult("d3", "node-3", "ck", bytes(32), ready.VSHARES))
+    assert out.ok and out.code == "failed"
+    assert ready.m.state.keys["k1"].versions[1].state is VersionState.DESTROYED
+    req = ready.m.state.requests["ck"]
+    assert req.state is RequestState.FAILED and req.failure == "dkg_mismatch"
+    ready.advance()
+    assert ready.m.active_version("k1") is None
+
+
+def test_record_failure_of_dkg_aborts_version(ready):
+    ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1"))
+    ready.rejects(RecordFailure("f0", "node-1", "ck", "dkg timeout"), Reason.NOT_APPROVED)
+    ready.approve("ck", "alice")
+    ready.approve("ck", "bob")
+    out = ready.ok(RecordFailure("f1", "node-1", "ck", "dkg timeout"))
+    assert out.code == "failed"
+    assert ready.m.state.keys["k1"].versions[1].state is VersionState.DESTROYED
+    # The key can be given a version again by a rotation.
+    ready.ok(RequestRotate("rot", "ops", "k1", 0))
+    assert ready.m.state.keys["k1"].lifecycle_request == "rot"
+
+
+# ------------------------------------------------------------ sign / decrypt
+
+
+def test_sign_request_lifecycle(ready):
+    ready.active_key("k1")
+    out = ready.ok(RequestSign("s1", "app", "k1", 0, "release", b"artifact"))
+    assert out.code == "pending"
+    req = ready.m.state.requests["s1"]
+    assert req.version == 1 and req.payload == b"artifact"
+    ready.approve("s1", "carol")
+    assert ready.approve("s1", "alice").code == "approved"
+    assert ready.m.executable("s1") is req
+    out = ready.ok(RecordResult("res", "node-2", "s1", RESULT))
+    assert out.code == "executed"
+    assert req.result_digest == RESULT and req.payload == b""  # payload not kept
+    assert ready.m.state.keys["k1"].versions[1].uses == 1
+
+
+def test_decrypt_request_lifecycle(ready):
+    ready.active_key("kek", "encrypt")
+    ready.ok(RequestDecrypt("dc", "app", "kek", 1, "dek:db", b"\x01" * 80))
+    ready.approve("dc", "alice")
+    ready.approve("dc", "bob")
+    assert ready.ok(RecordResult("res", "node-1", "dc", RESULT)).code == "executed"
+
+
+def test_sign_request_rejections(ready):
+    ready.active_key("k1")
+    ready.active_key("kek", "encrypt")
+    ready.rejects(RequestSign("x1", "app", "nokey", 0, "", b"m"), Reason.UNKNOWN_KEY)
+    ready.rejects(RequestSign("x2", "app", "kek", 0, "", b"m"), Reason.WRONG_PURPOSE)
+    ready.rejects(RequestDecrypt("x3", "app", "k1", 1, "", b"c"), Reason.WRONG_PURPOSE)
+    ready.rejects(RequestSign("x4", "app", "k1", 7, "", b"m"), Reason.UNKNOWN_VERSION)
+    ready.ok(AddPrincipal("ap", "ops", "app2", "client", b""))
+    ready.rejects(RequestSign("x5", "app2", "k1", 0, "", b"m"), Reason.OPERATION_NOT_ALLOWED)
+
+
+def test_policy_operations_restrict_requests(ready):
+    ready.active_key("k1")
+    ready.ok(ready.policy_command("pol2", operations=("decrypt",)))
+    ready.rejects(RequestSign("x", "app", "k1", 0, "", b"m"), Reason.OPERATION_NOT_ALLOWED)
+
+
+def test_sign_without_active_version_rejected(ready):
+    ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1"))
+    ready.rejects(RequestSign("x", "app", "k1", 0, "", b"m"), Reason.VERSION_NOT_USABLE)
+
+
+def test_result_rejections(ready):
+    ready.active_key("k1")
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.rejects(RecordResult("x1", "node-1", "s1", RESULT), Reason.NOT_APPROVED)
+    create_rid = ready.m.state.keys["k1"].versions[1].request_id
+    ready.rejects(RecordResult("x2", "node-1", create_rid, RESULT), Reason.WRONG_REQUEST_KIND)
+    ready.rejects(RecordResult("x3", "app", "s1", RESULT), Reason.UNAUTHORIZED)
+    ready.approve("s1", "alice")
+    ready.approve("s1", "bob")
+    ready.ok(RecordResult("r1", "node-1", "s1", RESULT))
+    ready.rejects(RecordResult("x4", "node-2", "s1", RESULT), Reason.REQUEST_DECIDED)
+    ready.rejects(RecordFailure("x5", "node-2", "s1", "late"), Reason.REQUEST_DECIDED)
+
+
+def test_record_failure_of_sign(ready):
+    ready.active_key("k1")
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.approve("s1", "alice")
+    ready.approve("s1", "bob")
+    assert ready.ok(RecordFailure("f", "node-3", "s1", "too few nodes")).code == "failed"
+    req = ready.m.state.requests["s1"]
+    assert req.failure == "too few nodes" and req.payload == b""
+    assert ready.m.state.keys["k1"].versions[1].uses == 0
+
+
+# -------------------------------------------------------------- rotation
+
+
+def test_rotation_retires_previous_version(ready):
+    ready.active_key("k1")
+    ready.ok(RequestRotate("rot", "ops", "k1", 0))
+    ready.approve("rot", "alice")
+    ready.approve("rot", "bob")
+    key = ready.m.state.keys["k1"]
+    assert key.versions[2].state is VersionState.PENDING
+    ready.post_dkg("rot")
+    e = ready.m.state.epoch
+    ready.advance()
+    assert key.primary == 2
+    assert key.versions[1].state is VersionState.RETIRED and key.versions[1].retired_epoch == e + 1
+    assert ready.m.active_version("k1") == 2
+    assert ready.m.active_version("k1", epoch=e) == 1  # history is preserved
+    assert ready.m.may_use("k1", 1, Op.VERIFY) and not ready.m.may_use("k1", 1, Op.SIGN)
+    assert ready.m.may_use("k1", 1, Op.SIGN, epoch=e)
+
+
+def test_rotation_fails_open_sign_requests_on_retired_version(ready):
+    ready.active_key("k1")
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.ok(RequestRotate("rot", "ops", "k1", 0))
+    ready.approve("rot", "alice")
+    ready.approve("rot", "bob")
+    ready.post_dkg("rot")
+    ready.advance()
+    req = ready.m.state.requests["s1"]
+    assert req.state is RequestState.FAILED and req.failure == "version_retired"
+
+
+def test_decrypt_on_retired_version_still_allowed(ready):
+    ready.active_key("kek", "encrypt")
+    ready.ok(RequestRotate("rot", "ops", "kek", 0))
+    ready.approve("rot", "alice")
+    ready.approve("rot", "bob")
+    ready.post_dkg("rot")
+    ready.advance()
+    ready.ok(RequestDecrypt("dc", "app", "kek", 1, "", b"c"))
+    assert ready.m.may_use("kek", 1, Op.DECRYPT) and not ready.m.may_use("kek", 1, Op.ENCRYPT)
+
+
+def test_rotation_in_progress_rejected(ready):
+    ready.active_key("k1")
+    ready.ok(RequestRotate("rot", "ops", "k1", 0))
+    ready.rejects(RequestRotate("rot2", "ops", "k1", 0), Reason.ROTATION_IN_PROGRESS)
+    ready.approve("rot", "alice")
+    ready.approve("rot", "bob")
+    ready.post_dkg("rot")  # done but not yet active: still in progress
+    ready.rejects(RequestRotate("rot3", "ops", "k1", 0), Reason.ROTATION_IN_PROGRESS)
+
+
+def test_scheduled_rotation_by_node_when_due(world):
+    world.setup(rotation_interval_s=100)
+    world.active_key("k1", at=1000)
+    world.rejects(RequestRotate("early", "node-1", "k1", 1099), Reason.ROTATION_NOT_DUE)
+    assert not world.m.rotation_due("k1", 1099) and world.m.rotation_due("k1", 1100)
+    out = world.ok(RequestRotate("due", "node-1", "k1", 1100))
+    assert out.code == "approved"  # the policy schedule is its approval
+    assert world.m.state.keys["k1"].versions[2].state is VersionState.PENDING
+
+
+def test_usage_based_rotation_due(world):
+    world.setup(max_uses=1)
+    world.active_key("k1")
+    assert not world.m.rotation_due("k1", 0)
+    world.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    world.approve("s1", "alice")
+    world.approve("s1", "bob")
+    world.ok(RecordResult("r", "node-1", "s1", RESULT))
+    assert world.m.rotation_due("k1", 0)
+
+
+# ---------------------------------------------------- revocation, destruction
+
+
+def test_revoke_active_version(ready):
+    ready.active_key("k1")
+    ready.advance()
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.ok(RequestRevoke("rv", "ops", "k1", 1))
+    ready.approve("rv", "alice")
+    e = ready.m.state.epoch
+    assert ready.approve("rv", "bob").code == "executed"
+    key = ready.m.state.keys["k1"]
+    v = key.versions[1]
+    assert v.state is VersionState.REVOKED and v.revoked_epoch == e and key.primary == 0
+    assert not ready.m.may_use("k1", 1, Op.VERIFY)
+    assert ready.m.active_version("k1") is None
+    assert ready.m.may_use("k1", 1, Op.SIGN, epoch=e - 1)
+    assert ready.m.state.requests["s1"].failure == "version_revoked"
+
+
+def test_destroy_requires_retired_past_grace_or_revoked(ready):
+    ready.active_key("k1")
+    ready.rejects(RequestDestroy("x1", "ops", "k1", 1), Reason.INVALID_TRANSITION)
+    ready.ok(RequestRotate("rot", "ops", "k1", 0))
+    ready.approve("rot", "alice")
+    ready.approve("rot", "bob")
+    ready.post_dkg("rot")
+    ready.advance()
+    ready.rejects(RequestDestroy("x2", "ops", "k1", 1), Reason.GRACE_PERIOD)
+    ready.advance(by=2)
+    ready.ok(RequestDestroy("ds", "ops", "k1", 1))
+    ready.approve("ds", "alice")
+    assert ready.approve("ds", "bob").code == "executed"
+    v = ready.m.state.keys["k1"].versions[1]
+    assert v.state is VersionState.DESTROYED and v.destroyed_epoch == ready.m.state.epoch
+    assert not ready.m.may_use("k1", 1, Op.VERIFY)
+    ready.rejects(RequestRevoke("x3", "ops", "k1", 1), Reason.INVALID_TRANSITION)
+
+
+def test_destroy_revoked_version_and_no_way_back(ready):
+    ready.active_key("k1")
+    ready.ok(RequestRevoke("rv", "ops", "k1", 1))
+    ready.approve("rv", "alice")
+    ready.approve("rv", "bob")
+    ready.rejects(RequestRevoke("x1", "ops", "k1", 1), Reason.INVALID_TRANSITION)
+    ready.ok(RequestDestroy("ds", "ops", "k1", 1))
+    ready.approve("ds", "alice")
+    ready.approve("ds", "bob")
+    assert ready.m.state.keys["k1"].versions[1].state is VersionState.DESTROYED
+
+
+def test_revoke_and_destroy_unknowns_rejected(ready):
+    ready.active_key("k1")
+    ready.rejects(RequestRevoke("x1", "ops", "nope", 1), Reason.UNKNOWN_KEY)
+    ready.rejects(RequestRevoke("x2", "ops", "k1", 9), Reason.UNKNOWN_VERSION)
+    ready.rejects(RequestRevoke("x3", "app", "k1", 1), Reason.UNAUTHORIZED)
+
+
+def test_concurrent_revokes_second_fails(ready):
+    ready.active_key("k1")
+    ready.ok(RequestRevoke("rv1", "ops", "k1", 1))
+    ready.ok(RequestRevoke("rv2", "ops", "k1", 1))
+    ready.approve("rv1", "alice")
+    ready.approve("rv1", "bob")
+    assert ready.m.state.requests["rv2"].state is RequestState.FAILED
+
+
+# ------------------------------------------------------------ exactly-once
+
+
+def test_reapplied_request_id_returns_first_outcome(ready):
+    ready.active_key("k1")
+    cmd = RequestSign("s1", "app", "k1", 0, "", b"m")
+    first = ready.ok(cmd)
+    snap = ready.snap()
+    again = ready.do(cmd)
+    assert again == first and ready.snap() == snap  # nothing changed, no new audit record
+
+
+def test_reapplied_rejection_returns_first_outcome(ready):
+    cmd = AdvanceEpoch("e", "node-1", 1, 0)
+    first = ready.do(cmd)
+    assert not first.ok
+    snap = ready.snap()
+    assert ready.do(cmd) == first and ready.snap() == snap
+
+
+def test_reused_request_id_with_other_command_rejected(ready):
+    ready.ok(AdvanceEpoch("e", "node-1", 2, 0))
+    out = ready.do(AdvanceEpoch("e", "node-1", 3, 0))
+    assert not out.ok and out.code == Reason.REQUEST_ID_CONFLICT.value
+    assert ready.m.state.epoch == 2
+    assert ready.m.state.outcomes["e"].outcome.ok  # first outcome kept
+
+
+def test_apply_bytes_roundtrip_and_exactly_once(world):
+    from node.state import decode_outcome, encode_command
+
+    m = Machine()
+    data = encode_command(world.bootstrap_command())
+    first = decode_outcome(m.apply(data))
+    assert first.ok and decode_outcome(m.apply(data)) == first
+    assert len(m.state.audit) == 1
