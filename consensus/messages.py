@@ -106,3 +106,28 @@ class Message:
     reject_hint: int = 0
     snapshot: Snapshot | None = None
     context: bytes = b""
+
+
+# --- conf change encoding (additive) -----------------------------------------
+# A CONF_CHANGE entry's data. Fixed layout so every node decodes it identically:
+# context tag, one type byte, the node id as 8 big-endian bytes.
+_CC_TAG = b"raft-cc/v1"
+_CC_LEN = len(_CC_TAG) + 1 + 8
+
+
+def encode_conf_change(cc: ConfChange) -> bytes:
+    """Encode a ConfChange for a CONF_CHANGE entry."""
+    if not 0 < cc.node_id < 2**63:
+        raise ValueError("conf change node id out of range")
+    return _CC_TAG + bytes([int(ConfChangeType(cc.type))]) + cc.node_id.to_bytes(8, "big")
+
+
+def decode_conf_change(data: bytes) -> ConfChange:
+    """Decode a CONF_CHANGE entry's data; raises ValueError on anything malformed."""
+    if len(data) != _CC_LEN or not data.startswith(_CC_TAG):
+        raise ValueError("malformed conf change")
+    kind = ConfChangeType(data[len(_CC_TAG)])  # ValueError on unknown type
+    node_id = int.from_bytes(data[len(_CC_TAG) + 1 :], "big")
+    if not 0 < node_id < 2**63:
+        raise ValueError("conf change node id out of range")
+    return ConfChange(kind, node_id)
