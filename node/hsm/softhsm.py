@@ -29,6 +29,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from node.hsm.errors import HsmError, InvalidInputError, ModuleFailureError, PinSourceError
 from node.hsm.pkcs11_slot import (
@@ -55,15 +56,14 @@ class SoftHsmEnv:
     tokendir: str
     module_path: str
 
-    def slot_config(self, token_label: str, cluster_id: str, **kwargs: object) -> SlotConfig:
-        """A `SlotConfig` for a token of this environment."""
-        return SlotConfig(
-            token_label=token_label,
-            cluster_id=cluster_id,
-            module_path=self.module_path,
-            softhsm_conf=self.conf_path,
-            **kwargs,  # type: ignore[arg-type]
-        )
+    def slot_config(self, token_label: str, cluster_id: str, **kwargs: Any) -> SlotConfig:
+        """A `SlotConfig` for a token of this environment (kwargs override fields)."""
+        fields: dict[str, Any] = {
+            "module_path": self.module_path,
+            "softhsm_conf": self.conf_path,
+            **kwargs,
+        }
+        return SlotConfig(token_label=token_label, cluster_id=cluster_id, **fields)
 
     def child_env(self) -> dict[str, str]:
         """Environment for a child process that should use this SoftHSM2 config."""
@@ -127,12 +127,19 @@ def _check_pin(pin: str) -> None:
 
 
 def provision_token(
-    env: SoftHsmEnv, token_label: str, cluster_id: str, *, user_pin: str, so_pin: str
+    env: SoftHsmEnv,
+    token_label: str,
+    cluster_id: str,
+    *,
+    user_pin: str,
+    so_pin: str,
+    create_keys: bool = True,
 ) -> bytes:
     """Create and initialise a token in `env`, with slot KEK and identity key.
 
     Runs in a child process (see module docstring). Returns the identity
-    public key (raw 32 bytes). Refuses a label that already exists in `env`.
+    public key (raw 32 bytes; empty if `create_keys` is false, which leaves a
+    bare token, for tests). Refuses a label that already exists in `env`.
     """
     check_identifier(token_label, "token_label")
     if len(token_label.encode()) > MAX_TOKEN_LABEL_LEN:
@@ -152,6 +159,7 @@ def provision_token(
             cluster_id,
             "--module",
             env.module_path,
+            *([] if create_keys else ["--no-keys"]),
         ],
         input=f"{so_pin}\n{user_pin}\n",
         capture_output=True,
@@ -227,7 +235,7 @@ def _init_token_ctypes(module_path: str, label: str, so_pin: bytes, user_pin: by
         lib.C_Finalize(None)
 
 
-def _child_provision(label: str, cluster_id: str, module_path: str) -> int:
+def _child_provision(label: str, cluster_id: str, module_path: str, create_keys: bool) -> int:
     from node.hsm.pkcs11_slot import Pkcs11Slot
 
     so_pin = sys.stdin.readline().rstrip("\n")
@@ -235,6 +243,9 @@ def _child_provision(label: str, cluster_id: str, module_path: str) -> int:
     _check_pin(so_pin)
     _check_pin(user_pin)
     _init_token_ctypes(module_path, label, so_pin.encode(), user_pin.encode())
+    if not create_keys:
+        print(json.dumps({"token_label": label, "identity_public_key": ""}))
+        return 0
     env_var = "_CUSTODY_PROVISION_PIN"
     os.environ[env_var] = user_pin
     try:
@@ -264,10 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     child.add_argument("--label", required=True)
     child.add_argument("--cluster", required=True)
     child.add_argument("--module", required=True)
+    child.add_argument("--no-keys", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "_child-provision":
-            return _child_provision(args.label, args.cluster, args.module)
+            return _child_provision(args.label, args.cluster, args.module, not args.no_keys)
         env = create_env(args.dir, args.module)
         pub = provision_token(
             env,

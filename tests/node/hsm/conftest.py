@@ -50,12 +50,15 @@ class Fleet:
     b: Node
     c: Node
     spare: Node
+    bare: Node
 
 
-def _provision(env: softhsm.SoftHsmEnv, base: Path, label: str) -> Node:
+def _provision(env: softhsm.SoftHsmEnv, base: Path, label: str, keys: bool = True) -> Node:
     pin = secrets.token_hex(8)
     pin_file = softhsm.write_pin_file(base / f"{label}.pin", pin)
-    pub = softhsm.provision_token(env, label, CLUSTER, user_pin=pin, so_pin=secrets.token_hex(8))
+    pub = softhsm.provision_token(
+        env, label, CLUSTER, user_pin=pin, so_pin=secrets.token_hex(8), create_keys=keys
+    )
     return Node(env, label, pin, pin_file, pub)
 
 
@@ -70,6 +73,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         b=_provision(env1, base1, "node-b"),
         c=_provision(env2, base2, "node-c"),
         spare=_provision(env1, base1, "node-spare"),
+        bare=_provision(env1, base1, "node-bare", keys=False),
     )
 
 
