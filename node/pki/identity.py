@@ -24,6 +24,15 @@ def _one_attribute(cert: x509.Certificate, oid: x509.ObjectIdentifier, what: str
     return attrs[0].value
 
 
+# What the lazily-parsing X.509 accessors may raise on malformed input.
+_PARSE_ERRORS = (
+    ValueError,
+    UnicodeError,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
 def identity_from_certificate(
     cert: x509.Certificate, ca: x509.Certificate | None = None
 ) -> Identity:
@@ -32,15 +41,24 @@ def identity_from_certificate(
     With ``ca``, also checks that ``ca`` signed it (defence in depth; TLS checked it already).
     """
     try:
+        return _identity(cert, ca)
+    except PkiError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise PkiError(f"malformed certificate: {exc!r}") from None
+
+
+def _identity(cert: x509.Certificate, ca: x509.Certificate | None) -> Identity:
+    try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except (x509.ExtensionNotFound, ValueError) as exc:
+    except x509.ExtensionNotFound as exc:
         raise PkiError(f"certificate lacks a required extension: {exc}") from None
     if basic.ca:
         raise PkiError("a CA certificate is not a peer identity")
-    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
-    custody = [u for u in uris if u.startswith("custody:")]
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    custody = [u for u in uris if u.lower().startswith("custody:")]
     if len(custody) != 1 or not custody[0].startswith(URI_PREFIX):
         raise PkiError(f"certificate must carry exactly one custody identity URI, got {custody!r}")
     identity = parse_identity_uri(custody[0])

@@ -104,6 +104,8 @@ def make_request(
     else:
         if len(node_hosts) != nodes:
             raise PkiError(f"--node-hosts gives {len(node_hosts)} entries for {nodes} nodes")
+        if any(isinstance(h, str) or not isinstance(h, list | tuple) for h in node_hosts):
+            raise PkiError("node_hosts must hold one list of hosts per node")
         hosts = tuple(check_hosts(tuple(h)) for h in node_hosts)
     seen: dict[str, str] = {}
     ids = []

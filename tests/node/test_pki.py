@@ -475,3 +475,8 @@ def test_corrupt_manifest_is_refused_then_forced(made: Path) -> None:
     with pytest.raises(PkiError, match="use --force"):
         init_pki(made, _request(), now=NOW)
     assert init_pki(made, _request(), now=NOW, force=True).action == "create"
+
+
+def test_node_hosts_must_be_lists_per_node() -> None:
+    with pytest.raises(PkiError, match="one list of hosts per node"):
+        _request(nodes=1, node_hosts=["10.0.0.1"])

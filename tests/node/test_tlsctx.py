@@ -13,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node import tlsctx
 from node.pki import Identity, Pki, PkiError, init_pki, load_pki, make_request, principal_pairs
@@ -323,3 +325,24 @@ def test_identity_with_ca_check(pki: Pki, other: Pki) -> None:
     foreign = _forge(pki, sign_with=_ca_key(other))
     with pytest.raises(PkiError, match="not issued by this CA"):
         identity_from_der(foreign, ca)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_mangled_der_never_maps_to_another_identity(pki: Pki, data: st.DataObject) -> None:
+    """Corrupting a real certificate yields the same identity or PkiError, nothing else."""
+    cert_path, _ = pki.principal_paths("alice")
+    der = bytearray(
+        x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+    )
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(der) - 1))
+        der[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(der)))
+    try:
+        got = tlsctx.peer_identity_from_der(bytes(der[:cut]))
+    except PkiError:
+        return
+    assert got == Identity("alice", "approver")
