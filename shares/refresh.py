@@ -162,14 +162,18 @@ def refreshed_group_commitment(
 
 def refresh_round2(
     share: SecretShare,
+    participants: Iterable[int],
     packages: Sequence[RefreshPackage],
     sub_shares: Sequence[RefreshSubShare],
     min_participants: int,
     verification_shares: Mapping[int, g.Element],
     group_public_key: g.Element,
 ) -> RefreshResult:
-    """Verify the sub-shares received by `share.identifier` and derive the refreshed state."""
-    participants = sorted({p.dealer for p in packages if isinstance(p, RefreshPackage)})
+    """Verify the sub-shares received by `share.identifier` and derive the refreshed state.
+
+    `participants` is the refreshing set as agreed through the log, not read
+    from the packages, so a missing or extra package cannot silently change it.
+    """
     by_dealer = check_packages(packages, participants, min_participants)
     me = share.identifier
     if me not in by_dealer:

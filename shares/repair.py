@@ -7,6 +7,8 @@ identified rather than only detected. With helpers H (|H| >= t) repairing the
 share of participant r, and lambda_i = L_{i,H}(r) the Lagrange coefficient of
 helper i evaluated at r (so sum_i lambda_i s_i = f(r) = s_r):
 
+All steps take the agreed `RepairRequest` (participant, helper set, t).
+
 1. `repair_step1` (helper i): split lambda_i * s_i into |H| random additive
    pieces delta_{i->j}, one per helper j (its own included), and publish the
    commitments D_{i->j} = delta_{i->j} * B. Sent: one private `RepairDelta` to
@@ -29,7 +31,7 @@ CPython cannot zeroize.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import group as g
@@ -77,29 +79,36 @@ class RepairSigma:
         )
 
 
-def _check_roles(
-    helpers: Iterable[int], participant: int, min_participants: int
-) -> tuple[int, ...]:
-    ids = tuple(sorted(check_identifiers(helpers)))
-    check_identifiers([participant])
-    if participant in ids:
-        raise InvalidParameters("the participant being repaired cannot be a helper")
-    if not isinstance(min_participants, int) or min_participants < 2:
-        raise InvalidParameters("threshold must be an int >= 2")
-    if len(ids) < min_participants:
-        raise InvalidParameters(f"need at least {min_participants} helpers, got {len(ids)}")
-    return ids
+@dataclass(frozen=True)
+class RepairRequest:
+    """Who is repaired by whom, as agreed through the log; validated on construction.
+
+    Every step takes the agreed request rather than reading the helper set out
+    of a peer's package, so a helper cannot change the set for the others.
+    """
+
+    participant: int
+    helpers: tuple[int, ...]
+    min_participants: int
+
+    def __post_init__(self) -> None:
+        ids = tuple(sorted(check_identifiers(self.helpers)))
+        check_identifiers([self.participant])
+        if self.participant in ids:
+            raise InvalidParameters("the participant being repaired cannot be a helper")
+        t = self.min_participants
+        if not isinstance(t, int) or isinstance(t, bool) or t < 2:
+            raise InvalidParameters("threshold must be an int >= 2")
+        if len(ids) < t:
+            raise InvalidParameters(f"need at least {t} helpers, got {len(ids)}")
+        object.__setattr__(self, "helpers", ids)
 
 
 def repair_step1(
-    share: SecretShare,
-    helpers: Iterable[int],
-    participant: int,
-    min_participants: int,
-    rng: g.RandomSource,
+    share: SecretShare, request: RepairRequest, rng: g.RandomSource
 ) -> tuple[RepairCommitments, dict[int, RepairDelta]]:
     """Helper step 1: pieces of lambda_i * s_i for every helper, and their commitments."""
-    ids = _check_roles(helpers, participant, min_participants)
+    ids, participant = request.helpers, request.participant
     if share.identifier not in ids:
         raise InvalidParameters("this helper is not in the helper set")
     lam = lagrange_coefficient(share.identifier, ids, at=participant)
@@ -130,9 +139,8 @@ def _verification_share(verification_shares: Mapping[int, g.Element], i: int) ->
 
 
 def check_commitments(
+    request: RepairRequest,
     packages: Sequence[RepairCommitments],
-    helpers: Iterable[int],
-    participant: int,
     verification_shares: Mapping[int, g.Element],
 ) -> dict[int, RepairCommitments]:
     """Validate every helper's public step-1 package; InvalidShare naming all bad helpers.
@@ -141,7 +149,9 @@ def check_commitments(
     set), has one decodable commitment per helper, and its commitments sum to
     lambda_i * Y_i, i.e. the pieces really split lambda_i times i's share.
     """
-    ids = tuple(sorted(check_identifiers(helpers)))
+    ids, participant = request.helpers, request.participant
+    if isinstance(packages, bytes | bytearray | str):
+        raise InvalidParameters("packages must be a sequence")
     by_helper: dict[int, RepairCommitments] = {}
     for p in packages:
         if not isinstance(p, RepairCommitments) or p.helper not in ids:
@@ -183,14 +193,16 @@ def _decode_point(data: bytes) -> g.Element:
 
 def repair_step2(
     helper: int,
+    request: RepairRequest,
     deltas: Sequence[RepairDelta],
     packages: Sequence[RepairCommitments],
-    participant: int,
     verification_shares: Mapping[int, g.Element],
 ) -> RepairSigma:
     """Helper step 2: verify the pieces addressed to `helper` and sum them for the participant."""
-    ids = _ids_from(packages, helper)
-    by_helper = check_commitments(packages, ids, participant, verification_shares)
+    ids, participant = request.helpers, request.participant
+    if helper not in ids:
+        raise InvalidParameters(f"{helper} is not a helper of this repair")
+    by_helper = check_commitments(request, packages, verification_shares)
     received: dict[int, RepairDelta] = {}
     for d in deltas:
         if not isinstance(d, RepairDelta) or d.sender not in ids:
@@ -220,27 +232,15 @@ def repair_step2(
     return RepairSigma(helper, participant, sigma)
 
 
-def _ids_from(packages: Sequence[RepairCommitments], member: int) -> tuple[int, ...]:
-    if not packages or not isinstance(packages[0], RepairCommitments):
-        raise InvalidParameters("need the helpers' commitment packages")
-    ids = tuple(sorted(check_identifiers(packages[0].helpers)))
-    if member not in ids:
-        raise InvalidParameters(f"{member} is not a helper of this repair")
-    return ids
-
-
 def repair_step3(
-    participant: int,
+    request: RepairRequest,
     sigmas: Sequence[RepairSigma],
     packages: Sequence[RepairCommitments],
     verification_shares: Mapping[int, g.Element],
-    min_participants: int,
 ) -> SecretShare:
     """Participant step 3: check each sigma, sum them, check the result against Y_participant."""
-    if not packages or not isinstance(packages[0], RepairCommitments):
-        raise InvalidParameters("need the helpers' commitment packages")
-    ids = _check_roles(packages[0].helpers, participant, min_participants)
-    by_helper = check_commitments(packages, ids, participant, verification_shares)
+    ids, participant = request.helpers, request.participant
+    by_helper = check_commitments(request, packages, verification_shares)
     received: dict[int, RepairSigma] = {}
     for s in sigmas:
         if not isinstance(s, RepairSigma) or s.sender not in ids:

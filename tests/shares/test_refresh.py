@@ -34,11 +34,13 @@ def run_round1(participants, t, rng):
 
 
 def run_round2(shares, packages, sub_shares, t, vshares, group_key):
+    ids = sorted(p.dealer for p in packages)
     return {
         j: refresh.refresh_round2(
-            shares[j], packages, [s for s in sub_shares if s.recipient == j], t, vshares, group_key
+            shares[j], ids, packages, [s for s in sub_shares if s.recipient == j], t, vshares,
+            group_key,
         )
-        for j in sorted({p.dealer for p in packages})
+        for j in ids
     }
 
 
@@ -98,6 +100,9 @@ def round1():
     return shares, commitment[0], vshares, packages, sub_shares
 
 
+IDS = (1, 2, 3, 4)
+
+
 def _mine(sub_shares, j):
     return [s for s in sub_shares if s.recipient == j]
 
@@ -116,7 +121,9 @@ def test_non_zero_constant_names_the_dealer() -> None:
         for s in sub_shares
     ]
     with pytest.raises(InvalidShare) as exc:
-        refresh.refresh_round2(shares[1], packages, _mine(sub_shares, 1), 3, vshares, commitment[0])
+        refresh.refresh_round2(
+            shares[1], IDS, packages, _mine(sub_shares, 1), 3, vshares, commitment[0]
+        )
     assert exc.value.culprits == (2,)
 
 
@@ -129,10 +136,10 @@ def test_bad_sub_share_names_the_dealer(round1) -> None:
         for s in sub_shares
     ]
     with pytest.raises(InvalidShare) as exc:
-        refresh.refresh_round2(shares[3], packages, _mine(bad, 3), 3, vshares, key)
+        refresh.refresh_round2(shares[3], IDS, packages, _mine(bad, 3), 3, vshares, key)
     assert exc.value.culprits == (4,)
     # The other recipients are unaffected.
-    refresh.refresh_round2(shares[1], packages, _mine(bad, 1), 3, vshares, key)
+    refresh.refresh_round2(shares[1], IDS, packages, _mine(bad, 1), 3, vshares, key)
 
 
 def test_wrong_degree_and_malformed_commitments_name_the_dealer(round1) -> None:
@@ -141,21 +148,23 @@ def test_wrong_degree_and_malformed_commitments_name_the_dealer(round1) -> None:
     short[0] = refresh.RefreshPackage(1, packages[0].commitments[:2])
     short[2] = refresh.RefreshPackage(3, (g.IDENTITY, b"\x00" * 31 + b"\x80", g.BASEPOINT))
     with pytest.raises(InvalidShare) as exc:
-        refresh.refresh_round2(shares[2], short, _mine(sub_shares, 2), 3, vshares, key)
+        refresh.refresh_round2(shares[2], IDS, short, _mine(sub_shares, 2), 3, vshares, key)
     assert exc.value.culprits == (1, 3)
 
 
 def test_missing_duplicate_and_misaddressed_inputs(round1) -> None:
     shares, key, vshares, packages, sub_shares = round1
     with pytest.raises(InvalidParameters):
-        refresh.refresh_round2(shares[1], packages, _mine(sub_shares, 1)[:-1], 3, vshares, key)
+        refresh.refresh_round2(shares[1], IDS, packages, _mine(sub_shares, 1)[:-1], 3, vshares, key)
+    with pytest.raises(InvalidParameters):  # a participant's package is missing
+        refresh.refresh_round2(shares[1], IDS, packages[:-1], _mine(sub_shares, 1), 3, vshares, key)
     with pytest.raises(InvalidShare) as exc:
-        refresh.refresh_round2(shares[1], [*packages, packages[1]], _mine(sub_shares, 1), 3,
+        refresh.refresh_round2(shares[1], IDS, [*packages, packages[1]], _mine(sub_shares, 1), 3,
                                vshares, key)
     assert exc.value.culprits == (2,)
     wrong = [*_mine(sub_shares, 1)[:-1], _mine(sub_shares, 2)[-1]]
     with pytest.raises(InvalidShare) as exc:
-        refresh.refresh_round2(shares[1], packages, wrong, 3, vshares, key)
+        refresh.refresh_round2(shares[1], IDS, packages, wrong, 3, vshares, key)
     assert exc.value.culprits == (4,)
     with pytest.raises(InvalidParameters):  # fewer participants than the threshold
         refresh.refresh_round1(1, [1, 2], 3, SeededRNG(0))
@@ -168,10 +177,10 @@ def test_inconsistent_verification_shares_are_refused(round1) -> None:
     lying = dict(vshares)
     lying[4] = g.base_mult(g.scalar_from_int(7))
     with pytest.raises(InvalidParameters):
-        refresh.refresh_round2(shares[1], packages, _mine(sub_shares, 1), 3, lying, key)
-    wrong_key = g.base_mult(g.scalar_from_int(9))
+        refresh.refresh_round2(shares[1], IDS, packages, _mine(sub_shares, 1), 3, lying, key)
+    wrong = g.base_mult(g.scalar_from_int(9))
     with pytest.raises(InvalidParameters):
-        refresh.refresh_round2(shares[1], packages, _mine(sub_shares, 1), 3, vshares, wrong_key)
+        refresh.refresh_round2(shares[1], IDS, packages, _mine(sub_shares, 1), 3, vshares, wrong)
 
 
 def test_sub_share_repr_is_redacted(round1) -> None:

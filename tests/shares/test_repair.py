@@ -24,22 +24,27 @@ def deal(t: int, n: int, seed: int):
     return secret, {s.identifier: s for s in shares}, commitment, vshares
 
 
-def step1_all(shares, helpers, participant, t, rng):
+def step1_all(shares, request, rng):
     packages, deltas = [], []
-    for i in helpers:
-        public, sent = repair.repair_step1(shares[i], helpers, participant, t, rng)
+    for i in request.helpers:
+        public, sent = repair.repair_step1(shares[i], request, rng)
         packages.append(public)
         deltas.extend(sent.values())
     return packages, deltas
 
 
-def step2_all(deltas, packages, helpers, participant, vshares):
+def step2_all(request, deltas, packages, vshares):
     return [
-        repair.repair_step2(
-            j, [d for d in deltas if d.recipient == j], packages, participant, vshares
-        )
-        for j in helpers
+        repair.repair_step2(j, request, _to(deltas, j), packages, vshares)
+        for j in request.helpers
     ]
+
+
+def _to(deltas, j):
+    return [d for d in deltas if d.recipient == j]
+
+
+REQUEST = repair.RepairRequest(2, (1, 3, 4), 3)
 
 
 @st.composite
@@ -57,10 +62,10 @@ def repair_case(draw: st.DrawFn):
 def test_repair_round_trip(case) -> None:
     t, n, participant, helpers, seed = case
     secret, shares, _, vshares = deal(t, n, seed)
-    rng = SeededRNG(seed + 1)
-    packages, deltas = step1_all(shares, helpers, participant, t, rng)
-    sigmas = step2_all(deltas, packages, helpers, participant, vshares)
-    repaired = repair.repair_step3(participant, sigmas, packages, vshares, t)
+    request = repair.RepairRequest(participant, tuple(helpers), t)
+    packages, deltas = step1_all(shares, request, SeededRNG(seed + 1))
+    sigmas = step2_all(request, deltas, packages, vshares)
+    repaired = repair.repair_step3(request, sigmas, packages, vshares)
     assert repaired == shares[participant]
     # The repaired share works with the others: any t including it reconstruct the key.
     others = [shares[i] for i in range(1, n + 1) if i != participant][: t - 1]
@@ -69,8 +74,9 @@ def test_repair_round_trip(case) -> None:
 
 def test_no_single_helper_message_contains_the_share() -> None:
     _, shares, _, vshares = deal(3, 5, 11)
-    packages, deltas = step1_all(shares, [1, 2, 3], 5, 3, SeededRNG(12))
-    sigmas = step2_all(deltas, packages, [1, 2, 3], 5, vshares)
+    request = repair.RepairRequest(5, (1, 2, 3), 3)
+    packages, deltas = step1_all(shares, request, SeededRNG(12))
+    sigmas = step2_all(request, deltas, packages, vshares)
     lost = shares[5].value
     assert all(d.value != lost for d in deltas)
     assert all(s.value != lost for s in sigmas)
@@ -81,9 +87,8 @@ def test_no_single_helper_message_contains_the_share() -> None:
 @pytest.fixture
 def setup():
     _, shares, _, vshares = deal(3, 5, 21)
-    helpers = [1, 3, 4]
-    packages, deltas = step1_all(shares, helpers, 2, 3, SeededRNG(22))
-    return shares, vshares, helpers, packages, deltas
+    packages, deltas = step1_all(shares, REQUEST, SeededRNG(22))
+    return shares, vshares, packages, deltas
 
 
 def _bump(value: bytes) -> bytes:
@@ -91,19 +96,19 @@ def _bump(value: bytes) -> bytes:
 
 
 def test_tampered_delta_names_its_sender(setup) -> None:
-    _, vshares, _helpers, packages, deltas = setup
+    _, vshares, packages, deltas = setup
     bad = [
         dataclasses.replace(d, value=_bump(d.value)) if (d.sender, d.recipient) == (3, 4) else d
         for d in deltas
     ]
     with pytest.raises(InvalidShare) as exc:
-        repair.repair_step2(4, [d for d in bad if d.recipient == 4], packages, 2, vshares)
+        repair.repair_step2(4, REQUEST, _to(bad, 4), packages, vshares)
     assert exc.value.culprits == (3,)
 
 
 def test_consistent_lie_caught_by_commitment_sum(setup) -> None:
     # Helper 3 shifts a piece *and* its commitment: pieces no longer sum to lambda_3 * s_3.
-    _, vshares, _helpers, packages, deltas = setup
+    _, vshares, packages, deltas = setup
     bad_packages = []
     for p in packages:
         if p.helper == 3:
@@ -113,24 +118,24 @@ def test_consistent_lie_caught_by_commitment_sum(setup) -> None:
             p = dataclasses.replace(p, commitments=moved)
         bad_packages.append(p)
     with pytest.raises(InvalidShare) as exc:
-        repair.repair_step2(1, [d for d in deltas if d.recipient == 1], bad_packages, 2, vshares)
+        repair.repair_step2(1, REQUEST, _to(deltas, 1), bad_packages, vshares)
     assert exc.value.culprits == (3,)
 
 
 def test_tampered_sigma_names_its_helper(setup) -> None:
-    _, vshares, helpers, packages, deltas = setup
-    sigmas = step2_all(deltas, packages, helpers, 2, vshares)
+    _, vshares, packages, deltas = setup
+    sigmas = step2_all(REQUEST, deltas, packages, vshares)
     bad = [dataclasses.replace(s, value=_bump(s.value)) if s.sender == 4 else s for s in sigmas]
     with pytest.raises(InvalidShare) as exc:
-        repair.repair_step3(2, bad, packages, vshares, 3)
+        repair.repair_step3(REQUEST, bad, packages, vshares)
     assert exc.value.culprits == (4,)
 
 
 def test_bad_delta_detected_by_verification_share_check(setup) -> None:
     # Without the per-piece commitments, a wrong piece still yields a share that
     # fails the final check against the participant's verification share.
-    _shares, vshares, helpers, packages, deltas = setup
-    sigmas = step2_all(deltas, packages, helpers, 2, vshares)
+    _, vshares, packages, deltas = setup
+    sigmas = step2_all(REQUEST, deltas, packages, vshares)
     total = g.ZERO
     for s in sigmas:
         total = g.scalar_add(total, s.value)
@@ -141,45 +146,57 @@ def test_bad_delta_detected_by_verification_share_check(setup) -> None:
 
 
 def test_wrong_verification_share_is_refused(setup) -> None:
-    _, vshares, helpers, packages, deltas = setup
-    sigmas = step2_all(deltas, packages, helpers, 2, vshares)
+    _, vshares, packages, deltas = setup
+    sigmas = step2_all(REQUEST, deltas, packages, vshares)
     lying = dict(vshares)
     lying[2] = g.base_mult(g.scalar_from_int(12345))
     with pytest.raises(InvalidShare):
-        repair.repair_step3(2, sigmas, packages, lying, 3)
+        repair.repair_step3(REQUEST, sigmas, packages, lying)
 
 
 def test_packages_for_another_repair_are_refused(setup) -> None:
-    _, vshares, _helpers, packages, deltas = setup
+    _, vshares, packages, deltas = setup
     moved = [dataclasses.replace(p, participant=5) if p.helper == 1 else p for p in packages]
     with pytest.raises(InvalidShare) as exc:
-        repair.repair_step2(3, [d for d in deltas if d.recipient == 3], moved, 2, vshares)
+        repair.repair_step2(3, REQUEST, _to(deltas, 3), moved, vshares)
     assert exc.value.culprits == (1,)
+    # A helper cannot change the helper set for the others either.
+    regrouped = [dataclasses.replace(p, helpers=(1, 3, 5)) if p.helper == 4 else p
+                 for p in packages]
+    with pytest.raises(InvalidShare) as exc:
+        repair.repair_step2(3, REQUEST, _to(deltas, 3), regrouped, vshares)
+    assert exc.value.culprits == (4,)
 
 
 def test_non_canonical_piece_is_attributed(setup) -> None:
-    _, vshares, _helpers, packages, deltas = setup
+    _, vshares, packages, deltas = setup
     bad = [
         dataclasses.replace(d, value=b"\xff" * 32) if (d.sender, d.recipient) == (4, 1) else d
         for d in deltas
     ]
     with pytest.raises(InvalidShare) as exc:
-        repair.repair_step2(1, [d for d in bad if d.recipient == 1], packages, 2, vshares)
+        repair.repair_step2(1, REQUEST, _to(bad, 1), packages, vshares)
     assert exc.value.culprits == (4,)
 
 
 def test_missing_messages_and_bad_roles(setup) -> None:
-    shares, vshares, helpers, packages, deltas = setup
+    shares, vshares, packages, deltas = setup
     with pytest.raises(InvalidParameters):
-        repair.repair_step2(1, [d for d in deltas if d.recipient == 1][:-1], packages, 2, vshares)
+        repair.repair_step2(1, REQUEST, _to(deltas, 1)[:-1], packages, vshares)
     with pytest.raises(InvalidParameters):
-        repair.repair_step2(1, [d for d in deltas if d.recipient == 1], packages[:-1], 2, vshares)
+        repair.repair_step2(1, REQUEST, _to(deltas, 1), packages[:-1], vshares)
+    with pytest.raises(InvalidParameters):  # not a helper
+        repair.repair_step2(5, REQUEST, _to(deltas, 1), packages, vshares)
     with pytest.raises(InvalidParameters):  # too few helpers for t
-        repair.repair_step1(shares[1], [1, 3], 2, 3, SeededRNG(1))
+        repair.RepairRequest(2, (1, 3), 3)
     with pytest.raises(InvalidParameters):  # participant among helpers
-        repair.repair_step1(shares[1], [1, 2, 3], 2, 3, SeededRNG(1))
-    with pytest.raises(InvalidParameters):  # helper not in its own set
-        repair.repair_step1(shares[5], [1, 3, 4], 2, 3, SeededRNG(1))
-    sigmas = step2_all(deltas, packages, helpers, 2, vshares)
+        repair.RepairRequest(2, (1, 2, 3), 3)
+    with pytest.raises(InvalidParameters):  # threshold out of range
+        repair.RepairRequest(2, (1, 3), 1)
+    with pytest.raises(InvalidParameters):  # helper not in the set
+        repair.repair_step1(shares[5], REQUEST, SeededRNG(1))
+    sigmas = step2_all(REQUEST, deltas, packages, vshares)
     with pytest.raises(InvalidParameters):
-        repair.repair_step3(2, sigmas[:-1], packages, vshares, 3)
+        repair.repair_step3(REQUEST, sigmas[:-1], packages, vshares)
+    with pytest.raises(InvalidParameters):  # verification share of the participant missing
+        repair.repair_step3(REQUEST, sigmas, packages, {k: v for k, v in vshares.items() if k != 2})

@@ -259,24 +259,24 @@ def test_envelope_survives_refresh_and_repair() -> None:
         subs.extend(sent.values())
     results = {
         j: refresh.refresh_round2(
-            shares[j], packages, [s for s in subs if s.recipient == j], 3, vshares, key
+            shares[j], ids, packages, [s for s in subs if s.recipient == j], 3, vshares, key
         )
         for j in ids
     }
     new_vshares = results[1].verification_shares
     new = {j: r.share for j, r in results.items()}
     # Node 2 loses its refreshed share; helpers 1, 3, 4 repair it.
-    helpers = [1, 3, 4]
+    request = repair.RepairRequest(participant=2, helpers=(1, 3, 4), min_participants=3)
     pubs, deltas = [], []
-    for i in helpers:
-        pub, sent = repair.repair_step1(new[i], helpers, 2, 3, rng)
+    for i in request.helpers:
+        pub, sent = repair.repair_step1(new[i], request, rng)
         pubs.append(pub)
         deltas.extend(sent.values())
     sigmas = [
-        repair.repair_step2(j, [d for d in deltas if d.recipient == j], pubs, 2, new_vshares)
-        for j in helpers
+        repair.repair_step2(j, request, [d for d in deltas if d.recipient == j], pubs, new_vshares)
+        for j in request.helpers
     ]
-    repaired = repair.repair_step3(2, sigmas, pubs, new_vshares, 3)
+    repaired = repair.repair_step3(request, sigmas, pubs, new_vshares)
     assert repaired == new[2]
     partials = [tdec.partial_decrypt(s, envelope, rng) for s in (repaired, new[3], new[4])]
     assert tdec.unwrap(envelope, partials, new_vshares, 3, key, AAD, CONTEXT) == data_key
