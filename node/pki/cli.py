@@ -78,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     init.add_argument(
         "--ca-key",
+        "--ca-key-out",
+        dest="ca_key",
         type=Path,
         help="keep the CA private key at this path outside DIR (e.g. removable media): "
         "written there on creation, read from there when adding identities",

@@ -164,3 +164,37 @@ def test_missing_dir_argument_and_help(capsys: pytest.CaptureFixture) -> None:
 def test_show_without_pki_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["pki", "show", "--dir", str(tmp_path)]) == 2
     assert "no pki.json" in capsys.readouterr().err
+
+
+def test_cli_modules_are_discovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A later ``node/cli_<name>.py`` adds a subcommand without editing node/cli.py."""
+    import node
+
+    plugin = tmp_path / "cli_echo_test_plugin.py"
+    plugin.write_text(
+        "def register(sub):\n"
+        "    p = sub.add_parser('echo-test')\n"
+        "    p.add_argument('word')\n"
+        "    p.set_defaults(func=lambda a: print(a.word) or 7)\n"
+    )
+    monkeypatch.setattr(node, "__path__", [*node.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "node.cli_echo_test_plugin", raising=False)
+    assert main(["echo-test", "hi"]) == 7
+    assert capsys.readouterr().out == "hi\n"
+    sys.modules.pop("node.cli_echo_test_plugin", None)
+
+
+def test_ca_key_out_alias(tmp_path: Path) -> None:
+    key = tmp_path / "offline.key"
+    assert main(_init(tmp_path / "pki", "--ca-key-out", str(key))) == 0
+    assert key.exists() and not (tmp_path / "pki/ca/ca.key").exists()
+
+
+def test_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert main(_init(target)) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert target.read_text() == "x"
