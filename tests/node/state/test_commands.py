@@ -1,0 +1,166 @@
+"""Strict decoding of commands: bounded, schema-checked, canonical; bad bytes change nothing."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from node.state import (
+    COMMANDS,
+    AddPrincipal,
+    AdvanceEpoch,
+    Approve,
+    CreateKey,
+    DecodeError,
+    Machine,
+    RecordDkgResult,
+    RecordFailure,
+    RecordResult,
+    RequestDecrypt,
+    RequestDestroy,
+    RequestRevoke,
+    RequestRotate,
+    RequestSign,
+    decode_command,
+    decode_outcome,
+    encode_command,
+)
+from node.state.commands import MAX_COMMAND_BYTES, MAX_PAYLOAD_BYTES
+
+
+def samples(world):
+    return [
+        world.bootstrap_command(),
+        AddPrincipal("r1", "ops", "dave", "approver", world.public_key("dave")),
+        world.policy_command(),
+        AdvanceEpoch("r2", "node-1", 7, 1_700_000_000),
+        CreateKey("r3", "ops", "k1", "encrypt", "p1"),
+        RequestSign("r4", "app", "k1", 0, "release v1", b"\x00" * 100),
+        RequestDecrypt("r5", "app", "k1", 2, "", b"\xff" * 48),
+        RequestRotate("r6", "node-2", "k1", 5),
+        RequestRevoke("r7", "ops", "k1", 1),
+        RequestDestroy("r8", "ops", "k1", 1),
+        Approve("r9", "alice", "r4", bytes(64)),
+        RecordDkgResult("r10", "node-3", "r3", world.GPK, world.VSHARES),
+        RecordResult("r11", "node-1", "r4", bytes(64)),
+        RecordFailure("r12", "node-1", "r4", "timeout"),
+    ]
+
+
+def raw_of(cmd) -> dict:
+    return msgpack.unpackb(encode_command(cmd), raw=False)
+
+
+def pack(raw) -> bytes:
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+def test_every_kind_roundtrips_canonically(world):
+    cmds = samples(world)
+    assert {c.KIND for c in cmds} == set(COMMANDS)
+    for cmd in cmds:
+        data = encode_command(cmd)
+        assert decode_command(data) == cmd
+        assert encode_command(decode_command(data)) == data
+
+
+def test_field_order_does_not_matter_for_decoding(world):
+    cmd = RequestSign("r4", "app", "k1", 0, "ctx", b"msg")
+    raw = raw_of(cmd)
+    assert decode_command(pack(dict(reversed(list(raw.items()))))) == cmd
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(extra=1), "unknown field"),
+        (lambda r: r.pop("context"), "missing field"),
+        (lambda r: r.update(version=True), "integer"),
+        (lambda r: r.update(version=1.0), "integer"),
+        (lambda r: r.update(version=-1), "integer"),
+        (lambda r: r.update(version=1 << 40), "integer"),
+        (lambda r: r.update(message="text"), "bytes"),
+        (lambda r: r.update(message=b""), "length"),
+        (lambda r: r.update(context="x" * 257), "too long"),
+        (lambda r: r.update(context="line\nbreak"), "printable"),
+        (lambda r: r.update(key_id="bad key"), "identifier"),
+        (lambda r: r.update(key_id=""), "identifier"),
+        (lambda r: r.update(key_id="k" * 65), "identifier"),
+        (lambda r: r.update(request_id=b"r4"), "identifier"),
+        (lambda r: r.update(author=None), "identifier"),
+        (lambda r: r.update(kind="sign_anything"), "unknown command kind"),
+        (lambda r: r.update(v=2), "schema version"),
+        (lambda r: r.pop("v"), "schema version"),
+    ],
+)
+def test_schema_violations_rejected(mutate, message):
+    raw = raw_of(RequestSign("r4", "app", "k1", 0, "ctx", b"msg"))
+    mutate(raw)
+    with pytest.raises(DecodeError, match=message):
+        decode_command(pack(raw))
+
+
+def test_list_bounds_and_item_types(world):
+    raw = raw_of(world.policy_command())
+    raw["approvers"] = ["a"] * 2
+    with pytest.raises(DecodeError, match="duplicate"):
+        decode_command(pack(raw))
+    raw["approvers"] = [f"a{i}" for i in range(65)]
+    with pytest.raises(DecodeError, match="at most"):
+        decode_command(pack(raw))
+    raw["approvers"] = "alice"
+    with pytest.raises(DecodeError, match="list"):
+        decode_command(pack(raw))
+    raw = raw_of(world.bootstrap_command())
+    raw["members"][0]["public_key"] = b"\x01" * 31
+    with pytest.raises(DecodeError, match=r"members\[0\]\.public_key"):
+        decode_command(pack(raw))
+    raw = raw_of(world.bootstrap_command())
+    raw["members"][0]["surprise"] = 1
+    with pytest.raises(DecodeError, match="unknown field"):
+        decode_command(pack(raw))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",  # never-used msgpack byte
+        pack([1, 2, 3]),
+        pack({1: "int key"}),
+        pack("just a string"),
+        msgpack.packb({"v": 1}, use_bin_type=True) + b"trailing",
+        pack({"v": 1, "kind": "approve", "x": msgpack.ExtType(1, b"e")}),
+        b"\xdb\xff\xff\xff\xff",  # str32 claiming 4 GiB
+    ],
+)
+def test_garbage_rejected(data):
+    with pytest.raises(DecodeError):
+        decode_command(data)
+
+
+def test_size_bounds():
+    raw = raw_of(RequestSign("r4", "app", "k1", 0, "ctx", b"m"))
+    raw["message"] = b"\x00" * (MAX_PAYLOAD_BYTES + 1)
+    with pytest.raises(DecodeError):
+        decode_command(pack(raw))
+    with pytest.raises(DecodeError, match="exceeds"):
+        decode_command(b"\x00" * (MAX_COMMAND_BYTES + 1))
+    raw["message"] = b"\x00" * MAX_PAYLOAD_BYTES
+    assert decode_command(pack(raw)).message == b"\x00" * MAX_PAYLOAD_BYTES
+
+
+def test_malformed_bytes_change_nothing(world):
+    m = Machine()
+    m.apply(encode_command(world.bootstrap_command()))
+    before = m.snapshot()
+    raw = raw_of(world.policy_command())
+    raw["k"] = "2"
+    out = decode_outcome(m.apply(pack(raw)))
+    assert not out.ok and out.code == "malformed" and "k" in out.detail
+    assert m.snapshot() == before  # not even an audit record: nothing to attribute it to
+
+
+def test_encoder_refuses_invalid_values(world):
+    with pytest.raises(DecodeError):
+        encode_command(RequestSign("r", "app", "k1", 0, "ctx", b""))
