@@ -143,10 +143,8 @@ class ByteShare:
     data: bytes
 
     def __post_init__(self) -> None:
-        if not isinstance(self.identifier, int) or not 1 <= self.identifier <= MAX_SHARES:
-            raise InvalidParameters(f"share identifier must be in [1, {MAX_SHARES}]")
-        if not isinstance(self.threshold, int) or not 2 <= self.threshold <= MAX_SHARES:
-            raise InvalidParameters(f"threshold must be in [2, {MAX_SHARES}]")
+        _check_small_int("identifier", self.identifier, 1)
+        _check_small_int("threshold", self.threshold, 2)
         if not isinstance(self.split_id, bytes) or len(self.split_id) != SPLIT_ID_SIZE:
             raise InvalidParameters(f"split id must be {SPLIT_ID_SIZE} bytes")
         if not isinstance(self.data, bytes) or not (
@@ -187,6 +185,11 @@ class ByteShare:
             )
         except InvalidParameters as exc:
             raise EncodingError(f"malformed share: {exc}") from exc
+
+
+def _check_small_int(name: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_SHARES:
+        raise InvalidParameters(f"share {name} must be in [{low}, {MAX_SHARES}]")
 
 
 def _tag(split_id: bytes, threshold: int, secret: bytes | bytearray) -> bytes:

@@ -317,6 +317,8 @@ def unwrap(
     if isinstance(partials, bytes | bytearray | str):
         raise InvalidParameters("partials must be a sequence")
     partials = list(partials)
+    if not all(isinstance(p, PartialDecryption) for p in partials):
+        raise InvalidParameters("partials must be PartialDecryption instances")
     ids = check_identifiers(p.identifier for p in partials)
     if not isinstance(min_participants, int) or min_participants < 2:
         raise InvalidParameters("threshold must be an int >= 2")

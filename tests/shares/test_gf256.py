@@ -174,3 +174,13 @@ def test_repr_redacts_share_data() -> None:
     share = gf256.split(b"top secret", 2, 2, SeededRNG(4))[0]
     assert "redacted" in repr(share)
     assert share.data.hex() not in repr(share)
+
+
+@pytest.mark.parametrize(
+    ("identifier", "threshold", "split_id", "data"),
+    [(True, 2, bytes(16), bytes(33)), (0, 2, bytes(16), bytes(33)), (1, 1, bytes(16), bytes(33)),
+     (1, 2, bytes(15), bytes(33)), (1, 2, bytes(16), bytes(32)), (1, 2, bytes(16), "x" * 33)],
+)
+def test_share_constructor_validates(identifier, threshold, split_id, data) -> None:
+    with pytest.raises(InvalidParameters):
+        gf256.ByteShare(identifier, threshold, split_id, data)

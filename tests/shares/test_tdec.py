@@ -285,3 +285,12 @@ def test_envelope_survives_refresh_and_repair() -> None:
     with pytest.raises(InvalidProof) as exc:
         tdec.unwrap(envelope, [stale, *partials[1:]], new_vshares, 3, key, AAD, CONTEXT)
     assert exc.value.culprits == (1,)
+
+
+def test_unwrap_refuses_foreign_objects(wrapped) -> None:
+    _, key, vshares, _, envelope, partials, _ = wrapped
+    with pytest.raises(InvalidParameters):
+        tdec.unwrap(envelope, [*partials[:2], partials[2].to_bytes()], vshares, 3, key, AAD,
+                    CONTEXT)
+    with pytest.raises(InvalidParameters):
+        tdec.unwrap(envelope, b"partials", vshares, 3, key, AAD, CONTEXT)
