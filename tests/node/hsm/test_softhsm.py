@@ -1,0 +1,77 @@
+"""Token provisioning: private SoftHSM2 environments, PIN handling, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.hsm import softhsm
+from node.hsm.errors import HsmError, InvalidInputError, PinSourceError
+
+from .conftest import CLUSTER, Fleet
+
+
+def test_env_files_are_owner_only(tmp_path: Path) -> None:
+    env = softhsm.create_env(tmp_path / "n")
+    assert stat.S_IMODE(os.stat(env.conf_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(env.tokendir).st_mode) == 0o700
+    assert f"directories.tokendir = {env.tokendir}" in Path(env.conf_path).read_text()
+    pin_file = softhsm.write_pin_file(tmp_path / "p", "1234abcd")
+    assert stat.S_IMODE(os.stat(pin_file).st_mode) == 0o600
+
+
+def test_duplicate_label_refused(fleet: Fleet) -> None:
+    with pytest.raises(HsmError, match="already exists"):
+        softhsm.provision_token(
+            fleet.a.env, "node-a", CLUSTER, user_pin="12345678", so_pin="87654321"
+        )
+
+
+@pytest.mark.parametrize("label", ["", "a/b", "x" * 33])
+def test_bad_labels_refused(fleet: Fleet, label: str) -> None:
+    with pytest.raises(InvalidInputError):
+        softhsm.provision_token(fleet.a.env, label, CLUSTER, user_pin="12345678", so_pin="87654321")
+
+
+def test_bad_pins_refused(fleet: Fleet) -> None:
+    with pytest.raises(PinSourceError):
+        softhsm.provision_token(fleet.a.env, "node-x", CLUSTER, user_pin="12", so_pin="87654321")
+    with pytest.raises(PinSourceError):
+        softhsm.provision_token(
+            fleet.a.env, "node-x", CLUSTER, user_pin="1234\n5678", so_pin="87654321"
+        )
+
+
+def test_cli_provision_with_pin_files(tmp_path: Path) -> None:
+    user_pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
+    pin = softhsm.write_pin_file(tmp_path / "user.pin", user_pin)
+    so = softhsm.write_pin_file(tmp_path / "so.pin", so_pin)
+    args = [sys.executable, "-m", "node.hsm.softhsm", "provision", "--dir", str(tmp_path / "n")]
+    args += ["--label", "cli-node", "--cluster", "c1", "--pin-file", pin, "--so-pin-file", so]
+    env = {**os.environ, "PYTHONPATH": str(Path(softhsm.__file__).resolve().parents[2])}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["token_label"] == "cli-node" and len(bytes.fromhex(out["identity_public_key"])) == 32
+    assert user_pin not in proc.stdout + proc.stderr and so_pin not in proc.stdout + proc.stderr
+    # Same label again in the same directory: refused with a clear error, exit code 2.
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    # A PIN file others can read is refused before anything is created.
+    os.chmod(pin, 0o644)
+    loose = subprocess.run(
+        [a if a != "cli-node" else "cli-node2" for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert loose.returncode == 2 and "PinSourceError" in loose.stderr
