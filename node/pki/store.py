@@ -217,18 +217,29 @@ def _mkdir(path: Path, mode: int) -> None:
         raise PkiError(f"{path} is not a directory")
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _read_bounded(path: Path, limit: int) -> bytearray:
+    """Read at most ``limit`` bytes into a buffer the caller owns (and may zero)."""
+    buf = bytearray(limit + 1)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise PkiError(f"cannot open {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
+        n = 0
+        while n < len(buf) and (got := fh.readinto(memoryview(buf)[n:])):
+            n += got
+    if n > limit:
+        buf[:] = bytes(len(buf))
         raise PkiError(f"{path} is larger than {limit} bytes")
-    return data
+    del buf[n:]
+    return buf
 
 
 def read_certificate(path: Path) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificate(_read_bounded(path, MAX_CERT_FILE_BYTES))
+        return x509.load_pem_x509_certificate(bytes(_read_bounded(path, MAX_CERT_FILE_BYTES)))
     except FileNotFoundError:
         raise PkiError(f"missing certificate {path}") from None
     except ValueError as exc:
@@ -245,10 +256,13 @@ def read_private_key(path: Path) -> PrivateKeyTypes:
         raise PkiError(f"{path} is not a regular file")
     if st.st_mode & 0o077:
         raise PkiError(f"{path} is accessible by group or others (mode {st.st_mode & 0o777:o})")
+    pem = _read_bounded(path, MAX_KEY_FILE_BYTES)
     try:
-        return serialization.load_pem_private_key(_read_bounded(path, MAX_KEY_FILE_BYTES), None)
+        return serialization.load_pem_private_key(pem, None)
     except (ValueError, TypeError) as exc:
         raise PkiError(f"{path} is not an unencrypted PEM private key: {exc}") from None
+    finally:
+        pem[:] = bytes(len(pem))  # best effort: CPython may hold other copies
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:

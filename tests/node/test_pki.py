@@ -480,3 +480,22 @@ def test_corrupt_manifest_is_refused_then_forced(made: Path) -> None:
 def test_node_hosts_must_be_lists_per_node() -> None:
     with pytest.raises(PkiError, match="one list of hosts per node"):
         _request(nodes=1, node_hosts=["10.0.0.1"])
+
+
+def test_symlinked_files_are_refused(made: Path, tmp_path: Path) -> None:
+    cert = made / "nodes/node-1/tls.crt"
+    elsewhere = tmp_path / "elsewhere.crt"
+    elsewhere.write_bytes(cert.read_bytes())
+    cert.unlink()
+    cert.symlink_to(elsewhere)
+    problems = verify_pki(load_pki(made), now=NOW)
+    assert problems and "cannot open" in problems[0]
+
+
+def test_oversized_key_file_is_refused(made: Path) -> None:
+    from node.pki.store import read_private_key
+
+    key = made / "nodes/node-1/tls.key"
+    key.write_bytes(b"A" * 20000)
+    with pytest.raises(PkiError, match="larger than"):
+        read_private_key(key)
