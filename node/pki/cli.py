@@ -7,7 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 from node.pki.manifest import load_pki
-from node.pki.names import MAX_NODES, MIN_NODES, PkiError
+from node.pki.names import MAX_NODES, MIN_NODES
 from node.pki.store import (
     DEFAULT_CA_DAYS,
     DEFAULT_LEAF_DAYS,
@@ -163,4 +163,4 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["PkiError", "register"]
+__all__ = ["cmd_init", "cmd_show", "cmd_verify", "register"]

@@ -69,8 +69,11 @@ def _identity(cert: x509.Certificate, ca: x509.Certificate | None) -> Identity:
     usages = set(eku)
     if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         raise PkiError("certificate is not valid for TLS client authentication")
-    if (ExtendedKeyUsageOID.SERVER_AUTH in usages) != (identity.role == NODE_ROLE):
+    serves = ExtendedKeyUsageOID.SERVER_AUTH in usages
+    if serves and identity.role != NODE_ROLE:
         raise PkiError("only node certificates may be valid for TLS server authentication")
+    if not serves and identity.role == NODE_ROLE:
+        raise PkiError("a node certificate must be valid for TLS server authentication")
     if ca is not None:
         try:
             cert.verify_directly_issued_by(ca)

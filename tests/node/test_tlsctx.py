@@ -302,7 +302,7 @@ def test_identity_mapping_rejects(pki: Pki, kwargs: dict, message: str) -> None:
 
 def test_node_certificate_without_server_auth_is_rejected(pki: Pki) -> None:
     der = _forge(pki, cn="node-1", ou="node", uris=("custody:role:node:principal:node-1",))
-    with pytest.raises(PkiError, match="only node certificates"):
+    with pytest.raises(PkiError, match="node certificate must be valid for TLS server"):
         tlsctx.peer_identity_from_der(der)
 
 
