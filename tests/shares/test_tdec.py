@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
+from Crypto.Cipher import AES
+from Crypto.Hash import SHA256
+from Crypto.Protocol.KDF import HKDF
+from Crypto.PublicKey import ECC
+from Crypto.Signature import eddsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -294,3 +300,49 @@ def test_unwrap_refuses_foreign_objects(wrapped) -> None:
                     CONTEXT)
     with pytest.raises(InvalidParameters):
         tdec.unwrap(envelope, b"partials", vshares, 3, key, AAD, CONTEXT)
+
+
+def _pyc_point(encoded: bytes):
+    return eddsa.import_public_key(encoded).pointQ
+
+
+def _pyc_encode(point) -> bytes:
+    return ECC.construct(curve="Ed25519", point_x=point.x, point_y=point.y).export_key(
+        format="raw"
+    )
+
+
+def test_format_matches_the_documentation_independently() -> None:
+    """Open an envelope and check a proof from the documented format alone, with pycryptodome."""
+    secret, shares, commitment, vshares = deal(2, 3, 123)
+    rng = SeededRNG(124)
+    data_key = bytes(range(48))
+    envelope = tdec.wrap(commitment[0], data_key, AAD, CONTEXT, rng)
+    version, r_enc, nonce, body = envelope[0], envelope[1:33], envelope[33:45], envelope[45:]
+    assert version == 1
+    s = int.from_bytes(secret, "little")
+    shared = _pyc_encode(_pyc_point(r_enc) * s)
+    y = bytes(commitment[0])
+    info = b"custody/shares/tdec/v1/kek" + len(CONTEXT).to_bytes(4, "big") + CONTEXT + r_enc + y
+    key = HKDF(shared, 32, b"", SHA256, context=info)
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    cipher.update(envelope[:45] + len(AAD).to_bytes(4, "big") + AAD)
+    assert cipher.decrypt_and_verify(body[:-16], body[-16:]) == data_key
+
+    partial = tdec.partial_decrypt(shares[2], envelope, rng, b"req")
+    raw = partial.to_bytes()
+    assert raw[:2] == b"\x01\x02"
+    d_enc, c_enc, z_enc = raw[2:34], raw[34:66], raw[66:98]
+    order = 2**252 + 27742317777372353535851937790883648493
+    c, z = int.from_bytes(c_enc, "little"), int.from_bytes(z_enc, "little")
+    base = _pyc_point(g.BASEPOINT)
+    yi = _pyc_point(vshares[2])
+    k_b = base * z + (-(yi * c))
+    k_r = _pyc_point(r_enc) * z + (-(_pyc_point(d_enc) * c))
+    digest = hashlib.sha512(b"custody/shares/tdec/v1/envelope" + envelope).digest()
+    transcript = (
+        b"custody/shares/tdec/v1/dleq-challenge" + (2).to_bytes(2, "big") + bytes(vshares[2])
+        + r_enc + d_enc + _pyc_encode(k_b) + _pyc_encode(k_r) + digest
+        + (3).to_bytes(4, "big") + b"req"
+    )
+    assert int.from_bytes(hashlib.sha512(transcript).digest(), "little") % order == c
