@@ -113,19 +113,20 @@ class Round1Package:
             1 <= len(self.commitment) <= shamir.MAX_PARTICIPANTS
         ):
             raise InvalidParameters("commitment must be a sequence of 1..255 elements")
-        object.__setattr__(
-            self,
-            "commitment",
-            tuple(_check_element_shape(c, "commitment element") for c in self.commitment),
-        )
+        culprit = [self.identifier]
+        try:
+            commitment = tuple(_check_element_shape(c, "commitment") for c in self.commitment)
+        except InvalidElement as exc:
+            raise InvalidCommitment(str(exc), culprits=culprit) from exc
+        object.__setattr__(self, "commitment", commitment)
         pok = self.proof_of_knowledge
-        if not isinstance(pok, tuple | list) or len(pok) != 2:
-            raise InvalidParameters("proof_of_knowledge is (R, mu)")
-        object.__setattr__(
-            self,
-            "proof_of_knowledge",
-            (_check_element_shape(pok[0], "proof R"), _check_scalar_shape(pok[1], "proof mu")),
-        )
+        try:
+            if not isinstance(pok, tuple | list) or len(pok) != 2:
+                raise InvalidParameters("proof_of_knowledge is (R, mu)")
+            pok = (_check_element_shape(pok[0], "proof R"), _check_scalar_shape(pok[1], "proof mu"))
+        except SharesError as exc:
+            raise InvalidProofOfKnowledge(f"malformed proof: {exc}", culprits=culprit) from exc
+        object.__setattr__(self, "proof_of_knowledge", pok)
 
     def to_dict(self) -> dict[str, Any]:
         return {
