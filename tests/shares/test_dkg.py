@@ -52,7 +52,7 @@ def dkg_case(draw: st.DrawFn):
     return t, n, signers, draw(st.integers(0, 2**32))
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(case=dkg_case())
 def test_dkg_round_trip_then_sign(case) -> None:
     t, n, signers, seed = case

@@ -61,7 +61,7 @@ def signing_case(draw: st.DrawFn):
     return t, n, signers, msg, draw(st.integers(0, 2**32))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(case=signing_case())
 def test_any_signer_set_of_size_t_or_more_produces_ed25519_signature(case) -> None:
     t, n, signers, msg, seed = case

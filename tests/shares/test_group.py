@@ -14,7 +14,7 @@ from shares.errors import InvalidElement, InvalidScalar
 
 L = g.ORDER
 scalars = st.integers(1, L - 1)
-small_settings = settings(max_examples=40, deadline=None)
+small_settings = settings(max_examples=100, deadline=None)
 
 
 def ref_decode(data: bytes) -> ECC.EccPoint:
