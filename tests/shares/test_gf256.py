@@ -75,7 +75,7 @@ def split_case(draw: st.DrawFn) -> tuple[int, int, bytes, list[int], int]:
     return t, n, secret, subset, seed
 
 
-@settings(max_examples=60)
+@settings(max_examples=100)
 @given(case=split_case())
 def test_any_t_of_n_reconstruct(case: tuple[int, int, bytes, list[int], int]) -> None:
     t, n, secret, subset, seed = case
@@ -87,7 +87,7 @@ def test_any_t_of_n_reconstruct(case: tuple[int, int, bytes, list[int], int]) ->
     assert gf256.combine(parsed) == secret
 
 
-@settings(max_examples=30)
+@settings(max_examples=60)
 @given(case=split_case(), flip=st.integers(1, 255), pos=st.integers(0, 10_000))
 def test_wrong_share_never_yields_a_plausible_secret(
     case: tuple[int, int, bytes, list[int], int], flip: int, pos: int

@@ -52,7 +52,7 @@ def refresh_case(draw: st.DrawFn):
     return t, n, subset, draw(st.integers(0, 2**32))
 
 
-@settings(max_examples=20)
+@settings(max_examples=60)
 @given(case=refresh_case())
 def test_refresh_keeps_key_and_breaks_old_shares(case) -> None:
     t, n, subset, seed = case
@@ -187,3 +187,31 @@ def test_sub_share_repr_is_redacted(round1) -> None:
     *_, sub_shares = round1
     assert "redacted" in repr(sub_shares[0])
     assert sub_shares[0].value.hex() not in repr(sub_shares[0])
+
+
+@settings(max_examples=25)
+@given(case=refresh_case(), data=st.data())
+def test_every_key_shifting_dealer_is_named(case, data) -> None:
+    t, n, _, seed = case
+    _, shares, commitment, vshares = deal(t, n, seed)
+    ids = list(range(1, n + 1))
+    rng = SeededRNG(seed + 3)
+    packages, sub_shares = run_round1(ids, t, rng)
+    bad = set(data.draw(st.lists(st.sampled_from(ids), min_size=1, unique=True)))
+    recipient = data.draw(st.sampled_from(ids))
+    for d in bad:
+        # A consistent sharing of a non-zero value: sub-shares match, the constant does not.
+        coefficients = shamir.random_polynomial(g.random_scalar(rng), t - 1, rng)
+        packages[d - 1] = refresh.RefreshPackage(d, tuple(vss.commit(coefficients)))
+        sub_shares = [
+            dataclasses.replace(s, value=shamir.evaluate_polynomial(s.recipient, coefficients))
+            if s.dealer == d
+            else s
+            for s in sub_shares
+        ]
+    with pytest.raises(InvalidShare) as exc:
+        refresh.refresh_round2(
+            shares[recipient], ids, packages, _mine(sub_shares, recipient), t, vshares,
+            commitment[0],
+        )
+    assert exc.value.culprits == tuple(sorted(bad))

@@ -57,7 +57,7 @@ def repair_case(draw: st.DrawFn):
     return t, n, participant, sorted(helpers), draw(st.integers(0, 2**32))
 
 
-@settings(max_examples=25)
+@settings(max_examples=80)
 @given(case=repair_case())
 def test_repair_round_trip(case) -> None:
     t, n, participant, helpers, seed = case

@@ -48,7 +48,7 @@ def tdec_case(draw: st.DrawFn):
     return t, n, subset, data_key, draw(st.integers(0, 2**32))
 
 
-@settings(max_examples=30)
+@settings(max_examples=80)
 @given(case=tdec_case(), request_binding=st.binary(max_size=64))
 def test_round_trip(case, request_binding: bytes) -> None:
     t, n, subset, data_key, seed = case
@@ -346,3 +346,22 @@ def test_format_matches_the_documentation_independently() -> None:
         + (3).to_bytes(4, "big") + b"req"
     )
     assert int.from_bytes(hashlib.sha512(transcript).digest(), "little") % order == c
+
+
+@settings(max_examples=40)
+@given(case=tdec_case(), data=st.data())
+def test_every_bad_partial_is_named(case, data) -> None:
+    t, n, subset, data_key, seed = case
+    _, shares, commitment, vshares = deal(t, n, seed)
+    rng = SeededRNG(seed + 2)
+    envelope = tdec.wrap(commitment[0], data_key, AAD, CONTEXT, rng)
+    bad = set(data.draw(st.lists(st.sampled_from(subset), min_size=1, unique=True)))
+    partials = []
+    for i in subset:
+        p = tdec.partial_decrypt(shares[i], envelope, rng)
+        if i in bad:
+            p = dataclasses.replace(p, response=g.scalar_add(p.response, g.ONE))
+        partials.append(p)
+    with pytest.raises(InvalidProof) as exc:
+        tdec.unwrap(envelope, partials, vshares, t, commitment[0], AAD, CONTEXT)
+    assert exc.value.culprits == tuple(sorted(bad))
