@@ -1,0 +1,503 @@
+"""The asyncio runner: ties the pure Raft core, durable storage and the TLS
+transport together, and applies committed commands to a user state machine.
+
+One task owns the core. It sleeps until something arrives (a peer message, a
+proposal, a read request, a clock tick), then *drains everything pending* into
+the core and handles the resulting `Ready` in the order the storage contract
+requires:
+
+1. `storage.save(hard_state, entries, snapshot)`: one fsync per Ready, run in
+   a worker thread so that requests keep queueing meanwhile (they form the
+   next batch);
+2. send the Ready's messages (the transport never blocks);
+3. apply committed entries to the state machine, resolve waiting proposals
+   and reads;
+4. `core.advance()`; take a snapshot and compact every `snapshot_every`
+   applied entries.
+
+The core is touched only by that task, never while a save is in flight.
+
+Time: a real monotonic clock ticks the core every `tick_interval` (50 ms by
+default). Elections time out after `election_ticks` (10, so 0.5-1 s with the
+core's randomisation) and the leader heartbeats every `heartbeat_ticks` (1).
+These suit loopback and LAN; raise the tick on slower links.
+
+Proposals on a follower raise `NotLeader(leader_id)`: the application decides
+whether to forward (the kv example forwards HTTP requests to the leader).
+A proposal returns once its entry is *applied on this node*; a timeout is an
+unknown outcome (the entry may still commit), which is why proposals can carry
+a client session (see `consensus.session`) that makes a retry exactly-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .core import Config, NotLeader, ProposalDropped, RaftCore, Role, bootstrap_log
+from .messages import EntryType, Message
+from .session import (
+    DEFAULT_WINDOW,
+    MalformedEnvelope,
+    Outcome,
+    Proposal,
+    ReplicatedMachine,
+    encode_proposal,
+)
+from .statemachine import StateMachine
+
+__all__ = [
+    "Driver",
+    "DriverConfig",
+    "NodeStatus",
+    "NodeStopped",
+    "NotLeader",
+    "Overloaded",
+    "ProposalDropped",
+    "open_node",
+    "write_cluster_certs",
+]
+
+log = logging.getLogger("consensus.driver")
+
+
+class NodeStopped(Exception):
+    """The runner was stopped before the request finished (outcome unknown)."""
+
+
+class Overloaded(Exception):
+    """Too many proposals or reads in flight on this node; retry later."""
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    tick_interval: float = 0.05  # seconds per core tick
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_every: int = 5000  # applied entries between snapshots
+    keep_entries: int = 1000  # entries kept behind a snapshot for slow followers
+    max_entry_bytes: int = 1 << 20  # bound on one proposal envelope
+    session_window: int = DEFAULT_WINDOW  # exactly-once: see consensus.session
+    max_pending: int = 10_000  # proposals or reads in flight
+    max_inbox: int = 50_000  # peer messages queued; beyond it they are dropped
+    default_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tick_interval <= 10:
+            raise ValueError("tick_interval must be in (0, 10] seconds")
+        if not 0 < self.heartbeat_ticks < self.election_ticks:
+            raise ValueError("need 0 < heartbeat_ticks < election_ticks")
+        if self.snapshot_every < 1 or self.keep_entries < 0:
+            raise ValueError("snapshot_every >= 1 and keep_entries >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    id: int
+    leader: int  # 0 = unknown
+    term: int
+    role: str
+    commit: int
+    applied: int
+    snapshot_index: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Outcome]
+    index: int = 0  # log index once the leader appended it
+
+
+class Driver:
+    """Runs one Raft node. Create with `open_node` or by hand, then `await start()`.
+
+    `voters` is the founding membership: a node whose storage is empty writes
+    the bootstrap log for it (every founding node must be given the same set).
+    A node with existing storage ignores it and resumes from its snapshot and log.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        storage: Any,
+        machine: StateMachine,
+        *,
+        voters: Iterable[int],
+        config: DriverConfig | None = None,
+        transport: Any = None,
+        seed: int | None = None,
+    ) -> None:
+        self.id = node_id
+        self.config = cfg = config or DriverConfig()
+        self.storage = storage
+        self.transport = transport  # anything with send(msg), start(), stop()
+        self.machine = ReplicatedMachine(machine, cfg.session_window, cfg.max_entry_bytes)
+        hs, _ = storage.initial_state()
+        if hs.term == 0 and storage.last_index() == 0 and storage.snapshot().is_empty:
+            boot_hs, boot_entries = bootstrap_log(frozenset(voters))
+            storage.save(boot_hs, boot_entries)
+        snap = storage.snapshot()
+        self._applied = 0
+        self._snap_index = 0
+        if not snap.is_empty:
+            self.machine.restore(snap.data)
+            self._applied = self._snap_index = snap.meta.index
+        self.core = RaftCore(
+            Config(
+                id=node_id,
+                election_tick=cfg.election_ticks,
+                heartbeat_tick=cfg.heartbeat_ticks,
+                applied=self._applied,
+                seed=seed if seed is not None else int.from_bytes(os.urandom(4), "big"),
+                max_entry_bytes=cfg.max_entry_bytes,
+            ),
+            storage,
+        )
+        self._inbox: deque[Message] = deque()
+        self._proposals: deque[tuple[bytes, bytes]] = deque()  # (tag, envelope)
+        self._reads: deque[bytes] = deque()
+        self._pending: dict[bytes, _Pending] = {}
+        self._by_index: dict[int, bytes] = {}
+        self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
+        self._read_heap: list[tuple[int, int, asyncio.Future[int]]] = []
+        self._heap_seq = itertools.count()
+        self._ticks = 0
+        self._wake = asyncio.Event()
+        self._tag_prefix = os.urandom(8)  # distinct per incarnation: tags never collide
+        self._tag_counter = itertools.count(1)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-io-{node_id}")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self._failed: BaseException | None = None
+        self.stats = {"readies": 0, "saves": 0, "entries_saved": 0, "applied": 0, "snapshots": 0}
+
+    # --- public API ------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.transport is not None:
+            await self.transport.start()
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"raft-{self.id}"),
+            asyncio.create_task(self._ticker(), name=f"raft-tick-{self.id}"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop ticking and processing; fail everything in flight with NodeStopped."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await asyncio.to_thread(self._executor.shutdown, True)
+        self._fail_all(NodeStopped("node stopped"))
+        if self.transport is not None:
+            await self.transport.stop()
+        close = getattr(self.storage, "close", None)
+        if close is not None:
+            close()
+
+    def deliver(self, msg: Message) -> None:
+        """Transport callback: queue a peer message for the core."""
+        if self._stopped or msg.to != self.id:
+            return
+        if len(self._inbox) >= self.config.max_inbox:
+            return  # Raft tolerates message loss; memory stays bounded
+        self._inbox.append(msg)
+        self._wake.set()
+
+    async def propose(
+        self,
+        command: bytes,
+        *,
+        client_id: bytes = b"",
+        seq: int = 0,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Replicate `command`, apply it, return the state machine's result.
+
+        Raises NotLeader(leader_id) on a follower, StaleRequest/SequenceReused
+        for a bad session, TimeoutError or ProposalDropped when the outcome is
+        unknown, Overloaded when too much is in flight.
+        """
+        self._check_running()
+        if self.core.role is not Role.LEADER:
+            raise NotLeader(self.core.lead)
+        if len(self._pending) >= self.config.max_pending:
+            raise Overloaded("too many proposals in flight")
+        tag = self._tag_prefix + next(self._tag_counter).to_bytes(8, "big")
+        data = encode_proposal(Proposal(payload=command, tag=tag, client_id=client_id, seq=seq))
+        if len(data) > self.config.max_entry_bytes:
+            raise ValueError("command too large")
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending[tag] = _Pending(fut)
+        self._proposals.append((tag, data))
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout or self.config.default_timeout):
+                outcome = await fut
+        finally:
+            p = self._pending.pop(tag, None)
+            if p is not None and p.index:
+                self._by_index.pop(p.index, None)
+        return outcome.unwrap()
+
+    async def read_index(self, timeout: float | None = None) -> int:
+        """Wait until this node has applied everything committed before the call.
+
+        After it returns, reading the local state machine is linearizable.
+        Works on followers too (the core asks the leader). Raises NotLeader
+        if no leader is known, TimeoutError if none confirms in time.
+        """
+        self._check_running()
+        if not self.core.lead:
+            raise NotLeader(0)
+        if len(self._read_waiters) >= self.config.max_pending:
+            raise Overloaded("too many reads in flight")
+        ctx = self._tag_prefix + next(self._tag_counter).to_bytes(8, "big")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._read_waiters[ctx] = fut
+        self._reads.append(ctx)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout or self.config.default_timeout):
+                return await fut
+        finally:
+            self._read_waiters.pop(ctx, None)
+
+    def status(self) -> NodeStatus:
+        st = self.core.status()
+        return NodeStatus(
+            id=self.id,
+            leader=st.leader,
+            term=st.term,
+            role=_role_name(st.role),
+            commit=st.commit,
+            applied=self._applied,
+            snapshot_index=self._snap_index,
+        )
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    # --- the loop --------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise NodeStopped("node stopped")
+        if self._failed is not None:
+            raise NodeStopped(f"node failed: {self._failed!r}")
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.tick_interval
+        deadline = loop.time()
+        while True:
+            deadline += interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            now = loop.time()
+            if now - deadline > 10 * interval:  # the loop stalled: do not burst ticks
+                deadline = now
+            self._ticks += 1
+            self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._drain()
+                while self.core.has_ready():
+                    await self._handle_ready()
+                    self._drain()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug or a storage failure: stop serving
+            log.exception("raft node %d stopped on error", self.id)
+            self._failed = exc
+            self._fail_all(NodeStopped(f"node failed: {exc!r}"))
+            raise
+
+    def _drain(self) -> None:
+        core = self.core
+        while self._ticks:
+            self._ticks -= 1
+            core.tick()
+        inbox = self._inbox
+        while inbox:
+            msg = inbox.popleft()
+            try:
+                core.step(msg)
+            except (ValueError, TypeError) as exc:
+                log.warning("dropped message from %d: %s", msg.frm, exc.__class__.__name__)
+        props = self._proposals
+        while props:
+            tag, data = props.popleft()
+            p = self._pending.get(tag)
+            if p is None:  # the caller already gave up
+                continue
+            try:
+                p.index = core.propose(data)
+            except (NotLeader, ProposalDropped, ValueError) as exc:
+                _settle(p.future, exc)
+                continue
+            self._by_index[p.index] = tag
+        reads = self._reads
+        while reads:
+            ctx = reads.popleft()
+            fut = self._read_waiters.get(ctx)
+            if fut is None:
+                continue
+            try:
+                core.read_index(ctx)
+            except (NotLeader, ProposalDropped) as exc:
+                _settle(fut, exc)
+
+    async def _handle_ready(self) -> None:
+        rd = self.core.ready()
+        self.stats["readies"] += 1
+        snapshot = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty else None
+        if rd.hard_state is not None or rd.entries or snapshot is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.storage.save, rd.hard_state, rd.entries, snapshot
+            )
+            self.stats["saves"] += 1
+            self.stats["entries_saved"] += len(rd.entries)
+        if self.transport is not None:
+            for m in rd.messages:
+                self.transport.send(m)
+        if snapshot is not None and snapshot.meta.index > self._applied:
+            self.machine.restore(snapshot.data)
+            self._applied = self._snap_index = snapshot.meta.index
+        self._apply(rd.committed_entries)
+        for rs in rd.read_states:
+            fut = self._read_waiters.get(rs.ctx)
+            if fut is not None:
+                heapq.heappush(self._read_heap, (rs.index, next(self._heap_seq), fut))
+        self._release_reads()
+        self.core.advance(rd)
+        if self._applied - self._snap_index >= self.config.snapshot_every:
+            await self._snapshot()
+
+    def _apply(self, entries: Any) -> None:
+        for e in entries:
+            if e.index <= self._applied:
+                continue
+            tag, outcome = b"", None
+            if e.type == EntryType.NORMAL and e.data:
+                try:
+                    tag, outcome = self.machine.apply(e.index, e.data)
+                except MalformedEnvelope as exc:
+                    # Deterministic on every replica: a foreign entry is a no-op.
+                    log.warning("entry %d is not a runner envelope: %s", e.index, exc)
+            self._applied = e.index
+            self.stats["applied"] += 1
+            waiting = self._by_index.pop(e.index, None)
+            if waiting is not None and waiting != tag:
+                p = self._pending.get(waiting)
+                if p is not None:  # another leader's entry replaced ours
+                    _settle(p.future, ProposalDropped("entry replaced by another leader"))
+            if outcome is not None:
+                p = self._pending.get(tag)
+                if p is not None and not p.future.done():
+                    p.future.set_result(outcome)
+
+    def _release_reads(self) -> None:
+        heap = self._read_heap
+        while heap and heap[0][0] <= self._applied:
+            _, _, fut = heapq.heappop(heap)
+            if not fut.done():
+                fut.set_result(self._applied)
+
+    async def _snapshot(self) -> None:
+        index = self._applied
+        data = self.machine.snapshot()
+        conf = self.core.conf_state()
+        keep = self.config.keep_entries
+        storage = self.storage
+
+        def write() -> None:
+            storage.create_snapshot(index, conf, data)
+            if index - keep > storage.first_index() - 1:
+                storage.compact(index - keep)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, write)
+        self._snap_index = index
+        self.stats["snapshots"] += 1
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for p in list(self._pending.values()):
+            _settle(p.future, exc)
+        for fut in list(self._read_waiters.values()):
+            _settle(fut, exc)
+        self._read_heap.clear()
+
+
+def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _role_name(role: Any) -> str:
+    name = getattr(role, "name", None)
+    return str(name if name is not None else role).lower()
+
+
+# --- assembly ----------------------------------------------------------------
+
+
+def write_cluster_certs(directory: Path, node_ids: list[int]) -> None:
+    """Write a CA and one mTLS certificate per node into `directory`."""
+    from . import certs
+
+    certs.write_cluster(directory, node_ids)
+
+
+async def open_node(
+    *,
+    node_id: int,
+    peers: Mapping[int, tuple[str, int]],
+    data_dir: Path,
+    cert_dir: Path,
+    machine: StateMachine,
+    config: DriverConfig | None = None,
+) -> Driver:
+    """Open durable storage, start the mTLS transport and the runner for one node.
+
+    `peers` maps every founding node id (this one included) to its Raft address.
+    """
+    from . import tls
+    from .filestore import FileStorage
+    from .transport import Transport
+
+    if node_id not in peers:
+        raise ValueError(f"node {node_id} is not in peers")
+    storage = FileStorage(data_dir)
+    driver = Driver(node_id, storage, machine, voters=peers.keys(), config=config)
+    server_ctx, client_ctx = tls.contexts_from_dir(cert_dir, node_id)
+    driver.transport = Transport(
+        node_id,
+        peers[node_id],
+        {i: a for i, a in peers.items() if i != node_id},
+        server_ctx,
+        client_ctx,
+        driver.deliver,
+    )
+    await driver.start()
+    return driver
