@@ -77,10 +77,9 @@ class RefreshResult:
 
 
 def _check_set(participants: Iterable[int], min_participants: int) -> tuple[int, ...]:
+    """The refreshing set: distinct identifiers, at least t of them (2 <= t <= |P|)."""
     ids = tuple(sorted(check_identifiers(participants)))
-    check_threshold(min_participants, max(len(ids), min_participants))
-    if len(ids) < min_participants:
-        raise InvalidParameters(f"need at least {min_participants} participants in a refresh")
+    check_threshold(min_participants, len(ids))
     return ids
 
 
@@ -154,10 +153,14 @@ def refreshed_verification_shares(
 
 
 def refreshed_group_commitment(
-    group_commitment: Sequence[g.Element], packages: Sequence[RefreshPackage]
+    group_commitment: Sequence[g.Element],
+    packages: Sequence[RefreshPackage],
+    participants: Iterable[int],
+    min_participants: int,
 ) -> list[g.Element]:
     """The group's Feldman commitment after the refresh; C_0 (the public key) is unchanged."""
-    return vss.sum_commitments([group_commitment, *(p.commitments for p in packages)])
+    by_dealer = check_packages(packages, participants, min_participants)
+    return vss.sum_commitments([group_commitment, *by_dealer.values()])
 
 
 def refresh_round2(

@@ -70,7 +70,7 @@ def test_refresh_keeps_key_and_breaks_old_shares(case) -> None:
         assert g.base_mult(s.value) == results[1].verification_shares[j]
         assert s.value != shares[j].value
     # The new commitment has the same constant term and verifies every new share.
-    new_commitment = refresh.refreshed_group_commitment(commitment, packages)
+    new_commitment = refresh.refreshed_group_commitment(commitment, packages, participants, t)
     assert new_commitment[0] == group_key
     for j, s in new.items():
         vss.verify_share(j, s.value, new_commitment, dealer=j)
