@@ -125,6 +125,12 @@ def test_non_zero_constant_names_the_dealer() -> None:
             shares[1], IDS, packages, _mine(sub_shares, 1), 3, vshares, commitment[0]
         )
     assert exc.value.culprits == (2,)
+    # Observers computing the public state from the log reject it the same way.
+    with pytest.raises(InvalidShare) as exc:
+        refresh.refreshed_group_commitment(commitment, packages, IDS, 3)
+    assert exc.value.culprits == (2,)
+    with pytest.raises(InvalidShare):
+        refresh.refreshed_verification_shares(packages, IDS, 3, vshares)
 
 
 def test_bad_sub_share_names_the_dealer(round1) -> None:
