@@ -1,0 +1,1 @@
+"""Example applications of the consensus runner (`python -m consensus.examples.kv`)."""
