@@ -174,7 +174,7 @@ def check_commitments(
             total = g.IDENTITY
             for j in ids:
                 total = g.element_add(total, _decode_point(p.commitments[j]))
-        except (InvalidParameters, InvalidElement):
+        except (InvalidParameters, InvalidElement, TypeError, KeyError):
             culprits.append(i)
             continue
         if not g.element_eq(total, expected):

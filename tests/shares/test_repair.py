@@ -200,3 +200,16 @@ def test_missing_messages_and_bad_roles(setup) -> None:
         repair.repair_step3(REQUEST, sigmas[:-1], packages, vshares)
     with pytest.raises(InvalidParameters):  # verification share of the participant missing
         repair.repair_step3(REQUEST, sigmas, packages, {k: v for k, v in vshares.items() if k != 2})
+
+
+def test_malformed_packages_are_attributed(setup) -> None:
+    _, vshares, packages, _ = setup
+    odd = [
+        dataclasses.replace(packages[0], helpers=None),
+        dataclasses.replace(packages[1], commitments=[1, 2]),
+        dataclasses.replace(packages[2], commitments={1: b"\x00" * 32, 3: g.IDENTITY,
+                                                      4: g.IDENTITY}),
+    ]
+    with pytest.raises(InvalidShare) as exc:
+        repair.check_commitments(REQUEST, odd, vshares)
+    assert exc.value.culprits == (1, 3, 4)
