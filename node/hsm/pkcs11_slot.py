@@ -229,6 +229,11 @@ class Pkcs11Slot:
         self._session = session
         self._lock = threading.RLock()
         self._closed = False
+        # label -> object handle of final share objects, and how many there are.
+        # A cache only: every use re-checks the handle's label, and the paths
+        # that must be exact (existence check on store, destroy) search the token.
+        self._handles: dict[str, Any] = {}
+        self._share_count = 0
         try:
             self._kek = self._find_one(ObjectClass.SECRET_KEY, KEK_LABEL)
             self._identity = self._find_one(ObjectClass.PRIVATE_KEY, IDENTITY_LABEL)
@@ -329,21 +334,23 @@ class Pkcs11Slot:
                 existing = list(self._find_data(label))
                 if existing and not replace:
                     raise ShareExistsError(f"share {label} already exists")
-                if not existing and self._count_shares() >= self._config.max_shares:
+                if not existing and self._share_count >= self._config.max_shares:
                     raise TokenFullError(
                         f"slot holds its maximum of {self._config.max_shares} shares"
                     )
                 value = self._seal(share_id, share)
             except p11e.PKCS11Error as exc:
                 raise translate(exc, "store share") from exc
-            self._write(label, value, existing)
+            self._handles[label] = self._write(label, value, existing)
+            if not existing:
+                self._share_count += 1
 
     def load_share(self, share_id: ShareId) -> bytearray:
         label = aad.share_label(share_id)
         with self._lock:
             self._check_open()
             try:
-                objs = list(self._find_data(label))
+                objs = self._lookup(label)
                 if not objs:
                     raise ShareNotFoundError(f"no share {label}")
                 if len(objs) > 1:
@@ -373,7 +380,7 @@ class Pkcs11Slot:
         with self._lock:
             self._check_open()
             try:
-                return any(True for _ in self._find_data(label))
+                return bool(self._lookup(label))
             except p11e.PKCS11Error as exc:
                 raise translate(exc, "find share") from exc
 
@@ -383,7 +390,7 @@ class Pkcs11Slot:
         with self._lock:
             self._check_open()
             try:
-                ids = [aad.parse_share_label(label) for label in self._data_labels()]
+                ids = [aad.parse_share_label(label) for label in self._index()]
             except p11e.PKCS11Error as exc:
                 raise translate(exc, "list shares") from exc
         return sorted(i for i in ids if i is not None and (key_id is None or i.key_id == key_id))
@@ -393,11 +400,13 @@ class Pkcs11Slot:
         with self._lock:
             self._check_open()
             try:
+                self._handles.pop(label, None)
                 objs = list(self._find_data(label))
                 if not objs:
                     raise ShareNotFoundError(f"no share {label}")
                 for obj in objs:
                     obj.destroy()
+                self._share_count = max(0, self._share_count - 1)
             except p11e.PKCS11Error as exc:
                 raise translate(exc, "destroy share") from exc
 
@@ -458,14 +467,32 @@ class Pkcs11Slot:
             }
         )
 
-    def _data_labels(self) -> list[str]:
+    def _lookup(self, label: str) -> list[Any]:
+        """Objects labelled `label`: the cached handle if it still carries the label,
+        else a search of the token (O(objects) in SoftHSM2's file store)."""
+        obj = self._handles.get(label)
+        if obj is not None:
+            try:
+                if obj[Attribute.LABEL] == label:
+                    return [obj]
+            except (p11e.ObjectHandleInvalid, p11e.SessionHandleInvalid):
+                pass
+            self._handles.pop(label, None)
+        objs = list(self._find_data(label))
+        if len(objs) == 1:
+            self._handles[label] = objs[0]
+        return objs
+
+    def _index(self) -> list[str]:
+        """Labels of all our data objects; refreshes the handle cache and share count."""
         objs = self._session.get_objects(
             {Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: aad.APPLICATION}
         )
-        return [obj[Attribute.LABEL] for obj in objs]
-
-    def _count_shares(self) -> int:
-        return sum(1 for label in self._data_labels() if label.startswith(aad.LABEL_PREFIX))
+        labelled = [(obj[Attribute.LABEL], obj) for obj in objs]
+        finals = [(lb, obj) for lb, obj in labelled if lb.startswith(aad.LABEL_PREFIX)]
+        self._handles = dict(finals)
+        self._share_count = len(finals)
+        return [lb for lb, _ in labelled]
 
     def _seal(self, share_id: ShareId, share: bytes | bytearray) -> bytes:
         nonce = secrets.token_bytes(aad.NONCE_LEN)
@@ -476,7 +503,7 @@ class Pkcs11Slot:
         )
         return aad.pack_share_value(nonce, bytes(ct))
 
-    def _write(self, label: str, value: bytes, existing: list[Any]) -> None:
+    def _write(self, label: str, value: bytes, existing: list[Any]) -> Any:
         """Create under a temporary label, verify, set old aside, relabel, drop old."""
         tmp = None
         set_aside: list[Any] = []
@@ -509,6 +536,7 @@ class Pkcs11Slot:
         for obj in set_aside:
             with contextlib.suppress(p11e.PKCS11Error):
                 obj.destroy()
+        return tmp
 
     def _relabel(self, obj: Any, label: str) -> None:
         """The commit point of a store (a separate method so tests can fail it)."""
@@ -543,6 +571,7 @@ class Pkcs11Slot:
                 else:
                     obj[Attribute.LABEL] = target
                     finals.add(target)
+        self._index()
 
 
 def _open_session(config: SlotConfig) -> Any:

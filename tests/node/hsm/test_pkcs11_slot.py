@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,17 @@ from pkcs11 import exceptions as p11e
 
 from node.hsm import aad
 from node.hsm.errors import (
+    MechanismUnsupportedError,
     ModuleConfigConflictError,
     ModuleFailureError,
     ModuleLoadError,
     PinIncorrectError,
+    PinLockedError,
     PinSourceError,
     ShareIntegrityError,
     ShareNotFoundError,
     SlotNotProvisionedError,
+    TokenFullError,
     TokenNotFoundError,
 )
 from node.hsm.pkcs11_slot import (
@@ -36,6 +40,7 @@ from node.hsm.pkcs11_slot import (
     SlotConfig,
     find_module,
     load_module,
+    translate,
 )
 from node.hsm.slot import ShareId
 
@@ -310,3 +315,50 @@ def test_each_node_in_its_own_process(fleet: Fleet) -> None:
     # Same share, same id, two tokens: different ciphertexts under different KEKs.
     assert a["blob"] != c["blob"]
     assert os.environ.get("SOFTHSM2_CONF") not in (fleet.a.env.conf_path, fleet.c.env.conf_path)
+
+
+def test_object_destroyed_behind_the_slot_is_not_served(slot_a: Pkcs11Slot, sid: ShareId) -> None:
+    slot_a.store_share(sid, secrets.token_bytes(32))
+    assert slot_a.load_share(sid)  # handle now cached
+    for obj in list(slot_a._find_data(aad.share_label(sid))):
+        obj.destroy()
+    assert not slot_a.has_share(sid)
+    with pytest.raises(ShareNotFoundError):
+        slot_a.load_share(sid)
+    with pytest.raises(ShareNotFoundError):
+        slot_a.destroy_share(sid)
+
+
+@pytest.mark.parametrize(
+    "exc,expected",
+    [
+        (p11e.PinIncorrect(), PinIncorrectError),
+        (p11e.PinLocked(), PinLockedError),
+        (p11e.NoSuchToken(), TokenNotFoundError),
+        (p11e.TokenNotPresent(), TokenNotFoundError),
+        (p11e.DeviceMemory(), TokenFullError),
+        (p11e.MechanismInvalid(), MechanismUnsupportedError),
+        (p11e.DeviceError(), ModuleFailureError),
+        (p11e.GeneralError(), ModuleFailureError),
+    ],
+)
+def test_translate_maps_module_errors(exc: p11e.PKCS11Error, expected: type) -> None:
+    err = translate(exc, "op")
+    assert type(err) is expected
+    assert str(err).startswith("op:")
+
+
+def test_concurrent_use_from_threads(slot_a: Pkcs11Slot, sid: ShareId) -> None:
+    """Callers run slot operations in worker threads (asyncio.to_thread); they serialise."""
+    shares = {i: secrets.token_bytes(32) for i in range(1, 33)}
+
+    def work(i: int) -> bool:
+        share_id = dataclasses.replace(sid, index=i)
+        slot_a.store_share(share_id, shares[i])
+        sig = slot_a.sign(shares[i])
+        Ed25519PublicKey.from_public_bytes(slot_a.identity_public_key()).verify(sig, shares[i])
+        return slot_a.load_share(share_id) == shares[i]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert all(pool.map(work, shares))
+    assert len(slot_a.list_shares(sid.key_id)) == len(shares)

@@ -219,3 +219,14 @@ def test_closed_slot_refuses(any_slot: Slot, sid: ShareId) -> None:
         any_slot.load_share(sid)
     with pytest.raises(HsmError, match="closed"):
         any_slot.sign(b"m")
+
+
+def test_moved_blob_no_longer_answers_to_its_old_id(any_slot: Slot, sid: ShareId) -> None:
+    """Lookups re-check what they find (the PKCS#11 slot caches object handles)."""
+    any_slot.store_share(sid, secrets.token_bytes(32))
+    assert any_slot.load_share(sid)
+    target = dataclasses.replace(sid, generation=sid.generation + 1)
+    move_blob(any_slot, sid, target)  # type: ignore[arg-type]
+    assert not any_slot.has_share(sid)
+    with pytest.raises(ShareNotFoundError):
+        any_slot.load_share(sid)
