@@ -167,6 +167,12 @@ P = 2**255 - 19
         (P + 1).to_bytes(32, "little"),  # non-canonical encoding of the identity
         g.IDENTITY,
         bytes(32),  # small order
+        bytes.fromhex(  # a point of order 8 (torsion)
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"
+        ),
+        g.element_add(g.BASEPOINT, bytes.fromhex(  # B + torsion: on the curve, wrong subgroup
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"
+        )),
         b"\x02" + bytes(31),  # y = 2: not on the curve
     ],
 )
