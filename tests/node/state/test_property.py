@@ -1,0 +1,271 @@
+"""Property: replicas applying the same random command stream (valid and invalid mixed)
+agree on every outcome, on their snapshot bytes and on their audit head; a replica restored
+from a snapshot mid-stream continues identically; the chain always verifies."""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from node.state import (
+    AddPrincipal,
+    AdvanceEpoch,
+    Approve,
+    CreateKey,
+    Machine,
+    RecordDkgResult,
+    RecordFailure,
+    RecordResult,
+    RequestDecrypt,
+    RequestDestroy,
+    RequestRevoke,
+    RequestRotate,
+    RequestSign,
+    SetPolicy,
+    decode_outcome,
+    encode_command,
+    verify_chain,
+)
+from node.state.approvals import sign_approval
+
+NAMES = ("ops", "alice", "bob", "carol", "app", "aud", "node-1", "node-2", "node-3", "eve")
+KEYS = ("k1", "k2", "k3")
+APPROVERS = ("alice", "bob", "carol")
+MEMBERS = ("node-1", "node-2", "node-3")
+RESTORE = 13  # replica c restarts from its own snapshot
+FLOW = 14  # create (or rotate) a key and drive it to active: approvals, DKG posts, epoch
+APPROVE_ALL = 15  # every approver approves a request
+# Kinds repeated to make the interesting paths (sign, decrypt, approvals, results) common.
+KIND_WEIGHTS = (0, 1, 1, 2, 3, 3, 3, 4, 4, 5, 6, 6, 7, 7, 8, 9, 10, 10, 10, 11, 12, 13)
+USE = 16  # a client request on a known key, approved by all, then a result or a failure
+KIND_WEIGHTS += (FLOW, FLOW, APPROVE_ALL, APPROVE_ALL, APPROVE_ALL, USE, USE, USE)
+
+action = st.tuples(
+    st.sampled_from(KIND_WEIGHTS),  # what to do
+    st.sampled_from([0] * 10 + list(range(1, len(NAMES) + 1))),  # 0: usual author, else a name
+    st.sampled_from([-1] * 6 + list(range(12))),  # -1: fresh request id, else re-use one
+    st.integers(0, 63),  # a small number used by each kind as it likes
+    st.sampled_from([False] * 4 + [True]),  # "make it wrong" (bad signature, bad DKG post, ...)
+)
+
+
+def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str) -> list:
+    """Turn an action into commands, reading public state the way a client would."""
+    kind, who, rid_n, x, wrong = a
+    rid = f"s{step}" if rid_n < 0 else f"r{rid_n}"
+    if kind == FLOW:
+        return flow(world, m, KEYS[x % len(KEYS)], ("sign", "encrypt")[x & 1], step)
+    if kind == USE:
+        return use(world, m, x, wrong, step)
+    if kind == APPROVE_ALL:
+        return [
+            c for i, n in enumerate(APPROVERS)
+            for c in build(world, m, (8, 0, -1, 3 * x + i, False), f"{step}.{i}")
+        ]  # fmt: skip
+    usual = None
+    requests = sorted(m.state.requests)
+    open_ = [r for r in requests if m.state.requests[r].state.value in ("pending", "approved")]
+    pool = requests if wrong or not open_ else open_
+    if kind in (9, 10, 11):  # results go to requests of the right kind, unless "wrong"
+        want = ("create_key", "rotate") if kind == 9 else ("sign", "decrypt")
+        pool = [r for r in pool if m.state.requests[r].kind.value in want] or pool
+        ready = [r for r in pool if m.state.requests[r].state.value == "approved"]
+        pool = ready if ready and not wrong else pool
+    target = pool[x % len(pool)] if pool else "none"
+    known = sorted(m.state.keys)
+    key = known[x % len(known)] if known and not wrong else KEYS[x % len(KEYS)]
+    if kind == 0:
+        approvers = tuple(n for i, n in enumerate(APPROVERS) if (x >> i) & 1) or ("alice",)
+        k = 1 + (x >> 3) % 3
+        usual = "ops"
+        make = lambda au: SetPolicy(  # noqa: E731
+            rid, au, "p1", ("app",), ("decrypt", "sign"), approvers, k, 100, x % 3, x % 3, 1, False
+        )
+    elif kind == 1:
+        usual = MEMBERS[x % 3]
+        make = lambda au: AdvanceEpoch(rid, au, max(1, m.state.epoch + (x % 5) - 1), 60 * x)  # noqa: E731
+    elif kind == 2:
+        usual = "ops"
+        make = lambda au: CreateKey(rid, au, key, ("sign", "encrypt")[x & 1], "p1")  # noqa: E731
+    elif kind == 3:
+        usual = "app"
+        make = lambda au: RequestSign(rid, au, key, x % 3, "ctx", bytes([x]) * (1 + x))  # noqa: E731
+    elif kind == 4:
+        usual = "app"
+        make = lambda au: RequestDecrypt(rid, au, key, 1 + x % 2, "", b"c" * (1 + x))  # noqa: E731
+    elif kind == 5:
+        usual = "node-1" if wrong else "ops"
+        make = lambda au: RequestRotate(rid, au, key, 60 * x)  # noqa: E731
+    elif kind == 6:
+        usual = "ops"
+        make = lambda au: RequestRevoke(rid, au, key, 1 + x % 3)  # noqa: E731
+    elif kind == 7:
+        usual = "ops"
+        make = lambda au: RequestDestroy(rid, au, key, 1 + x % 3)  # noqa: E731
+    elif kind == 8:
+        usual = APPROVERS[x % 3]
+
+        def make(au: str):
+            req = m.state.requests.get(target)
+            digest = req.digest if req else bytes(64)
+            signer = APPROVERS[(x + 1) % 3] if wrong else au
+            return Approve(rid, au, target, sign_approval(world.private_key(signer), digest))
+    elif kind == 9:
+        usual = MEMBERS[x % 3]
+        gpk = bytes([1 + wrong]) * 32
+        make = lambda au: RecordDkgResult(rid, au, target, gpk, world.VSHARES)  # noqa: E731
+    elif kind == 10:
+        usual = MEMBERS[x % 3]
+        res = hashlib.sha512(bytes([x])).digest()
+        make = lambda au: RecordResult(rid, au, target, res)  # noqa: E731
+    elif kind == 11:
+        usual = MEMBERS[x % 3]
+        make = lambda au: RecordFailure(rid, au, target, "boom")  # noqa: E731
+    else:
+        usual = "ops"
+        name = f"extra{x % 5}"
+        make = lambda au: AddPrincipal(rid, au, name, "approver", world.public_key(name))  # noqa: E731
+    return [make(usual if who == 0 else NAMES[who - 1])]
+
+
+def flow(world, m: Machine, key_id: str, purpose: str, step: int | str) -> list:
+    """The happy path that takes a key to a new active version (commands built lazily)."""
+    rid = f"f{step}"
+    first = (
+        CreateKey(rid, "ops", key_id, purpose, "p1")
+        if key_id not in m.state.keys
+        else RequestRotate(rid, "ops", key_id, 0)
+    )
+
+    def approvals():
+        req = m.state.requests.get(rid)
+        digest = req.digest if req else bytes(64)
+        return [
+            Approve(f"{rid}-a{n}", n, rid, sign_approval(world.private_key(n), digest))
+            for n in APPROVERS
+        ]
+
+    posts = [RecordDkgResult(f"{rid}-d{n}", n, rid, world.GPK, world.VSHARES) for n in MEMBERS]
+    return [
+        first,
+        approvals,
+        *posts,
+        lambda: [AdvanceEpoch(f"{rid}-e", "node-1", m.state.epoch + 1, 7)],
+    ]
+
+
+def use(world, m: Machine, x: int, wrong: bool, step: int | str) -> list:
+    """Sign (or decrypt) on a known key, all approvers approve, a node records the outcome."""
+    keys = sorted(m.state.keys)
+    if not keys:
+        return []
+    key = m.state.keys[keys[x % len(keys)]]
+    rid = f"u{step}"
+    if key.purpose.value == "sign":
+        first = RequestSign(rid, "app", key.key_id, 0, "ctx", bytes([x]) * 8)
+    else:
+        first = RequestDecrypt(rid, "app", key.key_id, 1 + x % 2, "ctx", bytes([x]) * 8)
+    approve = [
+        lambda n=n: [
+            Approve(
+                f"{rid}-a{n}",
+                n,
+                rid,
+                sign_approval(
+                    world.private_key(n),
+                    m.state.requests[rid].digest if rid in m.state.requests else bytes(64),
+                ),
+            )
+        ]
+        for n in APPROVERS
+    ]
+    node = MEMBERS[x % 3]
+    last = (
+        RecordFailure(f"{rid}-f", node, rid, "quorum of nodes unavailable")
+        if wrong
+        else RecordResult(f"{rid}-r", node, rid, hashlib.sha512(bytes([x])).digest())
+    )
+    return [first, *approve, last]
+
+
+def run(world, m: Machine, act, step: int | str, apply) -> None:
+    """Build the action's commands against `m` and feed each one to `apply`."""
+    for item in build(world, m, act, step):
+        for cmd in item() if callable(item) else [item]:
+            apply(encode_command(cmd))
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(actions=st.lists(action, min_size=5, max_size=80), bootstrap=st.booleans())
+def test_replicas_agree(world, actions, bootstrap):
+    a, b, c = Machine(), Machine(), Machine()
+    replicas = [a, b, c]
+    setup = [world.bootstrap_command(), world.policy_command()] if bootstrap else []
+    for cmd in setup:
+        for r in replicas:
+            r.apply(encode_command(cmd))
+    if bootstrap:  # start with one active key of each purpose so that deep paths are reached
+        for i, purpose in enumerate(("sign", "encrypt")):
+            for item in flow(world, a, KEYS[i], purpose, f"init{i}"):
+                for cmd in item() if callable(item) else [item]:
+                    outs = {r.apply(encode_command(cmd)) for r in replicas}
+                    assert len(outs) == 1
+    restored_at = []
+    for step, act in enumerate(actions):
+        if act[0] == RESTORE:  # replica c restarts from its own snapshot
+            c = Machine.from_snapshot(c.snapshot())
+            replicas[2] = c
+            restored_at.append(step)
+            continue
+
+        def apply_all(data: bytes) -> None:
+            outs = [r.apply(data) for r in replicas]
+            assert outs[0] == outs[1] == outs[2]
+            decode_outcome(outs[0])
+
+        run(world, a, act, step, apply_all)
+    snaps = [r.snapshot() for r in replicas]
+    assert snaps[0] == snaps[1] == snaps[2]
+    heads = [r.audit_head() for r in replicas]
+    assert heads[0] == heads[1] == heads[2]
+    assert verify_chain(a.state.audit, expected_head=heads[0]) == heads[0]
+    assert Machine.from_snapshot(snaps[0]).snapshot() == snaps[0]
+    for key in a.state.keys.values():  # structural invariants
+        actives = [v for v in key.versions.values() if v.state.value == "active"]
+        assert len(actives) <= 1
+        assert key.primary == (actives[0].number if actives else 0)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(actions=st.lists(action, min_size=2, max_size=50), cut=st.integers(0, 49))
+def test_snapshot_mid_sequence_continues_identically(world, actions, cut):
+    live = Machine()
+    for cmd in (world.bootstrap_command(), world.policy_command()):
+        live.apply(encode_command(cmd))
+    for i, purpose in enumerate(("sign", "encrypt")):
+        run(
+            world,
+            live,
+            (FLOW, 0, -1, i if purpose == "sign" else 1 + 3, False),
+            f"i{i}",
+            live.apply,
+        )
+    cut %= len(actions)
+    for step, act in enumerate(actions[:cut]):
+        run(world, live, act, step, live.apply)
+    clone = Machine.from_snapshot(live.snapshot())
+
+    def apply_both(data: bytes) -> None:
+        assert live.apply(data) == clone.apply(data)
+
+    for step, act in enumerate(actions[cut:], start=cut):
+        run(world, live, act, step, apply_both)
+    assert live.snapshot() == clone.snapshot()
