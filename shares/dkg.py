@@ -326,7 +326,7 @@ class PublicKeyPackage:
             2 <= len(self.verifying_shares) <= shamir.MAX_PARTICIPANTS
         ):
             raise InvalidParameters("verifying_shares must map 2..255 identifiers")
-        ids = shamir.check_identifiers(sorted(self.verifying_shares))
+        ids = sorted(shamir.check_identifiers(list(self.verifying_shares)))
         shares = {i: g.decode_element(self.verifying_shares[i]) for i in ids}
         object.__setattr__(self, "verifying_shares", shares)
         object.__setattr__(self, "group_public_key", g.decode_element(self.group_public_key))
@@ -346,15 +346,23 @@ class PublicKeyPackage:
             "v": VERSION,
             "suite": SUITE,
             "kind": "public-key-package",
-            "verifying_shares": {i: bytes(v) for i, v in self.verifying_shares.items()},
+            # A list of [identifier, element] pairs: msgpack maps want string keys.
+            "verifying_shares": [[i, bytes(v)] for i, v in self.verifying_shares.items()],
             "group_public_key": bytes(self.group_public_key),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PublicKeyPackage:
         _check_fields(data, "public-key-package", {"verifying_shares", "group_public_key"})
+        pairs = data["verifying_shares"]
+        if not isinstance(pairs, list | tuple) or not all(
+            isinstance(p, list | tuple) and len(p) == 2 for p in pairs
+        ):
+            raise EncodingError("verifying_shares must be a list of [identifier, element]")
+        if len({p[0] for p in pairs if isinstance(p[0], int)}) != len(pairs):
+            raise EncodingError("verifying_shares has duplicate or non-integer identifiers")
         try:
-            return cls(dict(data["verifying_shares"]), data["group_public_key"])
+            return cls(dict(pairs), data["group_public_key"])
         except (TypeError, ValueError, SharesError) as exc:
             raise EncodingError(f"malformed public key package: {exc}") from exc
 
@@ -471,7 +479,7 @@ def _check_peer_map(
         raise InvalidParameters(
             f"need {what} from the other {max_participants - 1} participants, got {len(packages)}"
         )
-    ids = list(shamir.check_identifiers(sorted(packages)))
+    ids = sorted(shamir.check_identifiers(list(packages)))
     if own in ids:
         raise InvalidParameters(f"{what} must not include this participant's own")
     return ids

@@ -178,23 +178,24 @@ def _commitment_list_shape(commitment_list: Sequence[Sequence[object]]) -> list[
 
     Element validity is checked separately (and only once per element).
     """
-    if isinstance(commitment_list, bytes | bytearray | str):
+    if not isinstance(commitment_list, Sequence) or isinstance(
+        commitment_list, bytes | bytearray | str
+    ):
         raise InvalidParameters("commitment_list must be a sequence of entries")
-    rows = list(commitment_list)
-    if not 2 <= len(rows) <= shamir.MAX_PARTICIPANTS:
+    if not 2 <= len(commitment_list) <= shamir.MAX_PARTICIPANTS:
         raise InvalidParameters("commitment_list must have between 2 and 255 entries")
-    out: list[CommitmentEntry] = []
-    for row in rows:
-        if isinstance(row, bytes | bytearray | str) or len(row) != 3:
+    for row in commitment_list:
+        if not isinstance(row, tuple | list) or len(row) != 3:
             raise InvalidParameters("commitment_list entries are (identifier, hiding, binding)")
-        ident, hiding, binding = row
+    ids = shamir.check_identifiers(row[0] for row in commitment_list)
+    if list(ids) != sorted(ids):
+        raise InvalidParameters("commitment_list must be sorted by identifier (RFC 9591 5.2)")
+    out: list[CommitmentEntry] = []
+    for ident, hiding, binding in commitment_list:
         for elem in (hiding, binding):
             if not isinstance(elem, bytes | bytearray) or len(elem) != g.ELEMENT_SIZE:
                 raise InvalidCommitment("commitment must be 32 bytes", culprits=[ident])
         out.append(CommitmentEntry(ident, bytes(hiding), bytes(binding)))
-    ids = shamir.check_identifiers(e.identifier for e in out)
-    if list(ids) != sorted(ids):
-        raise InvalidParameters("commitment_list must be sorted by identifier (RFC 9591 5.2)")
     return out
 
 
@@ -472,7 +473,11 @@ def aggregate(
     entries = _commitment_list_shape(commitment_list)
     pk = _check_group_public_key(group_public_key)
     message = _check_message(msg)
-    if isinstance(sig_shares, bytes | bytearray | str) or len(sig_shares) != len(entries):
+    if (
+        not isinstance(sig_shares, Sequence)
+        or isinstance(sig_shares, bytes | bytearray | str)
+        or len(sig_shares) != len(entries)
+    ):
         raise InvalidParameters("need exactly one signature share per commitment_list entry")
     z = g.ZERO
     bad_encoding: list[Identifier] = []
@@ -570,7 +575,11 @@ def verify_signature_share(
     entry = next((e for e in entries if e.identifier == identifier), None)
     if entry is None:
         raise InvalidParameters(f"participant {identifier} is not in commitment_list")
-    if len(comm_i) != 2 or (entry.hiding, entry.binding) != (bytes(comm_i[0]), bytes(comm_i[1])):
+    if (
+        not isinstance(comm_i, tuple | list)
+        or len(comm_i) != 2
+        or (entry.hiding, entry.binding) != (comm_i[0], comm_i[1])
+    ):
         raise InvalidParameters("comm_i does not match the commitment_list entry")
     binding_factor_list = _binding_factors(pk, entries, message)
     group_commitment = _group_commitment(entries, binding_factor_list)

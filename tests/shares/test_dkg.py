@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
@@ -296,3 +297,58 @@ def test_packages_serialize_strictly() -> None:
         dkg.Round2Package.from_dict({**r2.to_dict(), "recipient": 1})
     with pytest.raises(EncodingError):
         dkg.Round2Package.from_dict([1, 2, 3])  # type: ignore[arg-type]
+
+
+def test_packages_survive_msgpack() -> None:
+    results, packages, _ = run_dkg(3, 4, 7)
+    public = results[2][1]
+    wire = msgpack.unpackb(msgpack.packb(public.to_dict()))
+    assert dkg.PublicKeyPackage.from_dict(wire) == public
+    wire1 = msgpack.unpackb(msgpack.packb(packages[3].to_dict()))
+    assert dkg.Round1Package.from_dict(wire1) == packages[3]
+    dup = public.to_dict()
+    dup["verifying_shares"] = [dup["verifying_shares"][0]] * 2 + dup["verifying_shares"][2:]
+    with pytest.raises(EncodingError):
+        dkg.PublicKeyPackage.from_dict(dup)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.dictionaries(
+        st.sampled_from(
+            [
+                "v",
+                "suite",
+                "kind",
+                "identifier",
+                "commitment",
+                "pok_r",
+                "pok_mu",
+                "sender",
+                "recipient",
+                "signing_share",
+                "verifying_shares",
+                "group_public_key",
+            ]
+        ),
+        st.none()
+        | st.integers(-2, 300)
+        | st.binary(max_size=40)
+        | st.text(max_size=30)
+        | st.lists(st.binary(max_size=33) | st.integers(0, 3), max_size=4),
+    )
+)
+def test_garbage_packages_raise_encoding_errors(data: dict) -> None:
+    for kind, cls in (
+        ("dkg-round1", dkg.Round1Package),
+        ("dkg-round2", dkg.Round2Package),
+        ("public-key-package", dkg.PublicKeyPackage),
+    ):
+        try:  # junk may by chance be well formed; then it must round-trip exactly
+            package = cls.from_dict({**data, "v": 1, "suite": dkg.SUITE, "kind": kind})
+        except EncodingError:
+            pass
+        else:
+            assert cls.from_dict(package.to_dict()) == package
+        with pytest.raises(EncodingError):  # no version/suite/kind: always refused
+            cls.from_dict({k: v for k, v in data.items() if k not in ("v", "suite", "kind")})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import msgpack
 import pytest
 from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,6 +28,7 @@ from shares.errors import (
     InvalidSignature,
     InvalidSignatureShare,
     NonceReuse,
+    SharesError,
 )
 from shares.rng import SeededRNG
 
@@ -275,3 +277,39 @@ def test_trusted_dealer_outputs_are_consistent() -> None:
         frost.trusted_dealer_keygen(secret, 3, 4, rng=rng)
     with pytest.raises(InvalidParameters):
         frost.derive_group_info(5, 2, commitment)
+
+
+junk = st.recursive(
+    st.none() | st.integers(-3, 300) | st.binary(max_size=40) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner, inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(commitment_list=junk, sig_shares=junk)
+def test_garbage_inputs_raise_only_shares_errors(commitment_list, sig_shares) -> None:
+    """Parsing is an attack surface: malformed input gets a SharesError, never a crash."""
+    shares, pk, pks, rng = keygen(2, 3, 13)
+    nonces, _ = round_one(shares, [1, 2], rng)
+    with pytest.raises(SharesError):
+        frost.sign(1, shares[1], pk, nonces[1], MSG, commitment_list)
+    with pytest.raises(SharesError):
+        frost.aggregate(commitment_list, MSG, pk, sig_shares, verifying_shares=pks)
+    with pytest.raises(SharesError):
+        frost.verify_signature_share(1, pks[1], sig_shares, g.ONE, commitment_list, pk, MSG)
+    try:  # binding factors need only the list's shape (RFC 9591 4.4), so junk may pass
+        factors = frost.compute_binding_factors(pk, commitment_list, MSG)
+    except SharesError:
+        return
+    assert [i for i, _ in factors] == [row[0] for row in commitment_list]
+
+
+def test_msgpack_shaped_commitment_list_is_accepted() -> None:
+    """Lists instead of tuples (as msgpack decodes them) work end to end."""
+    shares, pk, pks, rng = keygen(2, 3, 14)
+    nonces, commitment_list = round_one(shares, [1, 3], rng)
+    wire = msgpack.unpackb(msgpack.packb([list(row) for row in commitment_list]))
+    sig_shares = [frost.sign(i, shares[i], pk, nonces[i], MSG, wire) for i, _, _ in wire]
+    sig = frost.aggregate(wire, MSG, pk, sig_shares, verifying_shares=pks)
+    Ed25519PublicKey.from_public_bytes(pk).verify(sig, MSG)
