@@ -69,6 +69,7 @@ OUTCOME_VERSION = 1
 
 RS = RequestState
 VS = VersionState
+_OPEN = (RS.PENDING, RS.APPROVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,11 +303,14 @@ class Machine:
 
     def _fail_impossible(self, key_id: str, number: int) -> None:
         """After a version changed state, fail the open requests it made impossible."""
-        for rid in sorted(self.state.requests):
+        affected = sorted(
+            rid
+            for rid, req in self.state.requests.items()
+            if req.key_id == key_id and req.version == number and req.state in _OPEN
+        )
+        for rid in affected:
             req = self.state.requests[rid]
-            if req.key_id != key_id or req.version != number:
-                continue
-            if req.state in (RS.PENDING, RS.APPROVED) and not self._still_possible(req):
+            if not self._still_possible(req):
                 state = self.state.keys[key_id].versions[number].state
                 self._finish(req, rules.request_step(req.state, "fail"), f"version_{state.value}")
 
@@ -646,6 +650,16 @@ class Machine:
         )
         by_use = policy.max_uses > 0 and v.uses >= policy.max_uses
         return by_time or by_use
+
+    def open_requests(self, kind: RequestKind | str | None = None) -> list[Request]:
+        """Requests still pending approval or waiting for execution, in request-id order."""
+        want = RequestKind(kind) if kind is not None else None
+        return [
+            self.state.requests[rid]
+            for rid in sorted(self.state.requests)
+            if self.state.requests[rid].state in _OPEN
+            and (want is None or self.state.requests[rid].kind is want)
+        ]
 
     def executable(self, request_id: str) -> Request:
         """The request, if this replica agrees it may be executed now; else Rejected.

@@ -476,3 +476,15 @@ def test_apply_bytes_roundtrip_and_exactly_once(world):
     first = decode_outcome(m.apply(data))
     assert first.ok and decode_outcome(m.apply(data)) == first
     assert len(m.state.audit) == 1
+
+
+def test_open_requests_query(ready):
+    ready.active_key("k1")
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.ok(RequestRotate("rot", "ops", "k1", 0))
+    assert [r.request_id for r in ready.m.open_requests()] == ["rot", "s1"]
+    assert [r.request_id for r in ready.m.open_requests("sign")] == ["s1"]
+    ready.approve("s1", "alice")
+    ready.approve("s1", "bob")
+    ready.ok(RecordResult("res", "node-1", "s1", RESULT))
+    assert [r.request_id for r in ready.m.open_requests()] == ["rot"]
