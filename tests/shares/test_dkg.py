@@ -352,3 +352,31 @@ def test_garbage_packages_raise_encoding_errors(data: dict) -> None:
             assert cls.from_dict(package.to_dict()) == package
         with pytest.raises(EncodingError):  # no version/suite/kind: always refused
             cls.from_dict({k: v for k, v in data.items() if k not in ("v", "suite", "kind")})
+
+
+def test_non_contiguous_identifiers() -> None:
+    ids, t = [2, 5, 9], 2
+    rng = SeededRNG(15)
+    r1 = {i: dkg.part1(i, len(ids), t, CTX, rng=rng) for i in ids}
+    packages = {i: p for i, (_, p) in r1.items()}
+    r2 = {i: dkg.part2(r1[i][0], others(packages, i)) for i in ids}
+    results = {
+        i: dkg.part3(r2[i][0], others(packages, i), {j: r2[j][1][i] for j in ids if j != i})
+        for i in ids
+    }
+    public = results[5][1]
+    assert sorted(public.verifying_shares) == ids
+    signers = [2, 9]
+    round_one = {i: frost.commit(results[i][0].signing_share, rng=rng) for i in signers}
+    commitment_list = [(i, round_one[i][1].hiding, round_one[i][1].binding) for i in signers]
+    pk = public.group_public_key
+    sig = frost.aggregate(
+        commitment_list,
+        b"m",
+        pk,
+        [
+            frost.sign(i, results[i][0].signing_share, pk, round_one[i][0], b"m", commitment_list)
+            for i in signers
+        ],
+    )
+    Ed25519PublicKey.from_public_bytes(pk).verify(sig, b"m")
