@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from node.hsm.errors import BackupAuthenticationError, BackupFormatError, ShareIntegrityError
+from node.hsm.errors import (
+    BackupAuthenticationError,
+    BackupFormatError,
+    InvalidInputError,
+    ShareIntegrityError,
+)
 from node.hsm.slot import MAX_SHARE_LEN, ShareId, check_backup_key, check_identifier
 
 SHARE_AAD_CONTEXT = b"custody-cluster/hsm/share-object/v1"
@@ -59,6 +64,8 @@ def share_aad(cluster_id: str, share_id: ShareId) -> bytes:
 
 def share_label(share_id: ShareId) -> str:
     """The CKA_LABEL of a stored share object."""
+    if not isinstance(share_id, ShareId):
+        raise InvalidInputError("share_id must be a ShareId")
     return (
         f"{LABEL_PREFIX}{share_id.key_id}/{share_id.version}/{share_id.index}/{share_id.generation}"
     )

@@ -325,8 +325,6 @@ class Pkcs11Slot:
         self, share_id: ShareId, share: bytes | bytearray, *, replace: bool = False
     ) -> None:
         check_share_bytes(share)
-        if not isinstance(share_id, ShareId):
-            raise InvalidInputError("share_id must be a ShareId")
         label = aad.share_label(share_id)
         with self._lock:
             self._check_open()

@@ -230,3 +230,11 @@ def test_moved_blob_no_longer_answers_to_its_old_id(any_slot: Slot, sid: ShareId
     assert not any_slot.has_share(sid)
     with pytest.raises(ShareNotFoundError):
         any_slot.load_share(sid)
+
+
+def test_share_id_type_checked(any_slot: Slot) -> None:
+    for op in (any_slot.load_share, any_slot.has_share, any_slot.destroy_share):
+        with pytest.raises(InvalidInputError):
+            op(("k", 1, 1, 0))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        any_slot.store_share(("k", 1, 1, 0), b"s" * 32)  # type: ignore[arg-type]
