@@ -61,6 +61,10 @@ class BadCommand(ValueError):
     """A client request or a log command that fails validation."""
 
 
+class ValueTooLarge(BadCommand):
+    """A value above MAX_VALUE (HTTP 413)."""
+
+
 # --------------------------------------------------------------------------
 # The replicated state machine (pure, deterministic)
 # --------------------------------------------------------------------------
@@ -75,8 +79,10 @@ def _check_key(key: object) -> str:
 
 
 def _check_value(value: object) -> bytes:
-    if not isinstance(value, bytes) or len(value) > MAX_VALUE:
-        raise BadCommand(f"value must be at most {MAX_VALUE} bytes")
+    if not isinstance(value, bytes):
+        raise BadCommand("value must be bytes")
+    if len(value) > MAX_VALUE:
+        raise ValueTooLarge(f"value must be at most {MAX_VALUE} bytes")
     return value
 
 
@@ -314,9 +320,16 @@ def _error(status: int, **body: Any) -> web.Response:
 
 async def _forward(request: web.Request, leader: int | None) -> web.StreamResponse:
     """Serve the request through the leader's HTTP API (one hop, never a loop)."""
-    addr = request.app[STORE].http.get(leader) if leader else None
-    if not leader or not addr or FORWARDED in request.headers:
+    if not leader or FORWARDED in request.headers:
         raise NoLeader(leader or None)
+    store = request.app[STORE]
+    if leader not in store.http:
+        # The leader's advertisement may be committed but not applied here yet.
+        with contextlib.suppress(NotLeader, TimeoutError, ProposalDropped, Overloaded):
+            await request.app[NODE].read_index(timeout=request.app[CONFIG].request_timeout)
+    addr = store.http.get(leader)
+    if addr is None:
+        raise NoLeader(leader)
     headers = {FORWARDED: str(request.app[CONFIG].node_id)}
     for h in ("X-Client-Id", "X-Request-Seq", "Content-Type"):
         if h in request.headers:
@@ -346,6 +359,8 @@ async def errors_middleware(
             return await _forward(request, exc.leader_id)
     except NoLeader as exc:
         return _error(503, leader=exc.leader, error="no leader")
+    except ValueTooLarge as exc:
+        return _error(413, error=str(exc))
     except BadCommand as exc:
         return _error(400, error=str(exc))
     except SessionError as exc:
