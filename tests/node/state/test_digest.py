@@ -62,3 +62,24 @@ def test_machine_uses_the_canonical_digest(ready):
         payload_sha512=payload_hash(b"hello"),
     )
     assert req.payload_hash == payload_hash(b"hello")
+
+
+def test_documented_example_bytes():
+    """The worked example in docs/state-machine.md, as hex."""
+    body = bytes.fromhex(
+        "00000021"
+        + b"custody-cluster/v1/request-digest".hex()
+        + "00000001" + b"c".hex()
+        + "00000004" + b"sign".hex()
+        + "00000001" + b"r".hex()
+        + "00000001" + b"a".hex()
+        + "00000001" + b"k".hex()
+        + "00000008" + "0000000000000001"
+        + "00000000"
+        + "00000000"
+    )  # fmt: skip
+    got = request_digest(
+        cluster_id="c", kind="sign", request_id="r", author="a", key_id="k",
+        version=1, context="", payload_sha512=b"",
+    )  # fmt: skip
+    assert got == hashlib.sha512(body).digest()
