@@ -479,6 +479,8 @@ def aggregate(
         or len(sig_shares) != len(entries)
     ):
         raise InvalidParameters("need exactly one signature share per commitment_list entry")
+    if verifying_shares is not None and not isinstance(verifying_shares, Mapping):
+        raise InvalidParameters("verifying_shares must map identifiers to elements")
     z = g.ZERO
     bad_encoding: list[Identifier] = []
     for entry, share in zip(entries, sig_shares, strict=True):
