@@ -350,13 +350,21 @@ def compute_group_commitment(
 ) -> g.Element:
     """RFC 9591 section 4.5: R = sum_j (D_j + rho_j * E_j)."""
     entries = _commitment_list_shape(commitment_list)
-    return _group_commitment(entries, binding_factor_list)
+    if not isinstance(binding_factor_list, Sequence) or not all(
+        isinstance(row, tuple | list) and len(row) == 2 for row in binding_factor_list
+    ):
+        raise InvalidParameters("binding_factor_list rows are (identifier, binding_factor)")
+    factors = [(i, g.decode_scalar(rho)) for i, rho in binding_factor_list]
+    return _group_commitment(entries, factors)
 
 
 def compute_challenge(
     group_commitment: g.Element, group_public_key: g.Element, msg: bytes
 ) -> g.Scalar:
     """RFC 9591 section 4.6: c = H2(R || PK || msg), the RFC 8032 challenge."""
+    for elem in (group_commitment, group_public_key):
+        if not isinstance(elem, bytes | bytearray) or len(elem) != g.ELEMENT_SIZE:
+            raise InvalidElement(f"elements must be {g.ELEMENT_SIZE} bytes")
     return H2(bytes(group_commitment) + bytes(group_public_key) + _check_message(msg))
 
 

@@ -313,3 +313,21 @@ def test_msgpack_shaped_commitment_list_is_accepted() -> None:
     sig_shares = [frost.sign(i, shares[i], pk, nonces[i], MSG, wire) for i, _, _ in wire]
     sig = frost.aggregate(wire, MSG, pk, sig_shares, verifying_shares=pks)
     Ed25519PublicKey.from_public_bytes(pk).verify(sig, MSG)
+
+
+def test_rfc_helpers_validate_their_inputs() -> None:
+    shares, pk, _, rng = keygen(2, 3, 16)
+    _, commitment_list = round_one(shares, [1, 2], rng)
+    with pytest.raises(InvalidParameters):
+        frost.compute_group_commitment(commitment_list, [(1, g.ONE, g.ONE)])
+    with pytest.raises(InvalidScalar):
+        frost.compute_group_commitment(commitment_list, [(1, b"\xff" * 32), (2, g.ONE)])
+    with pytest.raises(InvalidParameters):  # a participant without a binding factor
+        frost.compute_group_commitment(commitment_list, [(1, g.ONE)])
+    with pytest.raises(InvalidElement):
+        frost.compute_challenge(b"short", pk, MSG)
+    with pytest.raises(InvalidScalar):
+        frost.SigningNonces(g.ZERO, g.ONE)
+    assert frost.encode_group_commitment_list(commitment_list) == b"".join(
+        i.to_bytes(32, "little") + hid + bnd for i, hid, bnd in commitment_list
+    )
