@@ -67,6 +67,12 @@ class CommitmentEntry(NamedTuple):
     binding: g.Element
 
 
+def _zero(*buffers: bytearray) -> None:
+    for buf in buffers:
+        for k in range(len(buf)):
+            buf[k] = 0
+
+
 class SigningNonces:
     """A signer's (hiding_nonce, binding_nonce) pair: usable for exactly one `sign`.
 
@@ -75,41 +81,43 @@ class SigningNonces:
     buffers; a second `take()` raises NonceReuse. Prints as <redacted>.
     """
 
-    __slots__ = ("_binding", "_hiding", "_used", "commitments")
+    __slots__ = ("_slot", "commitments")
 
     def __init__(self, hiding_nonce: g.Scalar, binding_nonce: g.Scalar) -> None:
         h = g.decode_scalar(hiding_nonce)
         b = g.decode_scalar(binding_nonce)
         if g.scalar_is_zero(h) or g.scalar_is_zero(b):
             raise InvalidScalar("nonces must be non-zero")
-        self._hiding = bytearray(h)
-        self._binding = bytearray(b)
-        self._used = False
+        # One-element list: list.pop() is a single atomic step under the GIL, so
+        # two threads racing to use the same nonces cannot both get them.
+        self._slot = [(bytearray(h), bytearray(b))]
         #: The public commitments to these nonces (RFC 9591 section 5.1 `comm`).
         self.commitments = NonceCommitment(g.base_mult(h), g.base_mult(b))
 
     @property
     def used(self) -> bool:
-        return self._used
+        return not self._slot
 
     def take(self) -> tuple[g.Scalar, g.Scalar]:
         """Return (hiding_nonce, binding_nonce) once; zero the stored copies."""
-        if self._used:
-            raise NonceReuse("these signing nonces were already used")
-        self._used = True
-        out = (bytes(self._hiding), bytes(self._binding))
-        self.zeroize()
+        try:
+            hiding, binding = self._slot.pop()
+        except IndexError:
+            raise NonceReuse("these signing nonces were already used") from None
+        out = (bytes(hiding), bytes(binding))
+        _zero(hiding, binding)
         return out
 
     def zeroize(self) -> None:
         """Discard the nonces without using them (e.g. the signing round was abandoned)."""
-        self._used = True
-        for buf in (self._hiding, self._binding):
-            for k in range(len(buf)):
-                buf[k] = 0
+        while self._slot:
+            try:
+                _zero(*self._slot.pop())
+            except IndexError:  # another thread took them meanwhile
+                return
 
     def __repr__(self) -> str:
-        return f"SigningNonces(<redacted>, used={self._used})"
+        return f"SigningNonces(<redacted>, used={self.used})"
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("SigningNonces must not be pickled or copied")

@@ -331,3 +331,15 @@ def test_rfc_helpers_validate_their_inputs() -> None:
     assert frost.encode_group_commitment_list(commitment_list) == b"".join(
         i.to_bytes(32, "little") + hid + bnd for i, hid, bnd in commitment_list
     )
+
+
+def test_nonce_buffers_are_zeroed_after_use() -> None:
+    nonce, _ = frost.commit(g.scalar_from_int(7), rng=SeededRNG(17))
+    hiding_buf, binding_buf = nonce._slot[0]
+    hiding, binding = nonce.take()
+    assert hiding != g.ZERO and binding != g.ZERO
+    assert not any(hiding_buf) and not any(binding_buf)
+    abandoned, _ = frost.commit(g.scalar_from_int(7), rng=SeededRNG(18))
+    bufs = abandoned._slot[0]
+    abandoned.zeroize()
+    assert abandoned.used and not any(bufs[0]) and not any(bufs[1])
