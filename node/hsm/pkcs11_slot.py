@@ -224,7 +224,7 @@ def _raw_ec_point(point: bytes) -> bytes:
 class Pkcs11Slot:
     """A node's HSM slot on one PKCS#11 token. Use `Pkcs11Slot.open(config)`."""
 
-    def __init__(self, config: SlotConfig, session: Any) -> None:
+    def __init__(self, config: SlotConfig, session: Any, *, sweep: bool = True) -> None:
         self._config = config
         self._session = session
         self._lock = threading.RLock()
@@ -241,18 +241,25 @@ class Pkcs11Slot:
             self._identity_pub = _raw_ec_point(pub[Attribute.EC_POINT])
             if self._kek[Attribute.EXTRACTABLE] or not self._kek[Attribute.SENSITIVE]:
                 raise SlotNotProvisionedError("slot KEK is extractable or not sensitive")
-            self._sweep()
+            if sweep:
+                self._sweep()
+            else:
+                self._index()
         except p11e.PKCS11Error as exc:
             raise translate(exc, "open slot") from exc
 
     # ----------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, config: SlotConfig) -> Pkcs11Slot:
-        """Log in to the node's token and check it is provisioned."""
+    def open(cls, config: SlotConfig, *, sweep: bool = True) -> Pkcs11Slot:
+        """Log in to the node's token and check it is provisioned.
+
+        `sweep=False` is for read-only observers (another process checking the
+        token while its node runs): it leaves in-flight temporaries alone.
+        """
         session = _open_session(config)
         try:
-            return cls(config, session)
+            return cls(config, session, sweep=sweep)
         except BaseException:
             session.close()
             raise

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import json
 import os
 import shutil
@@ -31,7 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.hsm.errors import HsmError, InvalidInputError, ModuleFailureError, PinSourceError
+from node.hsm.errors import (
+    HsmError,
+    InvalidInputError,
+    ModuleFailureError,
+    PinSourceError,
+    ShareIntegrityError,
+    ShareNotFoundError,
+)
 from node.hsm.pkcs11_slot import (
     MAX_PIN_LEN,
     MAX_TOKEN_LABEL_LEN,
@@ -39,7 +47,7 @@ from node.hsm.pkcs11_slot import (
     find_module,
     read_pin,
 )
-from node.hsm.slot import check_identifier
+from node.hsm.slot import ShareId, check_identifier
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _CKF_TOKEN_INITIALIZED = 0x400
@@ -175,6 +183,44 @@ def provision_token(
     return bytes.fromhex(result["identity_public_key"])
 
 
+def verify_persisted(
+    config: SlotConfig, share_ids: list[ShareId], *, env: dict[str, str] | None = None
+) -> list[ShareId]:
+    """The shares that a *fresh process* cannot load from the token (empty list: all good).
+
+    A module instance answers from its own memory, so a store can look fine
+    in the process that made it while the token's storage never got it
+    (SoftHSM2's file store does not report failed writes: seen with a file-size
+    limit, the store succeeds and the share is gone for every other process).
+    Call this after storing shares that must survive (e.g. after a DKG) and
+    treat any id returned as not stored. Costs one process start (~0.3 s).
+    """
+    payload = json.dumps(
+        {
+            "config": dataclasses.asdict(config),
+            "ids": [[s.key_id, s.version, s.index, s.generation] for s in share_ids],
+        }
+    )
+    child_env = dict(env if env is not None else os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_PROJECT_ROOT), child_env.get("PYTHONPATH", "")) if p
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "node.hsm.softhsm", "_child-verify"],
+        input=payload,
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=_PROVISION_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise HsmError(f"verifying shares in a fresh process failed: {last}")
+    missing = json.loads(proc.stdout.strip().splitlines()[-1])["missing"]
+    return [ShareId(*m) for m in missing]
+
+
 # --------------------------------------------------------------- child process
 
 
@@ -259,6 +305,24 @@ def _child_provision(label: str, cluster_id: str, module_path: str, create_keys:
     return 0
 
 
+def _child_verify() -> int:
+    from node.hsm.aad import zero
+    from node.hsm.pkcs11_slot import Pkcs11Slot
+
+    request = json.loads(sys.stdin.read(1 << 20))
+    config = SlotConfig(**request["config"])
+    missing = []
+    with Pkcs11Slot.open(config, sweep=False) as slot:
+        for key_id, version, index, generation in request["ids"]:
+            sid = ShareId(key_id, version, index, generation)
+            try:
+                zero(slot.load_share(sid))
+            except (ShareNotFoundError, ShareIntegrityError):
+                missing.append([key_id, version, index, generation])
+    print(json.dumps({"missing": missing}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m node.hsm.softhsm")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -276,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     child.add_argument("--cluster", required=True)
     child.add_argument("--module", required=True)
     child.add_argument("--no-keys", action="store_true")
+    sub.add_parser("_child-verify")
     args = parser.parse_args(argv)
     try:
+        if args.cmd == "_child-verify":
+            return _child_verify()
         if args.cmd == "_child-provision":
             return _child_provision(args.label, args.cluster, args.module, not args.no_keys)
         env = create_env(args.dir, args.module)

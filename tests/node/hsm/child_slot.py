@@ -3,12 +3,15 @@
 Usage: python child_slot.py MODE CONFIG_JSON
   crash-store / crash-replace: die (os._exit) at the commit point of a store.
   node: report visible tokens, identity key, a signature and a stored blob.
+  fsize-store: store one share normally, then one under a 16-byte file-size limit.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import sys
 
 from pkcs11 import Attribute
@@ -20,6 +23,8 @@ from node.hsm.slot import ShareId
 
 CRASH_ID = ShareId("crash-key", 1, 1, 0)
 NODE_ID = ShareId("iso-key", 1, 1, 0)
+GOOD_ID = ShareId("fsize-key", 1, 1, 0)
+FSIZE_ID = ShareId("fsize-key", 1, 2, 0)
 
 
 def _die(self: Pkcs11Slot, obj: object, label: str) -> None:
@@ -57,6 +62,21 @@ def main() -> int:
             }
             slot.destroy_share(NODE_ID)
         print(json.dumps(out))
+        return 0
+    if mode == "fsize-store":
+        with Pkcs11Slot.open(cfg) as slot:
+            slot.store_share(GOOD_ID, b"\x01" * 32)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (16, hard))
+            try:
+                slot.store_share(FSIZE_ID, b"\x02" * 32)
+                stored = "ok"
+            except Exception as exc:
+                stored = type(exc).__name__
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            print(json.dumps({"store": stored, "visible_here": slot.has_share(FSIZE_ID)}))
         return 0
     return 2
 

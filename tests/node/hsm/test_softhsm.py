@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -14,6 +15,7 @@ import pytest
 
 from node.hsm import softhsm
 from node.hsm.errors import HsmError, InvalidInputError, PinSourceError
+from node.hsm.slot import ShareId
 
 from .conftest import CLUSTER, Fleet
 
@@ -75,3 +77,31 @@ def test_cli_provision_with_pin_files(tmp_path: Path) -> None:
         check=False,
     )
     assert loose.returncode == 2 and "PinSourceError" in loose.stderr
+
+
+def test_verify_persisted_catches_a_silently_failed_write(tmp_path: Path) -> None:
+    """SoftHSM2 reports success when its object file cannot be written; a fresh
+    process does not see the share. `verify_persisted` is how a node finds out."""
+    env = softhsm.create_env(tmp_path / "fsz")
+    pin = secrets.token_hex(8)
+    pin_file = softhsm.write_pin_file(tmp_path / "fsz.pin", pin)
+    softhsm.provision_token(env, "fsz-node", CLUSTER, user_pin=pin, so_pin=secrets.token_hex(8))
+    config = env.slot_config("fsz-node", CLUSTER, pin_file=pin_file)
+    child = Path(__file__).with_name("child_slot.py")
+    proc = subprocess.run(
+        [sys.executable, str(child), "fsize-store", json.dumps(dataclasses.asdict(config))],
+        capture_output=True,
+        text=True,
+        env=env.child_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    good, lost = ShareId("fsize-key", 1, 1, 0), ShareId("fsize-key", 1, 2, 0)
+    # SoftHSM2 2.6.1 says "ok" and the storing process still sees the share;
+    # a module that reports the failure instead is fine too.
+    if result["store"] == "ok":
+        assert result["visible_here"] is True
+    assert softhsm.verify_persisted(config, [good, lost]) == [lost]
+    assert softhsm.verify_persisted(config, [good]) == []
