@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 import typing
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -30,73 +30,104 @@ SNAPSHOT_VERSION = 1
 MAX_SNAPSHOT_BYTES = 1 << 30
 
 
+_SCALARS = (bool, int, str, bytes)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    if dataclasses.is_dataclass(cls):
+        return tuple(f.name for f in dataclasses.fields(cls))
+    return None
+
+
 def _dump(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _dump(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    names = _field_names(t)
+    if names is not None:
+        return {n: _dump(getattr(value, n)) for n in names}
     if isinstance(value, Enum):
         return value.value
-    if isinstance(value, dict):
+    if t is dict:
         return {_dump(k): _dump(value[k]) for k in sorted(value)}
-    if isinstance(value, list | tuple):
+    if t is list or t is tuple:
         return [_dump(v) for v in value]
-    if isinstance(value, bool | int | str | bytes):
-        return value
-    raise TypeError(f"cannot snapshot {type(value).__name__}")
+    raise TypeError(f"cannot snapshot {t.__name__}")
 
 
 def encode_state(state: State) -> bytes:
     return msgpack.packb({"v": SNAPSHOT_VERSION, "state": _dump(state)}, use_bin_type=True)
 
 
+Loader = Callable[[Any, str], Any]
+
+
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _load(tp: Any, raw: Any, path: str) -> Any:
+def _loader(tp: Any) -> Loader:
+    """Build (once per type) a strict loader for values of type `tp`."""
     origin = typing.get_origin(tp)
-    if origin is None:
-        if dataclasses.is_dataclass(tp):
-            return _load_dataclass(tp, raw, path)
-        if isinstance(tp, type) and issubclass(tp, Enum):
-            try:
-                return tp(raw)
-            except ValueError:
-                raise DecodeError(f"{path}: bad {tp.__name__} value") from None
-        if tp in (bool, int, str, bytes):
-            if type(raw) is not tp:
-                raise DecodeError(f"{path}: expected {tp.__name__}")
-            if tp is int and not 0 <= raw < 1 << 64:
-                raise DecodeError(f"{path}: integer out of range")
-            return raw
-        raise DecodeError(f"{path}: unsupported type {tp!r}")
     args = typing.get_args(tp)
     if origin is dict:
-        if type(raw) is not dict:
-            raise DecodeError(f"{path}: expected a map")
-        out = {}
-        for k in sorted(raw, key=lambda k: (type(k).__name__, k)):
-            key = _load(args[0], k, f"{path}.<key>")
-            out[key] = _load(args[1], raw[k], f"{path}[{k!r}]")
-        return out
+        load_k, load_v = _loader(args[0]), _loader(args[1])
+
+        def load_dict(raw: Any, path: str) -> Any:
+            if type(raw) is not dict:
+                raise DecodeError(f"{path}: expected a map")
+            return {load_k(k, f"{path}.<key>"): load_v(v, f"{path}[{k!r}]") for k, v in raw.items()}
+
+        return load_dict
     if origin in (tuple, list):
-        if type(raw) is not list:
-            raise DecodeError(f"{path}: expected an array")
-        items = [_load(args[0], v, f"{path}[{i}]") for i, v in enumerate(raw)]
-        return tuple(items) if origin is tuple else items
-    if origin is types.UnionType or origin is typing.Union:
-        raise DecodeError(f"{path}: unions are not snapshot types")
-    raise DecodeError(f"{path}: unsupported type {tp!r}")
+        load_item, make = _loader(args[0]), origin
+
+        def load_seq(raw: Any, path: str) -> Any:
+            if type(raw) is not list:
+                raise DecodeError(f"{path}: expected an array")
+            return make(load_item(v, f"{path}[{i}]") for i, v in enumerate(raw))
+
+        return load_seq
+    if origin is not None:
+        raise TypeError(f"unsupported snapshot type {tp!r}")
+    if dataclasses.is_dataclass(tp):
+        return functools.partial(_load_dataclass, tp)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        enum_type = tp
+
+        def load_enum(raw: Any, path: str) -> Any:
+            try:
+                return enum_type(raw)
+            except ValueError:
+                raise DecodeError(f"{path}: bad {enum_type.__name__} value") from None
+
+        return load_enum
+    if tp in _SCALARS:
+        scalar = tp
+
+        def load_scalar(raw: Any, path: str) -> Any:
+            if type(raw) is not scalar:
+                raise DecodeError(f"{path}: expected {scalar.__name__}")
+            if scalar is int and not 0 <= raw < 1 << 64:
+                raise DecodeError(f"{path}: integer out of range")
+            return raw
+
+        return load_scalar
+    raise TypeError(f"unsupported snapshot type {tp!r}")
+
+
+@functools.cache
+def _dataclass_loaders(cls: type) -> tuple[frozenset[str], tuple[tuple[str, Loader], ...]]:
+    hints = typing.get_type_hints(cls)
+    names = _field_names(cls) or ()
+    return frozenset(names), tuple((n, _loader(hints[n])) for n in names)
 
 
 def _load_dataclass(cls: type, raw: Any, path: str) -> Any:
     if type(raw) is not dict:
         raise DecodeError(f"{path}: expected a map")
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    if set(raw) != set(names):
+    names, loaders = _dataclass_loaders(cls)
+    if raw.keys() != names:
         raise DecodeError(f"{path}: fields differ from {cls.__name__}")
-    return cls(**{n: _load(hints[n], raw[n], f"{path}.{n}") for n in names})
+    return cls(**{n: load(raw[n], f"{path}.{n}") for n, load in loaders})
 
 
 def decode_state(data: bytes) -> State:
