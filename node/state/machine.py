@@ -664,15 +664,17 @@ class Machine:
     def executable(self, request_id: str) -> Request:
         """The request, if this replica agrees it may be executed now; else Rejected.
 
-        A node calls this before contributing a signature or decryption share: it
-        re-verifies every stored approval against the approvers' registered keys.
+        A node calls this before contributing a signature or decryption share or
+        joining a DKG: it re-verifies every stored approval against the approvers'
+        registered keys (a rotation scheduled by a node, approved by policy, has none).
         """
         req = self._request(request_id)
         if req.state is not RS.APPROVED:
             raise Rejected(Reason.NOT_APPROVED, f"request is {req.state.value}")
         if not self._still_possible(req):
             raise Rejected(Reason.VERSION_NOT_USABLE, "key version no longer usable")
-        if req.kind in (RequestKind.SIGN, RequestKind.DECRYPT):
+        scheduled = req.kind is RequestKind.ROTATE and req.author in self.state.members
+        if not scheduled:
             valid = 0
             for name in sorted(req.approvals):
                 if name in req.approvers and name in self.state.principals:

@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from node.state import (
     AddPrincipal,
     Approve,
+    CreateKey,
     Reason,
     RecordResult,
     Rejected,
@@ -139,3 +140,14 @@ def test_verify_approval_direct():
         assert info.value.reason is Reason.BAD_SIGNATURE
     with pytest.raises(Rejected):
         verify_approval(b"", digest, sig)
+
+
+def test_executable_for_lifecycle_requests(ready):
+    ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1"))
+    ready.approve("ck", "alice")
+    ready.approve("ck", "bob")
+    assert ready.m.executable("ck").version == 1  # nodes may start the DKG
+    ready.m.state.requests["ck"].approvals.pop("bob")
+    with pytest.raises(Rejected) as info:
+        ready.m.executable("ck")
+    assert info.value.reason is Reason.NOT_APPROVED
