@@ -490,14 +490,15 @@ def part2(
 ) -> tuple[Round2Secret, dict[int, Round2Package]]:
     """Round 2: verify every peer's proof of knowledge, then deal each peer its share.
 
-    All proofs are checked before anything is dealt; every failing sender is
-    named in one InvalidProofOfKnowledge. The round-1 secret is zeroed.
+    All packages are checked before anything is dealt; every sender whose
+    package fails (bad point, wrong commitment length or bad proof) is named in
+    one InvalidProofOfKnowledge. On success the round-1 secret is zeroed.
     """
     if not isinstance(secret, Round1Secret) or secret.used:
         raise InvalidParameters("part2 needs an unused Round1Secret")
     ids = _check_peer_map(round1_packages, secret.identifier, secret.max_participants, "round1")
     culprits: list[int] = []
-    bad_commitment: list[int] = []
+    reasons: list[str] = []
     for i in ids:
         package = round1_packages[i]
         if not isinstance(package, Round1Package) or package.identifier != i:
@@ -506,14 +507,15 @@ def part2(
             verify_proof_of_knowledge(
                 package, secret.min_participants, secret.max_participants, secret.context
             )
-        except InvalidCommitment:
-            bad_commitment.append(i)
-        except InvalidProofOfKnowledge:
+        except (InvalidCommitment, InvalidProofOfKnowledge) as exc:
             culprits.append(i)
-    if bad_commitment:
-        raise InvalidCommitment("invalid round-1 commitments", culprits=bad_commitment)
+            reasons.append(f"{i}: {exc}")
     if culprits:
-        raise InvalidProofOfKnowledge("round-1 proofs of knowledge do not verify", culprits)
+        # A package with a malformed commitment proves nothing either: one verdict
+        # naming every bad sender, whatever was wrong with its package.
+        raise InvalidProofOfKnowledge(
+            "round-1 packages do not verify [" + "; ".join(reasons) + "]", culprits
+        )
 
     coefficients = [bytes(c) for c in secret._coefficients]
     packages = {

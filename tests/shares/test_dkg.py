@@ -158,9 +158,12 @@ def test_all_culprits_are_named_at_once() -> None:
     for i in (2, 4):
         r, _ = packages[i].proof_of_knowledge
         packages[i] = dataclasses.replace(packages[i], proof_of_knowledge=(r, g.ONE))
+    packages[3] = dataclasses.replace(
+        packages[3], commitment=(packages[3].commitment[0], g.IDENTITY)
+    )
     with pytest.raises(InvalidProofOfKnowledge) as info:
         dkg.part2(r1[1][0], others(packages, 1))
-    assert info.value.culprits == (2, 4)
+    assert info.value.culprits == (2, 3, 4)
 
 
 def test_wrong_commitment_length_is_rejected() -> None:
@@ -184,7 +187,10 @@ def test_invalid_commitment_element_names_the_sender(bad_element: bytes) -> None
         commitment[position] = bad_element
         bad = dict(packages)
         bad[2] = dataclasses.replace(packages[2], commitment=tuple(commitment))
-        with pytest.raises(InvalidCommitment) as info:
+        with pytest.raises(InvalidCommitment) as one:
+            dkg.verify_proof_of_knowledge(bad[2], 2, 3, CTX)
+        assert one.value.culprits == (2,)
+        with pytest.raises(InvalidProofOfKnowledge) as info:
             dkg.part2(r1[1][0], others(bad, 1))
         assert info.value.culprits == (2,)
 
