@@ -335,14 +335,20 @@ def _group_commitment(
     own term as (d + rho * e) * B, one base multiplication instead of a variable one;
     its own commitments were produced by itself and need no validation."""
     terms: list[g.Element] = []
+    culprits: list[Identifier] = []
     for entry in entries:
         factor = binding_factor_for_participant(binding_factor_list, entry.identifier)
         if own is not None and entry.identifier == own[0]:
             terms.append(g.base_mult(g.scalar_add(own[1], g.scalar_mul(own[2], factor))))
             continue
-        _decode_commitment(entry, entry.hiding)
-        terms.append(entry.hiding)
-        terms.append(_mult_commitment(entry, factor))
+        try:
+            _decode_commitment(entry, entry.hiding)
+            terms.append(entry.hiding)
+            terms.append(_mult_commitment(entry, factor))
+        except InvalidCommitment:
+            culprits.append(entry.identifier)
+    if culprits:
+        raise InvalidCommitment("invalid nonce commitments", culprits=culprits)
     acc = terms[0]
     for t in terms[1:]:
         acc = g.element_add(acc, t)

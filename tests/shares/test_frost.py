@@ -343,3 +343,13 @@ def test_nonce_buffers_are_zeroed_after_use() -> None:
     bufs = abandoned._slot[0]
     abandoned.zeroize()
     assert abandoned.used and not any(bufs[0]) and not any(bufs[1])
+
+
+def test_every_bad_commitment_is_named(small_order_points: list[bytes]) -> None:
+    shares, pk, _, rng = keygen(2, 4, 19)
+    nonces, commitment_list = round_one(shares, [1, 2, 3, 4], rng)
+    commitment_list[1] = (2, small_order_points[4], commitment_list[1][2])
+    commitment_list[3] = (4, commitment_list[3][1], g.IDENTITY)
+    with pytest.raises(InvalidCommitment) as info:
+        frost.sign(1, shares[1], pk, nonces[1], MSG, commitment_list)
+    assert info.value.culprits == (2, 4)
