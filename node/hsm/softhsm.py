@@ -69,6 +69,7 @@ class SoftHsmEnv:
         fields: dict[str, Any] = {
             "module_path": self.module_path,
             "softhsm_conf": self.conf_path,
+            "sync_dir": self.tokendir,
             **kwargs,
         }
         return SlotConfig(token_label=token_label, cluster_id=cluster_id, **fields)

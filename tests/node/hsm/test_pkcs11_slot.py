@@ -362,3 +362,18 @@ def test_concurrent_use_from_threads(slot_a: Pkcs11Slot, sid: ShareId) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert all(pool.map(work, shares))
     assert len(slot_a.list_shares(sid.key_id)) == len(shares)
+
+
+def test_sync_failure_is_reported(fleet: Fleet, sid: ShareId, tmp_path: Path) -> None:
+    """A store whose durability cannot be established says so (the object is in the token)."""
+    with Pkcs11Slot.open(fleet.a.config(sync_dir=str(tmp_path / "absent"))) as slot:
+        with pytest.raises(ModuleFailureError, match="sync_dir"):
+            slot.store_share(sid, secrets.token_bytes(32))
+        assert slot.has_share(sid)
+        with pytest.raises(ModuleFailureError, match="sync_dir"):
+            slot.destroy_share(sid)
+        assert not slot.has_share(sid)
+
+
+def test_env_slot_config_syncs_token_dir(fleet: Fleet) -> None:
+    assert fleet.a.config().sync_dir == fleet.a.env.tokendir
