@@ -1,6 +1,7 @@
 """Per-operation latency of the HSM slot on SoftHSM2, beside in-process references.
 
 Measured in one run, on a fresh token in a temporary SoftHSM2 environment:
+  store_empty_nosync  the same without syncfs of the token directory (SlotConfig.sync_dir)
   store_empty  Pkcs11Slot.store_share into a token holding no other share
   store    Pkcs11Slot.store_share while the token fills from 0 to N shares
            (in-token AES-GCM + existence search + temp object + read-back + relabel;
@@ -17,6 +18,7 @@ Usage: python benchmarks/hsm_ops.py [--iterations N] [--json]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import secrets
@@ -64,32 +66,36 @@ def run(iterations: int) -> dict[str, object]:
         )
         ids = [ShareId("bench-key", 1, (i % 65535) + 1, i // 65535) for i in range(iterations)]
         shares = [secrets.token_bytes(32) for _ in range(iterations)]
-        with Pkcs11Slot.open(env.slot_config("bench-node", CLUSTER, pin_file=pin_file)) as slot:
+        spare = ShareId("bench-spare", 1, 1, 0)
+        msg = secrets.token_bytes(64)
+        results: dict[str, list[float]] = {}
+
+        def store_then_drop(slot: Pkcs11Slot, i: int) -> float:
+            t0 = time.perf_counter_ns()
+            slot.store_share(spare, shares[i])
+            elapsed = (time.perf_counter_ns() - t0) / 1000.0
+            slot.destroy_share(spare)
+            return elapsed
+
+        base = env.slot_config("bench-node", CLUSTER, pin_file=pin_file)
+        with Pkcs11Slot.open(dataclasses.replace(base, sync_dir=None)) as slot:
             slot.sign(b"warm-up")
-            msg = secrets.token_bytes(64)
-            spare = ShareId("bench-spare", 1, 1, 0)
-
-            def store_then_drop(i: int) -> float:
-                t0 = time.perf_counter_ns()
-                slot.store_share(spare, shares[i])
-                elapsed = (time.perf_counter_ns() - t0) / 1000.0
-                slot.destroy_share(spare)
-                return elapsed
-
-            results = {
-                "store_empty": [store_then_drop(i) for i in range(iterations)],
-                "store": _time_each(lambda i: slot.store_share(ids[i], shares[i]), iterations),
-                "load": _time_each(lambda i: slot.load_share(ids[i]), iterations),
-                "sign": _time_each(lambda i: slot.sign(msg), iterations),
-                "destroy": _time_each(lambda i: slot.destroy_share(ids[i]), iterations),
-            }
-            module = env.module_path
+            results["store_empty_nosync"] = [store_then_drop(slot, i) for i in range(iterations)]
+        with Pkcs11Slot.open(base) as slot:
+            results["store_empty"] = [store_then_drop(slot, i) for i in range(iterations)]
+            results["store"] = _time_each(lambda i: slot.store_share(ids[i], shares[i]), iterations)
+            results["load"] = _time_each(lambda i: slot.load_share(ids[i]), iterations)
+            results["sign"] = _time_each(lambda i: slot.sign(msg), iterations)
+            results["destroy"] = _time_each(lambda i: slot.destroy_share(ids[i]), iterations)
+        module = env.module_path
     kek = AESGCM(secrets.token_bytes(32))
     nonce = secrets.token_bytes(12)
     aads = [aad.share_aad(CLUSTER, sid) for sid in ids]
     sealed = [kek.encrypt(nonce, shares[i], aads[i]) for i in range(iterations)]
     ed = Ed25519PrivateKey.generate()
+    seal = ("aesgcm_seal_inprocess", lambda i: kek.encrypt(nonce, shares[i], aads[i]))
     refs = {
+        "store_empty_nosync": seal,
         "store_empty": ("aesgcm_seal_inprocess", lambda i: kek.encrypt(nonce, shares[i], aads[i])),
         "store": ("aesgcm_seal_inprocess", lambda i: kek.encrypt(nonce, shares[i], aads[i])),
         "load": ("aesgcm_open_inprocess", lambda i: kek.decrypt(nonce, sealed[i], aads[i])),
@@ -119,12 +125,12 @@ def run(iterations: int) -> dict[str, object]:
 def _print(report: dict[str, object]) -> None:
     print(f"HSM slot latency: {report['module']}, {report['iterations']} ops each")
     print(
-        f"{'op':11} {'hsm median':>11} {'hsm p99':>10}  {'reference':24} {'median':>9} "
+        f"{'op':18} {'hsm median':>11} {'hsm p99':>10}  {'reference':24} {'median':>9} "
         f"{'p99':>9} {'x median':>9} {'x p99':>8}"
     )
     for op, e in report["ops"].items():  # type: ignore[union-attr]
         h = e["hsm"]
-        line = f"{op:11} {h['median_us']:9.1f}us {h['p99_us']:8.1f}us"
+        line = f"{op:18} {h['median_us']:9.1f}us {h['p99_us']:8.1f}us"
         if "reference" in e:
             r = e["reference"]
             line += (
