@@ -635,14 +635,27 @@ def trusted_dealer_keygen(
     MAX_PARTICIPANTS: int,
     MIN_PARTICIPANTS: int,
     *,
-    rng: g.RandomSource,
+    rng: g.RandomSource | None = None,
+    coefficients: Sequence[g.Scalar] | None = None,
 ) -> tuple[list[tuple[Identifier, g.Scalar]], g.Element, list[g.Element]]:
-    """RFC 9591 Appendix C: (participant_private_keys, group_public_key, vss_commitment)."""
+    """RFC 9591 Appendix C: (participant_private_keys, group_public_key, vss_commitment).
+
+    The RFC draws the MIN_PARTICIPANTS - 1 polynomial coefficients at random;
+    pass `rng` for that, or `coefficients` to replay a test vector.
+    """
     shamir.check_threshold(MIN_PARTICIPANTS, MAX_PARTICIPANTS)
     s = g.decode_scalar(secret_key)
     if g.scalar_is_zero(s):
         raise InvalidScalar("secret key must be non-zero")
-    coefficients = [g.random_scalar(rng) for _ in range(MIN_PARTICIPANTS - 1)]
+    if coefficients is None:
+        if rng is None:
+            raise InvalidParameters("trusted_dealer_keygen needs rng or coefficients")
+        coefficients = [g.random_scalar(rng) for _ in range(MIN_PARTICIPANTS - 1)]
+    elif isinstance(coefficients, bytes | bytearray | str) or len(coefficients) != (
+        MIN_PARTICIPANTS - 1
+    ):
+        raise InvalidParameters("need MIN_PARTICIPANTS - 1 coefficients")
+    coefficients = [g.decode_scalar(c) for c in coefficients]
     participant_private_keys = secret_share_shard(s, coefficients, MAX_PARTICIPANTS)
     vss_commitment = vss.commit([s, *coefficients])
     return participant_private_keys, vss_commitment[0], vss_commitment

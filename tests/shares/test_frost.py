@@ -353,3 +353,12 @@ def test_every_bad_commitment_is_named(small_order_points: list[bytes]) -> None:
     with pytest.raises(InvalidCommitment) as info:
         frost.sign(1, shares[1], pk, nonces[1], MSG, commitment_list)
     assert info.value.culprits == (2, 4)
+
+
+def test_trusted_dealer_needs_randomness_or_coefficients() -> None:
+    with pytest.raises(InvalidParameters):
+        frost.trusted_dealer_keygen(g.ONE, 3, 2)
+    with pytest.raises(InvalidParameters):
+        frost.trusted_dealer_keygen(g.ONE, 3, 3, coefficients=[g.ONE])
+    with pytest.raises(InvalidScalar):
+        frost.trusted_dealer_keygen(g.ONE, 3, 2, coefficients=[b"\xff" * 32])

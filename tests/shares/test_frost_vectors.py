@@ -40,7 +40,9 @@ def test_keygen_values(vec: dict) -> None:
     shares = frost.secret_share_shard(secret, coeffs, n)
     expected = [(p["identifier"], h(p["participant_share"])) for p in inp["participant_shares"]]
     assert shares == expected
-    commitment = vss.commit([secret, *coeffs])
+    dealt, group_pk, commitment = frost.trusted_dealer_keygen(secret, n, t, coefficients=coeffs)
+    assert dealt == expected and group_pk == h(inp["group_public_key"])
+    assert commitment == vss.commit([secret, *coeffs])
     pk, pks = frost.derive_group_info(n, t, commitment)
     assert pk == h(inp["group_public_key"])
     for (i, sk_i), pk_i in zip(shares, pks, strict=True):
