@@ -273,13 +273,14 @@ class Pkcs11Slot:
             raise
 
     @classmethod
-    def provision_keys(cls, config: SlotConfig) -> bytes:
+    def provision_keys(cls, config: SlotConfig, *, pin: str | None = None) -> bytes:
         """Create the slot KEK and identity key if missing; return the identity public key.
 
         Works on any module that supports CKM_AES_KEY_GEN and
         CKM_EC_EDWARDS_KEY_PAIR_GEN (SoftHSM2 >= 2.5 built with EdDSA does).
+        `pin` overrides the config's PIN source (the provisioning child has it in hand).
         """
-        session = _open_session(config)
+        session = _open_session(config, pin)
         try:
             if not _exists(session, ObjectClass.SECRET_KEY, KEK_LABEL):
                 session.generate_key(
@@ -615,8 +616,9 @@ def _libc() -> Any:
     return libc
 
 
-def _open_session(config: SlotConfig) -> Any:
-    pin = read_pin(config.pin_file, config.pin_env)
+def _open_session(config: SlotConfig, pin: str | None = None) -> Any:
+    if pin is None:
+        pin = read_pin(config.pin_file, config.pin_env)
     lib = load_module(config.module_path, config.softhsm_conf)
     try:
         token = lib.get_token(token_label=config.token_label)

@@ -293,15 +293,8 @@ def _child_provision(label: str, cluster_id: str, module_path: str, create_keys:
     if not create_keys:
         print(json.dumps({"token_label": label, "identity_public_key": ""}))
         return 0
-    env_var = "_CUSTODY_PROVISION_PIN"
-    os.environ[env_var] = user_pin
-    try:
-        config = SlotConfig(
-            token_label=label, cluster_id=cluster_id, pin_env=env_var, module_path=module_path
-        )
-        pub = Pkcs11Slot.provision_keys(config)
-    finally:
-        del os.environ[env_var]
+    config = SlotConfig(token_label=label, cluster_id=cluster_id, module_path=module_path)
+    pub = Pkcs11Slot.provision_keys(config, pin=user_pin)
     print(json.dumps({"token_label": label, "identity_public_key": pub.hex()}))
     return 0
 
