@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from node.state import (
     AddPrincipal,
     AdvanceEpoch,
@@ -14,6 +16,7 @@ from node.state import (
     RecordDkgResult,
     RecordFailure,
     RecordResult,
+    Rejected,
     RequestDecrypt,
     RequestDestroy,
     RequestRevoke,
@@ -25,6 +28,7 @@ from node.state import (
 from node.state.commands import MemberSpec, PrincipalSpec, SetPolicy
 
 RESULT = hashlib.sha512(b"a signature").digest()
+MEMBERS = ("node-1", "node-2", "node-3")
 
 
 # ------------------------------------------------------------------ bootstrap
@@ -488,3 +492,116 @@ def test_open_requests_query(ready):
     ready.approve("s1", "bob")
     ready.ok(RecordResult("res", "node-1", "s1", RESULT))
     assert [r.request_id for r in ready.m.open_requests()] == ["rot"]
+
+
+# ------------------------------------------------- remaining transitions, tables
+
+
+def rotate_to_pending(world, rid="rot", posts=()):
+    world.ok(RequestRotate(rid, "ops", "k1", 0))
+    world.approve(rid, "alice")
+    world.approve(rid, "bob")
+    world.post_dkg(rid, posts)
+
+
+def test_revoke_pending_version_stops_rotation(ready):
+    ready.active_key("k1")
+    rotate_to_pending(ready, posts=("node-1",))
+    ready.ok(RequestRevoke("rv", "ops", "k1", 2))
+    ready.approve("rv", "alice")
+    ready.approve("rv", "bob")
+    key = ready.m.state.keys["k1"]
+    assert key.versions[2].state is VersionState.REVOKED
+    assert ready.m.state.requests["rot"].state is RequestState.FAILED
+    assert ready.m.state.requests["rot"].failure == "version_revoked"
+    assert key.lifecycle_request == ""
+    late = RecordDkgResult("late", "node-2", "rot", ready.GPK, ready.VSHARES)
+    ready.rejects(late, Reason.REQUEST_DECIDED)
+    ready.advance(by=3)
+    assert key.primary == 1 and ready.m.active_version("k1") == 1
+
+
+def test_revoke_scheduled_version_never_activates(ready):
+    ready.active_key("k1")
+    rotate_to_pending(ready, posts=MEMBERS)
+    ready.ok(RequestRevoke("rv", "ops", "k1", 2))
+    ready.approve("rv", "alice")
+    ready.approve("rv", "bob")
+    ready.advance(by=2)
+    assert ready.m.state.keys["k1"].versions[2].state is VersionState.REVOKED
+    assert ready.m.active_version("k1") == 1
+
+
+def test_revoke_retired_version(ready):
+    ready.active_key("k1")
+    rotate_to_pending(ready, posts=MEMBERS)
+    ready.advance()
+    ready.ok(RequestRevoke("rv", "ops", "k1", 1))
+    ready.approve("rv", "alice")
+    ready.approve("rv", "bob")
+    assert ready.m.state.keys["k1"].versions[1].state is VersionState.REVOKED
+    assert ready.m.state.keys["k1"].primary == 2  # the new primary is untouched
+    assert not ready.m.may_use("k1", 1, Op.VERIFY)
+
+
+def test_revocation_fails_approved_request(ready):
+    ready.active_key("k1")
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.approve("s1", "alice")
+    ready.approve("s1", "bob")
+    ready.ok(RequestRevoke("rv", "ops", "k1", 1))
+    ready.approve("rv", "alice")
+    ready.approve("rv", "bob")
+    req = ready.m.state.requests["s1"]
+    assert req.state is RequestState.FAILED and req.failure == "version_revoked"
+    ready.rejects(RecordResult("late", "node-1", "s1", RESULT), Reason.REQUEST_DECIDED)
+
+
+def test_limits(ready, monkeypatch):
+    from node.state import machine
+
+    monkeypatch.setattr(machine, "MAX_PRINCIPALS", len(ready.m.state.principals))
+    ready.rejects(AddPrincipal("ap", "ops", "zed", "client", b""), Reason.LIMIT_REACHED)
+    monkeypatch.setattr(machine, "MAX_KEYS", 0)
+    ready.rejects(CreateKey("ck", "ops", "k1", "sign", "p1"), Reason.LIMIT_REACHED)
+    monkeypatch.setattr(machine, "MAX_POLICIES", 1)
+    ready.rejects(ready.policy_command("pp", "p2"), Reason.LIMIT_REACHED)
+    ready.ok(ready.policy_command("pp2", "p1", k=1))  # replacing an existing one is fine
+
+
+def test_invalid_principal_key_rejected(ready):
+    # 32 bytes that are not a valid encoding are refused if the library refuses them;
+    # a wrong length never reaches the machine (schema), so test the empty-key rule here.
+    ready.rejects(AddPrincipal("ap", "ops", "dan", "approver", b""), Reason.INVALID_PRINCIPAL)
+
+
+def test_version_table_only_moves_forward():
+    from node.state import rules
+
+    order = list(VersionState)
+    for (src, event), dst in rules.VERSION_TRANSITIONS.items():
+        assert order.index(dst) > order.index(src), (src, event, dst)
+    events = {e for _, e in rules.VERSION_TRANSITIONS}
+    for src in VersionState:
+        for event in events:
+            if (src, event) in rules.VERSION_TRANSITIONS:
+                assert rules.version_step(src, event) is rules.VERSION_TRANSITIONS[(src, event)]
+            else:
+                with pytest.raises(Rejected) as info:
+                    rules.version_step(src, event)
+                assert info.value.reason is Reason.INVALID_TRANSITION
+    for src in (VersionState.REVOKED, VersionState.DESTROYED):
+        assert rules.VERSION_USES[src] == frozenset()
+
+
+def test_request_table_rejections():
+    from node.state import rules
+
+    with pytest.raises(Rejected) as info:
+        rules.request_step(RequestState.PENDING, "complete")
+    assert info.value.reason is Reason.NOT_APPROVED
+    for done in (RequestState.EXECUTED, RequestState.FAILED):
+        for event in ("quorum", "complete", "fail"):
+            with pytest.raises(Rejected) as info:
+                rules.request_step(done, event)
+            assert info.value.reason is Reason.REQUEST_DECIDED

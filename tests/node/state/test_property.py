@@ -24,6 +24,8 @@ from node.state import (
     RequestRotate,
     RequestSign,
     SetPolicy,
+    VersionState,
+    decode_command,
     decode_outcome,
     encode_command,
     verify_chain,
@@ -67,7 +69,7 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
     usual = None
     requests = sorted(m.state.requests)
     open_ = [r for r in requests if m.state.requests[r].state.value in ("pending", "approved")]
-    pool = requests if wrong or not open_ else open_
+    pool = requests if x & 32 or not open_ else open_  # mostly open requests
     if kind in (9, 10, 11):  # results go to requests of the right kind, unless "wrong"
         want = ("create_key", "rotate") if kind == 9 else ("sign", "decrypt")
         pool = [r for r in pool if m.state.requests[r].kind.value in want] or pool
@@ -190,6 +192,16 @@ def use(world, m: Machine, x: int, wrong: bool, step: int | str) -> list:
     return [first, *approve, last]
 
 
+def seed(world, m: Machine, apply) -> None:
+    """Bootstrap, a policy, and one active key of each purpose (so deep paths are reached)."""
+    for cmd in (world.bootstrap_command(), world.policy_command()):
+        apply(encode_command(cmd))
+    for i, purpose in enumerate(("sign", "encrypt")):
+        for item in flow(world, m, KEYS[i], purpose, f"init{i}"):
+            for cmd in item() if callable(item) else [item]:
+                apply(encode_command(cmd))
+
+
 def run(world, m: Machine, act, step: int | str, apply) -> None:
     """Build the action's commands against `m` and feed each one to `apply`."""
     for item in build(world, m, act, step):
@@ -204,32 +216,21 @@ def run(world, m: Machine, act, step: int | str, apply) -> None:
 )
 @given(actions=st.lists(action, min_size=5, max_size=80), bootstrap=st.booleans())
 def test_replicas_agree(world, actions, bootstrap):
-    a, b, c = Machine(), Machine(), Machine()
-    replicas = [a, b, c]
-    setup = [world.bootstrap_command(), world.policy_command()] if bootstrap else []
-    for cmd in setup:
-        for r in replicas:
-            r.apply(encode_command(cmd))
-    if bootstrap:  # start with one active key of each purpose so that deep paths are reached
-        for i, purpose in enumerate(("sign", "encrypt")):
-            for item in flow(world, a, KEYS[i], purpose, f"init{i}"):
-                for cmd in item() if callable(item) else [item]:
-                    outs = {r.apply(encode_command(cmd)) for r in replicas}
-                    assert len(outs) == 1
-    restored_at = []
+    replicas = [Machine(), Machine(), Machine()]
+
+    def apply_all(data: bytes) -> None:
+        outs = [r.apply(data) for r in replicas]
+        assert outs[0] == outs[1] == outs[2]
+        decode_outcome(outs[0])
+
+    if bootstrap:  # else everything is rejected as not bootstrapped (also worth checking)
+        seed(world, replicas[0], apply_all)
     for step, act in enumerate(actions):
         if act[0] == RESTORE:  # replica c restarts from its own snapshot
-            c = Machine.from_snapshot(c.snapshot())
-            replicas[2] = c
-            restored_at.append(step)
+            replicas[2] = Machine.from_snapshot(replicas[2].snapshot())
             continue
-
-        def apply_all(data: bytes) -> None:
-            outs = [r.apply(data) for r in replicas]
-            assert outs[0] == outs[1] == outs[2]
-            decode_outcome(outs[0])
-
-        run(world, a, act, step, apply_all)
+        run(world, replicas[0], act, step, apply_all)
+    a = replicas[0]
     snaps = [r.snapshot() for r in replicas]
     assert snaps[0] == snaps[1] == snaps[2]
     heads = [r.audit_head() for r in replicas]
@@ -248,16 +249,7 @@ def test_replicas_agree(world, actions, bootstrap):
 @given(actions=st.lists(action, min_size=2, max_size=50), cut=st.integers(0, 49))
 def test_snapshot_mid_sequence_continues_identically(world, actions, cut):
     live = Machine()
-    for cmd in (world.bootstrap_command(), world.policy_command()):
-        live.apply(encode_command(cmd))
-    for i, purpose in enumerate(("sign", "encrypt")):
-        run(
-            world,
-            live,
-            (FLOW, 0, -1, i if purpose == "sign" else 1 + 3, False),
-            f"i{i}",
-            live.apply,
-        )
+    seed(world, live, live.apply)
     cut %= len(actions)
     for step, act in enumerate(actions[:cut]):
         run(world, live, act, step, live.apply)
@@ -269,3 +261,44 @@ def test_snapshot_mid_sequence_continues_identically(world, actions, cut):
     for step, act in enumerate(actions[cut:], start=cut):
         run(world, live, act, step, apply_both)
     assert live.snapshot() == clone.snapshot()
+
+
+RANK = {s: i for i, s in enumerate(VersionState)}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(actions=st.lists(action, min_size=5, max_size=60))
+def test_every_step_keeps_the_invariants(world, actions):
+    """Per command: rejected => only one audit record added; retried => nothing changes;
+    epochs and version states only move forward; at most one active version per key."""
+    m = Machine()
+    seed(world, m, m.apply)
+    ranks: dict[tuple[str, int], int] = {}
+
+    def apply_checked(data: bytes) -> None:
+        core, n, epoch = world.core_bytes(m), len(m.state.audit), m.state.epoch
+        rid = decode_command(data).request_id
+        prior = m.state.outcomes.get(rid)
+        out = decode_outcome(m.apply(data))
+        if prior is not None and out == prior.outcome:  # a retry
+            assert len(m.state.audit) == n and world.core_bytes(m) == core
+        elif not out.ok:
+            assert world.core_bytes(m) == core
+            assert len(m.state.audit) == n + 1
+            assert m.state.audit[-1].outcome == f"rejected:{out.code}"
+        else:
+            assert len(m.state.audit) == n + 1 and m.state.audit[-1].outcome == out.code
+        assert m.state.epoch >= epoch
+        for key in m.state.keys.values():
+            for v in key.versions.values():
+                rank = RANK[v.state]
+                assert rank >= ranks.get((key.key_id, v.number), 0)
+                ranks[(key.key_id, v.number)] = rank
+            actives = [v.number for v in key.versions.values() if v.state is VersionState.ACTIVE]
+            assert actives == ([key.primary] if key.primary else [])
+
+    for step, act in enumerate(actions):
+        run(world, m, act, step, apply_checked)
+    verify_chain(m.state.audit, expected_head=m.audit_head())
