@@ -106,14 +106,18 @@ _GCM_OPEN_FAILURES = (
 
 
 def find_module(explicit: str | None = None) -> str:
-    """The PKCS#11 module path: `explicit`, else the first usual SoftHSM2 path that exists."""
+    """The PKCS#11 module path: `explicit`, else the first usual SoftHSM2 path that exists.
+
+    Symlinks are resolved so one module file always has one path (python-pkcs11
+    caches modules by path string, and a second C_Initialize would fail).
+    """
     if explicit is not None:
         if not Path(explicit).is_file():
             raise ModuleLoadError(f"PKCS#11 module not found at {explicit}")
-        return explicit
+        return os.path.realpath(explicit)
     for candidate in MODULE_CANDIDATES:
         if Path(candidate).is_file():
-            return candidate
+            return os.path.realpath(candidate)
     raise ModuleLoadError("no PKCS#11 module configured and SoftHSM2 not found in usual paths")
 
 

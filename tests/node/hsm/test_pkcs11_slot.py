@@ -377,3 +377,11 @@ def test_sync_failure_is_reported(fleet: Fleet, sid: ShareId, tmp_path: Path) ->
 
 def test_env_slot_config_syncs_token_dir(fleet: Fleet) -> None:
     assert fleet.a.config().sync_dir == fleet.a.env.tokendir
+
+
+def test_module_symlink_resolves_to_the_same_instance(fleet: Fleet, tmp_path: Path) -> None:
+    link = tmp_path / "module-link.so"
+    link.symlink_to(fleet.a.env.module_path)
+    assert find_module(str(link)) == os.path.realpath(fleet.a.env.module_path)
+    same = load_module(str(link), fleet.a.env.conf_path)
+    assert same is load_module(fleet.a.env.module_path, fleet.a.env.conf_path)
