@@ -5,7 +5,7 @@
 enters only as values carried inside commands. See docs/state-machine.md.
 """
 
-from .audit import GENESIS, decode_records, encode_records, verify_chain
+from .audit import GENESIS, decode_records, encode_records, verify_chain, verify_export
 from .commands import (
     COMMANDS,
     AddPrincipal,
@@ -87,4 +87,5 @@ __all__ = [
     "payload_hash",
     "request_digest",
     "verify_chain",
+    "verify_export",
 ]

@@ -129,3 +129,8 @@ def decode_records(data: bytes, max_records: int = MAX_EXPORT_RECORDS) -> list[A
                 raise DecodeError(f"record {i}: bad {name}")
         out.append(AuditRecord(**dict(zip(_FIELDS, row, strict=True))))
     return out
+
+
+def verify_export(data: bytes, expected_head: bytes | None = None) -> bytes:
+    """Offline check of an exported chain (`encode_records` bytes); returns the head hash."""
+    return verify_chain(decode_records(data), expected_head)

@@ -145,3 +145,14 @@ def test_empty_chain(ready):
     assert verify_chain([]) == GENESIS
     with pytest.raises(ChainError):
         verify_chain([], expected_head=ready.m.audit_head())
+
+
+def test_verify_export_offline(chain):
+    from node.state import verify_export
+
+    blob = encode_records(chain.m.state.audit)
+    assert verify_export(blob, chain.m.audit_head()) == chain.m.audit_head()
+    records = decode_records(blob)
+    records[1] = dataclasses.replace(records[1], author="someone-else")
+    with pytest.raises(ChainError):
+        verify_export(encode_records(records))
