@@ -100,6 +100,7 @@ def create_env(base_dir: str | os.PathLike[str], module_path: str | None = None)
         "library.reset_on_fork = false\n"
     )
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     return SoftHsmEnv(str(conf), str(tokendir), find_module(module_path))
@@ -125,6 +126,7 @@ def write_pin_file(path: str | os.PathLike[str], pin: str) -> str:
     """Write a PIN file readable by its owner only; returns its path."""
     _check_pin(pin)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode on open(): tighten it
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(pin + "\n")
     return str(path)

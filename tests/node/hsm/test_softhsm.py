@@ -27,6 +27,10 @@ def test_env_files_are_owner_only(tmp_path: Path) -> None:
     assert f"directories.tokendir = {env.tokendir}" in Path(env.conf_path).read_text()
     pin_file = softhsm.write_pin_file(tmp_path / "p", "1234abcd")
     assert stat.S_IMODE(os.stat(pin_file).st_mode) == 0o600
+    os.chmod(pin_file, 0o644)
+    softhsm.write_pin_file(pin_file, "5678efgh")
+    assert stat.S_IMODE(os.stat(pin_file).st_mode) == 0o600
+    assert Path(pin_file).read_text() == "5678efgh\n"
 
 
 def test_duplicate_label_refused(fleet: Fleet) -> None:
