@@ -109,3 +109,19 @@ def test_verify_persisted_catches_a_silently_failed_write(tmp_path: Path) -> Non
         assert result["visible_here"] is True
     assert softhsm.verify_persisted(config, [good, lost]) == [lost]
     assert softhsm.verify_persisted(config, [good]) == []
+
+
+def test_pins_never_on_a_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    real_run = subprocess.run
+
+    def recording_run(args: list[str], **kwargs: object) -> object:
+        seen.append(list(args))
+        return real_run(args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(softhsm.subprocess, "run", recording_run)
+    user_pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
+    env = softhsm.create_env(tmp_path / "argv")
+    pub = softhsm.provision_token(env, "argv-node", CLUSTER, user_pin=user_pin, so_pin=so_pin)
+    assert len(pub) == 32 and seen
+    assert all(user_pin not in arg and so_pin not in arg for args in seen for arg in args)
