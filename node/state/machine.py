@@ -340,6 +340,12 @@ class Machine:
         if name in self.state.principals or name in self.state.members:
             raise Rejected(Reason.DUPLICATE_NAME, f"{name!r} is already registered")
 
+    def _key_in_use(self, public_key: bytes) -> bool:
+        """One key, one identity: else one approver could cast two votes."""
+        return any(p.public_key == public_key for p in self.state.principals.values()) or any(
+            m.public_key == public_key for m in self.state.members.values()
+        )
+
     @staticmethod
     def _check_principal_key(role: str, public_key: bytes) -> None:
         if role == Role.APPROVER.value and not public_key:
@@ -366,6 +372,9 @@ class Machine:
             raise Rejected(Reason.INVALID_CLUSTER, "member keys must be distinct Ed25519 keys")
         for p in principals:
             self._check_principal_key(p.role, p.public_key)
+        keys = [m.public_key for m in members] + [p.public_key for p in principals if p.public_key]
+        if len(set(keys)) != len(keys):
+            raise Rejected(Reason.INVALID_PRINCIPAL, "a public key may belong to one identity only")
         if not any(p.name == cmd.author and p.role == Role.OPERATOR for p in principals):
             raise Rejected(
                 Reason.UNAUTHORIZED, "bootstrap must be authored by one of its operators"
@@ -381,6 +390,8 @@ class Machine:
     def _add_principal(self, cmd: AddPrincipal) -> _Effect:
         self._ensure_new_name(cmd.name)
         self._check_principal_key(cmd.role, cmd.public_key)
+        if cmd.public_key and self._key_in_use(cmd.public_key):
+            raise Rejected(Reason.INVALID_PRINCIPAL, "a public key may belong to one identity only")
         if len(self.state.principals) >= MAX_PRINCIPALS:
             raise Rejected(Reason.LIMIT_REACHED, "too many principals")
         self.state.principals[cmd.name] = Principal(cmd.name, Role(cmd.role), cmd.public_key)

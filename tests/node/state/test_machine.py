@@ -605,3 +605,20 @@ def test_request_table_rejections():
             with pytest.raises(Rejected) as info:
                 rules.request_step(done, event)
             assert info.value.reason is Reason.REQUEST_DECIDED
+
+
+def test_public_key_belongs_to_one_identity(ready):
+    # one approver key under two names would be two votes
+    ready.rejects(
+        AddPrincipal("ap", "ops", "alice2", "approver", ready.public_key("alice")),
+        Reason.INVALID_PRINCIPAL,
+    )
+    ready.rejects(
+        AddPrincipal("ap2", "ops", "n", "operator", ready.public_key("node-1")),
+        Reason.INVALID_PRINCIPAL,
+    )
+    fresh = type(ready)()
+    good = fresh.bootstrap_command()
+    twin = PrincipalSpec("bob2", "approver", fresh.public_key("bob"))
+    bad = good.__class__("b", "ops", "c", 1, good.members, (*good.principals, twin))
+    fresh.rejects(bad, Reason.INVALID_PRINCIPAL)
