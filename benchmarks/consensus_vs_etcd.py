@@ -175,7 +175,7 @@ class Cluster:
 class KVCluster(Cluster):
     name = "kv (this project)"
 
-    def start(self, profile_dir: Path | None) -> None:
+    def start(self, profile_dir: Path | None, extra: list[str] | None = None) -> None:
         d = self.tmp / "kv"
         subprocess.run(
             [PY, "-m", "consensus.examples.kv", "certs", "--dir", str(d / "certs"), "--nodes", "3"],
@@ -193,7 +193,7 @@ class KVCluster(Cluster):
             self._spawn(
                 [*pre, "-m", "consensus.examples.kv", "serve", "--id", str(i),
                  "--dir", str(d / "certs"), "--data", str(d / f"data{i}"),
-                 "--peers", peers, "--http", f"127.0.0.1:{ports[2 + i]}"],
+                 "--peers", peers, "--http", f"127.0.0.1:{ports[2 + i]}", *(extra or [])],
                 f"kv{i}.log",
             )
 

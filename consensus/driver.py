@@ -37,8 +37,8 @@ import heapq
 import itertools
 import logging
 import os
-from collections import deque
-from collections.abc import Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,6 +91,7 @@ class DriverConfig:
     max_pending: int = 10_000  # proposals or reads in flight
     max_inbox: int = 50_000  # peer messages queued; beyond it they are dropped
     default_timeout: float = 5.0
+    io_thread: bool = True  # fsync in a worker thread (False: inline; see docs)
 
     def __post_init__(self) -> None:
         if not 0 < self.tick_interval <= 10:
@@ -147,8 +148,9 @@ class Driver:
         self.machine = ReplicatedMachine(machine, cfg.session_window, cfg.max_entry_bytes)
         hs, _ = storage.initial_state()
         if hs.term == 0 and storage.last_index() == 0 and storage.snapshot().is_empty:
-            boot_hs, boot_entries = bootstrap_log(frozenset(voters))
-            storage.save(boot_hs, boot_entries)
+            hs, boot_entries = bootstrap_log(frozenset(voters))
+            storage.save(hs, boot_entries)
+        self._durable_hs = self._latest_hs = hs
         snap = storage.snapshot()
         self._applied = 0
         self._snap_index = 0
@@ -182,7 +184,7 @@ class Driver:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self._failed: BaseException | None = None
-        self.stats = {"readies": 0, "saves": 0, "entries_saved": 0, "applied": 0, "snapshots": 0}
+        self.stats: Counter[str] = Counter()
 
     # --- public API ------------------------------------------------------------
 
@@ -205,6 +207,10 @@ class Driver:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await asyncio.to_thread(self._executor.shutdown, True)
+        if self._latest_hs != self._durable_hs and self._failed is None:
+            with contextlib.suppress(Exception):  # best effort: the commit index is advisory
+                self.storage.save(self._latest_hs, ())
+                self._durable_hs = self._latest_hs
         self._fail_all(NodeStopped("node stopped"))
         if self.transport is not None:
             await self.transport.stop()
@@ -373,12 +379,19 @@ class Driver:
         rd = self.core.ready()
         self.stats["readies"] += 1
         snapshot = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty else None
-        if rd.hard_state is not None or rd.entries or snapshot is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.storage.save, rd.hard_state, rd.entries, snapshot
-            )
+        if rd.hard_state is not None:
+            self._latest_hs = rd.hard_state
+        hs, durable = self._latest_hs, self._durable_hs
+        if rd.entries or snapshot is not None or (hs.term, hs.vote) != (durable.term, durable.vote):
+            await self._io(self.storage.save, hs if hs != durable else None, rd.entries, snapshot)
+            self._durable_hs = hs
             self.stats["saves"] += 1
             self.stats["entries_saved"] += len(rd.entries)
+        elif hs != durable:
+            # Only the commit index moved: like etcd, do not fsync for that alone
+            # (Raft recovers the commit index from the leader). It is written with
+            # the next save, and before any snapshot (see _snapshot).
+            self.stats["deferred_commit_saves"] += 1
         if self.transport is not None:
             for m in rd.messages:
                 self.transport.send(m)
@@ -394,6 +407,13 @@ class Driver:
         self.core.advance(rd)
         if self._applied - self._snap_index >= self.config.snapshot_every:
             await self._snapshot()
+
+    async def _io(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a storage write: inline (default) or in the I/O thread."""
+        if self.config.io_thread:
+            await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        else:
+            fn(*args)
 
     def _apply(self, entries: Any) -> None:
         for e in entries:
@@ -432,12 +452,17 @@ class Driver:
         keep = self.config.keep_entries
         storage = self.storage
 
+        hs, durable = self._latest_hs, self._durable_hs
+
         def write() -> None:
+            if durable.commit < index:  # a restart must not find applied > commit
+                storage.save(hs, ())
             storage.create_snapshot(index, conf, data)
             if index - keep > storage.first_index() - 1:
                 storage.compact(index - keep)
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, write)
+        await self._io(write)
+        self._durable_hs = hs
         self._snap_index = index
         self.stats["snapshots"] += 1
 

@@ -477,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tick-ms", type=int, default=50, help="Raft tick (default 50 ms)")
     s.add_argument("--election-ticks", type=int, default=10, help="election timeout in ticks")
     s.add_argument("--snapshot-every", type=int, default=5000, help="entries between snapshots")
+    s.add_argument(
+        "--inline-io", action="store_true", help="fsync on the event loop, not in a thread"
+    )
     s.add_argument("--log-level", default="WARNING")
     return p
 
@@ -507,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         tick_ms=args.tick_ms,
         election_ticks=args.election_ticks,
         snapshot_every=max(1, args.snapshot_every),
+        extra={"io_thread": False} if args.inline_io else {},
     )
     web.run_app(
         create_app(cfg), host=cfg.http_host, port=cfg.http_port, print=None, access_log=None
