@@ -262,11 +262,13 @@ class CreateKey(Command):
     key_id: str
     purpose: str
     policy_id: str
+    activate_epoch: int = 0  # earliest epoch for version 1 (0 = as soon as the DKG allows)
     KIND: ClassVar[str] = "create_key"
     SCHEMA: ClassVar = (
         ("key_id", Name()),
         ("purpose", OneOf("sign", "encrypt")),
         ("policy_id", Name()),
+        ("activate_epoch", Int(0, U62)),
     )
 
 
@@ -304,8 +306,13 @@ class RequestDecrypt(Command):
 class RequestRotate(Command):
     key_id: str
     at: int  # wall-clock seconds; a node's scheduled rotation is accepted only if due
+    activate_epoch: int = 0  # earliest epoch for the new version (0 = as soon as possible)
     KIND: ClassVar[str] = "request_rotate"
-    SCHEMA: ClassVar = (("key_id", Name()), ("at", Int(0, U62)))
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("at", Int(0, U62)),
+        ("activate_epoch", Int(0, U62)),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ client library. Encoding (documented byte by byte in docs/state-machine.md):
     digest = SHA-512( lp(REQUEST_CONTEXT)
                       || lp(cluster_id) || lp(kind) || lp(request_id) || lp(author)
                       || lp(key_id) || lp(u64be(version)) || lp(context)
-                      || lp(payload_sha512) )
+                      || lp(payload_sha512) || lp(u64be(activate_epoch)) )
 
     lp(x) = u32be(len(x)) || x         strings are UTF-8
     payload_sha512 = SHA-512(lp(PAYLOAD_CONTEXT) || payload)   (empty payload: b"")
@@ -55,6 +55,7 @@ def request_digest(
     version: int,
     context: str,
     payload_sha512: bytes,
+    activate_epoch: int = 0,
 ) -> bytes:
     """The 64-byte canonical digest of a request (see the module docstring)."""
     parts = (
@@ -67,6 +68,7 @@ def request_digest(
         lp(u64(version)),
         lp(context),
         lp(payload_sha512),
+        lp(u64(activate_epoch)),
     )
     return hashlib.sha512(b"".join(parts)).digest()
 

@@ -258,8 +258,13 @@ class Machine:
         context: str = "",
         payload: bytes = b"",
         policy: Policy | None = None,
+        activate_epoch: int = 0,
     ) -> Request:
         policy = policy or self.state.policies[key.policy_id]
+        if activate_epoch and activate_epoch <= self.state.epoch:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, f"activation epoch must be > {self.state.epoch}"
+            )
         phash = payload_hash(payload)
         digest = request_digest(
             cluster_id=self.state.cluster_id,
@@ -270,6 +275,7 @@ class Machine:
             version=version,
             context=context,
             payload_sha512=phash,
+            activate_epoch=activate_epoch,
         )
         return Request(
             request_id=cmd.request_id,
@@ -283,6 +289,7 @@ class Machine:
             submitted_epoch=self.state.epoch,
             approvers=policy.approvers,
             k=policy.k,
+            activate_epoch=activate_epoch,
             payload=payload,
         )
 
@@ -457,7 +464,9 @@ class Machine:
         if len(self.state.keys) >= MAX_KEYS:
             raise Rejected(Reason.LIMIT_REACHED, "too many keys")
         key = Key(cmd.key_id, Purpose(cmd.purpose), cmd.policy_id)
-        req = self._new_request(cmd, RequestKind.CREATE_KEY, key, 0, policy=policy)
+        req = self._new_request(
+            cmd, RequestKind.CREATE_KEY, key, 0, policy=policy, activate_epoch=cmd.activate_epoch
+        )
         key.lifecycle_request = req.request_id
         self.state.keys[key.key_id] = key
         self.state.requests[req.request_id] = req
@@ -495,7 +504,7 @@ class Machine:
         scheduled = cmd.author in self.state.members
         if scheduled and not self.rotation_due(key.key_id, cmd.at):
             raise Rejected(Reason.ROTATION_NOT_DUE, "policy does not call for rotation yet")
-        req = self._new_request(cmd, RequestKind.ROTATE, key, 0)
+        req = self._new_request(cmd, RequestKind.ROTATE, key, 0, activate_epoch=cmd.activate_epoch)
         self.state.requests[req.request_id] = req
         key.lifecycle_request = req.request_id
         if scheduled:  # the policy itself is the approval of a due, scheduled rotation
@@ -590,7 +599,8 @@ class Machine:
             first = dkg_post_digest(version.group_public_key, version.verification_shares)
             if all(hmac.compare_digest(p, first) for p in version.dkg_posts.values()):
                 waiting = self.state.policies[key.policy_id].waiting_epochs
-                version.activation_epoch = self.state.epoch + max(1, waiting)
+                earliest = self.state.epoch + max(1, waiting)
+                version.activation_epoch = max(earliest, req.activate_epoch)
                 self._finish(req, rules.request_step(req.state, "complete"))
                 code = "executed"
             else:

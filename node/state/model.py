@@ -133,6 +133,7 @@ class Request:
     submitted_epoch: int
     approvers: tuple[str, ...]  # copied from the policy at submission
     k: int
+    activate_epoch: int = 0  # create/rotate: earliest activation epoch named by the request
     state: RequestState = RequestState.PENDING
     approvals: dict[str, bytes] = field(default_factory=dict)  # approver -> signature
     payload: bytes = b""  # kept only while the request may still execute

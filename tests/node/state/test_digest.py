@@ -26,6 +26,7 @@ def test_digest_matches_documented_encoding():
         + lp((3).to_bytes(8, "big"))
         + lp("ctx é".encode())
         + lp(ph)
+        + lp((0).to_bytes(8, "big"))
     ).digest()
     got = request_digest(
         cluster_id="cluster-a",
@@ -77,9 +78,18 @@ def test_documented_example_bytes():
         + "00000008" + "0000000000000001"
         + "00000000"
         + "00000000"
+        + "00000008" + "0000000000000000"
     )  # fmt: skip
     got = request_digest(
         cluster_id="c", kind="sign", request_id="r", author="a", key_id="k",
         version=1, context="", payload_sha512=b"",
     )  # fmt: skip
     assert got == hashlib.sha512(body).digest()
+
+
+def test_activation_epoch_is_covered():
+    base = dict(
+        cluster_id="c", kind="rotate", request_id="r", author="ops", key_id="k", version=0,
+        context="", payload_sha512=b"",
+    )  # fmt: skip
+    assert request_digest(**base) != request_digest(**base, activate_epoch=9)

@@ -622,3 +622,35 @@ def test_public_key_belongs_to_one_identity(ready):
     twin = PrincipalSpec("bob2", "approver", fresh.public_key("bob"))
     bad = good.__class__("b", "ops", "c", 1, good.members, (*good.principals, twin))
     fresh.rejects(bad, Reason.INVALID_PRINCIPAL)
+
+
+def test_named_activation_epoch(ready):
+    ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1", activate_epoch=5))
+    assert ready.m.state.requests["ck"].activate_epoch == 5
+    ready.approve("ck", "alice")
+    ready.approve("ck", "bob")
+    ready.post_dkg("ck")
+    v = ready.m.state.keys["k1"].versions[1]
+    assert v.activation_epoch == 5
+    ready.advance(by=3)  # epoch 4
+    assert v.state is VersionState.PENDING and ready.m.active_version("k1") is None
+    assert ready.m.active_version("k1", epoch=5) == 1
+    ready.advance()  # epoch 5
+    assert v.state is VersionState.ACTIVE
+
+
+def test_named_activation_epoch_later_than_dkg_allows(ready):
+    ready.active_key("k1")
+    ready.ok(RequestRotate("rot", "ops", "k1", 0, activate_epoch=3))
+    ready.approve("rot", "alice")
+    ready.approve("rot", "bob")
+    ready.advance(by=2)  # epoch 4: the named epoch has passed before the DKG finished
+    ready.post_dkg("rot")
+    assert ready.m.state.keys["k1"].versions[2].activation_epoch == 5  # epoch + waiting
+
+
+def test_named_activation_epoch_in_the_past_rejected(ready):
+    ready.advance(by=2)
+    ready.rejects(
+        CreateKey("ck", "ops", "k1", "sign", "p1", activate_epoch=3), Reason.INVALID_ARGUMENT
+    )

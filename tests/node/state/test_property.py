@@ -90,7 +90,8 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
         make = lambda au: AdvanceEpoch(rid, au, max(1, m.state.epoch + (x % 5) - 1), 60 * x)  # noqa: E731
     elif kind == 2:
         usual = "ops"
-        make = lambda au: CreateKey(rid, au, key, ("sign", "encrypt")[x & 1], "p1")  # noqa: E731
+        when = (m.state.epoch + x % 4) if x & 16 else 0  # sometimes a named activation epoch
+        make = lambda au: CreateKey(rid, au, key, ("sign", "encrypt")[x & 1], "p1", when)  # noqa: E731
     elif kind == 3:
         usual = "app"
         make = lambda au: RequestSign(rid, au, key, x % 3, "ctx", bytes([x]) * (1 + x))  # noqa: E731
@@ -99,7 +100,8 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
         make = lambda au: RequestDecrypt(rid, au, key, 1 + x % 2, "", b"c" * (1 + x))  # noqa: E731
     elif kind == 5:
         usual = "node-1" if wrong else "ops"
-        make = lambda au: RequestRotate(rid, au, key, 60 * x)  # noqa: E731
+        when = (m.state.epoch + x % 4) if x & 16 else 0
+        make = lambda au: RequestRotate(rid, au, key, 60 * x, when)  # noqa: E731
     elif kind == 6:
         usual = "ops"
         make = lambda au: RequestRevoke(rid, au, key, 1 + x % 3)  # noqa: E731
