@@ -132,6 +132,8 @@ def test_list_bounds_and_item_types(world):
         msgpack.packb({"v": 1}, use_bin_type=True) + b"trailing",
         pack({"v": 1, "kind": "approve", "x": msgpack.ExtType(1, b"e")}),
         b"\xdb\xff\xff\xff\xff",  # str32 claiming 4 GiB
+        b"\xdd\xff\xff\xff\xff",  # array32 claiming 4 billion items
+        b"\x91" * 5000 + b"\xc0",  # nesting deeper than any command
     ],
 )
 def test_garbage_rejected(data):
