@@ -37,6 +37,7 @@ import heapq
 import itertools
 import logging
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .core import Config, NotLeader, ProposalDropped, RaftCore, Role, bootstrap_log
-from .messages import EntryType, Message
+from .messages import EntryType, Message, MsgType
 from .session import (
     DEFAULT_WINDOW,
     MalformedEnvelope,
@@ -92,6 +93,7 @@ class DriverConfig:
     max_inbox: int = 50_000  # peer messages queued; beyond it they are dropped
     default_timeout: float = 5.0
     io_thread: bool = True  # fsync in a worker thread (False: inline; see docs)
+    leader_early_send: bool = True  # leader replicates while it fsyncs (see docs)
 
     def __post_init__(self) -> None:
         if not 0 < self.tick_interval <= 10:
@@ -330,7 +332,9 @@ class Driver:
                 self._wake.clear()
                 self._drain()
                 while self.core.has_ready():
+                    t = time.perf_counter_ns()
                     await self._handle_ready()
+                    self.stats["ready_us"] += (time.perf_counter_ns() - t) // 1000
                     self._drain()
         except asyncio.CancelledError:
             raise
@@ -382,6 +386,20 @@ class Driver:
         if rd.hard_state is not None:
             self._latest_hs = rd.hard_state
         hs, durable = self._latest_hs, self._durable_hs
+        messages = rd.messages
+        if self.transport is not None and self.config.leader_early_send and rd.entries:
+            # Raft thesis 10.2.1: a leader may replicate while it writes its own
+            # disk. Safe here because no acknowledgement is stepped into the core
+            # before this save returns, so the leader's own (not yet durable)
+            # entries never count toward a commit. Votes and follower acks still
+            # wait for the fsync.
+            late = []
+            for m in messages:
+                if m.type in _EARLY and m.frm == self.id:
+                    self.transport.send(m)
+                else:
+                    late.append(m)
+            messages = late
         if rd.entries or snapshot is not None or (hs.term, hs.vote) != (durable.term, durable.vote):
             await self._io(self.storage.save, hs if hs != durable else None, rd.entries, snapshot)
             self._durable_hs = hs
@@ -393,7 +411,7 @@ class Driver:
             # the next save, and before any snapshot (see _snapshot).
             self.stats["deferred_commit_saves"] += 1
         if self.transport is not None:
-            for m in rd.messages:
+            for m in messages:
                 self.transport.send(m)
         if snapshot is not None and snapshot.meta.index > self._applied:
             self.machine.restore(snapshot.data)
@@ -409,11 +427,13 @@ class Driver:
             await self._snapshot()
 
     async def _io(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run a storage write: inline (default) or in the I/O thread."""
+        """Run a storage write in the I/O thread (default) or inline."""
+        t = time.perf_counter_ns()
         if self.config.io_thread:
             await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         else:
             fn(*args)
+        self.stats["io_us"] += (time.perf_counter_ns() - t) // 1000
 
     def _apply(self, entries: Any) -> None:
         for e in entries:
@@ -472,6 +492,9 @@ class Driver:
         for fut in list(self._read_waiters.values()):
             _settle(fut, exc)
         self._read_heap.clear()
+
+
+_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT})
 
 
 def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:

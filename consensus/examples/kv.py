@@ -308,10 +308,13 @@ async def handle_cas(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_status(request: web.Request) -> web.StreamResponse:
-    st = request.app[NODE].status()
+    node = request.app[NODE]
+    st = node.status()
     store = request.app[STORE]
     http = {str(k): v for k, v in store.http.items()}
-    return web.json_response({**st.as_dict(), "keys": len(store.data), "http": http})
+    return web.json_response(
+        {**st.as_dict(), "keys": len(store.data), "http": http, "stats": dict(node.stats)}
+    )
 
 
 def _error(status: int, **body: Any) -> web.Response:
@@ -480,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--inline-io", action="store_true", help="fsync on the event loop, not in a thread"
     )
+    s.add_argument(
+        "--no-early-send", action="store_true", help="leader fsyncs before it replicates"
+    )
     s.add_argument("--log-level", default="WARNING")
     return p
 
@@ -510,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
         tick_ms=args.tick_ms,
         election_ticks=args.election_ticks,
         snapshot_every=max(1, args.snapshot_every),
-        extra={"io_thread": False} if args.inline_io else {},
+        extra={
+            **({"io_thread": False} if args.inline_io else {}),
+            **({"leader_early_send": False} if args.no_early_send else {}),
+        },
     )
     web.run_app(
         create_app(cfg), host=cfg.http_host, port=cfg.http_port, print=None, access_log=None
