@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         election_ticks=args.election_ticks,
         snapshot_every=max(1, args.snapshot_every),
         extra={
-            **({"io_thread": False} if args.inline_io else {}),
+            **({"leader_io_thread": False} if args.inline_io else {}),
             **({"leader_early_send": False} if args.no_early_send else {}),
         },
     )
