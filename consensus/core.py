@@ -210,12 +210,13 @@ class RaftCore:
         self.log = RaftLog(storage)
         hs, conf = storage.initial_state()
         snap_index = storage.snapshot().meta.index
-        if not self.log.first_index() - 1 <= hs.commit <= self.log.last_index():
-            raise RaftInvariantError(f"hard state commit {hs.commit} outside the stored log")
-        self.log.committed = hs.commit
+        if hs.commit > self.log.last_index():
+            raise RaftInvariantError(f"hard state commit {hs.commit} beyond the stored log")
+        # A snapshot is committed by definition, even if a crash kept the older hard state.
+        self.log.committed = max(hs.commit, self.log.first_index() - 1, snap_index)
         applied = max(config.applied, snap_index, self.log.first_index() - 1)
-        if applied > hs.commit:
-            raise ValueError(f"config.applied {applied} is beyond commit {hs.commit}")
+        if applied > self.log.committed:
+            raise ValueError(f"config.applied {applied} is beyond commit {self.log.committed}")
         self.log.applied = applied
         self.term = hs.term
         self.vote = hs.vote
@@ -238,6 +239,8 @@ class RaftCore:
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
         self._pending_reads: list[tuple[int, bytes]] = []
+        self._leaving_at = 0  # leader removed itself: hand over once voters know this commit
+        self._peer_commit: dict[int, int] = {}
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._prev_hs = hs
@@ -508,6 +511,8 @@ class RaftCore:
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
         self._pending_reads = []
+        self._leaving_at = 0
+        self._peer_commit: dict[int, int] = {}
 
     def _new_progress(self, nid: int, last: int) -> Progress:
         return Progress(
@@ -683,6 +688,8 @@ class RaftCore:
         pr = self.progress.get(m.frm)
         if pr is None:
             return
+        if m.commit > self._peer_commit.get(m.frm, 0):
+            self._peer_commit[m.frm] = m.commit
         if t is MsgType.APPEND_RESP:
             pr.recent_active = True
             self._handle_append_resp(m, pr)
@@ -698,6 +705,8 @@ class RaftCore:
                 if acks is not None and quorum.has_quorum(self.voters, acks):
                     for req in self.read_only.advance(m.context):
                         self._respond_read(req.frm, req.ctx, req.index)
+        if self._leaving_at:
+            self._maybe_finish_leaving()
 
     def _handle_append_resp(self, m: Message, pr: Progress) -> None:
         if m.reject:
@@ -732,7 +741,7 @@ class RaftCore:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(MsgType.APPEND_RESP, m.frm, index=last_new)
+            self._send(MsgType.APPEND_RESP, m.frm, index=last_new, commit=self.log.committed)
         else:
             hint = min(m.index, self.log.last_index())
             self._send(MsgType.APPEND_RESP, m.frm, index=m.index, reject=True, reject_hint=hint)
@@ -740,7 +749,7 @@ class RaftCore:
     def _handle_heartbeat(self, m: Message) -> None:
         # The leader sends min(match, commit), so this never passes our matching prefix.
         self.log.commit_to(min(m.commit, self.log.last_index()))
-        self._send(MsgType.HEARTBEAT_RESP, m.frm, context=m.context)
+        self._send(MsgType.HEARTBEAT_RESP, m.frm, context=m.context, commit=self.log.committed)
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -771,6 +780,8 @@ class RaftCore:
             raise NotLeader(self.lead)
         if self.lead_transferee != NONE:
             raise ProposalDropped("leadership transfer in progress")
+        if self._leaving_at:
+            raise ProposalDropped("the leader is leaving the cluster")
         if self.id not in self.progress:
             raise ProposalDropped("this node is no longer a member")
 
@@ -864,6 +875,15 @@ class RaftCore:
             self._send(MsgType.READ_INDEX_RESP, frm, index=index, context=ctx)
 
     # --- membership ------------------------------------------------------------
+    def _maybe_finish_leaving(self) -> None:
+        if self.role is not Role.LEADER or not self.voters:
+            return
+        if any(self._peer_commit.get(v, 0) < self._leaving_at for v in self.voters):
+            return
+        heir = max(sorted(self.voters), key=lambda v: self.progress[v].match)
+        self._send(MsgType.TIMEOUT_NOW, heir)
+        self._become_follower(self.term, NONE)
+
     def _apply_membership(self, data: bytes) -> bool:
         try:
             cc = decode_conf_change(data)
@@ -902,7 +922,13 @@ class RaftCore:
         if self.role is not Role.LEADER:
             return
         if self.id not in self.voters:
-            self._become_follower(self.term, NONE)  # removed or demoted: step down
+            # Removed or demoted: keep leading (without counting ourselves) until every
+            # remaining voter knows the change committed, else they could be left with a
+            # membership that still needs us to elect anyone. Then hand over.
+            if not self._leaving_at:
+                self._leaving_at = self.log.committed
+                self._bcast_heartbeat()
+            self._maybe_finish_leaving()
             return
         if self.lead_transferee not in self.voters:
             self.lead_transferee = NONE
