@@ -5,9 +5,11 @@
 enters only as values carried inside commands. See docs/state-machine.md.
 """
 
+from .approvals import sign_approval, sign_command
 from .audit import GENESIS, decode_records, encode_records, verify_chain, verify_export
 from .commands import (
     COMMANDS,
+    SIGNED_KINDS,
     AddPrincipal,
     AdvanceEpoch,
     Approve,
@@ -46,6 +48,7 @@ from .model import (
 __all__ = [
     "COMMANDS",
     "GENESIS",
+    "SIGNED_KINDS",
     "AddPrincipal",
     "AdvanceEpoch",
     "Approve",
@@ -86,6 +89,8 @@ __all__ = [
     "encode_records",
     "payload_hash",
     "request_digest",
+    "sign_approval",
+    "sign_command",
     "verify_chain",
     "verify_export",
 ]

@@ -7,9 +7,14 @@ already domain-separated by its own context string (see `digest.py`).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .commands import signing_bytes
+from .digest import signing_digest
 from .errors import Reason, Rejected
 
 PUBLIC_KEY_LEN = 32
@@ -49,3 +54,21 @@ def sign_approval(private_key: Ed25519PrivateKey, digest: bytes) -> bytes:
     if len(digest) != DIGEST_LEN:
         raise ValueError("a request digest is 64 bytes")
     return private_key.sign(digest)
+
+
+def sign_command(private_key: Ed25519PrivateKey, cmd: Any, cluster_id: str) -> Any:
+    """Author side: return `cmd` with its `signature` set (operator or node tools, tests)."""
+    sig = private_key.sign(signing_digest(cluster_id, signing_bytes(cmd)))
+    return dataclasses.replace(cmd, signature=sig)
+
+
+def verify_command_signature(public_key: bytes, cmd: Any, cluster_id: str) -> None:
+    """Return if `cmd.signature` is valid for `public_key`; else Rejected(BAD_SIGNATURE)."""
+    if len(public_key) != PUBLIC_KEY_LEN:
+        raise Rejected(Reason.BAD_SIGNATURE, "author has no registered signing key")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            cmd.signature, signing_digest(cluster_id, signing_bytes(cmd))
+        )
+    except (InvalidSignature, ValueError):
+        raise Rejected(Reason.BAD_SIGNATURE, "command signature does not verify") from None

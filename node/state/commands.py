@@ -9,6 +9,10 @@ bounds the total size and every string, byte string and list, rejects unknown or
 missing fields, wrong types (a bool is not an int, a float is nothing) and
 trailing bytes, and raises `DecodeError` with the offending path. Encoding is
 canonical (fixed field order), so the same command always has the same bytes.
+
+Signed commands (`SIGNED_KINDS`) carry `signature`: Ed25519 by the author's
+registered key (operator principal key, or member identity key) over
+`digest.signing_digest(cluster_id, signing_bytes(cmd))`.
 """
 
 from __future__ import annotations
@@ -186,6 +190,7 @@ class PrincipalSpec:
 RID = Name(_RID_RE)
 VERSION = Int(1, U32)
 PAYLOAD = Bytes(min_len=1, max_len=MAX_PAYLOAD_BYTES)
+SIGNATURE = Bytes(lengths=(64,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +209,14 @@ class Bootstrap(Command):
     threshold: int
     members: tuple[MemberSpec, ...]
     principals: tuple[PrincipalSpec, ...]
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "bootstrap"
     SCHEMA: ClassVar = (
         ("cluster_id", Name()),
         ("threshold", Int(1, MAX_MEMBERS)),
         ("members", ListOf(Struct(MemberSpec), MAX_MEMBERS)),
         ("principals", ListOf(Struct(PrincipalSpec), MAX_PRINCIPALS)),
+        ("signature", SIGNATURE),
     )
 
 
@@ -218,8 +225,9 @@ class AddPrincipal(Command):
     name: str
     role: str
     public_key: bytes
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "add_principal"
-    SCHEMA: ClassVar = PrincipalSpec.SCHEMA
+    SCHEMA: ClassVar = (*PrincipalSpec.SCHEMA, ("signature", SIGNATURE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +242,7 @@ class SetPolicy(Command):
     grace_epochs: int
     waiting_epochs: int
     escrow: bool
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "set_policy"
     SCHEMA: ClassVar = (
         ("policy_id", Name()),
@@ -246,6 +255,7 @@ class SetPolicy(Command):
         ("grace_epochs", Int(0, U32)),
         ("waiting_epochs", Int(1, U32)),
         ("escrow", Bool()),
+        ("signature", SIGNATURE),
     )
 
 
@@ -253,8 +263,13 @@ class SetPolicy(Command):
 class AdvanceEpoch(Command):
     epoch: int
     at: int  # wall-clock seconds proposed by the leader: a policy input, never a condition
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "advance_epoch"
-    SCHEMA: ClassVar = (("epoch", Int(1, U62)), ("at", Int(0, U62)))
+    SCHEMA: ClassVar = (
+        ("epoch", Int(1, U62)),
+        ("at", Int(0, U62)),
+        ("signature", SIGNATURE),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,12 +278,14 @@ class CreateKey(Command):
     purpose: str
     policy_id: str
     activate_epoch: int = 0  # earliest epoch for version 1 (0 = as soon as the DKG allows)
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "create_key"
     SCHEMA: ClassVar = (
         ("key_id", Name()),
         ("purpose", OneOf("sign", "encrypt")),
         ("policy_id", Name()),
         ("activate_epoch", Int(0, U62)),
+        ("signature", SIGNATURE),
     )
 
 
@@ -307,11 +324,13 @@ class RequestRotate(Command):
     key_id: str
     at: int  # wall-clock seconds; a node's scheduled rotation is accepted only if due
     activate_epoch: int = 0  # earliest epoch for the new version (0 = as soon as possible)
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "request_rotate"
     SCHEMA: ClassVar = (
         ("key_id", Name()),
         ("at", Int(0, U62)),
         ("activate_epoch", Int(0, U62)),
+        ("signature", SIGNATURE),
     )
 
 
@@ -319,16 +338,26 @@ class RequestRotate(Command):
 class RequestRevoke(Command):
     key_id: str
     version: int
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "request_revoke"
-    SCHEMA: ClassVar = (("key_id", Name()), ("version", VERSION))
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", VERSION),
+        ("signature", SIGNATURE),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class RequestDestroy(Command):
     key_id: str
     version: int
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "request_destroy"
-    SCHEMA: ClassVar = (("key_id", Name()), ("version", VERSION))
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", VERSION),
+        ("signature", SIGNATURE),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +365,7 @@ class Approve(Command):
     request: str
     signature: bytes  # Ed25519 over the 64-byte canonical request digest
     KIND: ClassVar[str] = "approve"
-    SCHEMA: ClassVar = (("request", RID), ("signature", Bytes(lengths=(64,))))
+    SCHEMA: ClassVar = (("request", RID), ("signature", SIGNATURE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,11 +373,13 @@ class RecordDkgResult(Command):
     request: str
     group_public_key: bytes
     verification_shares: tuple[bytes, ...]
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "record_dkg_result"
     SCHEMA: ClassVar = (
         ("request", RID),
         ("group_public_key", Bytes(lengths=(32,))),
         ("verification_shares", ListOf(Bytes(lengths=(32,)), MAX_MEMBERS)),
+        ("signature", SIGNATURE),
     )
 
 
@@ -356,16 +387,22 @@ class RecordDkgResult(Command):
 class RecordResult(Command):
     request: str
     result_digest: bytes  # e.g. SHA-512 of the signature; never plaintext
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "record_result"
-    SCHEMA: ClassVar = (("request", RID), ("result_digest", Bytes(min_len=32, max_len=64)))
+    SCHEMA: ClassVar = (
+        ("request", RID),
+        ("result_digest", Bytes(min_len=32, max_len=64)),
+        ("signature", SIGNATURE),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class RecordFailure(Command):
     request: str
     reason: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "record_failure"
-    SCHEMA: ClassVar = (("request", RID), ("reason", Text()))
+    SCHEMA: ClassVar = (("request", RID), ("reason", Text()), ("signature", SIGNATURE))
 
 
 COMMANDS: dict[str, type[Command]] = {
@@ -403,6 +440,29 @@ def encode_command(cmd: Command) -> bytes:
     data = msgpack.packb(body, use_bin_type=True)
     decode_command(data)  # the encoder never produces what the decoder refuses
     return data
+
+
+# Every command an operator or a node issues carries the author's Ed25519 signature,
+# so that a malicious leader or node cannot forge it in someone else's name
+# (approvals are signed over the request digest for the same reason; client
+# submissions are not signed: they do nothing without the approvers' signatures).
+SIGNED_KINDS: frozenset[str] = frozenset(COMMANDS) - {
+    "request_sign",
+    "request_decrypt",
+    "approve",  # its `signature` is the approval itself, over the request digest
+}
+
+
+def signing_bytes(cmd: Command) -> bytes:
+    """The canonical encoding of a signed command without its `signature` field."""
+    cls = type(cmd)
+    if cls.KIND not in SIGNED_KINDS:
+        raise TypeError(f"{cls.KIND} is not a signed command")
+    body: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": cls.KIND}
+    for name, spec in (*_HEADER, *cls.SCHEMA):
+        if name != "signature":
+            body[name] = spec.dump(getattr(cmd, name))
+    return msgpack.packb(body, use_bin_type=True)
 
 
 def decode_command(data: bytes) -> Command:

@@ -22,6 +22,7 @@ REQUEST_CONTEXT = b"custody-cluster/v1/request-digest"
 PAYLOAD_CONTEXT = b"custody-cluster/v1/request-payload"
 COMMAND_CONTEXT = b"custody-cluster/v1/command"
 DKG_POST_CONTEXT = b"custody-cluster/v1/dkg-post"
+SIGNED_COMMAND_CONTEXT = b"custody-cluster/v1/signed-command"
 
 
 def lp(data: bytes | str) -> bytes:
@@ -83,3 +84,8 @@ def dkg_post_digest(group_public_key: bytes, verification_shares: tuple[bytes, .
     body = lp(DKG_POST_CONTEXT) + lp(group_public_key) + u64(len(verification_shares))
     body += b"".join(lp(s) for s in verification_shares)
     return hashlib.sha512(body).digest()
+
+
+def signing_digest(cluster_id: str, signing_bytes: bytes) -> bytes:
+    """What the author of a signed command signs: its canonical body, bound to the cluster."""
+    return hashlib.sha512(lp(SIGNED_COMMAND_CONTEXT) + lp(cluster_id) + signing_bytes).digest()

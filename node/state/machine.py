@@ -20,9 +20,15 @@ from typing import Any
 import msgpack
 
 from . import rules
-from .approvals import quorum_met, valid_public_key, verify_approval
+from .approvals import (
+    quorum_met,
+    valid_public_key,
+    verify_approval,
+    verify_command_signature,
+)
 from .audit import GENESIS, make_record
 from .commands import (
+    SIGNED_KINDS,
     AddPrincipal,
     AdvanceEpoch,
     Approve,
@@ -228,6 +234,9 @@ class Machine:
         role = self._role_of(cmd.author)
         if role not in rules.COMMAND_ROLES[cmd.KIND]:
             raise Rejected(Reason.UNAUTHORIZED, f"role {role.value} may not {cmd.KIND}")
+        if cmd.KIND in SIGNED_KINDS:
+            who = self.state.members.get(cmd.author) or self.state.principals[cmd.author]
+            verify_command_signature(who.public_key, cmd, self.state.cluster_id)
 
     # ------------------------------------------------------------- helpers
 
@@ -355,8 +364,8 @@ class Machine:
 
     @staticmethod
     def _check_principal_key(role: str, public_key: bytes) -> None:
-        if role == Role.APPROVER.value and not public_key:
-            raise Rejected(Reason.INVALID_PRINCIPAL, "an approver needs an Ed25519 public key")
+        if role in (Role.APPROVER.value, Role.OPERATOR.value) and not public_key:
+            raise Rejected(Reason.INVALID_PRINCIPAL, f"an {role} needs an Ed25519 public key")
         if public_key and not valid_public_key(public_key):
             raise Rejected(Reason.INVALID_PRINCIPAL, "public key is not a valid Ed25519 key")
 
@@ -382,10 +391,12 @@ class Machine:
         keys = [m.public_key for m in members] + [p.public_key for p in principals if p.public_key]
         if len(set(keys)) != len(keys):
             raise Rejected(Reason.INVALID_PRINCIPAL, "a public key may belong to one identity only")
-        if not any(p.name == cmd.author and p.role == Role.OPERATOR for p in principals):
+        author = [p for p in principals if p.name == cmd.author and p.role == Role.OPERATOR]
+        if not author:
             raise Rejected(
                 Reason.UNAUTHORIZED, "bootstrap must be authored by one of its operators"
             )
+        verify_command_signature(author[0].public_key, cmd, cmd.cluster_id)
         st = self.state
         st.cluster_id, st.threshold, st.epoch = cmd.cluster_id, cmd.threshold, 1
         for m in members:

@@ -20,7 +20,8 @@ from node.state import (
     RecordDkgResult,
     SetPolicy,
 )
-from node.state.approvals import sign_approval
+from node.state.approvals import sign_approval, sign_command
+from node.state.commands import SIGNED_KINDS
 
 MEMBERS = ("node-1", "node-2", "node-3")
 OPERATORS = ("ops",)
@@ -40,6 +41,17 @@ def public_key(name: str) -> bytes:
     return private_key(name).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+CLUSTER = "cluster-a"
+
+
+def signed(cmd, signer: str | None = None):
+    """Test plumbing: sign a signed-kind command with its author's test key if unsigned.
+    (The signature checks themselves are tested explicitly in test_signed_commands.py.)"""
+    if cmd.KIND in SIGNED_KINDS and not cmd.signature:
+        return sign_command(private_key(signer or cmd.author), cmd, CLUSTER)
+    return cmd
+
+
 def bootstrap_command(request_id: str = "boot", author: str = "ops", threshold: int = 2):
     members = tuple(MemberSpec(m, i + 1, public_key(m)) for i, m in enumerate(MEMBERS))
     principals = (
@@ -48,7 +60,7 @@ def bootstrap_command(request_id: str = "boot", author: str = "ops", threshold: 
         *(PrincipalSpec(n, "client", b"") for n in CLIENTS),
         *(PrincipalSpec(n, "auditor", b"") for n in AUDITORS),
     )
-    return Bootstrap(request_id, author, "cluster-a", threshold, members, principals)
+    return Bootstrap(request_id, author, CLUSTER, threshold, members, principals)
 
 
 def policy_command(request_id: str = "pol", policy_id: str = "p1", **kw):
@@ -83,7 +95,7 @@ class World:
         return f"{prefix}-{self.n}"
 
     def do(self, cmd) -> Outcome:
-        return self.m.apply_command(cmd)
+        return self.m.apply_command(signed(cmd))
 
     def ok(self, cmd) -> Outcome:
         out = self.do(cmd)
@@ -124,6 +136,7 @@ class World:
         return rejects(self, cmd, reason)
 
     bootstrap_command = staticmethod(bootstrap_command)
+    signed = staticmethod(signed)
     policy_command = staticmethod(policy_command)
     public_key = staticmethod(public_key)
     private_key = staticmethod(private_key)

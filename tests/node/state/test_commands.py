@@ -29,6 +29,10 @@ from node.state.commands import MAX_COMMAND_BYTES, MAX_PAYLOAD_BYTES
 
 
 def samples(world):
+    return [world.signed(c) for c in _samples(world)]
+
+
+def _samples(world):
     return [
         world.bootstrap_command(),
         AddPrincipal("r1", "ops", "dave", "approver", world.public_key("dave")),
@@ -101,7 +105,7 @@ def test_schema_violations_rejected(mutate, message):
 
 
 def test_list_bounds_and_item_types(world):
-    raw = raw_of(world.policy_command())
+    raw = raw_of(world.signed(world.policy_command()))
     raw["approvers"] = ["a"] * 2
     with pytest.raises(DecodeError, match="duplicate"):
         decode_command(pack(raw))
@@ -111,11 +115,11 @@ def test_list_bounds_and_item_types(world):
     raw["approvers"] = "alice"
     with pytest.raises(DecodeError, match="list"):
         decode_command(pack(raw))
-    raw = raw_of(world.bootstrap_command())
+    raw = raw_of(world.signed(world.bootstrap_command()))
     raw["members"][0]["public_key"] = b"\x01" * 31
     with pytest.raises(DecodeError, match=r"members\[0\]\.public_key"):
         decode_command(pack(raw))
-    raw = raw_of(world.bootstrap_command())
+    raw = raw_of(world.signed(world.bootstrap_command()))
     raw["members"][0]["surprise"] = 1
     with pytest.raises(DecodeError, match="unknown field"):
         decode_command(pack(raw))
@@ -154,9 +158,9 @@ def test_size_bounds():
 
 def test_malformed_bytes_change_nothing(world):
     m = Machine()
-    m.apply(encode_command(world.bootstrap_command()))
+    m.apply(encode_command(world.signed(world.bootstrap_command())))
     before = m.snapshot()
-    raw = raw_of(world.policy_command())
+    raw = raw_of(world.signed(world.policy_command()))
     raw["k"] = "2"
     out = decode_outcome(m.apply(pack(raw)))
     assert not out.ok and out.code == "malformed" and "k" in out.detail

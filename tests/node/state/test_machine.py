@@ -476,7 +476,7 @@ def test_apply_bytes_roundtrip_and_exactly_once(world):
     from node.state import decode_outcome, encode_command
 
     m = Machine()
-    data = encode_command(world.bootstrap_command())
+    data = encode_command(world.signed(world.bootstrap_command()))
     first = decode_outcome(m.apply(data))
     assert first.ok and decode_outcome(m.apply(data)) == first
     assert len(m.state.audit) == 1

@@ -197,18 +197,19 @@ def use(world, m: Machine, x: int, wrong: bool, step: int | str) -> list:
 def seed(world, m: Machine, apply) -> None:
     """Bootstrap, a policy, and one active key of each purpose (so deep paths are reached)."""
     for cmd in (world.bootstrap_command(), world.policy_command()):
-        apply(encode_command(cmd))
+        apply(encode_command(world.signed(cmd)))
     for i, purpose in enumerate(("sign", "encrypt")):
         for item in flow(world, m, KEYS[i], purpose, f"init{i}"):
             for cmd in item() if callable(item) else [item]:
-                apply(encode_command(cmd))
+                apply(encode_command(world.signed(cmd)))
 
 
 def run(world, m: Machine, act, step: int | str, apply) -> None:
     """Build the action's commands against `m` and feed each one to `apply`."""
+    forge = act[4] and act[3] & 8  # sometimes a signed command is signed by someone else
     for item in build(world, m, act, step):
         for cmd in item() if callable(item) else [item]:
-            apply(encode_command(cmd))
+            apply(encode_command(world.signed(cmd, "eve" if forge else None)))
 
 
 @settings(

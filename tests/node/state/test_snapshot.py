@@ -127,5 +127,5 @@ def test_garbage_refused_and_state_kept(busy):
 def test_restore_replaces_state(busy):
     other = Machine()
     other.restore(busy.snap())
-    other.apply_command(AdvanceEpoch("e-x", "node-2", 50, 0))
+    other.apply_command(busy.signed(AdvanceEpoch("e-x", "node-2", 50, 0)))
     assert other.state.epoch == 50 and busy.m.state.epoch != 50
