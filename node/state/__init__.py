@@ -5,7 +5,7 @@
 enters only as values carried inside commands. See docs/state-machine.md.
 """
 
-from .approvals import sign_approval, sign_command
+from .approvals import sign_approval, sign_command, signing_message, with_signature
 from .audit import GENESIS, decode_records, encode_records, verify_chain, verify_export
 from .commands import (
     COMMANDS,
@@ -91,6 +91,8 @@ __all__ = [
     "request_digest",
     "sign_approval",
     "sign_command",
+    "signing_message",
     "verify_chain",
     "verify_export",
+    "with_signature",
 ]

@@ -56,10 +56,19 @@ def sign_approval(private_key: Ed25519PrivateKey, digest: bytes) -> bytes:
     return private_key.sign(digest)
 
 
+def signing_message(cmd: Any, cluster_id: str) -> bytes:
+    """The 64 bytes the author of a signed command signs (e.g. inside an HSM slot)."""
+    return signing_digest(cluster_id, signing_bytes(cmd))
+
+
+def with_signature(cmd: Any, signature: bytes) -> Any:
+    """`cmd` with its `signature` field set (after signing `signing_message` elsewhere)."""
+    return dataclasses.replace(cmd, signature=bytes(signature))
+
+
 def sign_command(private_key: Ed25519PrivateKey, cmd: Any, cluster_id: str) -> Any:
-    """Author side: return `cmd` with its `signature` set (operator or node tools, tests)."""
-    sig = private_key.sign(signing_digest(cluster_id, signing_bytes(cmd)))
-    return dataclasses.replace(cmd, signature=sig)
+    """Author side with an in-process key: return `cmd` signed (operator tools, tests)."""
+    return with_signature(cmd, private_key.sign(signing_message(cmd, cluster_id)))
 
 
 def verify_command_signature(public_key: bytes, cmd: Any, cluster_id: str) -> None:
@@ -68,7 +77,7 @@ def verify_command_signature(public_key: bytes, cmd: Any, cluster_id: str) -> No
         raise Rejected(Reason.BAD_SIGNATURE, "author has no registered signing key")
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
-            cmd.signature, signing_digest(cluster_id, signing_bytes(cmd))
+            cmd.signature, signing_message(cmd, cluster_id)
         )
     except (InvalidSignature, ValueError):
         raise Rejected(Reason.BAD_SIGNATURE, "command signature does not verify") from None

@@ -147,3 +147,12 @@ def test_forged_bootstrap_rejected(world):
     boot = world.signed(world.bootstrap_command(), signer="alice")
     world.rejects(boot, Reason.BAD_SIGNATURE)
     assert not world.m.state.bootstrapped
+
+
+def test_external_signer_path(ready):
+    """The path a node takes with its HSM: sign the message elsewhere, attach the bytes."""
+    from node.state import AdvanceEpoch, signing_message, with_signature
+
+    cmd = AdvanceEpoch("ext", "node-2", 5, 0)
+    sig = ready.private_key("node-2").sign(signing_message(cmd, "cluster-a"))
+    assert ready.ok(with_signature(cmd, sig)).code == "ok" and ready.m.state.epoch == 5
