@@ -71,11 +71,12 @@ from .snapshot import decode_state, encode_state
 MAX_PRINCIPALS = 1024
 MAX_POLICIES = 256
 MAX_KEYS = 4096
+MAX_OPEN_REQUESTS = 10_000  # pending or approved, cluster-wide (payloads live in the state)
+MAX_OPEN_PER_AUTHOR = 1_000  # so that one client cannot fill the cluster's share
 OUTCOME_VERSION = 1
 
 RS = RequestState
 VS = VersionState
-_OPEN = (RS.PENDING, RS.APPROVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +271,11 @@ class Machine:
         activate_epoch: int = 0,
     ) -> Request:
         policy = policy or self.state.policies[key.policy_id]
+        if len(self.state.open) >= MAX_OPEN_REQUESTS:
+            raise Rejected(Reason.LIMIT_REACHED, "too many open requests")
+        mine = sum(1 for author in self.state.open.values() if author == cmd.author)
+        if mine >= MAX_OPEN_PER_AUTHOR:
+            raise Rejected(Reason.LIMIT_REACHED, f"{cmd.author!r} has too many open requests")
         if activate_epoch and activate_epoch <= self.state.epoch:
             raise Rejected(
                 Reason.INVALID_ARGUMENT, f"activation epoch must be > {self.state.epoch}"
@@ -302,6 +308,10 @@ class Machine:
             payload=payload,
         )
 
+    def _register(self, req: Request) -> None:
+        self.state.requests[req.request_id] = req
+        self.state.open[req.request_id] = req.author
+
     def _still_possible(self, req: Request) -> bool:
         """Can `req` still take effect, given its version's current state?"""
         if req.version == 0:
@@ -319,10 +329,11 @@ class Machine:
 
     def _fail_impossible(self, key_id: str, number: int) -> None:
         """After a version changed state, fail the open requests it made impossible."""
+        requests = self.state.requests
         affected = sorted(
             rid
-            for rid, req in self.state.requests.items()
-            if req.key_id == key_id and req.version == number and req.state in _OPEN
+            for rid in self.state.open
+            if requests[rid].key_id == key_id and requests[rid].version == number
         )
         for rid in affected:
             req = self.state.requests[rid]
@@ -332,6 +343,7 @@ class Machine:
 
     def _finish(self, req: Request, state: RequestState, failure: str = "") -> None:
         req.state = state
+        self.state.open.pop(req.request_id, None)
         req.failure = failure
         req.payload = b""
         req.decided_epoch = req.decided_epoch or self.state.epoch
@@ -480,7 +492,7 @@ class Machine:
         )
         key.lifecycle_request = req.request_id
         self.state.keys[key.key_id] = key
-        self.state.requests[req.request_id] = req
+        self._register(req)
         return _Effect(req.state.value, key_id=key.key_id, digest=req.digest)
 
     def _request_use(self, cmd: RequestSign | RequestDecrypt, op: Op, payload: bytes) -> _Effect:
@@ -499,7 +511,7 @@ class Machine:
             raise Rejected(Reason.VERSION_NOT_USABLE, f"version {number} is {version.state.value}")
         kind = RequestKind.SIGN if op is Op.SIGN else RequestKind.DECRYPT
         req = self._new_request(cmd, kind, key, number, cmd.context, payload)
-        self.state.requests[req.request_id] = req
+        self._register(req)
         return _Effect(req.state.value, key_id=key.key_id, version=number, digest=req.digest)
 
     def _request_sign(self, cmd: RequestSign) -> _Effect:
@@ -516,7 +528,7 @@ class Machine:
         if scheduled and not self.rotation_due(key.key_id, cmd.at):
             raise Rejected(Reason.ROTATION_NOT_DUE, "policy does not call for rotation yet")
         req = self._new_request(cmd, RequestKind.ROTATE, key, 0, activate_epoch=cmd.activate_epoch)
-        self.state.requests[req.request_id] = req
+        self._register(req)
         key.lifecycle_request = req.request_id
         if scheduled:  # the policy itself is the approval of a due, scheduled rotation
             req.state = rules.request_step(req.state, "quorum")
@@ -536,7 +548,7 @@ class Machine:
                     Reason.GRACE_PERIOD, f"destroyable from epoch {version.retired_epoch + grace}"
                 )
         req = self._new_request(cmd, kind, key, cmd.version)
-        self.state.requests[req.request_id] = req
+        self._register(req)
         return _Effect(req.state.value, key_id=key.key_id, version=cmd.version, digest=req.digest)
 
     def _request_revoke(self, cmd: RequestRevoke) -> _Effect:
@@ -686,12 +698,8 @@ class Machine:
     def open_requests(self, kind: RequestKind | str | None = None) -> list[Request]:
         """Requests still pending approval or waiting for execution, in request-id order."""
         want = RequestKind(kind) if kind is not None else None
-        return [
-            self.state.requests[rid]
-            for rid in sorted(self.state.requests)
-            if self.state.requests[rid].state in _OPEN
-            and (want is None or self.state.requests[rid].kind is want)
-        ]
+        found = (self.state.requests[rid] for rid in sorted(self.state.open))
+        return [req for req in found if want is None or req.kind is want]
 
     def executable(self, request_id: str) -> Request:
         """The request, if this replica agrees it may be executed now; else Rejected.

@@ -189,6 +189,7 @@ class State:
     policies: dict[str, Policy] = field(default_factory=dict)
     keys: dict[str, Key] = field(default_factory=dict)
     requests: dict[str, Request] = field(default_factory=dict)
+    open: dict[str, str] = field(default_factory=dict)  # open request id -> author (an index)
     outcomes: dict[str, Dedup] = field(default_factory=dict)
     audit: list[AuditRecord] = field(default_factory=list)
 

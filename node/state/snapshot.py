@@ -24,7 +24,7 @@ import msgpack
 
 from .audit import verify_chain
 from .errors import ChainError, DecodeError
-from .model import State
+from .model import RequestState, State
 
 SNAPSHOT_VERSION = 1
 MAX_SNAPSHOT_BYTES = 1 << 30
@@ -169,6 +169,13 @@ def _check_consistency(state: State) -> None:
         for number, version in key.versions.items():
             if version.number != number:
                 raise DecodeError(f"key {key.key_id!r}: version filed under wrong number")
+    open_now = {
+        rid: req.author
+        for rid, req in state.requests.items()
+        if req.state in (RequestState.PENDING, RequestState.APPROVED)
+    }
+    if state.open != open_now:
+        raise DecodeError("snapshot index of open requests is inconsistent")
     for rid, dedup in state.outcomes.items():
         if dedup.outcome.request_id != rid or dedup.outcome.seq >= len(state.audit):
             raise DecodeError(f"outcome of {rid!r} inconsistent with the audit chain")

@@ -654,3 +654,21 @@ def test_named_activation_epoch_in_the_past_rejected(ready):
     ready.rejects(
         CreateKey("ck", "ops", "k1", "sign", "p1", activate_epoch=3), Reason.INVALID_ARGUMENT
     )
+
+
+def test_open_request_limits(ready, monkeypatch):
+    from node.state import machine
+
+    ready.active_key("k1")
+    monkeypatch.setattr(machine, "MAX_OPEN_PER_AUTHOR", 2)
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.ok(RequestSign("s2", "app", "k1", 0, "", b"m"))
+    ready.rejects(RequestSign("s3", "app", "k1", 0, "", b"m"), Reason.LIMIT_REACHED)
+    ready.ok(RequestRevoke("rv", "ops", "k1", 1))  # other authors are not affected
+    ready.approve("s1", "alice")
+    ready.approve("s1", "bob")
+    ready.ok(RecordResult("res", "node-1", "s1", RESULT))  # s1 decided: room again
+    ready.ok(RequestSign("s4", "app", "k1", 0, "", b"m"))
+    assert sorted(ready.m.state.open) == ["rv", "s2", "s4"]
+    monkeypatch.setattr(machine, "MAX_OPEN_REQUESTS", 3)
+    ready.rejects(RequestRotate("rot", "ops", "k1", 0), Reason.LIMIT_REACHED)

@@ -301,6 +301,10 @@ def test_every_step_keeps_the_invariants(world, actions):
                 ranks[(key.key_id, v.number)] = rank
             actives = [v.number for v in key.versions.values() if v.state is VersionState.ACTIVE]
             assert actives == ([key.primary] if key.primary else [])
+        open_now = {
+            rid for rid, r in m.state.requests.items() if r.state.value in ("pending", "approved")
+        }
+        assert set(m.state.open) == open_now
 
     for step, act in enumerate(actions):
         run(world, m, act, step, apply_checked)

@@ -100,6 +100,7 @@ def test_tampered_audit_chain_refused(busy):
             "wrong number",
         ),
         (lambda r: r["state"]["outcomes"]["s1"]["outcome"].update(seq=10**6), "outcome"),
+        (lambda r: r["state"]["open"].pop("s1"), "open requests"),
     ],
 )
 def test_schema_violations_refused(busy, mutate, message):
