@@ -49,11 +49,13 @@ from .core import Config, NotLeader, ProposalDropped, RaftCore, Role, bootstrap_
 from .messages import EntryType, Message, MsgType
 from .session import (
     DEFAULT_WINDOW,
+    MAX_BATCH,
     MalformedEnvelope,
     Outcome,
     Proposal,
     ReplicatedMachine,
-    encode_proposal,
+    encode_batch,
+    proposal_row,
 )
 from .statemachine import StateMachine
 
@@ -121,7 +123,6 @@ class NodeStatus:
 @dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[Outcome]
-    index: int = 0  # log index once the leader appended it
 
 
 class Driver:
@@ -171,10 +172,10 @@ class Driver:
             storage,
         )
         self._inbox: deque[Message] = deque()
-        self._proposals: deque[tuple[bytes, bytes]] = deque()  # (tag, envelope)
+        self._proposals: deque[tuple[bytes, list[object], int]] = deque()  # tag, row, size
         self._reads: deque[bytes] = deque()
         self._pending: dict[bytes, _Pending] = {}
-        self._by_index: dict[int, bytes] = {}
+        self._by_index: dict[int, list[bytes]] = {}  # index -> tags of our batch there
         self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
         self._read_heap: list[tuple[int, int, asyncio.Future[int]]] = []
         self._heap_seq = itertools.count()
@@ -184,6 +185,7 @@ class Driver:
         self._tag_counter = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-io-{node_id}")
         self._tasks: list[asyncio.Task[None]] = []
+        self._max_batch_bytes = cfg.max_entry_bytes - 64  # room for the batch framing
         self._stopped = False
         self._failed: BaseException | None = None
         self.stats: Counter[str] = Counter()
@@ -249,20 +251,20 @@ class Driver:
         if len(self._pending) >= self.config.max_pending:
             raise Overloaded("too many proposals in flight")
         tag = self._tag_prefix + next(self._tag_counter).to_bytes(8, "big")
-        data = encode_proposal(Proposal(payload=command, tag=tag, client_id=client_id, seq=seq))
-        if len(data) > self.config.max_entry_bytes:
+        row, size = proposal_row(
+            Proposal(payload=command, tag=tag, client_id=client_id, seq=seq)
+        )
+        if size > self._max_batch_bytes:
             raise ValueError("command too large")
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending[tag] = _Pending(fut)
-        self._proposals.append((tag, data))
+        self._proposals.append((tag, row, size))
         self._wake.set()
         try:
             async with asyncio.timeout(timeout or self.config.default_timeout):
                 outcome = await fut
         finally:
-            p = self._pending.pop(tag, None)
-            if p is not None and p.index:
-                self._by_index.pop(p.index, None)
+            self._pending.pop(tag, None)
         return outcome.unwrap()
 
     async def read_index(self, timeout: float | None = None) -> int:
@@ -357,17 +359,27 @@ class Driver:
             except (ValueError, TypeError) as exc:
                 log.warning("dropped message from %d: %s", msg.frm, exc.__class__.__name__)
         props = self._proposals
-        while props:
-            tag, data = props.popleft()
-            p = self._pending.get(tag)
-            if p is None:  # the caller already gave up
+        while props:  # everything queued goes out as few, large entries
+            tags: list[bytes] = []
+            rows: list[list[object]] = []
+            budget = self._max_batch_bytes
+            while props and len(rows) < MAX_BATCH and props[0][2] <= budget:
+                tag, row, size = props.popleft()
+                if tag in self._pending:  # else the caller already gave up
+                    tags.append(tag)
+                    rows.append(row)
+                    budget -= size
+            if not rows:
                 continue
             try:
-                p.index = core.propose(data)
+                index = core.propose(encode_batch(rows))
             except (NotLeader, ProposalDropped, ValueError) as exc:
-                _settle(p.future, exc)
+                for tag in tags:
+                    _settle(self._pending[tag].future, exc)
                 continue
-            self._by_index[p.index] = tag
+            self._by_index[index] = tags
+            self.stats["proposals"] += len(rows)
+            self.stats["batches"] += 1
         reads = self._reads
         while reads:
             ctx = reads.popleft()
@@ -444,22 +456,24 @@ class Driver:
         for e in entries:
             if e.index <= self._applied:
                 continue
-            tag, outcome = b"", None
+            results: list[tuple[bytes, Outcome]] = []
             if e.type == EntryType.NORMAL and e.data:
                 try:
-                    tag, outcome = self.machine.apply(e.index, e.data)
+                    results = self.machine.apply(e.index, e.data)
                 except MalformedEnvelope as exc:
                     # Deterministic on every replica: a foreign entry is a no-op.
                     log.warning("entry %d is not a runner envelope: %s", e.index, exc)
             self._applied = e.index
             self.stats["applied"] += 1
-            waiting = self._by_index.pop(e.index, None)
-            if waiting is not None and waiting != tag:
-                p = self._pending.get(waiting)
-                if p is not None:  # another leader's entry replaced ours
-                    _settle(p.future, ProposalDropped("entry replaced by another leader"))
-            if outcome is not None:
-                p = self._pending.get(tag)
+            ours = self._by_index.pop(e.index, None)
+            if ours is not None and (not results or results[0][0] != ours[0]):
+                for tag in ours:  # another leader's entry replaced our batch
+                    p = self._pending.get(tag)
+                    if p is not None:
+                        _settle(p.future, ProposalDropped("entry replaced by another leader"))
+            pending = self._pending
+            for tag, outcome in results:
+                p = pending.get(tag)
                 if p is not None and not p.future.done():
                     p.future.set_result(outcome)
 
