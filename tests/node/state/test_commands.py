@@ -170,3 +170,20 @@ def test_malformed_bytes_change_nothing(world):
 def test_encoder_refuses_invalid_values(world):
     with pytest.raises(DecodeError):
         encode_command(RequestSign("r", "app", "k1", 0, "ctx", b""))
+
+
+def test_outcome_encoding_roundtrip_and_strictness(world):
+    from node.state import Outcome, encode_outcome
+
+    out = Outcome("r1", False, "bad_signature", "detail", 7)
+    assert decode_outcome(encode_outcome(out)) == out
+    for bad in (
+        b"\xc1",
+        msgpack.packb({"v": 1}),
+        msgpack.packb(
+            {"v": 2, "request_id": "r", "ok": True, "code": "ok", "detail": "", "seq": 0}
+        ),
+        msgpack.packb({"v": 1, "request_id": "r", "ok": 1, "code": "ok", "detail": "", "seq": 0}),
+    ):
+        with pytest.raises(DecodeError):
+            decode_outcome(bad)
