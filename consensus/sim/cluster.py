@@ -338,8 +338,11 @@ class Simulation:
         rng, cfg = self.rng, self.cfg
         live = [n for n in self.nodes.values() if n.up and not n.removed]
         down = [n for n in self.nodes.values() if not n.up and not n.removed]
+        leader = self._leader()
         if rng.random() < cfg.crash_p and len(down) < 2 and live:
-            victim = rng.choice(live)
+            # Leaders are the interesting victims: half the crashes target one.
+            pick_leader = leader is not None and leader in live and rng.random() < 0.5
+            victim = leader if pick_leader else rng.choice(live)
             if rng.random() < cfg.torn_p:
                 victim.crash_on_save = True
             else:
@@ -349,7 +352,13 @@ class Simulation:
         if rng.random() < cfg.partition_p:
             ids = self._members()
             rng.shuffle(ids)
-            cut = rng.randint(1, max(1, len(ids) - 1))
+            if leader is not None and leader.id in ids and rng.random() < 0.5:
+                # Strand the leader in a minority: clients may still reach it.
+                ids.remove(leader.id)
+                ids.insert(0, leader.id)
+                cut = rng.randint(1, max(1, (len(ids) - 1) // 2))
+            else:
+                cut = rng.randint(1, max(1, len(ids) - 1))
             if rng.random() < 0.2 and len(ids) > 1:
                 self.net.cut_one_way(ids[0], ids[1])
             else:
