@@ -710,7 +710,12 @@ class RaftCore:
 
     def _handle_append_resp(self, m: Message, pr: Progress) -> None:
         if m.reject:
-            if pr.maybe_decr_to(m.index, m.reject_hint):
+            next_probe = m.reject_hint
+            if m.log_term > 0:
+                # The follower's entry at the hint has term log_term: skip to where
+                # our log has a term no newer than that.
+                next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+            if pr.maybe_decr_to(m.index, next_probe):
                 if pr.state is ProgressState.REPLICATE:
                     pr.become_probe()
                 self._send_append(m.frm)
@@ -743,8 +748,15 @@ class RaftCore:
         if last_new is not None:
             self._send(MsgType.APPEND_RESP, m.frm, index=last_new, commit=self.log.committed)
         else:
-            hint = min(m.index, self.log.last_index())
-            self._send(MsgType.APPEND_RESP, m.frm, index=m.index, reject=True, reject_hint=hint)
+            hint, hint_term = self.log.find_conflict_by_term(m.index, m.log_term)
+            self._send(
+                MsgType.APPEND_RESP,
+                m.frm,
+                index=m.index,
+                reject=True,
+                reject_hint=hint,
+                log_term=hint_term,
+            )
 
     def _handle_heartbeat(self, m: Message) -> None:
         # The leader sends min(match, commit), so this never passes our matching prefix.

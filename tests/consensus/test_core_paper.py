@@ -245,3 +245,29 @@ def test_5_5_proposals_on_a_follower_are_refused_with_the_leader_hint():
     with pytest.raises(NotLeader) as exc:
         h[1].propose(b"x")
     assert exc.value.leader_id == 2
+
+
+def test_5_3_rejection_hint_skips_a_whole_divergent_term():
+    """§5.3's closing optimisation: back up a term per round trip, not an entry."""
+    h = cluster(check_quorum=True)
+    h.elect(1)
+    h.isolate(1)
+    for i in range(20):
+        h[1].propose(b"stale-%d" % i)  # never committed: 1 is cut off
+    h.process(1)
+    h.tick_all(25)
+    assert h.leader() in (2, 3)
+    for i in range(20):
+        h.propose(b"new-%d" % i)
+    # A fresh leader (new term) starts probing 1 at the end of its log.
+    lead = h.leader()
+    other = 5 - lead
+    h[lead].transfer_leadership(other)
+    h.stabilize()
+    assert h.leader() == other
+    h.heal()
+    rejects = []
+    h.drop = lambda m: rejects.append(m) if m.reject and m.frm == 1 else False
+    h.tick_all(5)
+    assert h.data(1)[-20:] == [b"new-%d" % i for i in range(20)]
+    assert 1 <= len(rejects) <= 3
