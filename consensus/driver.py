@@ -260,11 +260,13 @@ class Driver:
         self._pending[tag] = _Pending(fut)
         self._proposals.append((tag, row, size))
         self._wake.set()
+        t = time.perf_counter_ns()
         try:
             async with asyncio.timeout(timeout or self.config.default_timeout):
                 outcome = await fut
         finally:
             self._pending.pop(tag, None)
+        self.stats["propose_us"] += (time.perf_counter_ns() - t) // 1000
         return outcome.unwrap()
 
     async def read_index(self, timeout: float | None = None) -> int:
@@ -422,9 +424,12 @@ class Driver:
             # (Raft recovers the commit index from the leader). It is written with
             # the next save, and before any snapshot (see _snapshot).
             self.stats["deferred_commit_saves"] += 1
-        if self.transport is not None:
-            for m in messages:
-                self.transport.send(m)
+        # A leader resolves its clients first (their responses are written before
+        # the peer frames queued below); a follower acknowledges first (the
+        # leader waits for it, nobody waits for the follower's apply).
+        leader = self.core.role is Role.LEADER
+        if not leader:
+            self._send(messages)
         if snapshot is not None and snapshot.meta.index > self._applied:
             self.machine.restore(snapshot.data)
             self._applied = self._snap_index = snapshot.meta.index
@@ -434,9 +439,16 @@ class Driver:
             if fut is not None:
                 heapq.heappush(self._read_heap, (rs.index, next(self._heap_seq), fut))
         self._release_reads()
+        if leader:
+            self._send(messages)
         self.core.advance(rd)
         if self._applied - self._snap_index >= self.config.snapshot_every:
             await self._snapshot()
+
+    def _send(self, messages: Iterable[Message]) -> None:
+        if self.transport is not None:
+            for m in messages:
+                self.transport.send(m)
 
     async def _io(self, fn: Callable[..., None], *args: Any) -> None:
         """Run a storage write: a leader's in the I/O thread, a follower's inline.
