@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import sys
@@ -462,6 +463,15 @@ def _peers(text: str) -> dict[int, tuple[str, int]]:
     return peers
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m consensus.examples.kv",
@@ -502,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     if args.id not in args.peers:
         print(f"--id {args.id} is not in --peers", file=sys.stderr)
+        return 2
+    if not _is_loopback(args.http[0]):
+        print("--http must be a loopback address: the client API is plain HTTP", file=sys.stderr)
         return 2
     if not 1 <= args.tick_ms <= 10_000 or not 2 <= args.election_ticks <= 1000:
         print("--tick-ms must be 1..10000 and --election-ticks 2..1000", file=sys.stderr)

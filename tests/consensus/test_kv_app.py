@@ -22,6 +22,7 @@ from consensus.examples.kv import (
     cas_command,
     create_app,
     decode_result,
+    main,
     put_command,
 )
 
@@ -54,6 +55,13 @@ def test_store_snapshot_round_trip_and_rejects_garbage() -> None:
         with pytest.raises(BadCommand):
             r.restore(bad)
     assert r.data == {"k": b"v"}  # a rejected snapshot changes nothing
+
+
+def test_serve_refuses_a_non_loopback_http_address(tmp_path: Path) -> None:
+    argv = ["serve", "--id", "1", "--dir", str(tmp_path), "--data", str(tmp_path / "d"),
+            "--peers", "1=127.0.0.1:7001", "--http", "0.0.0.0:8001"]
+    assert main(argv) == 2
+    assert not (tmp_path / "d").exists()  # refused before opening anything
 
 
 def test_cli_parses_peers_and_rejects_bad_ones() -> None:
