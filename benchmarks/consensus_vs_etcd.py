@@ -11,8 +11,13 @@ aiohttp, always at the current leader:
 etcd is reached through its v3 JSON gateway (POST /v3/kv/put, base64 key and
 value). It prints both sides and the ratios in one table.
 
-    .venv/bin/python benchmarks/consensus_vs_etcd.py [--seq 500] [--ops 3000]
+    .venv/bin/python benchmarks/consensus_vs_etcd.py [--seq 600] [--ops 2000] [--rounds 3]
         [--profile DIR]   # run the kv nodes under cProfile, print the leader's top functions
+
+Both clusters stay up for the whole run and the phases are interleaved
+(kv, etcd, etcd, kv, ...) over the rounds, so that load from other processes
+on the machine hits both sides alike; latencies are pooled over the rounds,
+throughput is the median of the rounds.
 
 If `etcd` is missing, the script installs Debian's etcd-server with apt-get.
 """
@@ -301,21 +306,44 @@ def pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else xs[0]
 
 
-async def measure(cluster: Cluster, seq_n: int, ops: int) -> dict[str, float]:
-    conn = aiohttp.TCPConnector(limit=128)
+async def measure(
+    clusters: list[Cluster], seq_n: int, ops: int, rounds: int
+) -> list[dict[str, float]]:
+    """Interleave the clusters phase by phase, `rounds` times, so that load from
+    anything else on the machine hits both sides alike. Latencies are pooled;
+    throughput is the median over rounds."""
+    conn = aiohttp.TCPConnector(limit=256)
     timeout = aiohttp.ClientTimeout(total=30)
+    lat: list[list[float]] = [[] for _ in clusters]
+    tput: list[dict[int, list[float]]] = [{16: [], 64: []} for _ in clusters]
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
-        await cluster.find_leader(s)
+        puts = []
+        for c in clusters:
+            await c.find_leader(s)
 
-        async def put(key: str) -> None:
-            await cluster.put(s, key)
+            async def put(key: str, c: Cluster = c) -> None:
+                await c.put(s, key)
 
-        await sequential(put, 50)  # warm up connections and code paths
-        lat = await sequential(put, seq_n)
-        res = {"p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000}
-        for c in (16, 64):
-            res[f"tput{c}"] = await concurrent(put, c, ops)
-        return res
+            await sequential(put, 50)  # warm up connections and code paths
+            puts.append(put)
+        for r in range(rounds):
+            order = list(range(len(clusters)))
+            if r % 2:
+                order.reverse()
+            for i in order:
+                lat[i] += await sequential(puts[i], seq_n // rounds)
+            for inflight in (16, 64):
+                for i in order:
+                    tput[i][inflight].append(await concurrent(puts[i], inflight, ops))
+    return [
+        {
+            "p50_ms": pct(lat[i], 50) * 1000,
+            "p99_ms": pct(lat[i], 99) * 1000,
+            "tput16": statistics.median(tput[i][16]),
+            "tput64": statistics.median(tput[i][64]),
+        }
+        for i in range(len(clusters))
+    ]
 
 
 def print_table(kv: dict[str, float], etcd: dict[str, float]) -> None:
@@ -353,10 +381,11 @@ async def amain(args: argparse.Namespace) -> None:
         try:
             kv.start(profile_dir)
             etcd.start(etcd_bin)
-            print(f"measuring etcd ({args.seq} sequential puts, {args.ops} per concurrency level)")
-            etcd_res = await measure(etcd, args.seq, args.ops)
-            print(f"measuring kv ({args.seq} sequential puts, {args.ops} per concurrency level)")
-            kv_res = await measure(kv, args.seq, args.ops)
+            print(
+                f"measuring kv and etcd, interleaved in {args.rounds} rounds: {args.seq} "
+                f"sequential puts, {args.ops} puts per round at 16 and at 64 in flight"
+            )
+            kv_res, etcd_res = await measure([kv, etcd], args.seq, args.ops, args.rounds)
         except BaseException:
             for c in (kv, etcd):
                 for log in sorted(c.tmp.glob("*.log")):
@@ -373,12 +402,15 @@ async def amain(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seq", type=int, default=500, help="sequential puts measured")
-    p.add_argument("--ops", type=int, default=3000, help="puts per concurrency level")
+    p.add_argument("--seq", type=int, default=600, help="sequential puts measured (total)")
+    p.add_argument("--ops", type=int, default=2000, help="puts per round and concurrency level")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     p.add_argument("--profile", type=Path, help="cProfile the kv nodes into this directory")
     args = p.parse_args()
     if not 10 <= args.seq <= 100_000 or not 100 <= args.ops <= 1_000_000:
         p.error("--seq must be 10..100000 and --ops 100..1000000")
+    if not 1 <= args.rounds <= 20 or args.seq < 2 * args.rounds:
+        p.error("--rounds must be 1..20 and --seq at least 2 per round")
     asyncio.run(amain(args))
 
 
