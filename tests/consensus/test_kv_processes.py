@@ -128,21 +128,51 @@ async def get(s: aiohttp.ClientSession, c: ProcCluster, node: int, key: str) -> 
         return r.status, (await r.read()).decode()
 
 
+async def cas(
+    s: aiohttp.ClientSession, c: ProcCluster, node: int, key: str, expected: str, new: str,
+    client: str, seq: int,
+) -> int:
+    """One CAS attempt; returns the HTTP status, or 0 if the node was unreachable."""
+    headers = {"X-Client-Id": client, "X-Request-Seq": str(seq)}
+    body = {"expected": expected, "new": new}
+    try:
+        async with s.post(c.url(node, f"/kv/{key}/cas"), json=body, headers=headers) as r:
+            await r.read()
+            return r.status
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return 0
+
+
 async def writer(
     s: aiohttp.ClientSession, c: ProcCluster, w: int, acked: dict[str, str],
     stop: asyncio.Event, attempts: list[int],
 ) -> None:
-    """Sequential exactly-once writes; a failed attempt is retried (same seq) elsewhere."""
+    """Sequential exactly-once writes; a failed attempt is retried (same seq) elsewhere.
+
+    Odd requests PUT a fresh key; even ones increment the counter `ctr-<w>` by
+    CAS. A CAS applied twice would fail its second time (409): with sessions a
+    retry of an applied CAS must return the first result, 200.
+    """
     seq = 0
+    count = 0
+    acked[f"ctr-{w}"] = "0"
+    while await put(s, c, 1 + w % 3, f"ctr-{w}", "0", f"init-{w}", 1) != 200:
+        await asyncio.sleep(0.05)
     while not stop.is_set():
         seq += 1
-        key, value = f"w{w}-{seq}", f"value-{w}-{seq}"
         node = 1 + (w + seq) % 3
         while True:
             attempts[0] += 1
-            status = await put(s, c, node, key, value, f"writer-{w}", seq)
+            if seq % 2:
+                key, value = f"w{w}-{seq}", f"value-{w}-{seq}"
+                status = await put(s, c, node, key, value, f"writer-{w}", seq)
+            else:
+                key, value = f"ctr-{w}", str(count + 1)
+                status = await cas(s, c, node, key, str(count), value, f"writer-{w}", seq)
+                assert status != 409, f"CAS {key} {count}->{value} was applied twice"
             if status == 200:
                 acked[key] = value
+                count += key.startswith("ctr-")
                 break
             node = 1 + node % 3  # unknown outcome: retry the same request elsewhere
             await asyncio.sleep(0.05)
