@@ -228,3 +228,79 @@ def test_driver_config_is_validated() -> None:
         DriverConfig(tick_interval=0)
     with pytest.raises(ValueError):
         DriverConfig(heartbeat_ticks=10, election_ticks=10)
+
+
+class LoopNet:
+    """An in-process network for drivers over MemoryStorage, with partitions.
+
+    Only the wire is simulated: the drivers, the core and the storage are the
+    real ones. Used where a test must control exactly who hears whom.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, Driver] = {}
+        self.cut: set[int] = set()  # nodes isolated from everyone
+
+    def endpoint(self, node_id: int) -> _Endpoint:
+        return _Endpoint(self, node_id)
+
+
+class _Endpoint:
+    def __init__(self, net: LoopNet, node_id: int) -> None:
+        self.net, self.id = net, node_id
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def send(self, msg) -> None:
+        if self.id in self.net.cut or msg.to in self.net.cut:
+            return
+        dest = self.net.nodes.get(msg.to)
+        if dest is not None:
+            asyncio.get_running_loop().call_soon(dest.deliver, msg)
+
+
+async def test_entry_replaced_by_new_leader_fails_fast_with_proposal_dropped() -> None:
+    from consensus.driver import ProposalDropped
+    from consensus.memstore import MemoryStorage
+
+    net = LoopNet()
+    cfg = DriverConfig(tick_interval=0.01, election_ticks=10)
+    machines = {i: Counter() for i in (1, 2, 3)}
+    for i in (1, 2, 3):
+        d = Driver(i, MemoryStorage(), machines[i], voters=(1, 2, 3), config=cfg,
+                   transport=net.endpoint(i), seed=i)
+        net.nodes[i] = d
+        await d.start()
+    try:
+        async with asyncio.timeout(10):
+            while not any(d.status().role == "leader" for d in net.nodes.values()):
+                await asyncio.sleep(0.01)
+        old = next(d for d in net.nodes.values() if d.status().role == "leader")
+        await old.propose(b"1")
+        net.cut.add(old.id)  # the old leader can still append, but never commit
+        doomed = asyncio.create_task(old.propose(b"100", timeout=30))
+        await asyncio.sleep(0.05)
+        async with asyncio.timeout(10):
+            while True:
+                new = [d for d in net.nodes.values()
+                       if d is not old and d.status().role == "leader"]
+                if new:
+                    break
+                await asyncio.sleep(0.01)
+        await new[0].propose(b"5")
+        await new[0].propose(b"5")
+        net.cut.clear()  # heal: the old leader's uncommitted entry is overwritten
+        with pytest.raises(ProposalDropped):
+            async with asyncio.timeout(10):  # far below the proposal's own 30 s
+                await doomed
+        async with asyncio.timeout(10):
+            while machines[old.id].total != 11:
+                await asyncio.sleep(0.01)
+        assert all(m.total == 11 for m in machines.values())  # the 100 never applied
+    finally:
+        for d in net.nodes.values():
+            await d.stop()
