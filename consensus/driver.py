@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .core import Config, NotLeader, ProposalDropped, RaftCore, Role, bootstrap_log
-from .messages import EntryType, Message, MsgType
+from .messages import ConfChange, EntryType, Message, MsgType, encode_conf_change
 from .session import (
     DEFAULT_WINDOW,
     MAX_BATCH,
@@ -131,6 +131,8 @@ class Driver:
     `voters` is the founding membership: a node whose storage is empty writes
     the bootstrap log for it (every founding node must be given the same set).
     A node with existing storage ignores it and resumes from its snapshot and log.
+    A node joining an existing cluster passes no voters: it starts empty and
+    learns everything from the leader once added with `change_membership`.
     """
 
     def __init__(
@@ -150,8 +152,10 @@ class Driver:
         self.transport = transport  # anything with send(msg), start(), stop()
         self.machine = ReplicatedMachine(machine, cfg.session_window, cfg.max_entry_bytes)
         hs, _ = storage.initial_state()
-        if hs.term == 0 and storage.last_index() == 0 and storage.snapshot().is_empty:
-            hs, boot_entries = bootstrap_log(frozenset(voters))
+        voters = frozenset(voters)
+        empty = hs.term == 0 and storage.last_index() == 0 and storage.snapshot().is_empty
+        if empty and voters:
+            hs, boot_entries = bootstrap_log(voters)
             storage.save(hs, boot_entries)
         self._durable_hs = self._latest_hs = hs
         snap = storage.snapshot()
@@ -174,6 +178,8 @@ class Driver:
         self._inbox: deque[Message] = deque()
         self._proposals: deque[tuple[bytes, list[object], int]] = deque()  # tag, row, size
         self._reads: deque[bytes] = deque()
+        self._admin: deque[tuple[Callable[[], int | None], asyncio.Future[int | None]]] = deque()
+        self._conf_waiters: dict[int, tuple[bytes, asyncio.Future[None]]] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._by_index: dict[int, list[bytes]] = {}  # index -> tags of our batch there
         self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
@@ -292,6 +298,40 @@ class Driver:
         finally:
             self._read_waiters.pop(ctx, None)
 
+    async def change_membership(self, cc: ConfChange, timeout: float | None = None) -> None:
+        """Propose one membership change on the leader; return once it is applied here.
+
+        The core's rules apply: one change at a time, add a node as a learner
+        first and promote it once it has caught up (`ProposalDropped`
+        otherwise). The caller makes the new node reachable first (its
+        transport must know the address).
+        """
+        data = encode_conf_change(cc)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def call() -> int:
+            index = self.core.propose_conf_change(cc)
+            self._conf_waiters[index] = (data, fut)
+            return index
+
+        async with asyncio.timeout(timeout or self.config.default_timeout):
+            await self._admin_call(call)
+            await fut
+
+    async def transfer_leadership(self, target: int, timeout: float | None = None) -> None:
+        """Ask the leader to hand over to voter `target` (returns once it is queued)."""
+        async with asyncio.timeout(timeout or self.config.default_timeout):
+            await self._admin_call(lambda: self.core.transfer_leadership(target))
+
+    async def _admin_call(self, call: Callable[[], int | None]) -> int | None:
+        self._check_running()
+        if self.core.role is not Role.LEADER:
+            raise NotLeader(self.core.lead)
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._admin.append((call, fut))
+        self._wake.set()
+        return await fut
+
     def status(self) -> NodeStatus:
         st = self.core.status()
         return NodeStatus(
@@ -382,6 +422,15 @@ class Driver:
             self._by_index[index] = tags
             self.stats["proposals"] += len(rows)
             self.stats["batches"] += 1
+        admin = self._admin
+        while admin:  # membership changes and transfers: the core is free here
+            call, fut = admin.popleft()
+            if fut.done():
+                continue
+            try:
+                fut.set_result(call())
+            except (NotLeader, ProposalDropped, ValueError) as exc:
+                fut.set_exception(exc)
         reads = self._reads
         while reads:
             ctx = reads.popleft()
@@ -475,6 +524,13 @@ class Driver:
                 except MalformedEnvelope as exc:
                     # Deterministic on every replica: a foreign entry is a no-op.
                     log.warning("entry %d is not a runner envelope: %s", e.index, exc)
+            elif e.type == EntryType.CONF_CHANGE:
+                waiter = self._conf_waiters.pop(e.index, None)
+                if waiter is not None and not waiter[1].done():
+                    if waiter[0] == e.data:  # the core applies it at advance()
+                        waiter[1].set_result(None)
+                    else:
+                        waiter[1].set_exception(ProposalDropped("replaced by another leader"))
             self._applied = e.index
             self.stats["applied"] += 1
             ours = self._by_index.pop(e.index, None)
@@ -522,6 +578,10 @@ class Driver:
             _settle(p.future, exc)
         for fut in list(self._read_waiters.values()):
             _settle(fut, exc)
+        for _, fut in self._conf_waiters.values():
+            _settle(fut, exc)
+        for _, afut in self._admin:
+            _settle(afut, exc)
         self._read_heap.clear()
 
 

@@ -11,7 +11,14 @@ import msgpack
 import pytest
 
 from consensus import certs
-from consensus.driver import Driver, DriverConfig, NodeStopped, NotLeader, open_node
+from consensus.driver import (
+    Driver,
+    DriverConfig,
+    NodeStopped,
+    NotLeader,
+    ProposalDropped,
+    open_node,
+)
 from consensus.filestore import FileStorage
 from consensus.messages import EntryType
 from consensus.session import StaleRequest, decode_batch
@@ -264,7 +271,6 @@ class _Endpoint:
 
 
 async def test_entry_replaced_by_new_leader_fails_fast_with_proposal_dropped() -> None:
-    from consensus.driver import ProposalDropped
     from consensus.memstore import MemoryStorage
 
     net = LoopNet()
@@ -301,6 +307,65 @@ async def test_entry_replaced_by_new_leader_fails_fast_with_proposal_dropped() -
             while machines[old.id].total != 11:
                 await asyncio.sleep(0.01)
         assert all(m.total == 11 for m in machines.values())  # the 100 never applied
+    finally:
+        for d in net.nodes.values():
+            await d.stop()
+
+
+async def test_membership_change_learner_promote_remove_and_transfer() -> None:
+    from consensus.memstore import MemoryStorage
+    from consensus.messages import ConfChange, ConfChangeType
+
+    net = LoopNet()
+    cfg = DriverConfig(tick_interval=0.01, election_ticks=10)
+    machines = {i: Counter() for i in (1, 2, 3, 4)}
+
+    async def start(i: int, voters: tuple[int, ...]) -> Driver:
+        d = Driver(i, MemoryStorage(), machines[i], voters=voters, config=cfg,
+                   transport=net.endpoint(i), seed=i)
+        net.nodes[i] = d
+        await d.start()
+        return d
+
+    async def leader() -> Driver:
+        async with asyncio.timeout(10):
+            while True:
+                for d in net.nodes.values():
+                    if d.status().role == "leader":
+                        return d
+                await asyncio.sleep(0.01)
+
+    for i in (1, 2, 3):
+        await start(i, (1, 2, 3))
+    try:
+        lead = await leader()
+        for _ in range(5):
+            await lead.propose(b"1")
+        joiner = await start(4, ())  # empty: learns the log from the leader
+        with pytest.raises(ProposalDropped):  # must join as a learner first
+            await lead.change_membership(ConfChange(ConfChangeType.ADD_VOTER, 4))
+        await lead.change_membership(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+        async with asyncio.timeout(10):
+            while machines[4].total != 5:
+                await asyncio.sleep(0.01)
+        await lead.propose(b"1")  # the learner's match reaches the commit index
+        async with asyncio.timeout(10):
+            while joiner.applied_index < lead.applied_index:
+                await asyncio.sleep(0.01)
+        await lead.change_membership(ConfChange(ConfChangeType.ADD_VOTER, 4))
+        victim = next(i for i in (1, 2, 3) if i != lead.id)
+        await lead.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, victim))
+        assert lead.core.conf_state().voters == frozenset({1, 2, 3, 4} - {victim})
+        await lead.transfer_leadership(4)
+        async with asyncio.timeout(10):
+            while joiner.status().role != "leader":
+                await asyncio.sleep(0.01)
+        assert await joiner.propose(b"10") == b"16"
+        async with asyncio.timeout(10):
+            while any(machines[i].total != 16 for i in net.nodes if i != victim):
+                await asyncio.sleep(0.01)
+        with pytest.raises(NotLeader):
+            await lead.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, 4))
     finally:
         for d in net.nodes.values():
             await d.stop()
