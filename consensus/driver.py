@@ -616,10 +616,13 @@ async def open_node(
     cert_dir: Path,
     machine: StateMachine,
     config: DriverConfig | None = None,
+    join: bool = False,
 ) -> Driver:
     """Open durable storage, start the mTLS transport and the runner for one node.
 
-    `peers` maps every founding node id (this one included) to its Raft address.
+    `peers` maps every node id (this one included) to its Raft address; unless
+    `join`, they are also the founding voters. A joining node starts empty and
+    waits to be added by the leader (`Driver.change_membership`).
     """
     from . import tls
     from .filestore import FileStorage
@@ -628,7 +631,8 @@ async def open_node(
     if node_id not in peers:
         raise ValueError(f"node {node_id} is not in peers")
     storage = FileStorage(data_dir)
-    driver = Driver(node_id, storage, machine, voters=peers.keys(), config=config)
+    voters = () if join else tuple(peers)
+    driver = Driver(node_id, storage, machine, voters=voters, config=config)
     server_ctx, client_ctx = tls.contexts_from_dir(cert_dir, node_id)
     driver.transport = Transport(
         node_id,
