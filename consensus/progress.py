@@ -117,7 +117,12 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
-        self.next = max(min(rejected, match_hint + 1), self.match + 1, 1)
+        new_next = max(min(rejected, match_hint + 1), self.match + 1, 1)
+        if new_next == self.next:
+            # No way back below match: the follower lost entries it acknowledged (its
+            # storage broke the contract). Do not ping-pong; the next heartbeat retries.
+            return False
+        self.next = new_next
         self.probe_sent = False
         return True
 

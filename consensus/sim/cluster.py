@@ -38,6 +38,7 @@ from .workload import Client, History
 TICK_MS = 10  # one Raft tick of virtual time
 FAULT_EVERY_MS = 20
 ADMIN_EVERY_MS = 100
+MAX_EVENTS = 1_000_000
 
 
 @dataclass(slots=True)
@@ -427,7 +428,12 @@ class Simulation:
         cfg = self.cfg
         end_safety = cfg.safety_ms
         deadline = cfg.safety_ms + cfg.liveness_ms
+        events = 0
         while True:
+            events += 1
+            if events > MAX_EVENTS:
+                self.check.violations.append(f"event budget of {MAX_EVENTS} exceeded (a storm?)")
+                break
             if self.phase == "safety" and (self.clock.peek_time() or 0) >= end_safety:
                 self.clock.now = max(self.clock.now, end_safety)
                 self._start_liveness()

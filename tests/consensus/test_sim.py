@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 
 from consensus import log
-from consensus.sim import run_seed
+from consensus.sim import SimConfig, run_seed
 from consensus.sim.__main__ import main as sim_main
+from consensus.sim.cluster import Simulation
+from consensus.sim.kv import KVStore
 
 SEEDS = range(400)
 
@@ -56,3 +58,36 @@ def test_simulator_catches_a_broken_vote_rule(monkeypatch, capsys):
 def test_cli_reports_success(capsys):
     assert sim_main(["--seed", "3", "--count", "2"]) == 0
     assert "2/2 seeds ok" in capsys.readouterr().out
+
+
+class _SendBeforePersist(Simulation):
+    """A runner that breaks the contract: it sends a Ready's messages before saving."""
+
+    def _process(self, node):
+        while node.core is not None and node.core.has_ready():
+            rd = node.core.ready()
+            for m in rd.messages:
+                self.net.send(m)
+            if node.crash_on_save and (rd.entries or rd.hard_state or rd.snapshot):
+                self._crash(node)  # the write is lost, but its messages are out
+                return
+            node.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+            if rd.snapshot is not None:
+                node.kv = KVStore.load(rd.snapshot.data)
+                node.applied = rd.snapshot.meta.index
+            for e in rd.committed_entries:
+                self._apply(node, e)
+            node.ready_reads.extend((rs.index, rs.ctx) for rs in rd.read_states)
+            self._serve_reads(node)
+            node.core.advance(rd)
+
+
+def test_torn_writes_expose_a_runner_that_sends_before_persisting():
+    found = 0
+    for seed in range(120):
+        sim = _SendBeforePersist(SimConfig.from_seed(seed, crash_p=0.05, torn_p=1.0))
+        try:
+            found += not sim.run().ok
+        except Exception:  # the broken runner may also crash the core: also a finding
+            found += 1
+    assert found > 0
