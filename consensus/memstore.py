@@ -100,7 +100,8 @@ class MemoryStorage:
         pos = entries[0].index - self._ents[0].index
         if pos > len(self._ents):
             raise StorageError(f"gap: last {self.last_index()}, appending {entries[0].index}")
-        self._ents = self._ents[:pos] + list(entries)
+        del self._ents[pos:]  # in place: appends must not copy the whole log
+        self._ents.extend(entries)
 
     def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
         if index <= self._snapshot.meta.index:
