@@ -8,8 +8,15 @@ apply committed entries, then `core.advance()`. Implementations:
 `consensus.filestore.FileStorage` (segment WAL + snapshot files, fsync).
 
 Indexes: the log is 1-based. `first_index()` is the first index still held
-(snapshot index + 1); `last_index()` is the last one (snapshot index if empty).
+(compaction point + 1, which is at most snapshot index + 1: `compact` may keep
+some entries the snapshot already covers); `last_index()` is the last one
+(the compaction point if empty). `term(first_index() - 1)` still answers.
 Ranges are half-open: `entries(lo, hi)` returns indexes lo..hi-1.
+
+Membership: `initial_state()`'s ConfState is the membership as of the snapshot
+(empty before any snapshot). The core re-applies the CONF_CHANGE entries it
+finds from `first_index()` up to its applied index, so storage need not track
+membership changes itself.
 """
 
 from __future__ import annotations
