@@ -39,14 +39,21 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .core import Config, NotLeader, ProposalDropped, RaftCore, Role, bootstrap_log
-from .messages import ConfChange, EntryType, Message, MsgType, encode_conf_change
+from .core import Config, NotLeader, ProposalDropped, RaftCore, Ready, Role, bootstrap_log
+from .messages import (
+    ConfChange,
+    EntryType,
+    HardState,
+    Message,
+    MsgType,
+    encode_conf_change,
+)
 from .session import (
     DEFAULT_WINDOW,
     MAX_BATCH,
@@ -449,20 +456,10 @@ class Driver:
         if rd.hard_state is not None:
             self._latest_hs = rd.hard_state
         hs, durable = self._latest_hs, self._durable_hs
-        messages = rd.messages
-        if self.transport is not None and self.config.leader_early_send and rd.entries:
-            # Raft thesis 10.2.1: a leader may replicate while it writes its own
-            # disk. Safe here because no acknowledgement is stepped into the core
-            # before this save returns, so the leader's own (not yet durable)
-            # entries never count toward a commit. Votes and follower acks still
-            # wait for the fsync.
-            late = []
-            for m in messages:
-                if m.type in _EARLY and m.frm == self.id:
-                    self.transport.send(m)
-                else:
-                    late.append(m)
-            messages = late
+        messages: Sequence[Message] = rd.messages
+        if self.transport is not None and self.config.leader_early_send:
+            early, messages = split_early(rd, self.id, durable, hs)
+            self._send(early)
         if rd.entries or snapshot is not None or (hs.term, hs.vote) != (durable.term, durable.vote):
             await self._io(self.storage.save, hs if hs != durable else None, rd.entries, snapshot)
             self._durable_hs = hs
@@ -586,6 +583,42 @@ class Driver:
 
 
 _EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT})
+
+
+def split_early(
+    rd: Ready, node_id: int, durable: HardState, latest: HardState
+) -> tuple[list[Message], Sequence[Message]]:
+    """Split a Ready into messages a leader may send *before* its fsync, and the rest.
+
+    Raft thesis §10.2.1: a leader may replicate entries while it writes them
+    to its own disk. The runner relies on three conditions, checked here or
+    by the loop:
+
+    - the loop steps nothing into the core until the save returns, so no
+      acknowledgement is counted while the leader's own copy is not durable;
+    - the term and vote are already durable: otherwise a crash could let this
+      node win the same term again after a restart and write a different
+      entry at an index it already sent (two entries with one (index, term));
+    - the commit index carried by the messages covers no entry of this Ready:
+      a leader that is a quorum by itself (one voter, plus learners) commits
+      its entries at append time, and must not announce that before they are
+      on its disk.
+
+    Only APPEND and HEARTBEAT messages of this node go early; votes, vote
+    responses and acknowledgements always wait for the fsync. Checked against
+    the deterministic simulator with torn writes in tests/consensus/test_driver.py.
+    """
+    if (
+        not rd.entries
+        or (latest.term, latest.vote) != (durable.term, durable.vote)
+        or latest.commit >= rd.entries[0].index
+    ):
+        return [], rd.messages
+    early: list[Message] = []
+    late: list[Message] = []
+    for m in rd.messages:
+        (early if m.type in _EARLY and m.frm == node_id else late).append(m)
+    return early, late
 
 
 def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:
