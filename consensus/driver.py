@@ -460,6 +460,7 @@ class Driver:
         if self.transport is not None and self.config.leader_early_send:
             early, messages = split_early(rd, self.id, durable, hs)
             self._send(early)
+            self.stats["early_sent"] += len(early)
         if rd.entries or snapshot is not None or (hs.term, hs.vote) != (durable.term, durable.vote):
             await self._io(self.storage.save, hs if hs != durable else None, rd.entries, snapshot)
             self._durable_hs = hs
