@@ -51,7 +51,15 @@ class DecodeError(ValueError):
 
 
 class FrameTooLarge(DecodeError):
-    """A length prefix announced a body larger than the frame limit."""
+    """A length prefix announced a body larger than the frame limit.
+
+    `complete` holds the frame bodies that the same `feed()` call finished
+    before it met the bad prefix; they were well-framed and may be used.
+    """
+
+    def __init__(self, message: str, complete: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.complete: list[bytes] = complete or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +308,9 @@ class FrameDecoder:
                 self._buf.clear()
                 if n > self.max_frame:
                     self._broken = True
-                    raise FrameTooLarge(f"length prefix {n} exceeds the {self.max_frame} limit")
+                    raise FrameTooLarge(
+                        f"length prefix {n} exceeds the {self.max_frame} limit", out
+                    )
                 self._need = n
             take = min(self._need - len(self._buf), len(view))
             self._buf += view[:take]
