@@ -271,3 +271,56 @@ def test_5_3_rejection_hint_skips_a_whole_divergent_term():
     h.tick_all(5)
     assert h.data(1)[-20:] == [b"new-%d" % i for i in range(20)]
     assert 1 <= len(rejects) <= 3
+
+
+def figure_8(h):
+    """Replay the paper's Figure 8 on five nodes; returns each node's applied log."""
+    h.elect(1)  # (a) S1 leads term 2 ...
+    for peer in (3, 4, 5):
+        h.cut |= {(1, peer), (peer, 1)}
+    h[1].propose(b"from term 2")  # ... and gets its entry at 7 only onto S2
+    h.stabilize()
+    assert h[2].log.last_index() == 7 and h[3].log.last_index() == 6
+    h.crash(1)
+    h.heal()
+    h[5].campaign()  # (b) S5 wins term 3 with S3, S4 and its own vote ...
+    h.deliver()
+    h.deliver()
+    h.isolate(5)  # its appends are still queued: they will be dropped
+    assert h[5].role is Role.LEADER and h[5].log.last_term() == h[5].term
+    h.stabilize()
+    h.crash(5)  # ... and crashes before its entry at 7 leaves it
+    h.heal()
+    h.start(1)
+    # S1's own no-op (index 8) must not land anywhere it could be accepted.
+    h.drop = lambda m: any(e.index == 8 for e in m.entries) and h[m.to].log.match_term(7, 2)
+    h[1].campaign()  # term 3 is taken (all voted for S5) ...
+    h.stabilize()
+    h.elect(1)  # (c) ... so S1 leads term 4 and spreads the term-2 entry to a majority
+    assert h[1].term == 4
+    h.stabilize()
+    assert sum(h[n].log.match_term(7, 2) for n in (1, 2, 3, 4)) >= 3
+    committed_at_c = h[1].log.committed
+    h.crash(1)  # (d) S1 crashes; S5 comes back and wins term 5 ...
+    h.drop = None
+    h.start(5)
+    h[5].campaign()  # may need a second try, like S1 above
+    h.stabilize()
+    if h[5].role is not Role.LEADER:
+        h.elect(5)
+    h.tick_all(3)  # ... overwriting index 7 everywhere with its own entry
+    return committed_at_c
+
+
+def test_5_4_2_figure_8_an_old_term_entry_on_a_majority_is_not_committed():
+    h = cluster(5, check_quorum=False, max_size_per_msg=1)
+    committed_at_c = figure_8(h)
+    # State machine safety: no two nodes applied different entries at one index.
+    seen = {}
+    for n in h.cores:
+        for e in h.applied[n]:
+            assert seen.setdefault(e.index, e) == e, f"index {e.index} differs on node {n}"
+    assert committed_at_c < 7  # the rule: never commit term 2's entry by counting in term 4
+    at7 = {n: [e for e in h.applied[n] if e.index == 7] for n in (2, 3, 4, 5)}
+    assert all(entries and entries[-1].data == b"" for entries in at7.values())
+    assert all(b"from term 2" not in h.data(n) for n in h.cores)
