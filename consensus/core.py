@@ -349,6 +349,8 @@ class RaftCore:
         if not isinstance(ctx, bytes) or not 0 < len(ctx) <= MAX_CTX_BYTES:
             raise ValueError("read ctx must be 1..1024 bytes")
         if self.role is Role.LEADER:
+            if len(self.read_only) + len(self._pending_reads) >= MAX_PENDING_READS:
+                raise ProposalDropped("too many reads waiting for confirmation")
             self._handle_read_index(self.id, ctx)
         elif self.lead == NONE:
             raise NotLeader(NONE)
@@ -468,6 +470,10 @@ class RaftCore:
     def _validate(self, m: Message) -> None:
         if not isinstance(m, Message):
             raise InvalidMessage("not a Message")
+        try:
+            MsgType(m.type)
+        except ValueError:
+            raise InvalidMessage(f"unknown message type {m.type!r}") from None
         if m.to != self.id or m.frm <= 0 or m.frm == self.id:
             raise InvalidMessage("bad sender or recipient")
         if m.term < 0 or m.index < 0 or m.log_term < 0 or m.commit < 0:
@@ -482,8 +488,10 @@ class RaftCore:
                 if e.index != m.index + 1 + i or e.term < prev_term or e.term > m.term:
                     raise InvalidMessage("entries are not a contiguous run after (index, log_term)")
                 prev_term = e.term
-        if m.type is MsgType.SNAPSHOT and (m.snapshot is None or m.snapshot.is_empty):
-            raise InvalidMessage("snapshot message without a snapshot")
+        if m.type is MsgType.SNAPSHOT and (
+            m.snapshot is None or m.snapshot.is_empty or m.snapshot.meta.term > m.term
+        ):
+            raise InvalidMessage("snapshot message without a valid snapshot")
 
     def _promotable(self) -> bool:
         return self.id in self.voters
@@ -864,10 +872,11 @@ class RaftCore:
         if self.voters == {self.id}:
             self._respond_read(frm, ctx, self.log.committed)
             return
+        if len(self.read_only) + len(self._pending_reads) >= MAX_PENDING_READS:
+            return  # bounded: the asker times out and retries
         if not self._committed_in_current_term():
             # Our commit index may lag the cluster's until our no-op commits (§6.4 step 1).
-            if len(self._pending_reads) < MAX_PENDING_READS:
-                self._pending_reads.append((frm, ctx))
+            self._pending_reads.append((frm, ctx))
             return
         if self.read_only.add(self.log.committed, ctx, frm):
             self.read_only.recv_ack(self.id, ctx)

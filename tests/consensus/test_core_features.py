@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from consensus import core as core_module
 from consensus.core import (
     Config,
     InvalidMessage,
@@ -414,3 +415,23 @@ def test_config_validation():
         Config(id=0)
     with pytest.raises(ValueError):
         Config(id=1, election_tick=1, heartbeat_tick=1)
+
+
+def test_unknown_message_type_is_rejected():
+    h = cluster()
+    with pytest.raises(InvalidMessage):
+        h[1].step(Message(99, to=1, frm=2, term=1))  # type: ignore[arg-type]
+
+
+def test_pending_reads_are_bounded(monkeypatch):
+    monkeypatch.setattr(core_module, "MAX_PENDING_READS", 3)
+    h = cluster(check_quorum=False)
+    h.elect(1)
+    h.isolate(1)  # no heartbeat quorum: reads pile up unconfirmed
+    for i in range(3):
+        h[1].read_index(b"r%d" % i)
+    with pytest.raises(ProposalDropped):
+        h[1].read_index(b"one too many")
+    h.heal()
+    h.tick_all(2)
+    assert [rs.ctx for rs in h.read_states[1]] == [b"r0", b"r1", b"r2"]
