@@ -188,7 +188,9 @@ class FileStorage:
         if segment_bytes < 1024:
             raise ValueError("segment_bytes must be at least 1024")
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True, mode=0o700)
+            wal.fsync_dir(self.dir.parent)  # make the new directory's name durable
         self.segment_bytes = segment_bytes
         self._lock = threading.RLock()
         self._failed = False
@@ -329,12 +331,12 @@ class FileStorage:
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         with self._lock:
-            if lo > hi:
-                raise ValueError(f"invalid range [{lo}, {hi})")
             if lo <= self._base_index:
                 raise Compacted(f"index {lo} is compacted (first index {self._base_index + 1})")
             if hi > self.last_index() + 1:
                 raise Unavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
+            if lo >= hi:
+                return []
             out = self._ents[lo - self._base_index - 1 : hi - self._base_index - 1]
             if max_bytes is None or not out:
                 return out
@@ -447,7 +449,10 @@ class FileStorage:
                 raise SnapshotOutOfDate(
                     f"snapshot at {index} is not newer than {self._snap.meta.index}"
                 )
-            snap = Snapshot(SnapshotMeta(index, self._term_unlocked(index), conf), bytes(data))
+            term = self._term_unlocked(index)  # Compacted / Unavailable
+            if index > self._hs.commit:
+                raise StorageError(f"snapshot at {index} is beyond the commit index")
+            snap = Snapshot(SnapshotMeta(index, term, conf), bytes(data))
             self._write_snapshot_file(snap)
             self._snap = snap
             self._remove_old_snapshots()
@@ -460,7 +465,7 @@ class FileStorage:
             if index <= self._base_index:
                 raise Compacted(f"index {index} is already compacted")
             if index > self._snap.meta.index:
-                raise ValueError(
+                raise StorageError(
                     f"cannot compact to {index}: beyond the snapshot at {self._snap.meta.index}"
                 )
             term = self._term_unlocked(index)

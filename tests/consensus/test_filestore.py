@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from consensus import filestore as fs_mod
 from consensus.filestore import FileStorage, StorageFailed
 from consensus.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
-from consensus.storage import Compacted, SnapshotOutOfDate, Unavailable
+from consensus.storage import Compacted, SnapshotOutOfDate, StorageError, Unavailable
 
 
 def ents(lo: int, hi: int, term: int = 1, size: int = 8) -> list[Entry]:
@@ -47,7 +47,7 @@ def test_fresh_storage_is_empty(tmp_path):
 
 def test_ranges_compacted_unavailable_and_max_bytes(tmp_path):
     s = FileStorage(tmp_path)
-    s.save(HardState(1, 1, 0), ents(1, 11))
+    s.save(HardState(1, 1, 10), ents(1, 11))
     assert [e.index for e in s.entries(3, 7)] == [3, 4, 5, 6]
     assert s.entries(4, 4) == []
     assert s.term(10) == 1
@@ -68,8 +68,7 @@ def test_ranges_compacted_unavailable_and_max_bytes(tmp_path):
         s.term(3)
     with pytest.raises(Compacted):
         s.compact(4)
-    with pytest.raises(ValueError):
-        s.entries(7, 6)
+    assert s.entries(7, 6) == []
     s.close()
 
 
@@ -117,7 +116,7 @@ def test_snapshot_compaction_deletes_segments_and_reopen(tmp_path):
     assert snap.meta == SnapshotMeta(80, 1, conf)
     with pytest.raises(SnapshotOutOfDate):
         s.create_snapshot(80, conf, b"again")
-    with pytest.raises(ValueError):
+    with pytest.raises(StorageError):
         s.compact(81)  # beyond the snapshot
     s.compact(80)
     assert s.segment_count() < segs_before
@@ -193,7 +192,7 @@ def test_fsync_ordering_save_acknowledges_only_after_fsync(tmp_path, monkeypatch
     assert events == ["write", "fsync"]
     events.clear()
     for i in range(2, 40):  # crosses segment boundaries
-        s.save(None, ents(i, i + 1, size=100))
+        s.save(HardState(1, 1, i), ents(i, i + 1, size=100))
         assert events[-2:] == ["write", "fsync"]
     # a new segment: written, fsynced, renamed into place, directory fsynced
     assert "rename" in events
@@ -228,6 +227,17 @@ def test_a_failed_fsync_poisons_the_instance_and_reopen_recovers(tmp_path, monke
     s2.close()
 
 
+def test_snapshot_only_of_committed_and_held_entries(tmp_path):
+    s = FileStorage(tmp_path)
+    s.save(HardState(1, 1, 5), ents(1, 11))
+    with pytest.raises(StorageError):
+        s.create_snapshot(6, ConfState(), b"uncommitted")
+    with pytest.raises(Unavailable):
+        s.create_snapshot(11, ConfState(), b"beyond the log")
+    assert s.create_snapshot(5, ConfState(), b"ok").meta.index == 5
+    s.close()
+
+
 def test_rejects_tiny_segments(tmp_path):
     with pytest.raises(ValueError):
         FileStorage(tmp_path, segment_bytes=10)
@@ -235,7 +245,7 @@ def test_rejects_tiny_segments(tmp_path):
 
 def test_snapshot_file_is_checked_against_its_name(tmp_path):
     s = FileStorage(tmp_path)
-    s.save(None, ents(1, 5))
+    s.save(HardState(1, 1, 4), ents(1, 5))
     s.create_snapshot(3, ConfState(), b"s")
     s.close()
     (p,) = tmp_path.glob("*.snap")
@@ -267,7 +277,8 @@ class Model:
 @given(
     ops=st.lists(
         st.tuples(
-            st.sampled_from(["append", "conflict", "hs", "reopen", "snap"]), st.integers(1, 6)
+            st.sampled_from(["append", "conflict", "hs", "reopen", "snap", "install"]),
+            st.integers(1, 6),
         ),
         min_size=1,
         max_size=25,
@@ -299,11 +310,21 @@ def test_random_operations_match_a_model_across_reopens(tmp_path_factory, ops):
         elif op == "snap" and m.last() > m.base[0] + 1:
             idx = m.base[0] + 1 + n % (m.last() - m.base[0])
             t = s.term(idx)
+            s.save(HardState(term, 1, idx), [])
+            m.save(HardState(term, 1, idx), [])
             s.create_snapshot(idx, ConfState(frozenset({1})), b"s")
             s.compact(idx)
             m.ents = m.ents[idx - m.base[0] :]
             m.base = (idx, t)
+        elif op == "install":
+            term += 1
+            idx = m.last() + n - 3 if m.last() + n - 3 > m.base[0] else m.last() + n
+            snap = Snapshot(SnapshotMeta(idx, term, ConfState(frozenset({1, 2}))), b"i")
+            s.save(HardState(term, 0, idx), [], snap)
+            m.save(HardState(term, 0, idx), [])
+            m.base, m.ents = (idx, term), []
         assert s.initial_state()[0] == m.hs
         assert (s.first_index(), s.last_index()) == (m.base[0] + 1, m.last())
         assert s.entries(m.base[0] + 1, m.last() + 1) == m.ents
+        assert s.term(m.base[0]) == m.base[1]
     s.close()

@@ -217,7 +217,7 @@ def test_unknown_format_version_is_refused(tmp_path):
 def test_corrupt_snapshot_file_is_refused(tmp_path):
     d = tmp_path / "d"
     s = FileStorage(d)
-    s.save(None, ents(1, 10))
+    s.save(HardState(1, 1, 9), ents(1, 10))
     s.create_snapshot(5, ConfState(frozenset({1})), b"snapshot-data" * 10)
     s.close()
     (snap,) = d.glob("*.snap")
