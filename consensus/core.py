@@ -897,11 +897,16 @@ class RaftCore:
 
     # --- membership ------------------------------------------------------------
     def _maybe_finish_leaving(self) -> None:
+        # One remaining voter that knows the change committed is enough: it uses the
+        # new membership, so it can win a majority of it without us. (Waiting for
+        # all of them would hang on any voter that is down.)
         if self.role is not Role.LEADER or not self.voters:
             return
-        if any(self._peer_commit.get(v, 0) < self._leaving_at for v in self.voters):
+        at = self._leaving_at
+        knowers = [v for v in sorted(self.voters) if self._peer_commit.get(v, 0) >= at]
+        if not knowers:
             return
-        heir = max(sorted(self.voters), key=lambda v: self.progress[v].match)
+        heir = max(knowers, key=lambda v: self.progress[v].match)
         self._send(MsgType.TIMEOUT_NOW, heir)
         self._become_follower(self.term, NONE)
 
@@ -943,9 +948,9 @@ class RaftCore:
         if self.role is not Role.LEADER:
             return
         if self.id not in self.voters:
-            # Removed or demoted: keep leading (without counting ourselves) until every
+            # Removed or demoted: keep leading (without counting ourselves) until a
             # remaining voter knows the change committed, else they could be left with a
-            # membership that still needs us to elect anyone. Then hand over.
+            # membership that still needs us to elect anyone. Then hand over to it.
             if not self._leaving_at:
                 self._leaving_at = self.log.committed
                 self._bcast_heartbeat()

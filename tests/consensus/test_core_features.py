@@ -435,3 +435,19 @@ def test_pending_reads_are_bounded(monkeypatch):
     h.heal()
     h.tick_all(2)
     assert [rs.ctx for rs in h.read_states[1]] == [b"r0", b"r1", b"r2"]
+
+
+def test_removed_leader_hands_over_even_with_a_remaining_voter_down():
+    h = cluster(5)
+    h.elect(1)
+    h.crash(5)
+    h[1].propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, 1))
+    h.stabilize()
+    h.tick_all(3)
+    assert h[1].role is Role.FOLLOWER
+    h.crash(1)
+    h.tick_all(30)
+    new = h.leader()
+    assert new in (2, 3, 4) and h[new].conf_state().voters == {2, 3, 4, 5}
+    h.propose(b"still available")
+    assert h.data(new)[-1] == b"still available"
