@@ -289,3 +289,25 @@ def test_segment_cut_inside_its_head_record_is_corruption(tmp_path):
     os.truncate(seg, wal.SEGMENT_HEADER_SIZE + 5)
     with pytest.raises(CorruptLog, match="head"):
         FileStorage(d)
+
+
+def test_hard_state_is_atomic_at_every_cut(tmp_path):
+    """A hard-state-only save cut at any byte yields the old or the new state."""
+    d = tmp_path / "d"
+    s = FileStorage(d)
+    s.save(HardState(4, 2, 1), ents(1, 3))
+    s.close()
+    old = observe(d)
+    (seg,) = segments(d)
+    lo = seg.stat().st_size
+    s = FileStorage(d)
+    s.save(HardState(5, 3, 2), [])
+    s.close()
+    new = observe(d)
+    hi = seg.stat().st_size
+    assert new[0][0] == HardState(5, 3, 2) and new[1:] == old[1:]
+    work = tmp_path / "work"
+    for cut in range(lo, hi + 1):
+        copy(d, work)
+        os.truncate(work / seg.name, cut)
+        assert observe(work) == (old if cut < hi else new), cut
