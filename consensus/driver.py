@@ -103,6 +103,7 @@ class DriverConfig:
     default_timeout: float = 5.0
     leader_io_thread: bool = True  # leader fsyncs in a worker thread (False: inline)
     leader_early_send: bool = True  # leader replicates while it fsyncs (see docs)
+    defer_commit_fsync: bool = False  # no fsync for commit-only hard states (see docs)
 
     def __post_init__(self) -> None:
         if not 0 < self.tick_interval <= 10:
@@ -187,6 +188,7 @@ class Driver:
         self._reads: deque[bytes] = deque()
         self._admin: deque[tuple[Callable[[], int | None], asyncio.Future[int | None]]] = deque()
         self._conf_waiters: dict[int, tuple[bytes, asyncio.Future[None]]] = {}
+        self._conf_applied: list[tuple[asyncio.Future[None], bool]] = []
         self._pending: dict[bytes, _Pending] = {}
         self._by_index: dict[int, list[bytes]] = {}  # index -> tags of our batch there
         self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
@@ -456,27 +458,27 @@ class Driver:
         if rd.hard_state is not None:
             self._latest_hs = rd.hard_state
         hs, durable = self._latest_hs, self._durable_hs
-        messages: Sequence[Message] = rd.messages
-        if self.transport is not None and self.config.leader_early_send:
-            early, messages = split_early(rd, self.id, durable, hs)
-            self._send(early)
-            self.stats["early_sent"] += len(early)
-        if rd.entries or snapshot is not None or (hs.term, hs.vote) != (durable.term, durable.vote):
+        cfg = self.config
+        plan = plan_ready(
+            rd,
+            self.id,
+            self.core.role is Role.LEADER,
+            durable,
+            hs,
+            early_send=cfg.leader_early_send and self.transport is not None,
+            defer_commit=cfg.defer_commit_fsync,
+        )
+        self._send(plan.early)
+        self.stats["early_sent"] += len(plan.early)
+        if plan.save_first:
             await self._io(self.storage.save, hs if hs != durable else None, rd.entries, snapshot)
             self._durable_hs = hs
             self.stats["saves"] += 1
             self.stats["entries_saved"] += len(rd.entries)
-        elif hs != durable:
-            # Only the commit index moved: like etcd, do not fsync for that alone
-            # (Raft recovers the commit index from the leader). It is written with
-            # the next save, and before any snapshot (see _snapshot).
-            self.stats["deferred_commit_saves"] += 1
-        # A leader resolves its clients first (their responses are written before
-        # the peer frames queued below); a follower acknowledges first (the
-        # leader waits for it, nobody waits for the follower's apply).
-        leader = self.core.role is Role.LEADER
-        if not leader:
-            self._send(messages)
+        elif hs != durable and not plan.save_commit_after_apply:
+            self.stats["deferred_commit_saves"] += 1  # opt-in defer_commit_fsync
+        if not plan.resolve_first:
+            self._send(plan.late)
         if snapshot is not None and snapshot.meta.index > self._applied:
             self.machine.restore(snapshot.data)
             self._applied = self._snap_index = snapshot.meta.index
@@ -486,9 +488,20 @@ class Driver:
             if fut is not None:
                 heapq.heappush(self._read_heap, (rs.index, next(self._heap_seq), fut))
         self._release_reads()
-        if leader:
-            self._send(messages)
+        if plan.save_commit_after_apply:
+            await self._io(self.storage.save, hs, (), None)
+            self._durable_hs = hs
+            self.stats["commit_saves"] += 1
+        if plan.resolve_first:
+            self._send(plan.late)
         self.core.advance(rd)
+        for fut, ours in self._conf_applied:
+            if not fut.done():
+                if ours:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(ProposalDropped("replaced by another leader"))
+        self._conf_applied.clear()
         if self._applied - self._snap_index >= self.config.snapshot_every:
             await self._snapshot()
 
@@ -524,11 +537,8 @@ class Driver:
                     log.warning("entry %d is not a runner envelope: %s", e.index, exc)
             elif e.type == EntryType.CONF_CHANGE:
                 waiter = self._conf_waiters.pop(e.index, None)
-                if waiter is not None and not waiter[1].done():
-                    if waiter[0] == e.data:  # the core applies it at advance()
-                        waiter[1].set_result(None)
-                    else:
-                        waiter[1].set_exception(ProposalDropped("replaced by another leader"))
+                if waiter is not None:  # resolved after advance(): the core applies it there
+                    self._conf_applied.append((waiter[1], waiter[0] == e.data))
             self._applied = e.index
             self.stats["applied"] += 1
             ours = self._by_index.pop(e.index, None)
@@ -584,6 +594,58 @@ class Driver:
 
 
 _EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT})
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyPlan:
+    """How the runner handles one Ready: a pure decision (see `plan_ready`)."""
+
+    early: Sequence[Message]  # sent before the save
+    late: Sequence[Message]  # sent after the save
+    save_first: bool  # save hard state / entries / snapshot before applying
+    save_commit_after_apply: bool  # leader: save a commit-only hard state after applying
+    resolve_first: bool  # apply and answer clients before sending `late`
+
+
+def plan_ready(
+    rd: Ready,
+    node_id: int,
+    is_leader: bool,
+    durable: HardState,
+    latest: HardState,
+    *,
+    early_send: bool = True,
+    defer_commit: bool = False,
+) -> ReadyPlan:
+    """Decide the order of one Ready's I/O. Pure; the simulator test runs it.
+
+    - Entries, a snapshot, or a new term or vote: saved (fsync) before
+      anything is applied or sent, except what `split_early` lets a leader
+      send first.
+    - Only the commit index moved: a follower saves it first, as the storage
+      contract says. A leader applies the newly committed entries and answers
+      its clients first, then saves the commit index, then sends. The entries
+      are already durable on a majority, so answering before the *local*
+      commit index is on disk loses nothing, and the durable state at every
+      crash point is the same as with the contract's order.
+      (`defer_commit` skips that save entirely, as etcd does; it is opt-in
+      because the simulator found liveness failures with it, not yet explained.)
+    - A leader answers clients before queueing peer frames; a follower
+      acknowledges first (the leader waits for it).
+    """
+    must = bool(rd.entries) or (rd.snapshot is not None and not rd.snapshot.is_empty) or (
+        latest.term,
+        latest.vote,
+    ) != (durable.term, durable.vote)
+    commit_only = not must and latest != durable
+    early, late = split_early(rd, node_id, durable, latest) if early_send else ([], rd.messages)
+    return ReadyPlan(
+        early=early,
+        late=late,
+        save_first=must or (commit_only and not is_leader and not defer_commit),
+        save_commit_after_apply=commit_only and is_leader and not defer_commit,
+        resolve_first=is_leader,
+    )
 
 
 def split_early(

@@ -496,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-early-send", action="store_true", help="leader fsyncs before it replicates"
     )
+    s.add_argument(
+        "--defer-commit-fsync",
+        action="store_true",
+        help="experimental: no fsync for commit-only hard states",
+    )
     s.add_argument("--log-level", default="WARNING")
     return p
 
@@ -532,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={
             **({"leader_io_thread": False} if args.inline_io else {}),
             **({"leader_early_send": False} if args.no_early_send else {}),
+            **({"defer_commit_fsync": True} if args.defer_commit_fsync else {}),
         },
     )
     web.run_app(

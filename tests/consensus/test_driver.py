@@ -371,22 +371,23 @@ async def test_membership_change_learner_promote_remove_and_transfer() -> None:
             await d.stop()
 
 
-# --- the leader's early send, against the deterministic simulator ---------------
+# --- the runner's I/O order, against the deterministic simulator ---------------
 #
 # The simulator (consensus.sim) runs the real core over a simulated network and
-# disk with crashes and torn writes, and checks Raft's safety properties. This
-# runner variant sends what `split_early` allows *before* saving, exactly as
-# the driver does; on a crash those messages are already out.
+# disk with crashes and torn writes, and checks Raft's safety and liveness.
+# This runner variant orders each Ready's I/O exactly as `plan_ready` tells the
+# driver to: early messages before the save, a leader's commit-only hard state
+# saved after it applied, and so on. A crash can hit either save.
 
 _TORN = {"crash_p": 0.05, "torn_p": 1.0}
 
 
-def _early_send_sim(policy):
+def _planned_sim(policy):
     from consensus.core import Role
     from consensus.sim.cluster import Simulation
     from consensus.sim.kv import KVStore
 
-    class EarlySendSim(Simulation):
+    class PlannedSim(Simulation):
         def _process(self, node) -> None:
             while node.core is not None and node.core.has_ready():
                 core = node.core
@@ -396,18 +397,21 @@ def _early_send_sim(policy):
                 if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                     self.elections += 1
                 durable = node.storage.initial_state()[0]
-                early, late = policy(rd, node.id, durable, rd.hard_state or durable)
-                for m in early:
+                latest = rd.hard_state or durable
+                plan = policy(rd, node.id, core.role is Role.LEADER, durable, latest)
+                for m in plan.early:
                     self.net.send(m)
-                if node.crash_on_save and (rd.entries or rd.hard_state or rd.snapshot):
-                    keep = self.rng.randint(0, len(rd.entries))
-                    snap = rd.snapshot if (keep or self.rng.random() < 0.5) else None
-                    node.storage.save(None, rd.entries[:keep], snap)
-                    self._crash(node)
-                    return
-                node.storage.save(rd.hard_state, rd.entries, rd.snapshot)
-                for m in late:
-                    self.net.send(m)
+                if plan.save_first:
+                    if node.crash_on_save:  # torn: a prefix of the entries, no hard state
+                        keep = self.rng.randint(0, len(rd.entries))
+                        snap = rd.snapshot if (keep or self.rng.random() < 0.5) else None
+                        node.storage.save(None, rd.entries[:keep], snap)
+                        self._crash(node)
+                        return
+                    node.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+                if not plan.resolve_first:
+                    for m in plan.late:
+                        self.net.send(m)
                 if rd.snapshot is not None:
                     node.kv = KVStore.load(rd.snapshot.data)
                     node.applied = rd.snapshot.meta.index
@@ -416,20 +420,28 @@ def _early_send_sim(policy):
                     self._apply(node, e)
                 node.ready_reads.extend((rs.index, rs.ctx) for rs in rd.read_states)
                 self._serve_reads(node)
+                if plan.save_commit_after_apply:
+                    if node.crash_on_save:
+                        self._crash(node)
+                        return
+                    node.storage.save(latest, [], None)
+                if plan.resolve_first:
+                    for m in plan.late:
+                        self.net.send(m)
                 core.advance(rd)
                 self._maybe_snapshot(node)
 
-    return EarlySendSim
+    return PlannedSim
 
 
-def _sim_failures(policy, seeds) -> list[int]:
+def _sim_failures(policy, seeds, **faults) -> list[int]:
     from consensus.sim import SimConfig
 
-    sim_cls = _early_send_sim(policy)
+    sim_cls = _planned_sim(policy)
     bad = []
     for seed in seeds:
         try:
-            ok = sim_cls(SimConfig.from_seed(seed, **_TORN)).run().ok
+            ok = sim_cls(SimConfig.from_seed(seed, **faults)).run().ok
         except Exception:  # a crash of the core is a finding too
             ok = False
         if not ok:
@@ -437,23 +449,27 @@ def _sim_failures(policy, seeds) -> list[int]:
     return bad
 
 
-def test_leader_early_send_policy_is_safe_under_crashes_and_torn_writes() -> None:
-    from consensus.driver import split_early
+def test_runner_io_order_is_safe_and_live_under_crashes_and_torn_writes() -> None:
+    from consensus.driver import plan_ready
 
-    # 98 and 133 are one-voter clusters (commit at append); 211, 263 found the
-    # unconditional policy's bug with three voters and membership changes.
-    assert _sim_failures(split_early, [*range(120), 133, 211, 263]) == []
+    # 98 and 133 are one-voter clusters (commit at append); 211 and 263 caught an
+    # early version of the early send; 111 and 245 a commit-deferring version.
+    assert _sim_failures(plan_ready, [*range(100), 133, 211, 263], **_TORN) == []
+    assert _sim_failures(plan_ready, [*range(40), 111, 245]) == []
 
 
 def test_simulator_catches_an_unconditional_early_send() -> None:
-    """Negative control: sending APPEND/HEARTBEAT early without split_early's
-    conditions loses committed entries, and the simulator sees it."""
+    """Negative control: sending APPEND/HEARTBEAT before the fsync without
+    split_early's conditions loses committed entries, and the simulator sees it."""
+    from consensus.driver import ReadyPlan
     from consensus.messages import MsgType
 
-    def naive(rd, node_id, durable, latest):
+    def naive(rd, node_id, is_leader, durable, latest):
         early = [m for m in rd.messages
                  if rd.entries and m.type in (MsgType.APPEND, MsgType.HEARTBEAT)
                  and m.frm == node_id]
-        return early, [m for m in rd.messages if m not in early]
+        late = [m for m in rd.messages if m not in early]
+        save = bool(rd.entries or rd.hard_state or rd.snapshot)
+        return ReadyPlan(early, late, save, False, False)
 
-    assert _sim_failures(naive, [98, 133, 211, 263])  # at least one safety violation
+    assert _sim_failures(naive, [98, 133, 211, 263], **_TORN)  # a safety violation
