@@ -622,14 +622,15 @@ def plan_ready(
     - Entries, a snapshot, or a new term or vote: saved (fsync) before
       anything is applied or sent, except what `split_early` lets a leader
       send first.
-    - Only the commit index moved: a follower saves it first, as the storage
-      contract says. A leader applies the newly committed entries and answers
-      its clients first, then saves the commit index, then sends. The entries
-      are already durable on a majority, so answering before the *local*
-      commit index is on disk loses nothing, and the durable state at every
-      crash point is the same as with the contract's order.
-      (`defer_commit` skips that save entirely, as etcd does; it is opt-in
-      because the simulator found liveness failures with it, not yet explained.)
+    - Only the commit index moved: a follower does not fsync for that alone
+      (Raft's commit index is volatile; the runner writes it with the next
+      save, before any snapshot and on stop). A leader applies the newly
+      committed entries and answers its clients first, then saves the commit
+      index, then sends: the entries are already durable on a majority, so
+      answering before the leader's *local* commit index is on disk loses
+      nothing. (`defer_commit` skips the leader's save too, as etcd does; it
+      is opt-in because the simulator found liveness failures with it, not yet
+      explained; the follower-side deferral passes.)
     - A leader answers clients before queueing peer frames; a follower
       acknowledges first (the leader waits for it).
     """
@@ -642,7 +643,7 @@ def plan_ready(
     return ReadyPlan(
         early=early,
         late=late,
-        save_first=must or (commit_only and not is_leader and not defer_commit),
+        save_first=must,
         save_commit_after_apply=commit_only and is_leader and not defer_commit,
         resolve_first=is_leader,
     )

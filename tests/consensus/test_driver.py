@@ -397,7 +397,9 @@ def _planned_sim(policy):
                 if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                     self.elections += 1
                 durable = node.storage.initial_state()[0]
-                latest = rd.hard_state or durable
+                key = (node.id, node.incarnation)
+                seen = self.__dict__.setdefault("latest", {})  # per run
+                latest = seen[key] = rd.hard_state or seen.get(key, durable)
                 plan = policy(rd, node.id, core.role is Role.LEADER, durable, latest)
                 for m in plan.early:
                     self.net.send(m)
@@ -408,7 +410,8 @@ def _planned_sim(policy):
                         node.storage.save(None, rd.entries[:keep], snap)
                         self._crash(node)
                         return
-                    node.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+                    hs = latest if latest != durable else None  # incl. a deferred commit
+                    node.storage.save(hs, rd.entries, rd.snapshot)
                 if not plan.resolve_first:
                     for m in plan.late:
                         self.net.send(m)
@@ -430,6 +433,17 @@ def _planned_sim(policy):
                         self.net.send(m)
                 core.advance(rd)
                 self._maybe_snapshot(node)
+
+        def _maybe_snapshot(self, node) -> None:
+            # Like the driver: a deferred commit index is written before a snapshot.
+            st, every = node.storage, self.cfg.snapshot_every
+            if every and node.core is not None and (
+                node.applied - st.snapshot().meta.index >= every
+            ):
+                latest = self.__dict__.get("latest", {}).get((node.id, node.incarnation))
+                if latest is not None and st.initial_state()[0].commit < node.applied:
+                    st.save(latest, [])
+            super()._maybe_snapshot(node)
 
     return PlannedSim
 
