@@ -468,7 +468,7 @@ def test_runner_io_order_is_safe_and_live_under_crashes_and_torn_writes() -> Non
 
     # 98 and 133 are one-voter clusters (commit at append); 211 and 263 caught an
     # early version of the early send; 111 and 245 a commit-deferring version.
-    assert _sim_failures(plan_ready, [*range(100), 133, 211, 263], **_TORN) == []
+    assert _sim_failures(plan_ready, [*range(100), 133, 156, 211, 263], **_TORN) == []
     assert _sim_failures(plan_ready, [*range(40), 111, 245]) == []
 
 
