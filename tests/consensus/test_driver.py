@@ -467,7 +467,7 @@ def test_runner_io_order_is_safe_and_live_under_crashes_and_torn_writes() -> Non
     from consensus.driver import plan_ready
 
     # 98 and 133 are one-voter clusters (commit at append); 211 and 263 caught an
-    # early version of the early send; 111 and 245 a commit-deferring version.
+    # early version of the early send; 111, 156 and 245 commit-deferring versions.
     assert _sim_failures(plan_ready, [*range(100), 133, 156, 211, 263], **_TORN) == []
     assert _sim_failures(plan_ready, [*range(40), 111, 245]) == []
 
