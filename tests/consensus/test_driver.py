@@ -88,6 +88,18 @@ class Cluster:
                         return d
                 await asyncio.sleep(0.02)
 
+    async def submit(self, command: bytes, client_id: bytes, seq: int) -> bytes:
+        """Propose through whoever leads now, retrying with the same session:
+        a spurious election on a loaded machine must not change what a test
+        counts, and exactly-once makes the retry safe."""
+        async with asyncio.timeout(30):
+            while True:
+                leader = await self.leader()
+                try:
+                    return await leader.propose(command, client_id=client_id, seq=seq)
+                except (NotLeader, ProposalDropped, TimeoutError):
+                    await asyncio.sleep(0.05)
+
     async def close(self) -> None:
         for i in list(self.nodes):
             await self.stop(i)
@@ -168,12 +180,14 @@ async def test_retry_through_new_leader_applies_once(cluster: Cluster) -> None:
 
 
 async def test_snapshot_compaction_and_restart_from_disk(cluster: Cluster) -> None:
-    leader = await cluster.leader()
-    await leader.propose(b"1", client_id=b"s", seq=1)
-    for _ in range(3):
-        await asyncio.gather(*(leader.propose(b"1") for _ in range(10)))
+    # One session per write (a session allows one request in flight).
+    ids = (b"c%d" % n for n in range(10_000))
+    await cluster.submit(b"1", b"s", 1)
+    for _ in range(3):  # concurrent: batched into few log entries
+        await asyncio.gather(*(cluster.submit(b"1", next(ids), 1) for _ in range(10)))
     for _ in range(90):  # sequential: one log entry each
-        await leader.propose(b"1")
+        await cluster.submit(b"1", next(ids), 1)
+    leader = await cluster.leader()
     await wait_applied(cluster, leader.applied_index)
     victim = next(i for i in cluster.nodes if i != leader.id)
     st = cluster.nodes[victim].status()
@@ -181,13 +195,14 @@ async def test_snapshot_compaction_and_restart_from_disk(cluster: Cluster) -> No
     assert cluster.nodes[victim].storage.first_index() > 1  # and the log was compacted
     await cluster.stop(victim)
     for _ in range(30):
-        await leader.propose(b"1")
+        await cluster.submit(b"1", next(ids), 1)
     restarted = await cluster.start(victim)
     assert restarted.status().applied >= st.snapshot_index  # resumed from its snapshot
+    leader = await cluster.leader()
     await wait_applied(cluster, leader.applied_index)
     assert cluster.machines[victim].total == cluster.machines[leader.id].total == 151
     # The session table survived the snapshot: the old request is still deduplicated.
-    assert await leader.propose(b"1", client_id=b"s", seq=1) == b"1"
+    assert await cluster.submit(b"1", b"s", 1) == b"1"
     assert cluster.machines[leader.id].total == 151
 
 
