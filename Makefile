@@ -19,8 +19,12 @@ test: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# Each benchmark prints its figure beside its reference in one run.
+# consensus_vs_etcd installs Debian's etcd-server if it is missing (root).
 bench: setup
 	$(PY) benchmarks/frost_sign.py
+	$(PY) benchmarks/hsm_ops.py
+	$(PY) benchmarks/consensus_vs_etcd.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
