@@ -13,6 +13,7 @@ value). It prints both sides and the ratios in one table.
 
     .venv/bin/python benchmarks/consensus_vs_etcd.py [--seq 600] [--ops 2000] [--rounds 3]
         [--profile DIR]   # run the kv nodes under cProfile, print the leader's top functions
+        [--kv-arg=FLAG]   # pass FLAG to every kv node (e.g. --kv-arg=--sync-commit-index)
 
 Both clusters stay up for the whole run and the phases are interleaved
 (kv, etcd, etcd, kv, ...) over the rounds, so that load from other processes
@@ -379,7 +380,7 @@ async def amain(args: argparse.Namespace) -> None:
             profile_dir.mkdir(parents=True, exist_ok=True)
         kv, etcd = KVCluster(tmp), EtcdCluster(tmp)
         try:
-            kv.start(profile_dir)
+            kv.start(profile_dir, args.kv_arg)
             etcd.start(etcd_bin)
             print(
                 f"measuring kv and etcd, interleaved in {args.rounds} rounds: {args.seq} "
@@ -406,6 +407,12 @@ def main() -> None:
     p.add_argument("--ops", type=int, default=2000, help="puts per round and concurrency level")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     p.add_argument("--profile", type=Path, help="cProfile the kv nodes into this directory")
+    p.add_argument(
+        "--kv-arg",
+        action="append",
+        default=[],
+        help="extra flag for every kv node's `serve` (repeatable)",
+    )
     args = p.parse_args()
     if not 10 <= args.seq <= 100_000 or not 100 <= args.ops <= 1_000_000:
         p.error("--seq must be 10..100000 and --ops 100..1000000")

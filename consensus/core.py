@@ -28,6 +28,14 @@ Runner contract (one loop, single-threaded with respect to the core):
   must be persisted first (the order above guarantees it).
 - Membership changes take effect when `advance()` passes their committed
   CONF_CHANGE entry. A leader that removes or demotes itself steps down.
+- A runner may skip the fsync of a hard state whose only change is the commit
+  index (Raft's commit index is volatile), *except* when `rd.must_sync_commit`
+  is set: the new commit index covers a CONF_CHANGE entry. Membership is
+  applied at commit, so a node that forgot such a commit after a crash would
+  fall back to the old membership, which may need a node that has already
+  left (a removed leader hands over on the strength of a peer's reported
+  commit; in a two-voter cluster the survivor would then wait for the departed
+  node's vote forever).
 - A proposal or read may be silently lost if leadership changes: callers keep a
   timeout and retry (with an idempotency key for writes).
 - After a restart, build a new RaftCore over the same storage with
@@ -157,6 +165,7 @@ class Ready:
     committed_entries: tuple[Entry, ...] = ()
     read_states: tuple[ReadState, ...] = ()
     soft_state: SoftState | None = None
+    must_sync_commit: bool = False  # hard_state.commit covers a CONF_CHANGE entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,11 +413,22 @@ class RaftCore:
             committed_entries=tuple(self.log.next_committed(self.cfg.max_committed_bytes_per_ready)),
             read_states=tuple(self._read_states),
             soft_state=soft if soft != self._prev_soft else None,
+            must_sync_commit=self._commit_covers_conf_change(self._prev_hs.commit, hs.commit),
         )
         self._msgs = []
         self._read_states = []
         self._outstanding = rd
         return rd
+
+    def _commit_covers_conf_change(self, old: int, new: int) -> bool:
+        """Is there a CONF_CHANGE entry in (old, new]? True when unsure (compacted)."""
+        if new <= old:
+            return False
+        lo = old + 1
+        try:
+            return any(e.type is EntryType.CONF_CHANGE for e in self.log.slice(lo, new + 1))
+        except Compacted:
+            return True
 
     def advance(self, rd: Ready) -> None:
         """The runner finished `rd` (persisted, sent, applied)."""

@@ -103,7 +103,7 @@ class DriverConfig:
     default_timeout: float = 5.0
     leader_io_thread: bool = True  # leader fsyncs in a worker thread (False: inline)
     leader_early_send: bool = True  # leader replicates while it fsyncs (see docs)
-    defer_commit_fsync: bool = False  # no fsync for commit-only hard states (see docs)
+    defer_commit_fsync: bool = True  # leader: no fsync for commit-only hard states (see docs)
 
     def __post_init__(self) -> None:
         if not 0 < self.tick_interval <= 10:
@@ -476,7 +476,7 @@ class Driver:
             self.stats["saves"] += 1
             self.stats["entries_saved"] += len(rd.entries)
         elif hs != durable and not plan.save_commit_after_apply:
-            self.stats["deferred_commit_saves"] += 1  # opt-in defer_commit_fsync
+            self.stats["deferred_commit_saves"] += 1  # written with the next save
         if not plan.resolve_first:
             self._send(plan.late)
         if snapshot is not None and snapshot.meta.index > self._applied:
@@ -615,29 +615,32 @@ def plan_ready(
     latest: HardState,
     *,
     early_send: bool = True,
-    defer_commit: bool = False,
+    defer_commit: bool = True,
 ) -> ReadyPlan:
     """Decide the order of one Ready's I/O. Pure; the simulator test runs it.
 
     - Entries, a snapshot, or a new term or vote: saved (fsync) before
       anything is applied or sent, except what `split_early` lets a leader
       send first.
-    - Only the commit index moved: a follower does not fsync for that alone
-      (Raft's commit index is volatile; the runner writes it with the next
-      save, before any snapshot and on stop). A leader applies the newly
-      committed entries and answers its clients first, then saves the commit
-      index, then sends: the entries are already durable on a majority, so
-      answering before the leader's *local* commit index is on disk loses
-      nothing. (`defer_commit` skips the leader's save too, as etcd does; it
-      is opt-in because the simulator found liveness failures with it, not yet
-      explained; the follower-side deferral passes.)
+    - The commit index passed a membership change (`rd.must_sync_commit`):
+      saved before anything is applied or sent, by every role (see the core's
+      runner contract: forgetting it could strand the remaining voters).
+    - Only the commit index moved: nobody fsyncs for that alone (Raft's
+      commit index is volatile and recovered from the leader; the runner
+      writes it with the next save, before any snapshot and on stop), as etcd
+      does. The entries are already durable on a majority, so answering
+      clients before a node's *local* commit index is on disk loses nothing.
+      `defer_commit=False` makes a leader save it after applying and before
+      sending (the more conservative order, ~0.5 ms of sequential p50).
     - A leader answers clients before queueing peer frames; a follower
       acknowledges first (the leader waits for it).
     """
-    must = bool(rd.entries) or (rd.snapshot is not None and not rd.snapshot.is_empty) or (
-        latest.term,
-        latest.vote,
-    ) != (durable.term, durable.vote)
+    must = (
+        bool(rd.entries)
+        or (rd.snapshot is not None and not rd.snapshot.is_empty)
+        or (latest.term, latest.vote) != (durable.term, durable.vote)
+        or (rd.must_sync_commit and latest.commit > durable.commit)
+    )
     commit_only = not must and latest != durable
     early, late = split_early(rd, node_id, durable, latest) if early_send else ([], rd.messages)
     return ReadyPlan(

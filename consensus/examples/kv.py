@@ -497,9 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-early-send", action="store_true", help="leader fsyncs before it replicates"
     )
     s.add_argument(
-        "--defer-commit-fsync",
+        "--sync-commit-index",
         action="store_true",
-        help="experimental: no fsync for commit-only hard states",
+        help="leader fsyncs its commit index after each batch (default: deferred, as etcd)",
     )
     s.add_argument("--log-level", default="WARNING")
     return p
@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={
             **({"leader_io_thread": False} if args.inline_io else {}),
             **({"leader_early_send": False} if args.no_early_send else {}),
-            **({"defer_commit_fsync": True} if args.defer_commit_fsync else {}),
+            **({"defer_commit_fsync": False} if args.sync_commit_index else {}),
         },
     )
     web.run_app(

@@ -129,7 +129,8 @@ class SimNode:
         self.kv = KVStore()
         self.applied = 0
         self.incarnation = 0
-        self.removed = False
+        self.removed = False  # its removal was applied somewhere: clients leave it
+        self.retired = False  # decommissioned by the operator: never restarted
         self.crash_on_save = False
         self.waiters: set[tuple[int, int]] = set()
         self.reads: dict[bytes, tuple[int, int, str]] = {}
@@ -236,7 +237,7 @@ class Simulation:
                 if target is not None and not target.removed:
                     target.removed = True
                     # Decommission a little later; it may keep talking until then.
-                    self.clock.after(self.rng.randint(0, 300), "retire", cc.node_id)
+                    self.clock.after(self.rng.randint(0, 300), "retire", cc.node_id, e.index)
             return
         if not e.data:
             return
@@ -338,7 +339,7 @@ class Simulation:
         self.clock.after(FAULT_EVERY_MS, "fault")
         rng, cfg = self.rng, self.cfg
         live = [n for n in self.nodes.values() if n.up and not n.removed]
-        down = [n for n in self.nodes.values() if not n.up and not n.removed]
+        down = [n for n in self.nodes.values() if not n.up and not n.retired]
         leader = self._leader()
         if rng.random() < cfg.crash_p and len(down) < 2 and live:
             # Leaders are the interesting victims: half the crashes target one.
@@ -421,7 +422,7 @@ class Simulation:
         self.net.faults = NetFaults(0.0, 0.0, f.min_delay, f.max_delay, 0.0, 0)
         for n in self.nodes.values():
             n.crash_on_save = False
-            if not n.up and not n.removed:
+            if not n.up and not n.retired:
                 self._start(n)
 
     def run(self) -> SimResult:
@@ -458,12 +459,29 @@ class Simulation:
             elif kind == "admin":
                 self._admin()
             elif kind == "retire":
-                node = self.nodes[ev[1]]
-                if node.core is not None and node.core.role is Role.LEADER:
-                    self.clock.after(50, "retire", node.id)  # still handing over
-                elif node.core is not None:
-                    node.core = None
+                self._retire(self.nodes[ev[1]], ev[2])
         return self._verdict()
+
+    def _retire(self, node: SimNode, removal_index: int) -> None:
+        """The operator decommissions a removed node, as the runbook says: only
+        once it no longer leads and a remaining voter has its removal committed
+        *on disk*. Before that, the departing node may be the only one that can
+        tell the others (with two voters, the survivor needs its vote), so a
+        removed node that crashed is restarted like any other until then."""
+        if node.retired:
+            return
+        if node.core is not None and node.core.role is Role.LEADER:
+            self.clock.after(50, "retire", node.id, removal_index)  # still handing over
+            return
+        known = any(
+            not n.removed and n.storage.initial_state()[0].commit >= removal_index
+            for n in self.nodes.values()
+        )
+        if not known:
+            self.clock.after(50, "retire", node.id, removal_index)
+            return
+        node.retired = True
+        node.core = None
 
     def _verdict(self) -> SimResult:
         v = self.check.violations

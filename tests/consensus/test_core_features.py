@@ -364,6 +364,53 @@ def test_ready_reports_hard_state_only_when_it_changed():
     c.advance(rd)
 
 
+
+def _record_readies(h):
+    """Make the harness keep every Ready it processes, per node."""
+    seen: dict[int, list] = {nid: [] for nid in h.cores}
+    original = h.process
+
+    def process(nid):
+        core = h.cores[nid]
+        real_ready = core.ready
+
+        def ready():
+            rd = real_ready()
+            seen.setdefault(nid, []).append(rd)
+            return rd
+
+        core.ready = ready
+        try:
+            original(nid)
+        finally:
+            del core.ready
+
+    h.process = process
+    return seen
+
+
+def test_ready_asks_to_sync_a_commit_that_passes_a_membership_change():
+    h = cluster()
+    h.elect(1)
+    h.stabilize()
+    seen = _record_readies(h)
+    h.propose(b"plain")
+    h.stabilize()
+    h.tick_all(3)
+    moved = [rd for rds in seen.values() for rd in rds if rd.hard_state is not None]
+    assert moved and not any(rd.must_sync_commit for rds in seen.values() for rd in rds)
+
+    seen.clear()
+    h[1].propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, 3))
+    index = h[1].log.last_index()
+    h.stabilize()
+    h.tick_all(3)
+    for nid in (1, 2, 3):
+        commits = [rd for rd in seen[nid] if rd.hard_state is not None]
+        first = next(rd for rd in commits if rd.hard_state.commit >= index)
+        assert first.must_sync_commit, f"node {nid}"
+        assert not any(rd.must_sync_commit for rd in commits if rd is not first)
+
 def test_messages_wait_for_the_ready_and_entries_come_before_them():
     h = cluster()
     h.elect(1)
