@@ -327,6 +327,22 @@ class Driver:
             await self._admin_call(call)
             await fut
 
+    def add_peer(self, node_id: int, addr: tuple[str, int]) -> None:
+        """Tell the transport where `node_id` listens. Call it on every member
+        before proposing ADD_LEARNER for a new node (the Raft log carries ids,
+        not addresses)."""
+        add = getattr(self.transport, "add_peer", None)
+        if add is None:
+            raise RuntimeError("this node's transport has a fixed peer map")
+        add(node_id, addr)
+
+    def remove_peer(self, node_id: int) -> None:
+        """Stop talking to `node_id`; call it once its removal is applied."""
+        remove = getattr(self.transport, "remove_peer", None)
+        if remove is None:
+            raise RuntimeError("this node's transport has a fixed peer map")
+        remove(node_id)
+
     async def transfer_leadership(self, target: int, timeout: float | None = None) -> None:
         """Ask the leader to hand over to voter `target` (returns once it is queued)."""
         async with asyncio.timeout(timeout or self.config.default_timeout):

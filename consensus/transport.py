@@ -96,6 +96,9 @@ class Transport:
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self._rng = rng or random.Random()
+        self._queue_size = queue_size
+        self._started = False
+        self._retired: set[asyncio.Task[None]] = set()  # senders of removed peers
         self._peers = {i: _Peer(i, a, queue_size) for i, a in peers.items() if i != node_id}
         self._server: asyncio.Server | None = None
         self._inbound: dict[int, asyncio.StreamWriter] = {}
@@ -114,8 +117,50 @@ class Transport:
             ssl=self.server_ctx,
             ssl_handshake_timeout=self.connect_timeout,
         )
+        self._started = True
         for p in self._peers.values():
-            p.task = asyncio.create_task(self._run_peer(p), name=f"raft-peer-{p.id}")
+            self._start_peer(p)
+
+    def _start_peer(self, p: _Peer) -> None:
+        p.task = asyncio.create_task(self._run_peer(p), name=f"raft-peer-{p.id}")
+
+    def peers(self) -> dict[int, tuple[str, int]]:
+        """The current peer map (this node excluded)."""
+        return {i: p.addr for i, p in self._peers.items()}
+
+    def add_peer(self, node_id: int, addr: tuple[str, int]) -> None:
+        """Start talking to `node_id` at `addr` (a node joining the cluster), or
+        move it to a new address. Its inbound connections are accepted from now on."""
+        if node_id == self.node_id or node_id < 1:
+            raise ValueError(f"invalid peer id {node_id}")
+        old = self._peers.get(node_id)
+        if old is not None:
+            if old.addr == addr:
+                return
+            self._drop_peer(old)
+        p = _Peer(node_id, addr, self._queue_size)
+        self._peers[node_id] = p
+        if self._started and not self._stopping:
+            self._start_peer(p)
+
+    def remove_peer(self, node_id: int) -> None:
+        """Stop talking to `node_id` (a node removed from the cluster): its queue
+        is dropped, its outbound and inbound connections are closed."""
+        p = self._peers.pop(node_id, None)
+        if p is not None:
+            self._drop_peer(p)
+        inbound = self._inbound.pop(node_id, None)
+        if inbound is not None:
+            inbound.transport.abort()
+
+    def _drop_peer(self, p: _Peer) -> None:
+        p.queue.clear()
+        if p.writer is not None:
+            p.writer.transport.abort()
+        if p.task is not None:
+            p.task.cancel()
+            self._retired.add(p.task)
+            p.task.add_done_callback(self._retired.discard)
 
     @property
     def bound_addr(self) -> tuple[str, int]:
@@ -131,6 +176,7 @@ class Transport:
             self._server.close()  # listening sockets close now; wait_closed() is not
             self._server = None  # awaited: it also waits for half-open handshakes
         peers = [p.task for p in self._peers.values() if p.task is not None]
+        peers += list(self._retired)
         for p in self._peers.values():
             p.wake.set()  # a sender that missed its cancellation still sees _stopping
         for t in peers:

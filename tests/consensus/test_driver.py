@@ -386,6 +386,53 @@ async def test_membership_change_learner_promote_remove_and_transfer() -> None:
             await d.stop()
 
 
+
+async def test_a_node_joins_and_a_node_leaves_over_real_tls(tmp_path: Path) -> None:
+    """Membership over the mTLS transport: peers are added and removed at run time."""
+    from consensus.messages import ConfChange, ConfChangeType
+
+    c = Cluster(tmp_path)
+    certs.write_cluster(tmp_path / "certs", [4])  # same CA, one more node certificate
+    for i in (1, 2, 3):
+        await c.start(i)
+    try:
+        for n in range(5):
+            await c.submit(b"1", b"w", n + 1)
+        addr4 = ("127.0.0.1", free_ports(1)[0])
+        for d in c.nodes.values():
+            d.add_peer(4, addr4)
+        c.peers[4] = addr4
+        c.machines[4] = Counter()
+        c.nodes[4] = joiner = await open_node(
+            node_id=4,
+            peers=c.peers,
+            data_dir=tmp_path / "data4",
+            cert_dir=tmp_path / "certs",
+            machine=c.machines[4],
+            config=c.config,
+            join=True,
+        )
+        leader = await c.leader()
+        await leader.change_membership(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+        await c.submit(b"1", b"w", 6)  # the learner's match reaches the commit index
+        async with asyncio.timeout(10):
+            while joiner.applied_index < leader.applied_index:
+                await asyncio.sleep(0.01)
+        assert c.machines[4].total == 6  # replicated to the new node over TLS
+        await leader.change_membership(ConfChange(ConfChangeType.ADD_VOTER, 4))
+        victim = next(i for i in (1, 2, 3) if i != leader.id)
+        await leader.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, victim))
+        await c.stop(victim)
+        for d in c.nodes.values():
+            d.remove_peer(victim)
+        assert victim not in c.nodes[4].transport.peers()
+        assert await c.submit(b"10", b"w", 7) == b"16"
+        await wait_applied(c, (await c.leader()).applied_index)
+        assert all(m.total == 16 for i, m in c.machines.items() if i != victim)
+        assert leader.core.conf_state().voters == frozenset({1, 2, 3, 4} - {victim})
+    finally:
+        await c.close()
+
 # --- the runner's I/O order, against the deterministic simulator ---------------
 #
 # The simulator (consensus.sim) runs the real core over a simulated network and

@@ -144,6 +144,26 @@ async def test_a_backlog_beyond_the_high_water_mark_drains_in_order(cluster, mon
     assert nodes[1].t.stats["sent"] == n and nodes[1].t.stats["dropped_queue_full"] == 0
     assert nodes[1].t.stats["send_waits"] > 0  # the back-pressure path was taken
 
+
+async def test_peers_are_removed_and_added_at_run_time(cluster):
+    nodes, addrs = cluster
+    nodes[2].t.send(hb(2, 1, 0))
+    await until(lambda: len(nodes[1].inbox) == 1, "delivery before the removal")
+    nodes[1].t.remove_peer(2)
+    assert 2 not in nodes[1].t.peers()
+    nodes[1].t.send(hb(1, 2))
+    assert nodes[1].t.stats["dropped_unknown_dest"] == 1
+    nodes[2].t.send(hb(2, 1, 1))  # node 2 reconnects and is turned away
+    await until(lambda: nodes[1].t.stats["rejected_unknown_peer"] >= 1, "the refusal")
+    assert [m.commit for m in nodes[1].inbox] == [0]
+    nodes[1].t.add_peer(2, addrs[2])
+    nodes[1].t.send(hb(1, 2, 7))
+    await until(lambda: any(m.commit == 7 for m in nodes[2].inbox), "delivery after re-adding")
+    nodes[2].t.send(hb(2, 1, 2))
+    await until(lambda: any(m.commit == 2 for m in nodes[1].inbox), "inbound accepted again")
+    with pytest.raises(ValueError):
+        nodes[1].t.add_peer(1, addrs[1])  # not itself
+
 async def test_send_never_blocks_and_drops_oldest_when_full(cluster_certs):
     addrs = {1: ("127.0.0.1", free_port()), 2: ("127.0.0.1", free_port())}
     n1 = Node(1, addrs, cluster_certs, queue_size=3)  # node 2 is down
