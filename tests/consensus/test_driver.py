@@ -367,9 +367,20 @@ async def test_membership_change_learner_promote_remove_and_transfer() -> None:
         async with asyncio.timeout(10):
             while joiner.applied_index < lead.applied_index:
                 await asyncio.sleep(0.01)
-        await lead.change_membership(ConfChange(ConfChangeType.ADD_VOTER, 4))
+
+        async def change(cc: ConfChange) -> None:
+            # Refused until the leader has heard that the learner caught up (its
+            # acknowledgement may still be in flight) or the last change applied.
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        return await lead.change_membership(cc)
+                    except ProposalDropped:
+                        await asyncio.sleep(0.02)
+
+        await change(ConfChange(ConfChangeType.ADD_VOTER, 4))
         victim = next(i for i in (1, 2, 3) if i != lead.id)
-        await lead.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, victim))
+        await change(ConfChange(ConfChangeType.REMOVE_NODE, victim))
         assert lead.core.conf_state().voters == frozenset({1, 2, 3, 4} - {victim})
         await lead.transfer_leadership(4)
         async with asyncio.timeout(10):
@@ -412,16 +423,28 @@ async def test_a_node_joins_and_a_node_leaves_over_real_tls(tmp_path: Path) -> N
             config=c.config,
             join=True,
         )
-        leader = await c.leader()
-        await leader.change_membership(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+
+        async def change(cc: ConfChange) -> None:
+            # Refused while the leader has not yet heard that the learner caught
+            # up, or while the previous change is unapplied: an operator retries
+            # (on whoever leads: a loaded machine may see an election).
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        return await (await c.leader()).change_membership(cc)
+                    except (ProposalDropped, NotLeader):
+                        await asyncio.sleep(0.05)
+
+        await change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
         await c.submit(b"1", b"w", 6)  # the learner's match reaches the commit index
+        leader = await c.leader()
         async with asyncio.timeout(10):
             while joiner.applied_index < leader.applied_index:
                 await asyncio.sleep(0.01)
         assert c.machines[4].total == 6  # replicated to the new node over TLS
-        await leader.change_membership(ConfChange(ConfChangeType.ADD_VOTER, 4))
+        await change(ConfChange(ConfChangeType.ADD_VOTER, 4))
         victim = next(i for i in (1, 2, 3) if i != leader.id)
-        await leader.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, victim))
+        await change(ConfChange(ConfChangeType.REMOVE_NODE, victim))
         await c.stop(victim)
         for d in c.nodes.values():
             d.remove_peer(victim)
@@ -429,9 +452,11 @@ async def test_a_node_joins_and_a_node_leaves_over_real_tls(tmp_path: Path) -> N
         assert await c.submit(b"10", b"w", 7) == b"16"
         await wait_applied(c, (await c.leader()).applied_index)
         assert all(m.total == 16 for i, m in c.machines.items() if i != victim)
-        assert leader.core.conf_state().voters == frozenset({1, 2, 3, 4} - {victim})
+        voters = (await c.leader()).core.conf_state().voters
+        assert voters == frozenset({1, 2, 3, 4} - {victim})
     finally:
         await c.close()
+
 
 # --- the runner's I/O order, against the deterministic simulator ---------------
 #
