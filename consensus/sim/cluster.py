@@ -464,8 +464,8 @@ class Simulation:
 
     def _retire(self, node: SimNode, removal_index: int) -> None:
         """The operator decommissions a removed node, as the runbook says: only
-        once it no longer leads and a remaining voter has its removal committed
-        *on disk*. Before that, the departing node may be the only one that can
+        once it no longer leads and a remaining voter (up, not a learner) has its
+        removal committed *on disk*. Before that, the departing node may be the only one that can
         tell the others (with two voters, the survivor needs its vote), so a
         removed node that crashed is restarted like any other until then."""
         if node.retired:
@@ -474,7 +474,10 @@ class Simulation:
             self.clock.after(50, "retire", node.id, removal_index)  # still handing over
             return
         known = any(
-            not n.removed and n.storage.initial_state()[0].commit >= removal_index
+            n.core is not None
+            and not n.removed
+            and n.id in n.core.conf_state().voters
+            and n.storage.initial_state()[0].commit >= removal_index
             for n in self.nodes.values()
         )
         if not known:
