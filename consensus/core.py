@@ -413,22 +413,12 @@ class RaftCore:
             committed_entries=tuple(self.log.next_committed(self.cfg.max_committed_bytes_per_ready)),
             read_states=tuple(self._read_states),
             soft_state=soft if soft != self._prev_soft else None,
-            must_sync_commit=self._commit_covers_conf_change(self._prev_hs.commit, hs.commit),
+            must_sync_commit=self._conf_change_in(self._prev_hs.commit, hs.commit),
         )
         self._msgs = []
         self._read_states = []
         self._outstanding = rd
         return rd
-
-    def _commit_covers_conf_change(self, old: int, new: int) -> bool:
-        """Is there a CONF_CHANGE entry in (old, new]? True when unsure (compacted)."""
-        if new <= old:
-            return False
-        lo = old + 1
-        try:
-            return any(e.type is EntryType.CONF_CHANGE for e in self.log.slice(lo, new + 1))
-        except Compacted:
-            return True
 
     def advance(self, rd: Ready) -> None:
         """The runner finished `rd` (persisted, sent, applied)."""
@@ -612,15 +602,20 @@ class RaftCore:
                 pr.recent_active = False
         return quorum.has_quorum(self.voters, active)
 
-    def _has_unapplied_conf_changes(self) -> bool:
-        lo, hi = self.log.applied + 1, self.log.committed + 1
-        if lo >= hi:
+    def _conf_change_in(self, after: int, upto: int) -> bool:
+        """Is there a CONF_CHANGE entry in (after, upto]? True when unsure (compacted)."""
+        if upto <= after:
             return False
         try:
-            ents = self.log.slice(max(lo, self.log.first_index()), hi)
+            ents = self.log.slice(after + 1, upto + 1)
         except (Compacted, Unavailable):
             return True
         return any(e.type is EntryType.CONF_CHANGE for e in ents)
+
+    def _has_unapplied_conf_changes(self) -> bool:
+        # Entries below the first index are in the snapshot, hence applied.
+        after = max(self.log.applied, self.log.first_index() - 1)
+        return self._conf_change_in(after, self.log.committed)
 
     def _hup(self, transfer: bool) -> None:
         if self.role is Role.LEADER or not self._promotable():

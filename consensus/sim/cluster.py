@@ -464,10 +464,11 @@ class Simulation:
 
     def _retire(self, node: SimNode, removal_index: int) -> None:
         """The operator decommissions a removed node, as the runbook says: only
-        once it no longer leads and a remaining voter (up, not a learner) has its
-        removal committed *on disk*. Before that, the departing node may be the only one that can
-        tell the others (with two voters, the survivor needs its vote), so a
-        removed node that crashed is restarted like any other until then."""
+        once it no longer leads and a remaining voter (up, not a learner) has
+        its removal committed *on disk*. Before that, the departing node may be
+        the only one that can tell the others (with two voters, the survivor
+        needs its vote), so a removed node that crashed is restarted like any
+        other until then."""
         if node.retired:
             return
         if node.core is not None and node.core.role is Role.LEADER:
