@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgpack
@@ -20,7 +21,7 @@ from consensus.driver import (
     open_node,
 )
 from consensus.filestore import FileStorage
-from consensus.messages import EntryType
+from consensus.messages import ConfChange, ConfChangeType, EntryType
 from consensus.session import StaleRequest, decode_batch
 
 FAST = DriverConfig(tick_interval=0.02, election_ticks=10, snapshot_every=20, keep_entries=5)
@@ -114,6 +115,19 @@ async def cluster(tmp_path: Path):
         yield c
     finally:
         await c.close()
+
+
+async def change_until_accepted(leader: Callable[[], Awaitable[Driver]], cc: ConfChange) -> None:
+    """Propose `cc` on whoever leads, retrying while it is refused: until the
+    leader has heard that a learner caught up (its acknowledgement may still be
+    in flight), or while the previous change is unapplied. An operator retries
+    the same way; a loaded machine may also see an election."""
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                return await (await leader()).change_membership(cc)
+            except (ProposalDropped, NotLeader):
+                await asyncio.sleep(0.02)
 
 
 async def wait_applied(c: Cluster, index: int, timeout: float = 10.0) -> None:
@@ -329,7 +343,6 @@ async def test_entry_replaced_by_new_leader_fails_fast_with_proposal_dropped() -
 
 async def test_membership_change_learner_promote_remove_and_transfer() -> None:
     from consensus.memstore import MemoryStorage
-    from consensus.messages import ConfChange, ConfChangeType
 
     net = LoopNet()
     cfg = DriverConfig(tick_interval=0.01, election_ticks=10)
@@ -368,19 +381,9 @@ async def test_membership_change_learner_promote_remove_and_transfer() -> None:
             while joiner.applied_index < lead.applied_index:
                 await asyncio.sleep(0.01)
 
-        async def change(cc: ConfChange) -> None:
-            # Refused until the leader has heard that the learner caught up (its
-            # acknowledgement may still be in flight) or the last change applied.
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        return await lead.change_membership(cc)
-                    except ProposalDropped:
-                        await asyncio.sleep(0.02)
-
-        await change(ConfChange(ConfChangeType.ADD_VOTER, 4))
+        await change_until_accepted(leader, ConfChange(ConfChangeType.ADD_VOTER, 4))
         victim = next(i for i in (1, 2, 3) if i != lead.id)
-        await change(ConfChange(ConfChangeType.REMOVE_NODE, victim))
+        await change_until_accepted(leader, ConfChange(ConfChangeType.REMOVE_NODE, victim))
         assert lead.core.conf_state().voters == frozenset({1, 2, 3, 4} - {victim})
         await lead.transfer_leadership(4)
         async with asyncio.timeout(10):
@@ -400,7 +403,6 @@ async def test_membership_change_learner_promote_remove_and_transfer() -> None:
 
 async def test_a_node_joins_and_a_node_leaves_over_real_tls(tmp_path: Path) -> None:
     """Membership over the mTLS transport: peers are added and removed at run time."""
-    from consensus.messages import ConfChange, ConfChangeType
 
     c = Cluster(tmp_path)
     certs.write_cluster(tmp_path / "certs", [4])  # same CA, one more node certificate
@@ -423,28 +425,16 @@ async def test_a_node_joins_and_a_node_leaves_over_real_tls(tmp_path: Path) -> N
             config=c.config,
             join=True,
         )
-
-        async def change(cc: ConfChange) -> None:
-            # Refused while the leader has not yet heard that the learner caught
-            # up, or while the previous change is unapplied: an operator retries
-            # (on whoever leads: a loaded machine may see an election).
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        return await (await c.leader()).change_membership(cc)
-                    except (ProposalDropped, NotLeader):
-                        await asyncio.sleep(0.05)
-
-        await change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+        await change_until_accepted(c.leader, ConfChange(ConfChangeType.ADD_LEARNER, 4))
         await c.submit(b"1", b"w", 6)  # the learner's match reaches the commit index
         leader = await c.leader()
         async with asyncio.timeout(10):
             while joiner.applied_index < leader.applied_index:
                 await asyncio.sleep(0.01)
         assert c.machines[4].total == 6  # replicated to the new node over TLS
-        await change(ConfChange(ConfChangeType.ADD_VOTER, 4))
+        await change_until_accepted(c.leader, ConfChange(ConfChangeType.ADD_VOTER, 4))
         victim = next(i for i in (1, 2, 3) if i != leader.id)
-        await change(ConfChange(ConfChangeType.REMOVE_NODE, victim))
+        await change_until_accepted(c.leader, ConfChange(ConfChangeType.REMOVE_NODE, victim))
         await c.stop(victim)
         for d in c.nodes.values():
             d.remove_peer(victim)
