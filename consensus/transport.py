@@ -200,10 +200,8 @@ class Transport:
             return
         if len(peer.queue) == peer.queue.maxlen:
             self.stats["dropped_queue_full"] += 1  # deque drops the oldest
-        peer.queue.append(msg)
-        if peer.writer is None:
-            peer.wake.set()
-        elif not peer.flush_scheduled:
+        peer.queue.append(msg)  # while dialling, the sender flushes it once connected
+        if peer.writer is not None and not peer.flush_scheduled:
             peer.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush, peer)
 
