@@ -734,6 +734,7 @@ async def open_node(
     machine: StateMachine,
     config: DriverConfig | None = None,
     join: bool = False,
+    max_frame: int | None = None,
 ) -> Driver:
     """Open durable storage, start the mTLS transport and the runner for one node.
 
@@ -758,6 +759,7 @@ async def open_node(
         server_ctx,
         client_ctx,
         driver.deliver,
+        **({} if max_frame is None else {"max_frame": max_frame}),
     )
     await driver.start()
     return driver

@@ -48,6 +48,7 @@ from consensus.driver import (
     open_node,
     write_cluster_certs,
 )
+from consensus.codec import DEFAULT_MAX_FRAME
 from consensus.session import MAX_CLIENT_ID, MAX_SEQ, SessionError
 
 log = logging.getLogger("consensus.examples.kv")
@@ -203,6 +204,7 @@ class KVConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     snapshot_every: int = 5000
+    max_frame: int = DEFAULT_MAX_FRAME
     request_timeout: float = 5.0
     forward_timeout: float = 6.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -392,6 +394,7 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
         data_dir=cfg.data_dir,
         cert_dir=cfg.cert_dir,
         machine=store,
+        max_frame=cfg.max_frame,
         config=DriverConfig(
             tick_interval=cfg.tick_ms / 1000,
             election_ticks=cfg.election_ticks,
@@ -491,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--election-ticks", type=int, default=10, help="election timeout in ticks")
     s.add_argument("--snapshot-every", type=int, default=5000, help="entries between snapshots")
     s.add_argument(
+        "--max-frame",
+        type=int,
+        default=DEFAULT_MAX_FRAME,
+        help="largest peer frame in bytes (snapshots stream in chunks below it)",
+    )
+    s.add_argument(
         "--inline-io", action="store_true", help="fsync on the event loop, not in a thread"
     )
     s.add_argument(
@@ -521,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     if not _is_loopback(args.http[0]):
         print("--http must be a loopback address: the client API is plain HTTP", file=sys.stderr)
         return 2
+    if not 64 * 1024 <= args.max_frame <= DEFAULT_MAX_FRAME:
+        print(f"--max-frame must be 65536..{DEFAULT_MAX_FRAME}", file=sys.stderr)
+        return 2
     if not 1 <= args.tick_ms <= 10_000 or not 2 <= args.election_ticks <= 1000:
         print("--tick-ms must be 1..10000 and --election-ticks 2..1000", file=sys.stderr)
         return 2
@@ -534,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         tick_ms=args.tick_ms,
         election_ticks=args.election_ticks,
         snapshot_every=max(1, args.snapshot_every),
+        max_frame=args.max_frame,
         extra={
             **({"leader_io_thread": False} if args.inline_io else {}),
             **({"leader_early_send": False} if args.no_early_send else {}),
