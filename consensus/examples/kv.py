@@ -38,6 +38,7 @@ import aiohttp
 import msgpack
 from aiohttp import web
 
+from consensus.codec import DEFAULT_MAX_FRAME
 from consensus.driver import (
     Driver,
     DriverConfig,
@@ -48,7 +49,6 @@ from consensus.driver import (
     open_node,
     write_cluster_certs,
 )
-from consensus.codec import DEFAULT_MAX_FRAME
 from consensus.session import MAX_CLIENT_ID, MAX_SEQ, SessionError
 
 log = logging.getLogger("consensus.examples.kv")
