@@ -84,12 +84,22 @@ __all__ = [
     "Role",
     "SoftState",
     "Status",
+    "TermOutOfRange",
     "bootstrap_log",
 ]
 
 CAMPAIGN_TRANSFER = b"raft/campaign-transfer"  # vote context: leadership transfer, skip lease
 MAX_CTX_BYTES = 1024
 MAX_PENDING_READS = 4096
+# Terms are bounded so that one member cannot exhaust them (docs/consensus.md,
+# "A hostile member"). MAX_TERM leaves 2^62 terms of room below the wire limit
+# (2^63 - 1): a node at MAX_TERM can still encode the pre-vote for MAX_TERM + 1,
+# and it never campaigns past it. One message may move a node's term forward by
+# at most MAX_TERM_STEP, unless at least two other voters (or every other voter
+# of a smaller cluster) have each claimed a term at least that high: one hostile
+# member alone then needs 2^62 / 2^16 = 2^46 accepted messages to use the room up.
+MAX_TERM = 1 << 62
+MAX_TERM_STEP = 1 << 16
 
 
 class Role(IntEnum):
@@ -113,6 +123,11 @@ class ProposalDropped(Exception):
 
 class InvalidMessage(ValueError):
     """A message failed validation and was not applied."""
+
+
+class TermOutOfRange(InvalidMessage):
+    """A message's term is beyond MAX_TERM, or further ahead than one message may
+    move this node's term without other voters vouching for it (dropped, counted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +265,7 @@ class RaftCore:
         self._pending_reads: list[tuple[int, bytes]] = []
         self._leaving_at = 0  # leader removed itself: hand over once voters know this commit
         self._peer_commit: dict[int, int] = {}
+        self._far_claims: dict[int, int] = {}  # voter -> highest term beyond the step it sent
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._prev_hs = hs
@@ -266,9 +282,11 @@ class RaftCore:
             self._tick_election()
 
     def step(self, m: Message) -> None:
-        """Feed one message received from a peer. Raises InvalidMessage if malformed."""
+        """Feed one message received from a peer. Raises InvalidMessage if malformed,
+        TermOutOfRange if its term is out of bounds (see MAX_TERM_STEP)."""
         self._validate(m)
         if m.term > self.term:
+            self._check_term_jump(m)
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
                 force = m.context == CAMPAIGN_TRANSFER
                 in_lease = (
@@ -503,6 +521,32 @@ class RaftCore:
         ):
             raise InvalidMessage("snapshot message without a valid snapshot")
 
+    def _check_term_jump(self, m: Message) -> None:
+        """Refuse a term that leaves no room to grow, or that jumps further than one
+        member may move us alone. A longer jump is taken only when it is vouched for:
+        at least two other voters (every other voter if there are fewer) each sent a
+        term at least as high, so one hostile member cannot make it by itself, while
+        a node that missed more than MAX_TERM_STEP elections still rejoins."""
+        if m.term > MAX_TERM:
+            raise TermOutOfRange(f"term {m.term} from {m.frm} is beyond MAX_TERM")
+        if m.term - self.term <= MAX_TERM_STEP:
+            return
+        others = self.voters - {self.id}
+        if m.frm in others and m.term > self._far_claims.get(m.frm, 0):
+            self._far_claims[m.frm] = m.term
+        # Claims at or below the current term are moot: drop them (bounded by voters).
+        self._far_claims = {
+            n: t for n, t in self._far_claims.items() if n in others and t > self.term
+        }
+        need = min(2, len(others))
+        claims = sorted(self._far_claims.values(), reverse=True)
+        if need and len(claims) >= need and claims[need - 1] >= m.term:
+            return
+        raise TermOutOfRange(
+            f"term {m.term} from {m.frm} is {m.term - self.term} ahead of ours ({self.term}); "
+            f"at most {MAX_TERM_STEP} without another voter vouching for it"
+        )
+
     def _promotable(self) -> bool:
         return self.id in self.voters
 
@@ -620,6 +664,8 @@ class RaftCore:
     def _hup(self, transfer: bool) -> None:
         if self.role is Role.LEADER or not self._promotable():
             return
+        if self.term >= MAX_TERM:
+            return  # no room left: only a leader of MAX_TERM can serve (see MAX_TERM)
         if self._has_unapplied_conf_changes():
             return  # campaigning under a stale membership could split the cluster
         if self.cfg.pre_vote and not transfer:

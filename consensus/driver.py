@@ -424,7 +424,7 @@ class Driver:
             try:
                 core.step(msg)
             except (ValueError, TypeError) as exc:
-                log.warning("dropped message from %d: %s", msg.frm, exc.__class__.__name__)
+                self._count_refused(msg, exc)
         props = self._proposals
         while props:  # everything queued goes out as few, large entries
             tags: list[bytes] = []
@@ -466,6 +466,17 @@ class Driver:
                 core.read_index(ctx)
             except (NotLeader, ProposalDropped) as exc:
                 _settle(fut, exc)
+
+    def _count_refused(self, msg: Message, exc: Exception) -> None:
+        """Count a message the core refused; log the 1st, 2nd, 4th, 8th... of each
+        kind, so that a peer cannot make this node write a line per message."""
+        key = f"refused_{type(exc).__name__}"
+        self.stats[key] += 1
+        n = self.stats[key]
+        if n & (n - 1) == 0:
+            log.warning(
+                "refused a %s from node %d (%d so far): %s", msg.type.name, msg.frm, n, exc
+            )
 
     async def _handle_ready(self) -> None:
         rd = self.core.ready()
