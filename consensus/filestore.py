@@ -21,10 +21,27 @@ Reads are served from an in-memory copy of the entries after the compaction
 point; `compact()` bounds it and deletes segments wholly below the snapshot.
 A failed write or fsync poisons the instance (the file state is then unknown;
 retrying fsync is not safe), and the process must reopen the directory.
+
+The fence file `commit.fence` is the log's witness outside the WAL: the
+commit index this node knew and the newest segment's number, rewritten
+atomically when a segment rolls, every `fence_every` committed entries, on a
+snapshot and on close. The WAL alone cannot tell a newest segment that was
+truncated well before its end, or deleted, from a shorter log: both replay as
+a consistent prefix. On open, a log (with its snapshot) that ends below the
+fenced commit index, or a newest segment older than the fenced one, is refused
+with `CorruptLog` naming the gap, rather than silently forgetting entries the
+cluster counted as stored (etcd refuses in the same way). The fence covers
+what was committed up to its last rewrite; it is a witness against failing
+disks and careless hands, not against someone who can rewrite every file.
+
+Opening also refuses (`StorageFull`) a directory with less than
+`min_free_bytes` free, so that a node whose disk filled up does not restart
+into the same failure: free space, then start it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -54,8 +71,18 @@ _U63 = (1 << 63) - 1
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
 
 
+FENCE_NAME = "commit.fence"
+FENCE_MAGIC = b"CUSTFNC\x00"
+_FENCE = struct.Struct(">8sIQQ")  # magic, version, commit index, newest segment; then crc32
+DEFAULT_FENCE_EVERY = 1024
+
+
 class StorageFailed(StorageError):
     """An earlier write or fsync failed; this instance refuses further use."""
+
+
+class StorageFull(StorageError):
+    """The data directory has less free space than the storage needs to start."""
 
 
 def _pack(obj: Any) -> bytes:
@@ -172,6 +199,34 @@ def _write_atomic(directory: Path, name: str, data: bytes) -> None:
     wal.fsync_dir(directory)
 
 
+def _read_fence(directory: Path) -> tuple[int, int] | None:
+    """(commit index, newest segment) from the fence file, or None if there is none."""
+    path = directory / FENCE_NAME
+    try:
+        buf = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(buf) != _FENCE.size + 4:
+        raise CorruptLog(f"{path}: offset 0: fence file has {len(buf)} bytes")
+    magic, version, commit, seq = _FENCE.unpack_from(buf, 0)
+    (crc,) = struct.unpack_from(">I", buf, _FENCE.size)
+    if magic != FENCE_MAGIC or zlib.crc32(buf[: _FENCE.size]) & 0xFFFFFFFF != crc:
+        raise CorruptLog(f"{path}: offset 0: fence file fails its checksum")
+    if version != wal.FORMAT_VERSION or commit > _U63 or seq > _U63:
+        raise CorruptLog(f"{path}: offset 0: unsupported fence file")
+    return commit, seq
+
+
+def _check_free_space(directory: Path, need: int) -> None:
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise StorageFull(
+            f"{directory}: only {free} bytes free, the log needs at least {need}: "
+            f"free some space (or grow the volume), then start the node again"
+        )
+
+
 # --- the storage ------------------------------------------------------------
 
 
@@ -183,15 +238,26 @@ class FileStorage:
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        self,
+        directory: str | os.PathLike[str],
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        *,
+        min_free_bytes: int | None = None,
+        fence_every: int = DEFAULT_FENCE_EVERY,
     ) -> None:
         if segment_bytes < 1024:
             raise ValueError("segment_bytes must be at least 1024")
+        if fence_every < 1:
+            raise ValueError("fence_every must be positive")
         self.dir = Path(directory)
         if not self.dir.is_dir():
             self.dir.mkdir(parents=True, mode=0o700)
             wal.fsync_dir(self.dir.parent)  # make the new directory's name durable
         self.segment_bytes = segment_bytes
+        self.fence_every = fence_every
+        self._fenced_commit = 0
+        wal.remove_temp_files(self.dir)
+        _check_free_space(self.dir, 2 * segment_bytes if min_free_bytes is None else min_free_bytes)
         self._lock = threading.RLock()
         self._failed = False
         self._hs = HardState()
@@ -206,7 +272,7 @@ class FileStorage:
     # --- recovery -------------------------------------------------------------
 
     def _recover(self) -> None:
-        wal.remove_temp_files(self.dir)
+        fence = _read_fence(self.dir)
         snaps = _list_snapshots(self.dir)
         if snaps:
             idx, trm, path = snaps[-1]
@@ -215,6 +281,11 @@ class FileStorage:
         if not segs:
             if snaps:
                 raise CorruptLog(f"{self.dir}: snapshot present but every WAL segment is missing")
+            if fence is not None:
+                raise CorruptLog(
+                    f"{self.dir}: every WAL segment is missing, but {FENCE_NAME} records "
+                    f"entries up to {fence[0]} as committed"
+                )
             self._writer = wal.SegmentWriter.create(self.dir, 0, [self._seghead_record()])
             self._seg_prev[0] = 0
             return
@@ -229,6 +300,7 @@ class FileStorage:
                 )
         self._replay(scans)
         self._reconcile_snapshot()
+        self._check_against_fence(fence, segs[-1][0])
         last = scans[-1]
         if last.valid_end < last.size:
             wal.truncate_file(last.path, last.valid_end)
@@ -297,6 +369,43 @@ class FileStorage:
         else:
             self._ents = []
         self._base_index, self._base_term = si, st
+
+    def _check_against_fence(self, fence: tuple[int, int] | None, newest_seq: int) -> None:
+        """Refuse a log that ends below what this node knew was committed."""
+        end = self.last_index()
+        commit = self._hs.commit
+        what = "its own hard state"
+        if fence is not None:
+            fenced_commit, fenced_seq = fence
+            if newest_seq < fenced_seq:
+                raise CorruptLog(
+                    f"{self.dir}: WAL segment(s) {newest_seq + 1}..{fenced_seq} are missing "
+                    f"(the newest segment was deleted); {FENCE_NAME} records entries up to "
+                    f"{fenced_commit} as committed; refusing to start without them"
+                )
+            if fenced_commit > commit:
+                commit, what = fenced_commit, FENCE_NAME
+            self._fenced_commit = fenced_commit
+        if end < commit:
+            raise CorruptLog(
+                f"{self.dir}: the log ends at index {end}, but {what} records entries up to "
+                f"{commit} as committed: entries {end + 1}..{commit} are lost (a truncated or "
+                f"deleted WAL segment?); refusing to start rather than forget them. Restore "
+                f"the data directory, or remove this node and add it back empty"
+            )
+
+    def _write_fence(self, commit: int) -> None:
+        """Record `commit` (known committed and durable here) outside the WAL."""
+        assert self._writer is not None
+        commit = max(commit, self._fenced_commit)
+        head = _FENCE.pack(FENCE_MAGIC, wal.FORMAT_VERSION, commit, self._writer.seq)
+        body = head + struct.pack(">I", zlib.crc32(head) & 0xFFFFFFFF)
+        try:
+            _write_atomic(self.dir, FENCE_NAME, body)
+        except BaseException:
+            self._failed = True
+            raise
+        self._fenced_commit = commit
 
     # --- reads ------------------------------------------------------------------
 
@@ -412,6 +521,8 @@ class FileStorage:
             self._hs, self._snap = hs, new_snap
             if snapshot is not None and not snapshot.is_empty:
                 self._remove_old_snapshots()
+            if hs.commit - self._fenced_commit >= self.fence_every:
+                self._write_fence(hs.commit)
 
     def _maybe_roll(self) -> None:
         assert self._writer is not None
@@ -423,6 +534,7 @@ class FileStorage:
         self._writer.close()
         self._writer = new
         self._seg_prev[seq] = self._base_index + len(self._ents)
+        self._write_fence(self._hs.commit)  # a deleted newest segment is now detectable
 
     def _write_snapshot_file(self, s: Snapshot) -> None:
         try:
@@ -456,6 +568,7 @@ class FileStorage:
             self._write_snapshot_file(snap)
             self._snap = snap
             self._remove_old_snapshots()
+            self._write_fence(self._hs.commit)
             return snap
 
     def compact(self, index: int) -> None:
@@ -490,6 +603,9 @@ class FileStorage:
     def close(self) -> None:
         with self._lock:
             if self._writer is not None:
+                if not self._failed and self._hs.commit > self._fenced_commit:
+                    with contextlib.suppress(OSError):  # best effort: a fuller fence
+                        self._write_fence(self._hs.commit)
                 self._writer.close()
                 self._writer = None
 
