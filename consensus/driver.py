@@ -100,6 +100,7 @@ class DriverConfig:
     session_window: int = DEFAULT_WINDOW  # exactly-once: see consensus.session
     max_pending: int = 10_000  # proposals or reads in flight
     max_inbox: int = 50_000  # peer messages queued; beyond it they are dropped
+    max_inbox_bytes: int = 128 << 20  # payload bytes queued (one message always fits)
     default_timeout: float = 5.0
     leader_io_thread: bool = True  # leader fsyncs in a worker thread (False: inline)
     leader_early_send: bool = True  # leader replicates while it fsyncs (see docs)
@@ -119,10 +120,11 @@ class NodeStatus:
     id: int
     leader: int  # 0 = unknown
     term: int
-    role: str
+    role: str  # "failed" once the node fail-stopped (see Driver.failure)
     commit: int
     applied: int
     snapshot_index: int
+    error: str | None = None  # why the node failed
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,7 +185,8 @@ class Driver:
             ),
             storage,
         )
-        self._inbox: deque[Message] = deque()
+        self._inbox: deque[tuple[Message, int]] = deque()
+        self._inbox_bytes = 0
         self._proposals: deque[tuple[bytes, list[object], int]] = deque()  # tag, row, size
         self._reads: deque[bytes] = deque()
         self._admin: deque[tuple[Callable[[], int | None], asyncio.Future[int | None]]] = deque()
@@ -203,6 +206,8 @@ class Driver:
         self._max_batch_bytes = cfg.max_entry_bytes - 64  # room for the batch framing
         self._stopped = False
         self._failed: BaseException | None = None
+        self._failed_event = asyncio.Event()
+        self._closing: asyncio.Future[None] | None = None  # transport stop after a failure
         self.stats: Counter[str] = Counter()
 
     # --- public API ------------------------------------------------------------
@@ -231,20 +236,45 @@ class Driver:
                 self.storage.save(self._latest_hs, ())
                 self._durable_hs = self._latest_hs
         self._fail_all(NodeStopped("node stopped"))
-        if self.transport is not None:
+        if self._closing is not None:
+            with contextlib.suppress(Exception):
+                await self._closing
+        elif self.transport is not None:
             await self.transport.stop()
         close = getattr(self.storage, "close", None)
         if close is not None:
             close()
 
     def deliver(self, msg: Message) -> None:
-        """Transport callback: queue a peer message for the core."""
-        if self._stopped or msg.to != self.id:
+        """Transport callback: queue a peer message for the core.
+
+        Bounded by count and by payload bytes (Raft tolerates message loss);
+        a failed or stopped node takes nothing.
+        """
+        if self._stopped or self._failed is not None or msg.to != self.id:
             return
-        if len(self._inbox) >= self.config.max_inbox:
-            return  # Raft tolerates message loss; memory stays bounded
-        self._inbox.append(msg)
+        size = _payload_size(msg)
+        cfg = self.config
+        if self._inbox and (
+            len(self._inbox) >= cfg.max_inbox or self._inbox_bytes + size > cfg.max_inbox_bytes
+        ):
+            self.stats["inbox_dropped"] += 1
+            return
+        self._inbox.append((msg, size))
+        self._inbox_bytes += size
         self._wake.set()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the node fail-stopped (a storage failure or a bug), or None."""
+        return self._failed
+
+    async def wait_failed(self) -> BaseException:
+        """Return once the node has fail-stopped; the process should then exit
+        non-zero so that a supervisor restarts it on a healthy disk."""
+        await self._failed_event.wait()
+        assert self._failed is not None
+        return self._failed
 
     async def propose(
         self,
@@ -359,14 +389,16 @@ class Driver:
 
     def status(self) -> NodeStatus:
         st = self.core.status()
+        failed = self._failed
         return NodeStatus(
             id=self.id,
-            leader=st.leader,
+            leader=0 if failed else st.leader,
             term=st.term,
-            role=_role_name(st.role),
+            role="failed" if failed else _role_name(st.role),
             commit=st.commit,
             applied=self._applied,
             snapshot_index=self._snap_index,
+            error=None if failed is None else f"{type(failed).__name__}: {failed}",
         )
 
     @property
@@ -407,11 +439,30 @@ class Driver:
                     self._drain()
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # a bug or a storage failure: stop serving
-            log.exception("raft node %d stopped on error", self.id)
-            self._failed = exc
-            self._fail_all(NodeStopped(f"node failed: {exc!r}"))
-            raise
+        except BaseException as exc:  # a bug or a storage failure: fail-stop
+            log.critical("raft node %d failed and stops serving: %r", self.id, exc)
+            self._fail_stop(exc)
+
+    def _fail_stop(self, exc: BaseException) -> None:
+        """Stop everything after a storage failure or a bug: the durable state is
+        unknown, so this node must neither answer, nor vote, nor claim a role.
+
+        Pending requests fail with NodeStopped, the ticker stops, queued peer
+        messages are dropped, and the transport is closed (peers see it as down
+        and elect without it). `wait_failed()` wakes the application, which
+        should exit non-zero for a supervisor to restart the process.
+        """
+        self._failed = exc
+        self._fail_all(NodeStopped(f"node failed: {exc!r}"))
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        me = asyncio.current_task()
+        for t in self._tasks:
+            if t is not me:
+                t.cancel()
+        if self.transport is not None:
+            self._closing = asyncio.ensure_future(self.transport.stop())
+        self._failed_event.set()
 
     def _drain(self) -> None:
         core = self.core
@@ -420,7 +471,8 @@ class Driver:
             core.tick()
         inbox = self._inbox
         while inbox:
-            msg = inbox.popleft()
+            msg, size = inbox.popleft()
+            self._inbox_bytes -= size
             try:
                 core.step(msg)
             except (ValueError, TypeError) as exc:
@@ -714,6 +766,16 @@ def split_early(
     for m in rd.messages:
         (early if m.type in _EARLY and m.frm == node_id else late).append(m)
     return early, late
+
+
+def _payload_size(m: Message) -> int:
+    """Bytes a queued message holds beyond its fixed fields (for the inbox bound)."""
+    size = 64 + len(m.context)
+    for e in m.entries:
+        size += 32 + len(e.data)
+    if m.snapshot is not None:
+        size += len(m.snapshot.data)
+    return size
 
 
 def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:

@@ -28,6 +28,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from consensus.driver import (
     write_cluster_certs,
 )
 from consensus.session import MAX_CLIENT_ID, MAX_SEQ, SessionError
+from consensus.storage import StorageError
 
 log = logging.getLogger("consensus.examples.kv")
 
@@ -316,7 +318,8 @@ async def handle_status(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     http = {str(k): v for k, v in store.http.items()}
     return web.json_response(
-        {**st.as_dict(), "keys": len(store.data), "http": http, "stats": dict(node.stats)}
+        {**st.as_dict(), "keys": len(store.data), "http": http, "stats": dict(node.stats)},
+        status=503 if st.error else 200,
     )
 
 
@@ -358,6 +361,9 @@ async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Translate domain errors into HTTP answers; NotLeader becomes a forward."""
+    failure = request.app[NODE].failure
+    if failure is not None and request.path != "/status":
+        return _error(503, leader=None, error=f"node failed: {failure}")
     try:
         try:
             return await handler(request)
@@ -553,10 +559,49 @@ def main(argv: list[str] | None = None) -> int:
             **({"defer_commit_fsync": False} if args.sync_commit_index else {}),
         },
     )
-    web.run_app(
-        create_app(cfg), host=cfg.http_host, port=cfg.http_port, print=None, access_log=None
-    )
-    return 0
+    return asyncio.run(serve(cfg))
+
+
+async def serve(cfg: KVConfig) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0) or until it fail-stops (exit 1).
+
+    A node whose storage failed stops serving at once (the runner closes its
+    Raft transport; HTTP answers 503) and the process exits non-zero, so that
+    a supervisor restarts it; a restart on a disk that is still full is
+    refused with a clear message (exit 1 as well).
+    """
+    runner = web.AppRunner(create_app(cfg), access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+    except StorageError as exc:
+        print(f"kv node {cfg.node_id}: cannot start: {exc}", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        return 1
+    node = runner.app[NODE]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        site = web.TCPSite(runner, cfg.http_host, cfg.http_port)
+        await site.start()
+        failed = asyncio.ensure_future(node.wait_failed())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (failed, stopped):
+            t.cancel()
+        if node.failure is not None:
+            print(
+                f"kv node {cfg.node_id}: failed and stopped serving: {node.failure!r}; "
+                f"exiting for a supervisor to restart it",
+                file=sys.stderr,
+            )
+            code = 1
+    finally:
+        await runner.cleanup()
+    return code
 
 
 if __name__ == "__main__":
