@@ -1,8 +1,11 @@
 """Approval signatures: Ed25519 by a registered approver over the canonical digest.
 
-Verification uses `cryptography`'s Ed25519 (strict RFC 8032 verification by
-OpenSSL). The signed message is exactly the 64-byte request digest, which is
-already domain-separated by its own context string (see `digest.py`).
+Verification uses `cryptography`'s Ed25519 (RFC 8032 by OpenSSL) after the
+strict encoding checks of `ed25519.py`: a registered key must be canonical and
+of prime order (a small-order key lets anyone forge "its" signatures), and a
+signature's R must be canonical and not of small order, its S reduced. The
+signed message is exactly the 64-byte request digest, which is already
+domain-separated by its own context string (see `digest.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .commands import signing_bytes
-from .digest import signing_digest
+from .digest import genesis_digest, signing_digest
+from .ed25519 import is_strict_public_key, is_strict_signature
 from .errors import Reason, Rejected
 
 PUBLIC_KEY_LEN = 32
@@ -28,21 +32,33 @@ def verify_approval(public_key: bytes, digest: bytes, signature: bytes) -> None:
         raise Rejected(Reason.NOT_AN_APPROVER, "approver has no signing key")
     if len(digest) != DIGEST_LEN or len(signature) != SIGNATURE_LEN:
         raise Rejected(Reason.BAD_SIGNATURE, "wrong digest or signature length")
+    _strict(public_key, signature)
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, digest)
     except (InvalidSignature, ValueError):
         raise Rejected(Reason.BAD_SIGNATURE, "approval signature does not verify") from None
 
 
-def valid_public_key(public_key: bytes) -> bool:
-    """Can `public_key` be loaded as a raw Ed25519 public key?"""
-    if len(public_key) != PUBLIC_KEY_LEN:
-        return False
+def _strict(public_key: bytes, signature: bytes) -> None:
+    if not is_strict_public_key(public_key):
+        raise Rejected(Reason.BAD_SIGNATURE, "signer's key is not a strict Ed25519 key")
+    if not is_strict_signature(signature):
+        raise Rejected(Reason.BAD_SIGNATURE, "signature is not a strict Ed25519 encoding")
+
+
+def verify_result(group_public_key: bytes, message: bytes, signature: bytes) -> None:
+    """A sign request's result: a standard Ed25519 signature by the version's group key."""
+    if len(signature) != SIGNATURE_LEN or not is_strict_signature(signature):
+        raise Rejected(Reason.BAD_RESULT, "a sign result is a 64-byte Ed25519 signature")
     try:
-        Ed25519PublicKey.from_public_bytes(public_key)
-    except ValueError:
-        return False
-    return True
+        Ed25519PublicKey.from_public_bytes(group_public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise Rejected(Reason.BAD_RESULT, "signature does not verify under the group key") from None
+
+
+def valid_public_key(public_key: bytes) -> bool:
+    """Is `public_key` a canonical Ed25519 point of prime order (safe to register)?"""
+    return len(public_key) == PUBLIC_KEY_LEN and is_strict_public_key(public_key)
 
 
 def quorum_met(approvals: int, k: int) -> bool:
@@ -61,6 +77,11 @@ def signing_message(cmd: Any, cluster_id: str) -> bytes:
     return signing_digest(cluster_id, signing_bytes(cmd))
 
 
+def genesis_of(bootstrap: Any) -> bytes:
+    """The genesis digest of a bootstrap command, for cluster initialisation to write."""
+    return genesis_digest(signing_bytes(bootstrap))
+
+
 def with_signature(cmd: Any, signature: bytes) -> Any:
     """`cmd` with its `signature` field set (after signing `signing_message` elsewhere)."""
     return dataclasses.replace(cmd, signature=bytes(signature))
@@ -75,6 +96,7 @@ def verify_command_signature(public_key: bytes, cmd: Any, cluster_id: str) -> No
     """Return if `cmd.signature` is valid for `public_key`; else Rejected(BAD_SIGNATURE)."""
     if len(public_key) != PUBLIC_KEY_LEN:
         raise Rejected(Reason.BAD_SIGNATURE, "author has no registered signing key")
+    _strict(public_key, cmd.signature)
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
             cmd.signature, signing_message(cmd, cluster_id)

@@ -18,12 +18,14 @@ registered key (operator principal key, or member identity key) over
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import msgpack
 
 from .errors import DecodeError
+from .names import is_author_name, is_member_name, is_principal_name
 
 SCHEMA_VERSION = 1
 MAX_COMMAND_BYTES = 80 * 1024
@@ -34,8 +36,15 @@ MAX_PRINCIPALS = 256
 MAX_APPROVERS = 64
 U32 = (1 << 32) - 1
 U62 = (1 << 62) - 1
+# Epochs stay far inside the schema: the largest epoch plus the largest waiting or grace
+# period (U32) plus the largest time lock (U32) is still < 2^62, so no derived epoch
+# (activation = epoch + waiting, destroyable = retired + grace) can leave its field.
+MAX_EPOCH = 1 << 48
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+# Text is printable ASCII, spelled out: `str.isprintable()` follows the interpreter's
+# Unicode tables, so replicas on two Python versions would disagree on new characters.
+_TEXT_RE = re.compile(r"[\x20-\x7e]*")
 _RID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
@@ -62,6 +71,28 @@ class Name(Spec):
         return value
 
 
+class NameRule(Spec):
+    """A member or principal name, by the PKI's rule (`names.py`)."""
+
+    def __init__(self, rule: Callable[[str], bool], what: str) -> None:
+        self.rule, self.what = rule, what
+
+    def check(self, value: Any, path: str) -> str:
+        if type(value) is not str or not self.rule(value):
+            raise DecodeError(f"{path}: expected {self.what}")
+        return value
+
+
+class Ref(Spec):
+    """A request reference `<author>:<request id>` (request ids are scoped by author)."""
+
+    def check(self, value: Any, path: str) -> str:
+        author, sep, rid = value.partition(":") if type(value) is str else ("", "", "")
+        if not sep or not is_author_name(author) or not _RID_RE.fullmatch(rid):
+            raise DecodeError(f"{path}: expected a request reference <author>:<request id>")
+        return value
+
+
 class Text(Spec):
     def __init__(self, max_chars: int = MAX_TEXT_CHARS) -> None:
         self.max_chars = max_chars
@@ -69,8 +100,8 @@ class Text(Spec):
     def check(self, value: Any, path: str) -> str:
         if type(value) is not str:
             raise DecodeError(f"{path}: expected a string")
-        if len(value) > self.max_chars or not value.isprintable():
-            raise DecodeError(f"{path}: string too long or not printable")
+        if len(value) > self.max_chars or not _TEXT_RE.fullmatch(value):
+            raise DecodeError(f"{path}: string too long or not printable ASCII")
         return value
 
 
@@ -158,6 +189,11 @@ def _check_fields(raw: dict[Any, Any], schema: tuple[tuple[str, Spec], ...], pat
 
 # ------------------------------------------------------------ nested values
 
+PRINCIPAL = NameRule(is_principal_name, "a principal name ([a-z][a-z0-9_-]{0,31}, not node-*)")
+MEMBER = NameRule(is_member_name, "a member name (node-1 .. node-15)")
+AUTHOR = NameRule(is_author_name, "a member or principal name")
+REF = Ref()
+
 ROLES = ("operator", "approver", "client", "auditor")
 
 
@@ -167,8 +203,8 @@ class MemberSpec:
     index: int
     public_key: bytes
     SCHEMA: ClassVar = (
-        ("name", Name()),
-        ("index", Int(1, 255)),
+        ("name", MEMBER),
+        ("index", Int(1, MAX_MEMBERS)),
         ("public_key", Bytes(lengths=(32,))),
     )
 
@@ -179,7 +215,7 @@ class PrincipalSpec:
     role: str
     public_key: bytes  # raw Ed25519 (32 bytes) or empty for roles that never sign
     SCHEMA: ClassVar = (
-        ("name", Name()),
+        ("name", PRINCIPAL),
         ("role", OneOf(*ROLES)),
         ("public_key", Bytes(lengths=(0, 32))),
     )
@@ -209,6 +245,7 @@ class Bootstrap(Command):
     threshold: int
     members: tuple[MemberSpec, ...]
     principals: tuple[PrincipalSpec, ...]
+    unsafe: bool = False  # explicit, audited waiver of the two-party minimums (t >= 2)
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "bootstrap"
     SCHEMA: ClassVar = (
@@ -216,6 +253,7 @@ class Bootstrap(Command):
         ("threshold", Int(1, MAX_MEMBERS)),
         ("members", ListOf(Struct(MemberSpec), MAX_MEMBERS)),
         ("principals", ListOf(Struct(PrincipalSpec), MAX_PRINCIPALS)),
+        ("unsafe", Bool()),
         ("signature", SIGNATURE),
     )
 
@@ -246,9 +284,9 @@ class SetPolicy(Command):
     KIND: ClassVar[str] = "set_policy"
     SCHEMA: ClassVar = (
         ("policy_id", Name()),
-        ("requesters", ListOf(Name(), MAX_PRINCIPALS, unique=True)),
+        ("requesters", ListOf(PRINCIPAL, MAX_PRINCIPALS, unique=True)),
         ("operations", ListOf(OneOf("sign", "decrypt"), 2, unique=True)),
-        ("approvers", ListOf(Name(), MAX_APPROVERS, unique=True)),
+        ("approvers", ListOf(PRINCIPAL, MAX_APPROVERS, unique=True)),
         ("k", Int(1, MAX_APPROVERS)),
         ("rotation_interval_s", Int(0, U62)),
         ("max_uses", Int(0, U62)),
@@ -266,7 +304,7 @@ class AdvanceEpoch(Command):
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "advance_epoch"
     SCHEMA: ClassVar = (
-        ("epoch", Int(1, U62)),
+        ("epoch", Int(1, MAX_EPOCH)),
         ("at", Int(0, U62)),
         ("signature", SIGNATURE),
     )
@@ -284,7 +322,7 @@ class CreateKey(Command):
         ("key_id", Name()),
         ("purpose", OneOf("sign", "encrypt")),
         ("policy_id", Name()),
-        ("activate_epoch", Int(0, U62)),
+        ("activate_epoch", Int(0, MAX_EPOCH)),
         ("signature", SIGNATURE),
     )
 
@@ -329,7 +367,7 @@ class RequestRotate(Command):
     SCHEMA: ClassVar = (
         ("key_id", Name()),
         ("at", Int(0, U62)),
-        ("activate_epoch", Int(0, U62)),
+        ("activate_epoch", Int(0, MAX_EPOCH)),
         ("signature", SIGNATURE),
     )
 
@@ -365,7 +403,7 @@ class Approve(Command):
     request: str
     signature: bytes  # Ed25519 over the 64-byte canonical request digest
     KIND: ClassVar[str] = "approve"
-    SCHEMA: ClassVar = (("request", RID), ("signature", SIGNATURE))
+    SCHEMA: ClassVar = (("request", REF), ("signature", SIGNATURE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +414,7 @@ class RecordDkgResult(Command):
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "record_dkg_result"
     SCHEMA: ClassVar = (
-        ("request", RID),
+        ("request", REF),
         ("group_public_key", Bytes(lengths=(32,))),
         ("verification_shares", ListOf(Bytes(lengths=(32,)), MAX_MEMBERS)),
         ("signature", SIGNATURE),
@@ -386,12 +424,15 @@ class RecordDkgResult(Command):
 @dataclass(frozen=True, slots=True)
 class RecordResult(Command):
     request: str
-    result_digest: bytes  # e.g. SHA-512 of the signature; never plaintext
+    # sign: the 64-byte Ed25519 signature (verified on apply with the group key over the
+    # stored message); decrypt: a 32..64-byte digest of this member's partial and proof.
+    # Never plaintext.
+    result: bytes
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "record_result"
     SCHEMA: ClassVar = (
-        ("request", RID),
-        ("result_digest", Bytes(min_len=32, max_len=64)),
+        ("request", REF),
+        ("result", Bytes(min_len=32, max_len=64)),
         ("signature", SIGNATURE),
     )
 
@@ -402,7 +443,7 @@ class RecordFailure(Command):
     reason: str
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "record_failure"
-    SCHEMA: ClassVar = (("request", RID), ("reason", Text()), ("signature", SIGNATURE))
+    SCHEMA: ClassVar = (("request", REF), ("reason", Text()), ("signature", SIGNATURE))
 
 
 COMMANDS: dict[str, type[Command]] = {
@@ -425,7 +466,7 @@ COMMANDS: dict[str, type[Command]] = {
     )
 }
 
-_HEADER: tuple[tuple[str, Spec], ...] = (("request_id", RID), ("author", Name()))
+_HEADER: tuple[tuple[str, Spec], ...] = (("request_id", RID), ("author", AUTHOR))
 
 
 def encode_command(cmd: Command) -> bytes:

@@ -2,14 +2,21 @@
 
 The digest is what approvers sign and what every node recomputes before it
 contributes a share, so its bytes must be identical on every node and in every
-client library. Encoding (documented byte by byte in docs/state-machine.md):
+client library. It binds every field an approver decides on, for every kind:
+what (kind, key, purpose, version, context, payload, activation epoch), who
+asked (author, request id), under which rules (policy id and the hash of the
+policy's content at submission) and with which quorum (approvers, k).
+Encoding (documented byte by byte in docs/state-machine.md):
 
     digest = SHA-512( lp(REQUEST_CONTEXT)
                       || lp(cluster_id) || lp(kind) || lp(request_id) || lp(author)
-                      || lp(key_id) || lp(u64be(version)) || lp(context)
+                      || lp(key_id) || lp(purpose) || lp(policy_id) || lp(policy_sha512)
+                      || lp(names(approvers)) || lp(u64be(k))
+                      || lp(u64be(version)) || lp(context)
                       || lp(payload_sha512) || lp(u64be(activate_epoch)) )
 
-    lp(x) = u32be(len(x)) || x         strings are UTF-8
+    lp(x) = u32be(len(x)) || x         strings are UTF-8 (ASCII by schema)
+    names(xs) = lp(x1) || lp(x2) || ...  (sorted)
     payload_sha512 = SHA-512(lp(PAYLOAD_CONTEXT) || payload)   (empty payload: b"")
 """
 
@@ -18,11 +25,23 @@ from __future__ import annotations
 import hashlib
 import struct
 
-REQUEST_CONTEXT = b"custody-cluster/v1/request-digest"
+from .model import Policy, Request
+
+# Kinds whose version is chosen at submission (create/rotate hash 0: their version
+# number is assigned on approval, after the approvers signed).
+VERSIONED_KINDS = frozenset({"sign", "decrypt", "revoke", "destroy"})
+POLICY_FIELDS = (
+    "policy_id", "requesters", "operations", "approvers", "k", "rotation_interval_s",
+    "max_uses", "grace_epochs", "waiting_epochs", "escrow",
+)  # fmt: skip
+
+REQUEST_CONTEXT = b"custody-cluster/v2/request-digest"
+POLICY_CONTEXT = b"custody-cluster/v1/policy"
 PAYLOAD_CONTEXT = b"custody-cluster/v1/request-payload"
 COMMAND_CONTEXT = b"custody-cluster/v1/command"
 DKG_POST_CONTEXT = b"custody-cluster/v1/dkg-post"
 SIGNED_COMMAND_CONTEXT = b"custody-cluster/v1/signed-command"
+GENESIS_CONTEXT = b"custody-cluster/v1/genesis"
 
 
 def lp(data: bytes | str) -> bytes:
@@ -46,6 +65,35 @@ def payload_hash(payload: bytes) -> bytes:
     return hashlib.sha512(lp(PAYLOAD_CONTEXT) + payload).digest()
 
 
+def names(items: tuple[str, ...] | list[str]) -> bytes:
+    """A list of strings, each length-prefixed (callers pass them sorted)."""
+    return b"".join(lp(x) for x in items)
+
+
+def policy_hash(
+    *,
+    policy_id: str,
+    requesters: tuple[str, ...],
+    operations: tuple[str, ...],
+    approvers: tuple[str, ...],
+    k: int,
+    rotation_interval_s: int,
+    max_uses: int,
+    grace_epochs: int,
+    waiting_epochs: int,
+    escrow: bool,
+) -> bytes:
+    """SHA-512 of a policy's whole content: what a create-key approver agrees to."""
+    body = b"".join(
+        (
+            lp(POLICY_CONTEXT), lp(policy_id), lp(names(requesters)), lp(names(operations)),
+            lp(names(approvers)), u64(k), u64(rotation_interval_s), u64(max_uses),
+            u64(grace_epochs), u64(waiting_epochs), u64(int(escrow)),
+        )
+    )  # fmt: skip
+    return hashlib.sha512(body).digest()
+
+
 def request_digest(
     *,
     cluster_id: str,
@@ -53,10 +101,15 @@ def request_digest(
     request_id: str,
     author: str,
     key_id: str,
+    purpose: str,
+    policy_id: str,
+    policy_sha512: bytes,
+    approvers: tuple[str, ...],
+    k: int,
     version: int,
     context: str,
     payload_sha512: bytes,
-    activate_epoch: int = 0,
+    activate_epoch: int,
 ) -> bytes:
     """The 64-byte canonical digest of a request (see the module docstring)."""
     parts = (
@@ -66,6 +119,11 @@ def request_digest(
         lp(request_id),
         lp(author),
         lp(key_id),
+        lp(purpose),
+        lp(policy_id),
+        lp(policy_sha512),
+        lp(names(approvers)),
+        lp(u64(k)),
         lp(u64(version)),
         lp(context),
         lp(payload_sha512),
@@ -86,6 +144,40 @@ def dkg_post_digest(group_public_key: bytes, verification_shares: tuple[bytes, .
     return hashlib.sha512(body).digest()
 
 
+def genesis_digest(bootstrap_signing_bytes: bytes) -> bytes:
+    """The cluster's genesis: the digest of its one bootstrap command (without signature).
+
+    Cluster initialisation writes it into every member's configuration; a machine
+    accepts only the bootstrap with this digest, so a bootstrap raced in first by
+    anyone else is refused.
+    """
+    return hashlib.sha512(lp(GENESIS_CONTEXT) + bootstrap_signing_bytes).digest()
+
+
 def signing_digest(cluster_id: str, signing_bytes: bytes) -> bytes:
     """What the author of a signed command signs: its canonical body, bound to the cluster."""
     return hashlib.sha512(lp(SIGNED_COMMAND_CONTEXT) + lp(cluster_id) + signing_bytes).digest()
+
+
+def digest_of(req: Request, cluster_id: str, payload_sha512: bytes) -> bytes:
+    """Recompute a stored request's digest from its own fields (never from `req.digest`)."""
+    return request_digest(
+        cluster_id=cluster_id,
+        kind=req.kind.value,
+        request_id=req.request_id,
+        author=req.author,
+        key_id=req.key_id,
+        purpose=req.purpose,
+        policy_id=req.policy_id,
+        policy_sha512=req.policy_hash,
+        approvers=req.approvers,
+        k=req.k,
+        version=req.version if req.kind.value in VERSIONED_KINDS else 0,
+        context=req.context,
+        payload_sha512=payload_sha512,
+        activate_epoch=req.activate_epoch,
+    )
+
+
+def policy_hash_of(policy: Policy) -> bytes:
+    return policy_hash(**{f: getattr(policy, f) for f in POLICY_FIELDS})

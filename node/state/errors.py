@@ -47,6 +47,7 @@ class Reason(StrEnum):
     DUPLICATE_POST = "duplicate_post"
     INVALID_ARGUMENT = "invalid_argument"
     LIMIT_REACHED = "limit_reached"
+    BAD_RESULT = "bad_result"
 
 
 class StateError(Exception):

@@ -25,6 +25,7 @@ from .approvals import (
     valid_public_key,
     verify_approval,
     verify_command_signature,
+    verify_result,
 )
 from .audit import GENESIS, make_record
 from .commands import (
@@ -46,11 +47,20 @@ from .commands import (
     SetPolicy,
     decode_command,
     encode_command,
+    signing_bytes,
 )
-from .digest import command_digest, dkg_post_digest, payload_hash, request_digest
+from .digest import (
+    command_digest,
+    digest_of,
+    dkg_post_digest,
+    genesis_digest,
+    payload_hash,
+    policy_hash_of,
+)
 from .errors import DecodeError, Reason, Rejected
 from .model import (
     Dedup,
+    EpochVote,
     Key,
     Member,
     Op,
@@ -66,6 +76,7 @@ from .model import (
     Version,
     VersionState,
 )
+from .names import member_index, ref
 from .snapshot import decode_state, encode_state
 
 MAX_PRINCIPALS = 1024
@@ -74,6 +85,16 @@ MAX_KEYS = 4096
 MAX_OPEN_REQUESTS = 10_000  # pending or approved, cluster-wide (payloads live in the state)
 MAX_OPEN_PER_AUTHOR = 1_000  # so that one client cannot fill the cluster's share
 OUTCOME_VERSION = 1
+# Rejections that leave the author unproven (unknown, removed, wrong role, forged
+# signature, no cluster yet): audited, but never remembered in the exactly-once table.
+UNAUTHENTICATED = frozenset(
+    {
+        Reason.NOT_BOOTSTRAPPED,
+        Reason.UNKNOWN_AUTHOR,
+        Reason.UNAUTHORIZED,
+        Reason.BAD_SIGNATURE,
+    }
+)
 
 RS = RequestState
 VS = VersionState
@@ -89,6 +110,7 @@ class _Effect:
     version: int = 0
     digest: bytes = b""
     detail: str = ""
+    flag: str = ""  # a loud marker appended to the audit outcome: "<code>!<flag>"
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
@@ -122,8 +144,11 @@ def decode_outcome(data: bytes) -> Outcome:
 class Machine:
     """Applies commands to one `State`. Deterministic: same commands, same bytes."""
 
-    def __init__(self, state: State | None = None) -> None:
+    def __init__(self, state: State | None = None, *, genesis: bytes | None = None) -> None:
+        """`genesis`: the digest cluster initialisation wrote (`genesis_digest` of the one
+        bootstrap command this cluster accepts). Without it no bootstrap is accepted."""
         self.state = state if state is not None else State()
+        self.genesis = genesis
         self._handlers: dict[type[Command], Callable[[Any], _Effect]] = {
             Bootstrap: self._bootstrap,
             AddPrincipal: self._add_principal,
@@ -155,19 +180,29 @@ class Machine:
         return encode_state(self.state)
 
     def restore(self, data: bytes) -> None:
-        """Replace the state by a snapshot (checked first; on error the state is unchanged)."""
-        self.state = decode_state(data)
+        """Replace the state by a snapshot (checked first; on error the state is unchanged).
+
+        A machine configured with a genesis digest refuses a snapshot of another cluster.
+        """
+        state = decode_state(data)
+        foreign = state.bootstrapped and not hmac.compare_digest(state.genesis, self.genesis or b"")
+        if self.genesis is not None and foreign:
+            raise DecodeError("snapshot belongs to another cluster (genesis differs)")
+        self.state = state
 
     @classmethod
-    def from_snapshot(cls, data: bytes) -> Machine:
-        return cls(decode_state(data))
+    def from_snapshot(cls, data: bytes, *, genesis: bytes | None = None) -> Machine:
+        machine = cls(genesis=genesis)
+        machine.restore(data)
+        return machine
 
     # --------------------------------------------------------------- apply
 
     def apply_command(self, cmd: Command) -> Outcome:
         """Apply a command value: accepted (state + one audit record) or rejected (audited)."""
         cdig = command_digest(encode_command(cmd))
-        prior = self.state.outcomes.get(cmd.request_id)
+        scoped = ref(cmd.author, cmd.request_id)  # request ids are scoped by their author
+        prior = self.state.outcomes.get(scoped)
         if prior is not None:
             if hmac.compare_digest(prior.command_digest, cdig):
                 return prior.outcome  # exactly-once: a retry gets the first outcome
@@ -178,21 +213,25 @@ class Machine:
             effect = self._handlers[type(cmd)](cmd)
         except Rejected as rej:
             outcome = self._audit_rejection(cmd, rej, cdig)
+            if rej.reason in UNAUTHENTICATED or isinstance(cmd, Bootstrap):
+                # Nobody proved they sent it: remembering it would let anyone fill the
+                # table, or take a real author's request id with a forgery.
+                return outcome
         else:
             rec = self._append_audit(
                 cmd,
-                subject=effect.subject or cmd.request_id,
+                subject=effect.subject or scoped,
                 key_id=effect.key_id,
                 version=effect.version,
                 digest=effect.digest or cdig,
-                outcome=effect.code,
+                outcome=f"{effect.code}!{effect.flag}" if effect.flag else effect.code,
             )
             outcome = Outcome(cmd.request_id, True, effect.code, effect.detail, rec.seq)
-        self.state.outcomes[cmd.request_id] = Dedup(cdig, outcome)
+        self.state.outcomes[scoped] = Dedup(cdig, outcome)
         return outcome
 
     def _audit_rejection(self, cmd: Command, rej: Rejected, cdig: bytes) -> Outcome:
-        subject = getattr(cmd, "request", cmd.request_id)
+        subject = getattr(cmd, "request", ref(cmd.author, cmd.request_id))
         req = self.state.requests.get(subject)
         key_id = getattr(cmd, "key_id", "") or (req.key_id if req else "")
         version = getattr(cmd, "version", 0) or (req.version if req else 0)
@@ -281,36 +320,30 @@ class Machine:
                 Reason.INVALID_ARGUMENT, f"activation epoch must be > {self.state.epoch}"
             )
         phash = payload_hash(payload)
-        digest = request_digest(
-            cluster_id=self.state.cluster_id,
-            kind=kind.value,
-            request_id=cmd.request_id,
-            author=cmd.author,
-            key_id=key.key_id,
-            version=version,
-            context=context,
-            payload_sha512=phash,
-            activate_epoch=activate_epoch,
-        )
-        return Request(
+        req = Request(
             request_id=cmd.request_id,
             kind=kind,
             author=cmd.author,
             key_id=key.key_id,
+            purpose=key.purpose.value,
+            policy_id=policy.policy_id,
+            policy_hash=policy_hash_of(policy),
             version=version,
             context=context,
             payload_hash=phash,
-            digest=digest,
+            digest=b"",
             submitted_epoch=self.state.epoch,
             approvers=policy.approvers,
             k=policy.k,
             activate_epoch=activate_epoch,
             payload=payload,
         )
+        req.digest = digest_of(req, self.state.cluster_id, phash)
+        return req
 
     def _register(self, req: Request) -> None:
-        self.state.requests[req.request_id] = req
-        self.state.open[req.request_id] = req.author
+        self.state.requests[req.ref] = req
+        self.state.open[req.ref] = req.author
 
     def _still_possible(self, req: Request) -> bool:
         """Can `req` still take effect, given its version's current state?"""
@@ -343,12 +376,12 @@ class Machine:
 
     def _finish(self, req: Request, state: RequestState, failure: str = "") -> None:
         req.state = state
-        self.state.open.pop(req.request_id, None)
+        self.state.open.pop(req.ref, None)
         req.failure = failure
         req.payload = b""
         req.decided_epoch = req.decided_epoch or self.state.epoch
         key = self.state.keys.get(req.key_id)
-        if key is not None and key.lifecycle_request == req.request_id:
+        if key is not None and key.lifecycle_request == req.ref:
             key.lifecycle_request = ""
 
     def _set_version_state(self, key: Key, version: Version, event: str) -> None:
@@ -386,14 +419,23 @@ class Machine:
     def _bootstrap(self, cmd: Bootstrap) -> _Effect:
         if self.state.bootstrapped:
             raise Rejected(Reason.ALREADY_BOOTSTRAPPED, "bootstrap happens once")
+        genesis = genesis_digest(signing_bytes(cmd))
+        if self.genesis is None or not hmac.compare_digest(genesis, self.genesis):
+            raise Rejected(
+                Reason.INVALID_CLUSTER, "bootstrap does not match this cluster's genesis"
+            )
         members, principals = cmd.members, cmd.principals
         if not members or not 1 <= cmd.threshold <= len(members):
             raise Rejected(Reason.INVALID_CLUSTER, "need 1 <= threshold <= number of members")
+        if len(members) >= 2 and cmd.threshold < 2 and not cmd.unsafe:
+            raise Rejected(
+                Reason.INVALID_CLUSTER, "threshold 1 lets one member act alone (needs unsafe)"
+            )
+        if any(member_index(m.name) != m.index for m in members):
+            raise Rejected(Reason.INVALID_CLUSTER, "member node-<i> must have index i")
         names = [m.name for m in members] + [p.name for p in principals]
         if len(set(names)) != len(names):
             raise Rejected(Reason.DUPLICATE_NAME, "member and principal names must be unique")
-        if len({m.index for m in members}) != len(members):
-            raise Rejected(Reason.INVALID_CLUSTER, "participant indices must be unique")
         if len({m.public_key for m in members}) != len(members) or not all(
             valid_public_key(m.public_key) for m in members
         ):
@@ -411,10 +453,13 @@ class Machine:
         verify_command_signature(author[0].public_key, cmd, cmd.cluster_id)
         st = self.state
         st.cluster_id, st.threshold, st.epoch = cmd.cluster_id, cmd.threshold, 1
+        st.genesis, st.unsafe = genesis, cmd.unsafe
         for m in members:
             st.members[m.name] = Member(m.name, m.index, m.public_key)
         for p in principals:
             st.principals[p.name] = Principal(p.name, Role(p.role), p.public_key)
+        if cmd.unsafe:
+            return _Effect("ok", detail="UNSAFE: single-party rules allowed", flag="unsafe")
         return _Effect("ok")
 
     def _add_principal(self, cmd: AddPrincipal) -> _Effect:
@@ -456,16 +501,39 @@ class Machine:
         return _Effect("ok")
 
     def _advance_epoch(self, cmd: AdvanceEpoch) -> _Effect:
-        if cmd.epoch <= self.state.epoch:
-            raise Rejected(Reason.EPOCH_NOT_FORWARD, f"epoch is {self.state.epoch}")
-        self.state.epoch = cmd.epoch
+        """A member's vote for the next epoch; `threshold` votes move it by one step.
+
+        One member alone can neither jump the epoch (ending every grace period and
+        time lock at once, or pushing activations out of the schema) nor march it
+        forward one command at a time: every step needs `threshold` members.
+        """
+        st = self.state
+        if cmd.epoch <= st.epoch:
+            raise Rejected(Reason.EPOCH_NOT_FORWARD, f"epoch is {st.epoch}")
+        if cmd.epoch > st.epoch + rules.MAX_EPOCH_STEP:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, f"the epoch moves {rules.MAX_EPOCH_STEP} step at a time"
+            )
+        prior = st.epoch_votes.get(cmd.author)
+        if prior is not None and prior.epoch == cmd.epoch:
+            raise Rejected(Reason.DUPLICATE_POST, f"{cmd.author!r} already voted for {cmd.epoch}")
+        st.epoch_votes[cmd.author] = EpochVote(cmd.epoch, cmd.at)
+        votes = sorted(v.at for v in st.epoch_votes.values() if v.epoch == cmd.epoch)
+        if len(votes) < st.threshold:
+            return _Effect("pending", detail=f"votes {len(votes)}/{st.threshold}")
+        # The lower median of the voters' clocks: no single voter sets the time.
+        return self._enter_epoch(cmd.epoch, votes[(len(votes) - 1) // 2])
+
+    def _enter_epoch(self, epoch: int, at: int) -> _Effect:
+        self.state.epoch = epoch
+        self.state.epoch_votes.clear()
         activated = []
         for key_id in sorted(self.state.keys):
             key = self.state.keys[key_id]
             for number in sorted(key.versions):
                 v = key.versions[number]
-                if v.state is VS.PENDING and v.activation_epoch and v.activation_epoch <= cmd.epoch:
-                    self._activate(key, v, cmd.at)
+                if v.state is VS.PENDING and v.activation_epoch and v.activation_epoch <= epoch:
+                    self._activate(key, v, at)
                     activated.append(f"{key_id}@{number}")
         return _Effect("ok", detail=",".join(activated))
 
@@ -490,7 +558,7 @@ class Machine:
         req = self._new_request(
             cmd, RequestKind.CREATE_KEY, key, 0, policy=policy, activate_epoch=cmd.activate_epoch
         )
-        key.lifecycle_request = req.request_id
+        key.lifecycle_request = req.ref
         self.state.keys[key.key_id] = key
         self._register(req)
         return _Effect(req.state.value, key_id=key.key_id, digest=req.digest)
@@ -529,7 +597,7 @@ class Machine:
             raise Rejected(Reason.ROTATION_NOT_DUE, "policy does not call for rotation yet")
         req = self._new_request(cmd, RequestKind.ROTATE, key, 0, activate_epoch=cmd.activate_epoch)
         self._register(req)
-        key.lifecycle_request = req.request_id
+        key.lifecycle_request = req.ref
         if scheduled:  # the policy itself is the approval of a due, scheduled rotation
             req.state = rules.request_step(req.state, "quorum")
             req.decided_epoch = self.state.epoch
@@ -559,7 +627,7 @@ class Machine:
 
     def _new_version(self, key: Key, req: Request) -> None:
         number = max(key.versions, default=0) + 1
-        key.versions[number] = Version(number, VS.PENDING, req.request_id)
+        key.versions[number] = Version(number, VS.PENDING, req.ref)
         req.version = number
 
     def _approve(self, cmd: Approve) -> _Effect:
@@ -575,14 +643,15 @@ class Machine:
             raise Rejected(Reason.NOT_AN_APPROVER, f"{cmd.author!r} does not approve this request")
         if cmd.author in req.approvals:
             raise Rejected(Reason.DUPLICATE_APPROVAL, f"{cmd.author!r} already approved")
-        verify_approval(self.state.principals[cmd.author].public_key, req.digest, cmd.signature)
+        digest = self._fresh_digest(req)
+        verify_approval(self.state.principals[cmd.author].public_key, digest, cmd.signature)
         req.approvals[cmd.author] = cmd.signature
-        if quorum_met(len(req.approvals), req.k):
+        if req.k >= 1 and quorum_met(len(self._valid_approvers(req)), req.k):
             req.state = rules.request_step(req.state, "quorum")
             req.decided_epoch = self.state.epoch
             self._on_approved(req)
         return _Effect(
-            req.state.value, subject=req.request_id, key_id=req.key_id, version=req.version,
+            req.state.value, subject=req.ref, key_id=req.key_id, version=req.version,
             digest=req.digest,
         )  # fmt: skip
 
@@ -631,32 +700,61 @@ class Machine:
                 self._set_version_state(key, version, "abort")
                 code = "failed"
         return _Effect(
-            code, subject=req.request_id, key_id=req.key_id, version=req.version,
+            code, subject=req.ref, key_id=req.key_id, version=req.version,
             digest=req.digest, detail=f"activation_epoch={version.activation_epoch}",
         )  # fmt: skip
 
     def _record_result(self, cmd: RecordResult) -> _Effect:
+        """Sign: one report carrying a signature that verifies completes the request.
+        Decrypt: each member confirms its own partial; `threshold` confirmations complete
+        it. Either way no single member can end a request the others can still run."""
         req = self._executing(cmd.request, (RequestKind.SIGN, RequestKind.DECRYPT))
+        version = self.state.keys[req.key_id].versions[req.version]
+        if req.kind is RequestKind.SIGN:
+            verify_result(version.group_public_key, req.payload, cmd.result)
+        else:
+            self._one_report_per_member(req, cmd.author)
+            req.confirmations[cmd.author] = cmd.result
+            if len(req.confirmations) < self.state.threshold:
+                return self._request_effect(
+                    req, detail=f"confirmations {len(req.confirmations)}/{self.state.threshold}"
+                )
         self._finish(req, rules.request_step(req.state, "complete"))
-        req.result_digest = cmd.result_digest
-        self.state.keys[req.key_id].versions[req.version].uses += 1
-        return _Effect(
-            req.state.value, subject=req.request_id, key_id=req.key_id, version=req.version,
-            digest=req.digest,
-        )  # fmt: skip
+        req.result = cmd.result
+        version.uses += 1
+        return self._request_effect(req)
+
+    def _one_report_per_member(self, req: Request, member: str) -> None:
+        if member in req.confirmations or member in req.reports:
+            raise Rejected(Reason.DUPLICATE_POST, f"{member!r} already reported on this request")
 
     def _record_failure(self, cmd: RecordFailure) -> _Effect:
-        req = self._request(cmd.request)
-        rules.request_step(req.state, "complete")  # only an approved request can fail to run
+        """A member reports it cannot take part. The request fails only once so many
+        members reported that the others cannot reach the participants it needs (all n
+        for a DKG, `threshold` for sign/decrypt): one member cannot cancel it for all."""
+        kinds = (RequestKind.SIGN, RequestKind.DECRYPT, RequestKind.CREATE_KEY, RequestKind.ROTATE)
+        req = self._executing(cmd.request, kinds)
+        self._one_report_per_member(req, cmd.author)
+        req.reports[cmd.author] = cmd.reason
+        n = len(self.state.members)
+        needed = (
+            n if req.kind in (RequestKind.CREATE_KEY, RequestKind.ROTATE) else self.state.threshold
+        )
+        if n - len(req.reports) >= needed:
+            return self._request_effect(req, detail=f"failure reports {len(req.reports)}")
         self._finish(req, rules.request_step(req.state, "fail"), cmd.reason)
         key = self.state.keys[req.key_id]
         if req.kind in (RequestKind.CREATE_KEY, RequestKind.ROTATE):
             version = key.versions[req.version]
             if version.state is VS.PENDING and not version.activation_epoch:
                 self._set_version_state(key, version, "abort")
+        return self._request_effect(req)
+
+    @staticmethod
+    def _request_effect(req: Request, code: str = "", detail: str = "") -> _Effect:
         return _Effect(
-            req.state.value, subject=req.request_id, key_id=req.key_id, version=req.version,
-            digest=req.digest,
+            code or req.state.value, subject=req.ref, key_id=req.key_id, version=req.version,
+            digest=req.digest, detail=detail,
         )  # fmt: skip
 
     # ------------------------------------------------------------- queries
@@ -705,22 +803,49 @@ class Machine:
         """The request, if this replica agrees it may be executed now; else Rejected.
 
         A node calls this before contributing a signature or decryption share or
-        joining a DKG: it re-verifies every stored approval against the approvers'
-        registered keys (a rotation scheduled by a node, approved by policy, has none).
+        joining a DKG. It trusts nothing stored for authorisation (a leader may have
+        sent this replica a snapshot instead of log entries): the digest is recomputed
+        from the request's own fields and payload, and every approval is re-verified
+        against its approver's registered key (a rotation scheduled by a node, approved
+        by policy, has none).
         """
         req = self._request(request_id)
         if req.state is not RS.APPROVED:
             raise Rejected(Reason.NOT_APPROVED, f"request is {req.state.value}")
+        key = self.state.keys.get(req.key_id)
+        if key is None or (req.version and req.version not in key.versions):
+            raise Rejected(Reason.UNKNOWN_KEY, "request names no existing key version")
         if not self._still_possible(req):
             raise Rejected(Reason.VERSION_NOT_USABLE, "key version no longer usable")
+        if req.kind in (RequestKind.SIGN, RequestKind.DECRYPT) and not req.payload:
+            raise Rejected(Reason.NOT_APPROVED, "request has no payload to execute")
         scheduled = req.kind is RequestKind.ROTATE and req.author in self.state.members
         if not scheduled:
-            valid = 0
-            for name in sorted(req.approvals):
-                if name in req.approvers and name in self.state.principals:
-                    key = self.state.principals[name].public_key
-                    verify_approval(key, req.digest, req.approvals[name])
-                    valid += 1
-            if not quorum_met(valid, req.k):
-                raise Rejected(Reason.NOT_APPROVED, "approval quorum not met")
+            self._require_quorum(req)
         return req
+
+    def _fresh_digest(self, req: Request) -> bytes:
+        """The request's digest from its own fields and payload, never from `req.digest`."""
+        phash = payload_hash(req.payload) if req.payload else req.payload_hash
+        return digest_of(req, self.state.cluster_id, phash)
+
+    def _valid_approvers(self, req: Request) -> list[str]:
+        """Approvers whose stored approval verifies now: named in the request's quorum,
+        registered as approvers, over the recomputed digest."""
+        digest = self._fresh_digest(req)
+        valid = []
+        for name in sorted(req.approvals):
+            who = self.state.principals.get(name)
+            if name not in req.approvers or who is None or who.role is not Role.APPROVER:
+                continue
+            try:
+                verify_approval(who.public_key, digest, req.approvals[name])
+            except Rejected:
+                continue
+            valid.append(name)
+        return valid
+
+    def _require_quorum(self, req: Request) -> None:
+        valid = self._valid_approvers(req)
+        if req.k < 1 or not quorum_met(len(valid), req.k):
+            raise Rejected(Reason.NOT_APPROVED, f"{len(valid)} valid approvals, {req.k} required")

@@ -126,6 +126,9 @@ class Request:
     kind: RequestKind
     author: str
     key_id: str
+    purpose: str  # the key's purpose ("" for requests about no key)
+    policy_id: str  # the policy whose quorum decides it
+    policy_hash: bytes  # SHA-512 of that policy's content at submission (digest input)
     version: int  # 0 until known (create/rotate: set when the version is created)
     context: str
     payload_hash: bytes  # SHA-512 of message / ciphertext; payload itself is not kept
@@ -137,9 +140,16 @@ class Request:
     state: RequestState = RequestState.PENDING
     approvals: dict[str, bytes] = field(default_factory=dict)  # approver -> signature
     payload: bytes = b""  # kept only while the request may still execute
-    result_digest: bytes = b""
+    result: bytes = b""  # sign: the verified signature; decrypt: the t-th confirmation
+    confirmations: dict[str, bytes] = field(default_factory=dict)  # decrypt: member -> digest
+    reports: dict[str, str] = field(default_factory=dict)  # member -> failure it reported
     failure: str = ""
     decided_epoch: int = 0
+
+    @property
+    def ref(self) -> str:
+        """How the state and commands name this request: `<author>:<request id>`."""
+        return f"{self.author}:{self.request_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +189,19 @@ class Dedup:
     outcome: Outcome
 
 
+@dataclass(frozen=True, slots=True)
+class EpochVote:
+    """One member's vote to move the epoch to `epoch`, with its wall-clock reading `at`."""
+
+    epoch: int
+    at: int
+
+
 @dataclass(slots=True)
 class State:
     cluster_id: str = ""
+    genesis: bytes = b""  # genesis_digest of the bootstrap command
+    unsafe: bool = False  # bootstrap waived the two-party minimums (loud in the audit)
     threshold: int = 0
     epoch: int = 0
     members: dict[str, Member] = field(default_factory=dict)
@@ -191,6 +211,7 @@ class State:
     requests: dict[str, Request] = field(default_factory=dict)
     open: dict[str, str] = field(default_factory=dict)  # open request id -> author (an index)
     outcomes: dict[str, Dedup] = field(default_factory=dict)
+    epoch_votes: dict[str, EpochVote] = field(default_factory=dict)  # member -> vote for epoch+1
     audit: list[AuditRecord] = field(default_factory=list)
 
     @property

@@ -38,7 +38,7 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "bootstrap": frozenset({Role.OPERATOR}),
     "add_principal": frozenset({Role.OPERATOR}),
     "set_policy": frozenset({Role.OPERATOR}),
-    "advance_epoch": frozenset({Role.OPERATOR, Role.NODE}),
+    "advance_epoch": frozenset({Role.NODE}),  # a vote; `threshold` members move the epoch
     "create_key": frozenset({Role.OPERATOR}),
     "request_sign": frozenset({Role.CLIENT}),
     "request_decrypt": frozenset({Role.CLIENT}),
@@ -65,6 +65,11 @@ PURPOSE_OPS: dict[Purpose, frozenset[Op]] = {
     Purpose.SIGN: frozenset({Op.SIGN, Op.VERIFY}),
     Purpose.ENCRYPT: frozenset({Op.ENCRYPT, Op.DECRYPT}),
 }
+
+# How far one advance moves the epoch. One step: every epoch is visited, so no
+# activation, grace period or time lock boundary is ever jumped, and reaching the
+# schema's MAX_EPOCH would take 2^48 quorum votes.
+MAX_EPOCH_STEP = 1
 
 # Operations a client may ask the cluster to perform (the rest are public-key ops).
 REQUESTABLE_OPS: frozenset[str] = frozenset({Op.SIGN.value, Op.DECRYPT.value})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import typing
 from collections.abc import Callable
 from enum import Enum
@@ -23,10 +24,13 @@ from typing import Any
 import msgpack
 
 from .audit import verify_chain
+from .digest import lp, u64
 from .errors import ChainError, DecodeError
+from .integrity import check_integrity
 from .model import RequestState, State
 
 SNAPSHOT_VERSION = 1
+SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 
 
@@ -54,6 +58,16 @@ def _dump(value: Any) -> Any:
     if t is list or t is tuple:
         return [_dump(v) for v in value]
     raise TypeError(f"cannot snapshot {t.__name__}")
+
+
+def state_hash(snapshot_bytes: bytes, index: int) -> bytes:
+    """What members sign to vouch for a snapshot taken at log `index` (runner's rule).
+
+    Intended rule (the runner's, not enforced here): a follower installs a snapshot
+    only with valid signatures over this hash by at least `threshold` members, so a
+    lone leader cannot hand it a state that the signed commands did not produce.
+    """
+    return hashlib.sha512(lp(SNAPSHOT_CONTEXT) + u64(index) + lp(snapshot_bytes)).digest()
 
 
 def encode_state(state: State) -> bytes:
@@ -159,7 +173,7 @@ def _check_consistency(state: State) -> None:
         (state.principals, "name"),
         (state.policies, "policy_id"),
         (state.keys, "key_id"),
-        (state.requests, "request_id"),
+        (state.requests, "ref"),
     )
     for table, attr in named:
         for key, item in table.items():
@@ -176,6 +190,9 @@ def _check_consistency(state: State) -> None:
     }
     if state.open != open_now:
         raise DecodeError("snapshot index of open requests is inconsistent")
+    check_integrity(state)
     for rid, dedup in state.outcomes.items():
-        if dedup.outcome.request_id != rid or dedup.outcome.seq >= len(state.audit):
+        if dedup.outcome.request_id != rid.partition(":")[2] or dedup.outcome.seq >= len(
+            state.audit
+        ):
             raise DecodeError(f"outcome of {rid!r} inconsistent with the audit chain")

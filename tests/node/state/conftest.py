@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -20,7 +21,7 @@ from node.state import (
     RecordDkgResult,
     SetPolicy,
 )
-from node.state.approvals import sign_approval, sign_command
+from node.state.approvals import genesis_of, sign_approval, sign_command
 from node.state.commands import SIGNED_KINDS
 
 MEMBERS = ("node-1", "node-2", "node-3")
@@ -79,7 +80,8 @@ def policy_command(request_id: str = "pol", policy_id: str = "p1", **kw):
     return SetPolicy(request_id, "ops", policy_id, **args)
 
 
-GPK = bytes(range(32))
+GROUP = private_key("group")  # stands in for the FROST group key a DKG would make
+GPK = public_key("group")
 VSHARES = tuple(bytes([i]) * 32 for i in range(1, len(MEMBERS) + 1))
 
 
@@ -87,7 +89,7 @@ class World:
     """Applies commands to one machine with unique request ids; knows the test keys."""
 
     def __init__(self) -> None:
-        self.m = Machine()
+        self.m = Machine(genesis=genesis_of(bootstrap_command()))
         self.n = 0
 
     def rid(self, prefix: str = "r") -> str:
@@ -95,7 +97,29 @@ class World:
         return f"{prefix}-{self.n}"
 
     def do(self, cmd) -> Outcome:
+        """Apply `cmd` (signed by its author if it is a signed kind). Tests name requests
+        by their bare id; a `request` field without ':' is resolved to `<author>:<id>`."""
+        target = getattr(cmd, "request", None)
+        if target is not None and ":" not in target:
+            cmd = dataclasses.replace(cmd, request=self.ref(target))
         return self.m.apply_command(signed(cmd))
+
+    def ref(self, request_id: str) -> str:
+        found = [r.ref for r in self.m.state.requests.values() if r.request_id == request_id]
+        return found[0] if len(found) == 1 else f"app:{request_id}"
+
+    def boot_with(self, cmd) -> Outcome:
+        """Configure this world's genesis for `cmd`, then apply it (to test bootstrap rules)."""
+        self.m.genesis = genesis_of(signed(cmd))
+        return self.do(cmd)
+
+    def result(self, request: str) -> bytes:
+        """A valid result for a request: the group signature over its message (sign), or
+        a digest of a partial (decrypt)."""
+        req = self.req(request)
+        if req.kind.value == "sign":
+            return GROUP.sign(req.payload)
+        return hashlib.sha512(b"partial:" + req.payload).digest()
 
     def ok(self, cmd) -> Outcome:
         out = self.do(cmd)
@@ -103,7 +127,7 @@ class World:
         return out
 
     def approve(self, request: str, approver: str, *, signer: str | None = None, rid=None):
-        digest = self.m.state.requests[request].digest
+        digest = self.req(request).digest
         sig = sign_approval(private_key(signer or approver), digest)
         return self.do(Approve(rid or self.rid("a"), approver, request, sig))
 
@@ -115,8 +139,16 @@ class World:
     def post_dkg(self, request: str, members=MEMBERS, gpk: bytes = GPK) -> list[Outcome]:
         return [self.do(RecordDkgResult(self.rid("d"), m, request, gpk, VSHARES)) for m in members]
 
-    def advance(self, by: int = 1, at: int = 0, author: str = "node-1") -> Outcome:
-        return self.ok(AdvanceEpoch(self.rid("e"), author, self.m.state.epoch + by, at))
+    def advance(self, by: int = 1, at: int = 0, voters=None) -> Outcome:
+        """Move the epoch `by` steps, each voted by `threshold` members (default)."""
+        voters = voters or MEMBERS[: self.m.state.threshold]
+        out = None
+        for _ in range(by):
+            target = self.m.state.epoch + 1
+            for member in voters:
+                out = self.ok(AdvanceEpoch(self.rid("e"), member, target, at))
+        assert out is not None and out.code == "ok", out
+        return out
 
     def active_key(self, key_id: str = "k1", purpose: str = "sign", at: int = 0) -> str:
         """Create a key through the full flow; return the create request id."""
@@ -128,6 +160,14 @@ class World:
         self.advance(at=at)
         assert self.m.active_version(key_id) == 1
         return rid
+
+    def req(self, request_id: str):
+        """The request this world submitted under `request_id` (any author), or by ref."""
+        if ":" in request_id:
+            return self.m.state.requests[request_id]
+        found = [r for r in self.m.state.requests.values() if r.request_id == request_id]
+        assert len(found) == 1, (request_id, found)
+        return found[0]
 
     def snap(self) -> bytes:
         return self.m.snapshot()
@@ -142,6 +182,7 @@ class World:
     private_key = staticmethod(private_key)
     core_bytes = staticmethod(lambda m: core_bytes(m))
     GPK = GPK
+    GROUP = GROUP
     VSHARES = VSHARES
     MEMBERS = MEMBERS
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -29,7 +31,7 @@ def signing(ready):
 
 
 def test_quorum_of_real_signatures_approves(signing):
-    req = signing.m.state.requests["s1"]
+    req = signing.req("s1")
     assert signing.approve("s1", "bob").code == "pending"
     assert req.state is RequestState.PENDING and list(req.approvals) == ["bob"]
     assert signing.approve("s1", "carol").code == "approved"
@@ -63,7 +65,7 @@ def test_approver_not_in_policy_rejected(signing):
 
 
 def test_non_approver_role_rejected(signing):
-    sig = sign_approval(signing.private_key("ops"), signing.m.state.requests["s1"].digest)
+    sig = sign_approval(signing.private_key("ops"), signing.req("s1").digest)
     signing.rejects(Approve("a1", "ops", "s1", sig), Reason.UNAUTHORIZED)
     signing.rejects(Approve("a2", "app", "s1", sig), Reason.UNAUTHORIZED)
 
@@ -75,14 +77,14 @@ def test_unknown_approver_rejected(signing):
 def test_duplicate_approver_rejected(signing):
     signing.approve("s1", "alice")
     signing.rejects(lambda: signing.approve("s1", "alice"), Reason.DUPLICATE_APPROVAL)
-    assert signing.m.state.requests["s1"].state is RequestState.PENDING
+    assert signing.req("s1").state is RequestState.PENDING
 
 
 def test_approval_after_decision_rejected(signing):
     signing.approve("s1", "alice")
     signing.approve("s1", "bob")
     signing.rejects(lambda: signing.approve("s1", "carol"), Reason.REQUEST_DECIDED)
-    signing.ok(RecordResult("res", "node-1", "s1", RESULT))
+    signing.ok(RecordResult("res", "node-1", "s1", signing.result("s1")))
     signing.rejects(lambda: signing.approve("s1", "carol"), Reason.REQUEST_DECIDED)
 
 
@@ -96,9 +98,9 @@ def test_approval_on_revoked_version_rejected(signing):
     signing.approve("rv", "alice")
     signing.approve("rv", "carol")
     signing.rejects(lambda: signing.approve("s1", "bob"), Reason.VERSION_NOT_USABLE)
-    assert signing.m.state.requests["s1"].state is RequestState.FAILED
+    assert signing.req("s1").state is RequestState.FAILED
     with pytest.raises(Rejected) as info:
-        signing.m.executable("s1")
+        signing.m.executable("app:s1")
     assert info.value.reason is Reason.NOT_APPROVED
 
 
@@ -110,16 +112,16 @@ def test_policy_change_does_not_change_open_quorum(signing):
 
 def test_executable_reverifies_approvals(signing):
     with pytest.raises(Rejected) as info:
-        signing.m.executable("s1")
+        signing.m.executable("app:s1")
     assert info.value.reason is Reason.NOT_APPROVED
     signing.approve("s1", "alice")
     signing.approve("s1", "bob")
-    assert signing.m.executable("s1").request_id == "s1"
+    assert signing.m.executable("app:s1").request_id == "s1"
     # A replica whose stored approval was corrupted refuses to contribute.
-    signing.m.state.requests["s1"].approvals["bob"] = bytes(64)
+    signing.req("s1").approvals["bob"] = bytes(64)
     with pytest.raises(Rejected) as info:
-        signing.m.executable("s1")
-    assert info.value.reason is Reason.BAD_SIGNATURE
+        signing.m.executable("app:s1")
+    assert info.value.reason is Reason.NOT_APPROVED
 
 
 def test_verify_approval_direct():
@@ -146,8 +148,69 @@ def test_executable_for_lifecycle_requests(ready):
     ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1"))
     ready.approve("ck", "alice")
     ready.approve("ck", "bob")
-    assert ready.m.executable("ck").version == 1  # nodes may start the DKG
-    ready.m.state.requests["ck"].approvals.pop("bob")
+    assert ready.m.executable("ops:ck").version == 1  # nodes may start the DKG
+    ready.req("ck").approvals.pop("bob")
     with pytest.raises(Rejected) as info:
-        ready.m.executable("ck")
+        ready.m.executable("ops:ck")
     assert info.value.reason is Reason.NOT_APPROVED
+
+
+# ------------------------------------------------- strict Ed25519 keys (issue 9.2)
+
+IDENTITY = bytes([1]) + bytes(31)  # the neutral point: every (S·B, S) "verifies" under it
+SMALL_ORDER = [
+    IDENTITY,
+    bytes.fromhex("ec" + "ff" * 30 + "7f"),  # order 2
+    bytes(32),  # order 4
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),  # 8
+]
+NON_CANONICAL = [
+    bytes.fromhex("ee" + "ff" * 30 + "7f"),  # y = p + 1 (the identity, spelled differently)
+    bytes([1]) + bytes(30) + b"\x80",  # x = 0 with the sign bit set
+]
+
+
+def mixed_order(pub: bytes) -> bytes:
+    """`pub` plus the point of order 2: still verifies some signatures, not prime order."""
+    from nacl.bindings import crypto_core_ed25519_add
+
+    return crypto_core_ed25519_add(pub, SMALL_ORDER[1])
+
+
+def forged_approval() -> bytes:
+    """R = identity, S = 0: valid for any message under the identity "key"."""
+    return IDENTITY + bytes(32)
+
+
+def test_small_order_and_non_canonical_keys_refused_at_registration(ready):
+    """Regression (issue 9.2): an approver registered with the identity point let anyone
+    forge its approvals (the forged signature below verified under OpenSSL)."""
+    bad = [*SMALL_ORDER, *NON_CANONICAL, mixed_order(ready.public_key("dave"))]
+    for i, key in enumerate(bad):
+        ready.rejects(AddPrincipal(f"ap{i}", "ops", f"dave{i}", "approver", key),
+                      Reason.INVALID_PRINCIPAL)  # fmt: skip
+    fresh = type(ready)()
+    boot = fresh.bootstrap_command()
+    members = (boot.members[0].__class__("node-1", 1, IDENTITY), *boot.members[1:])
+    fresh.rejects(dataclasses.replace(boot, members=members), Reason.INVALID_CLUSTER)
+
+
+def test_approvals_verified_strictly():
+    digest = bytes(range(64))
+    with pytest.raises(Rejected) as info:
+        verify_approval(IDENTITY, digest, forged_approval())
+    assert info.value.reason is Reason.BAD_SIGNATURE
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    sig = key.sign(digest)
+    verify_approval(pub, digest, sig)
+    from node.state.ed25519 import L
+
+    s = int.from_bytes(sig[32:], "little")
+    malleated = sig[:32] + (s + L).to_bytes(32, "little")  # same S mod L, not reduced
+    small_r = SMALL_ORDER[1] + sig[32:]
+    for bad in (malleated, small_r):
+        with pytest.raises(Rejected):
+            verify_approval(pub, digest, bad)

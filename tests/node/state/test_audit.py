@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 
 import pytest
@@ -28,7 +27,7 @@ def chain(ready):
     ready.approve("s1", "alice", signer="bob")  # a rejection is audited too
     ready.approve("s1", "alice")
     ready.approve("s1", "bob")
-    ready.ok(RecordResult("res", "node-1", "s1", hashlib.sha512(b"sig").digest()))
+    ready.ok(RecordResult("res", "node-1", "s1", ready.result("s1")))
     return ready
 
 
@@ -43,12 +42,12 @@ def test_every_command_appends_one_linked_record(chain):
     assert kinds[0] == "bootstrap" and kinds[-1] == "record_result"
     rejected = [r for r in records if r.outcome.startswith("rejected:")]
     assert [r.outcome for r in rejected] == ["rejected:bad_signature"]
-    assert rejected[0].author == "alice" and rejected[0].subject == "s1"
+    assert rejected[0].author == "alice" and rejected[0].subject == "app:s1"
 
 
 def test_request_records_carry_the_request_digest(chain):
-    digest = chain.m.state.requests["s1"].digest
-    about = [r for r in chain.m.state.audit if r.subject == "s1"]
+    digest = chain.req("s1").digest
+    about = [r for r in chain.m.state.audit if r.subject == "app:s1"]
     assert [r.kind for r in about] == [
         "request_sign",
         "approve",
@@ -63,7 +62,7 @@ def test_request_records_carry_the_request_digest(chain):
 def test_records_hold_no_payload_or_signatures(chain):
     blob = encode_records(chain.m.state.audit)
     assert b"top secret message" not in blob
-    for sig in chain.m.state.requests["s1"].approvals.values():
+    for sig in chain.req("s1").approvals.values():
         assert sig not in blob
     assert chain.GPK not in blob
 

@@ -44,10 +44,10 @@ def _samples(world):
         RequestRotate("r6", "node-2", "k1", 5, 12),
         RequestRevoke("r7", "ops", "k1", 1),
         RequestDestroy("r8", "ops", "k1", 1),
-        Approve("r9", "alice", "r4", bytes(64)),
-        RecordDkgResult("r10", "node-3", "r3", world.GPK, world.VSHARES),
-        RecordResult("r11", "node-1", "r4", bytes(64)),
-        RecordFailure("r12", "node-1", "r4", "timeout"),
+        Approve("r9", "alice", "app:r4", bytes(64)),
+        RecordDkgResult("r10", "node-3", "ops:r3", world.GPK, world.VSHARES),
+        RecordResult("r11", "node-1", "app:r4", bytes(64)),
+        RecordFailure("r12", "node-1", "app:r4", "timeout"),
     ]
 
 
@@ -91,7 +91,8 @@ def test_field_order_does_not_matter_for_decoding(world):
         (lambda r: r.update(key_id=""), "identifier"),
         (lambda r: r.update(key_id="k" * 65), "identifier"),
         (lambda r: r.update(request_id=b"r4"), "identifier"),
-        (lambda r: r.update(author=None), "identifier"),
+        (lambda r: r.update(author=None), "principal name"),
+        (lambda r: r.update(author="App"), "principal name"),
         (lambda r: r.update(kind="sign_anything"), "unknown command kind"),
         (lambda r: r.update(v=2), "schema version"),
         (lambda r: r.pop("v"), "schema version"),
@@ -157,7 +158,7 @@ def test_size_bounds():
 
 
 def test_malformed_bytes_change_nothing(world):
-    m = Machine()
+    m = Machine(genesis=world.m.genesis)
     m.apply(encode_command(world.signed(world.bootstrap_command())))
     before = m.snapshot()
     raw = raw_of(world.signed(world.policy_command()))
@@ -187,3 +188,24 @@ def test_outcome_encoding_roundtrip_and_strictness(world):
     ):
         with pytest.raises(DecodeError):
             decode_outcome(bad)
+
+
+def test_text_rule_does_not_depend_on_unicode_tables():
+    """Regression (issue 9.2): `str.isprintable()` follows the interpreter's Unicode
+    tables: U+1F6DC (new in Unicode 15) was refused on Python 3.11 and accepted on 3.12,
+    so replicas on two versions forked. Text is printable ASCII, checked over every code
+    point, so a table-dependent rule cannot pass."""
+    from node.state.commands import Text
+
+    spec = Text(max_chars=1)
+    accepted = []
+    for cp in range(0x110000):
+        try:
+            spec.check(chr(cp), "t")
+        except DecodeError:
+            continue
+        accepted.append(cp)
+    assert accepted == list(range(0x20, 0x7F))
+    with pytest.raises(DecodeError, match="ASCII"):
+        decode_command(pack(raw_of(RequestSign("r", "app", "k1", 0, "ok", b"m")) | {
+            "context": "wireless \U0001f6dc"}))  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -49,37 +50,64 @@ def test_bootstrap_twice_rejected(world):
 
 
 def test_bootstrap_by_non_operator_rejected(world):
-    world.rejects(world.bootstrap_command(author="alice"), Reason.UNAUTHORIZED)
+    world.rejects(lambda: world.boot_with(world.bootstrap_command(author="alice")),
+                  Reason.UNAUTHORIZED)  # fmt: skip
 
 
 def test_bootstrap_bad_threshold_rejected(world):
-    world.rejects(world.bootstrap_command(threshold=4), Reason.INVALID_CLUSTER)
+    world.rejects(lambda: world.boot_with(world.bootstrap_command(threshold=4)),
+                  Reason.INVALID_CLUSTER)  # fmt: skip
 
 
 def test_bootstrap_duplicate_names_and_indices_rejected(world):
     good = world.bootstrap_command()
-    dup_name = good.__class__(
-        "b1",
-        "ops",
-        "c",
-        1,
-        good.members,
-        (*good.principals, PrincipalSpec("node-1", "client", b"")),
-    )
-    world.rejects(dup_name, Reason.DUPLICATE_NAME)
+    extra = PrincipalSpec("alice", "client", b"")
+    dup_name = dataclasses.replace(good, request_id="b1", principals=(*good.principals, extra))
+    world.rejects(lambda: world.boot_with(dup_name), Reason.DUPLICATE_NAME)
     m = good.members
-    dup_index = good.__class__(
-        "b2", "ops", "c", 1, (m[0], MemberSpec("node-x", 1, world.public_key("x"))), good.principals
+    dup_index = dataclasses.replace(
+        good, request_id="b2", members=(m[0], MemberSpec("node-2", 1, world.public_key("x")))
     )
-    world.rejects(dup_index, Reason.INVALID_CLUSTER)
+    world.rejects(lambda: world.boot_with(dup_index), Reason.INVALID_CLUSTER)
 
 
 def test_bootstrap_approver_without_key_rejected(world):
     good = world.bootstrap_command()
-    bad = good.__class__(
-        "b", "ops", "c", 1, good.members, (*good.principals, PrincipalSpec("dan", "approver", b""))
+    bad = dataclasses.replace(
+        good, request_id="b", principals=(*good.principals, PrincipalSpec("dan", "approver", b""))
     )
-    world.rejects(bad, Reason.INVALID_PRINCIPAL)
+    world.rejects(lambda: world.boot_with(bad), Reason.INVALID_PRINCIPAL)
+
+
+def test_bootstrap_must_match_the_configured_genesis(world):
+    """Regression (issue 9.3): bootstrap was first-come: anyone's self-signed bootstrap
+    won. Only the bootstrap whose digest cluster initialisation configured is accepted."""
+    from node.state import Machine
+
+    rogue = dataclasses.replace(world.bootstrap_command(), cluster_id="rogue")
+    world.rejects(rogue, Reason.INVALID_CLUSTER)
+    assert world.m.state.outcomes == {}  # not remembered: nobody proved anything
+    world.ok(world.bootstrap_command())
+    unconfigured = Machine()
+    out = unconfigured.apply_command(world.signed(world.bootstrap_command()))
+    assert out.code == Reason.INVALID_CLUSTER.value and not unconfigured.state.bootstrapped
+
+
+def test_threshold_one_needs_the_loud_option(world):
+    """Regression (issue 9.3): a 1-of-3 cluster was accepted."""
+    one = world.bootstrap_command(threshold=1)
+    world.rejects(lambda: world.boot_with(one), Reason.INVALID_CLUSTER)
+    out = world.boot_with(dataclasses.replace(one, unsafe=True))
+    assert out.ok and "UNSAFE" in out.detail
+    assert world.m.state.unsafe and world.m.state.audit[-1].outcome == "ok!unsafe"
+
+
+def test_member_name_must_match_its_index(world):
+    good = world.bootstrap_command()
+    m = good.members
+    swapped = (MemberSpec("node-1", 2, m[0].public_key), MemberSpec("node-2", 1, m[1].public_key))
+    bad = dataclasses.replace(good, members=(*swapped, m[2]))
+    world.rejects(lambda: world.boot_with(bad), Reason.INVALID_CLUSTER)
 
 
 def test_commands_before_bootstrap_rejected(world):
@@ -96,7 +124,21 @@ def test_add_principal(ready):
 
 def test_add_principal_duplicate_rejected(ready):
     ready.rejects(AddPrincipal("ap", "ops", "alice", "client", b""), Reason.DUPLICATE_NAME)
-    ready.rejects(AddPrincipal("ap2", "ops", "node-1", "client", b""), Reason.DUPLICATE_NAME)
+
+
+def test_principal_names_follow_the_pki_rule(ready):
+    """Regression (issue 9.3): "Alice" and "alice", or a principal called "node-1", were
+    distinct valid names in the state but cannot both map to a certificate identity."""
+    from node.state import DecodeError, encode_command
+
+    for name in ("Alice", "node-1", "node-9", "a.b", "1abc", "x" * 33, "al@ice"):
+        with pytest.raises(DecodeError, match="principal name"):
+            encode_command(ready.signed(AddPrincipal("ap", "ops", name, "client", b"")))
+    for member in ("node-0", "node-01", "node-16", "Node-1"):
+        raw = dataclasses.replace(ready.bootstrap_command(), members=(
+            MemberSpec(member, 1, ready.public_key("node-1")),))  # fmt: skip
+        with pytest.raises(DecodeError):
+            encode_command(ready.signed(raw))
 
 
 def test_unknown_author_rejected(ready):
@@ -115,7 +157,7 @@ def test_roles_enforced(ready):
 def test_auditor_is_read_only(ready):
     for cmd in [
         AddPrincipal("q1", "aud", "m", "client", b""),
-        AdvanceEpoch("q2", "aud", 5, 0),
+        AdvanceEpoch("q2", "aud", 2, 0),
         CreateKey("q3", "aud", "k9", "sign", "p1"),
         RequestSign("q4", "aud", "k9", 0, "", b"m"),
         RequestRevoke("q5", "aud", "k9", 1),
@@ -144,7 +186,48 @@ def test_advance_epoch_only_forward(ready):
     ready.advance(by=3)
     assert ready.m.state.epoch == 4
     ready.rejects(AdvanceEpoch("e-same", "node-1", 4, 0), Reason.EPOCH_NOT_FORWARD)
-    ready.rejects(AdvanceEpoch("e-back", "ops", 2, 0), Reason.EPOCH_NOT_FORWARD)
+    ready.rejects(AdvanceEpoch("e-back", "node-2", 2, 0), Reason.EPOCH_NOT_FORWARD)
+    ready.rejects(AdvanceEpoch("e-ops", "ops", 5, 0), Reason.UNAUTHORIZED)
+
+
+def test_epoch_moves_on_threshold_votes_with_median_clock(ready):
+    assert ready.ok(AdvanceEpoch("v1", "node-1", 2, 900)).code == "pending"
+    assert ready.m.state.epoch == 1
+    ready.rejects(AdvanceEpoch("v1b", "node-1", 2, 5), Reason.DUPLICATE_POST)
+    assert ready.ok(AdvanceEpoch("v2", "node-3", 2, 100)).code == "ok"
+    assert ready.m.state.epoch == 2 and ready.m.state.epoch_votes == {}
+    ready.rejects(AdvanceEpoch("v3", "node-2", 2, 0), Reason.EPOCH_NOT_FORWARD)  # late vote
+
+
+def test_one_member_cannot_jump_the_epoch(ready):
+    """Regression (issue 9.1): one member's signed advance_epoch to 2^62 - 1 ended every
+    grace period at once and pushed every later activation epoch out of the schema."""
+    from node.state.commands import MAX_EPOCH, U62, DecodeError, encode_command
+
+    with pytest.raises(DecodeError):
+        encode_command(ready.signed(AdvanceEpoch("far", "node-1", U62, 0)))
+    ready.rejects(AdvanceEpoch("jump", "node-1", MAX_EPOCH, 0), Reason.INVALID_ARGUMENT)
+    ready.rejects(AdvanceEpoch("skip", "node-1", 3, 0), Reason.INVALID_ARGUMENT)
+    assert ready.m.state.epoch == 1
+
+
+def test_one_member_cannot_skip_a_grace_period(ready):
+    """Regression (issue 9.1): advancing alone, step by step, does not move the epoch."""
+    ready.active_key("k1")
+    rotate_to_pending(ready, posts=MEMBERS)
+    ready.advance()  # v1 retires; grace is 2 epochs
+    start = ready.m.state.epoch
+    ready.ok(AdvanceEpoch("solo-0", "node-1", start + 1, 0))
+    for i in range(1, 5):  # repeating the vote, or voting further ahead, does not help
+        ready.do(AdvanceEpoch(f"solo-{i}", "node-1", start + i, 0))
+    assert ready.m.state.epoch == start
+    ready.rejects(RequestDestroy("ds", "ops", "k1", 1), Reason.GRACE_PERIOD)
+
+
+def test_derived_epochs_stay_inside_the_schema():
+    from node.state.commands import MAX_EPOCH, U32, U62
+
+    assert MAX_EPOCH + U32 + U32 < U62  # activation, grace and time-lock sums all fit
 
 
 # ---------------------------------------------------------- key creation, DKG
@@ -169,7 +252,7 @@ def test_create_key_full_lifecycle_to_active(ready):
     assert ready.m.active_version("k1", epoch=2) == 1  # scheduled
     ready.advance(at=1000)
     assert v.state is VersionState.ACTIVE and key.primary == 1 and v.activated_at == 1000
-    assert ready.m.state.requests["ck"].state is RequestState.EXECUTED
+    assert ready.req("ck").state is RequestState.EXECUTED
 
 
 def test_create_key_rejections(ready):
@@ -210,7 +293,7 @@ def test_dkg_mismatch_aborts_version(ready):
     out = ready.do(RecordDkgResult("d3", "node-3", "ck", bytes(32), ready.VSHARES))
     assert out.ok and out.code == "failed"
     assert ready.m.state.keys["k1"].versions[1].state is VersionState.DESTROYED
-    req = ready.m.state.requests["ck"]
+    req = ready.req("ck")
     assert req.state is RequestState.FAILED and req.failure == "dkg_mismatch"
     ready.advance()
     assert ready.m.active_version("k1") is None
@@ -226,7 +309,7 @@ def test_record_failure_of_dkg_aborts_version(ready):
     assert ready.m.state.keys["k1"].versions[1].state is VersionState.DESTROYED
     # The key can be given a version again by a rotation.
     ready.ok(RequestRotate("rot", "ops", "k1", 0))
-    assert ready.m.state.keys["k1"].lifecycle_request == "rot"
+    assert ready.m.state.keys["k1"].lifecycle_request == "ops:rot"
 
 
 # ------------------------------------------------------------ sign / decrypt
@@ -236,14 +319,15 @@ def test_sign_request_lifecycle(ready):
     ready.active_key("k1")
     out = ready.ok(RequestSign("s1", "app", "k1", 0, "release", b"artifact"))
     assert out.code == "pending"
-    req = ready.m.state.requests["s1"]
+    req = ready.req("s1")
     assert req.version == 1 and req.payload == b"artifact"
     ready.approve("s1", "carol")
     assert ready.approve("s1", "alice").code == "approved"
-    assert ready.m.executable("s1") is req
-    out = ready.ok(RecordResult("res", "node-2", "s1", RESULT))
+    assert ready.m.executable("app:s1") is req
+    sig = ready.result("s1")
+    out = ready.ok(RecordResult("res", "node-2", "s1", sig))
     assert out.code == "executed"
-    assert req.result_digest == RESULT and req.payload == b""  # payload not kept
+    assert req.result == sig and req.payload == b""  # payload not kept
     assert ready.m.state.keys["k1"].versions[1].uses == 1
 
 
@@ -252,7 +336,11 @@ def test_decrypt_request_lifecycle(ready):
     ready.ok(RequestDecrypt("dc", "app", "kek", 1, "dek:db", b"\x01" * 80))
     ready.approve("dc", "alice")
     ready.approve("dc", "bob")
-    assert ready.ok(RecordResult("res", "node-1", "dc", RESULT)).code == "executed"
+    out = ready.ok(RecordResult("res", "node-1", "dc", ready.result("dc")))
+    assert out.code == "approved" and out.detail == "confirmations 1/2"
+    ready.rejects(RecordResult("res-again", "node-1", "dc", b"\x02" * 64), Reason.DUPLICATE_POST)
+    assert ready.ok(RecordResult("res2", "node-3", "dc", ready.result("dc"))).code == "executed"
+    assert ready.m.state.keys["kek"].versions[1].uses == 1
 
 
 def test_sign_request_rejections(ready):
@@ -280,15 +368,40 @@ def test_sign_without_active_version_rejected(ready):
 def test_result_rejections(ready):
     ready.active_key("k1")
     ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
-    ready.rejects(RecordResult("x1", "node-1", "s1", RESULT), Reason.NOT_APPROVED)
+    ready.rejects(RecordResult("x1", "node-1", "s1", ready.result("s1")), Reason.NOT_APPROVED)
     create_rid = ready.m.state.keys["k1"].versions[1].request_id
     ready.rejects(RecordResult("x2", "node-1", create_rid, RESULT), Reason.WRONG_REQUEST_KIND)
-    ready.rejects(RecordResult("x3", "app", "s1", RESULT), Reason.UNAUTHORIZED)
+    ready.rejects(RecordResult("x3", "app", "s1", ready.result("s1")), Reason.UNAUTHORIZED)
     ready.approve("s1", "alice")
     ready.approve("s1", "bob")
-    ready.ok(RecordResult("r1", "node-1", "s1", RESULT))
-    ready.rejects(RecordResult("x4", "node-2", "s1", RESULT), Reason.REQUEST_DECIDED)
+    ready.ok(RecordResult("r1", "node-1", "s1", ready.result("s1")))
+    ready.rejects(RecordResult("x4", "node-2", "s1", ready.result("s1")), Reason.REQUEST_DECIDED)
     ready.rejects(RecordFailure("x5", "node-2", "s1", "late"), Reason.REQUEST_DECIDED)
+
+
+def test_one_member_cannot_complete_a_sign_request_without_the_signature(ready):
+    """Regression (issue 9.3): any member's record_result marked any approved sign request
+    executed, for everyone. A sign result is the signature, verified on apply."""
+    ready.active_key("k1")
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.approve("s1", "alice")
+    ready.approve("s1", "bob")
+    other_msg = ready.GROUP.sign(b"another message")
+    for i, bad in enumerate((RESULT, other_msg, ready.private_key("node-1").sign(b"m"))):
+        ready.rejects(RecordResult(f"fake{i}", "node-1", "s1", bad), Reason.BAD_RESULT)
+    assert ready.req("s1").state is RequestState.APPROVED
+
+
+def test_one_member_cannot_fail_a_request_for_everyone(ready):
+    """Regression (issue 9.3): one member's record_failure cancelled a request that the
+    other members could still execute."""
+    ready.active_key("k1")
+    ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
+    ready.approve("s1", "alice")
+    ready.approve("s1", "bob")
+    ready.ok(RecordFailure("f1", "node-3", "s1", "I refuse"))
+    assert ready.m.executable("app:s1").state is RequestState.APPROVED
+    ready.ok(RecordResult("res", "node-1", "s1", ready.result("s1")))
 
 
 def test_record_failure_of_sign(ready):
@@ -296,8 +409,11 @@ def test_record_failure_of_sign(ready):
     ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
     ready.approve("s1", "alice")
     ready.approve("s1", "bob")
-    assert ready.ok(RecordFailure("f", "node-3", "s1", "too few nodes")).code == "failed"
-    req = ready.m.state.requests["s1"]
+    out = ready.ok(RecordFailure("f", "node-3", "s1", "too few nodes"))
+    assert out.code == "approved"  # n=3, t=2: node-1 and node-2 can still sign
+    ready.rejects(RecordFailure("f-again", "node-3", "s1", "still"), Reason.DUPLICATE_POST)
+    assert ready.ok(RecordFailure("f2", "node-1", "s1", "too few nodes")).code == "failed"
+    req = ready.req("s1")
     assert req.failure == "too few nodes" and req.payload == b""
     assert ready.m.state.keys["k1"].versions[1].uses == 0
 
@@ -331,7 +447,7 @@ def test_rotation_fails_open_sign_requests_on_retired_version(ready):
     ready.approve("rot", "bob")
     ready.post_dkg("rot")
     ready.advance()
-    req = ready.m.state.requests["s1"]
+    req = ready.req("s1")
     assert req.state is RequestState.FAILED and req.failure == "version_retired"
 
 
@@ -373,7 +489,7 @@ def test_usage_based_rotation_due(world):
     world.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
     world.approve("s1", "alice")
     world.approve("s1", "bob")
-    world.ok(RecordResult("r", "node-1", "s1", RESULT))
+    world.ok(RecordResult("r", "node-1", "s1", world.result("s1")))
     assert world.m.rotation_due("k1", 0)
 
 
@@ -394,7 +510,7 @@ def test_revoke_active_version(ready):
     assert not ready.m.may_use("k1", 1, Op.VERIFY)
     assert ready.m.active_version("k1") is None
     assert ready.m.may_use("k1", 1, Op.SIGN, epoch=e - 1)
-    assert ready.m.state.requests["s1"].failure == "version_revoked"
+    assert ready.req("s1").failure == "version_revoked"
 
 
 def test_destroy_requires_retired_past_grace_or_revoked(ready):
@@ -441,7 +557,7 @@ def test_concurrent_revokes_second_fails(ready):
     ready.ok(RequestRevoke("rv2", "ops", "k1", 1))
     ready.approve("rv1", "alice")
     ready.approve("rv1", "bob")
-    assert ready.m.state.requests["rv2"].state is RequestState.FAILED
+    assert ready.req("rv2").state is RequestState.FAILED
 
 
 # ------------------------------------------------------------ exactly-once
@@ -466,16 +582,16 @@ def test_reapplied_rejection_returns_first_outcome(ready):
 
 def test_reused_request_id_with_other_command_rejected(ready):
     ready.ok(AdvanceEpoch("e", "node-1", 2, 0))
-    out = ready.do(AdvanceEpoch("e", "node-1", 3, 0))
+    out = ready.do(AdvanceEpoch("e", "node-1", 2, 5))
     assert not out.ok and out.code == Reason.REQUEST_ID_CONFLICT.value
-    assert ready.m.state.epoch == 2
-    assert ready.m.state.outcomes["e"].outcome.ok  # first outcome kept
+    assert ready.m.state.epoch_votes["node-1"].at == 0
+    assert ready.m.state.outcomes["node-1:e"].outcome.ok  # first outcome kept
 
 
 def test_apply_bytes_roundtrip_and_exactly_once(world):
     from node.state import decode_outcome, encode_command
 
-    m = Machine()
+    m = Machine(genesis=world.m.genesis)
     data = encode_command(world.signed(world.bootstrap_command()))
     first = decode_outcome(m.apply(data))
     assert first.ok and decode_outcome(m.apply(data)) == first
@@ -486,11 +602,11 @@ def test_open_requests_query(ready):
     ready.active_key("k1")
     ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
     ready.ok(RequestRotate("rot", "ops", "k1", 0))
-    assert [r.request_id for r in ready.m.open_requests()] == ["rot", "s1"]
+    assert [r.request_id for r in ready.m.open_requests()] == ["s1", "rot"]  # by ref
     assert [r.request_id for r in ready.m.open_requests("sign")] == ["s1"]
     ready.approve("s1", "alice")
     ready.approve("s1", "bob")
-    ready.ok(RecordResult("res", "node-1", "s1", RESULT))
+    ready.ok(RecordResult("res", "node-1", "s1", ready.result("s1")))
     assert [r.request_id for r in ready.m.open_requests()] == ["rot"]
 
 
@@ -512,8 +628,8 @@ def test_revoke_pending_version_stops_rotation(ready):
     ready.approve("rv", "bob")
     key = ready.m.state.keys["k1"]
     assert key.versions[2].state is VersionState.REVOKED
-    assert ready.m.state.requests["rot"].state is RequestState.FAILED
-    assert ready.m.state.requests["rot"].failure == "version_revoked"
+    assert ready.req("rot").state is RequestState.FAILED
+    assert ready.req("rot").failure == "version_revoked"
     assert key.lifecycle_request == ""
     late = RecordDkgResult("late", "node-2", "rot", ready.GPK, ready.VSHARES)
     ready.rejects(late, Reason.REQUEST_DECIDED)
@@ -552,9 +668,9 @@ def test_revocation_fails_approved_request(ready):
     ready.ok(RequestRevoke("rv", "ops", "k1", 1))
     ready.approve("rv", "alice")
     ready.approve("rv", "bob")
-    req = ready.m.state.requests["s1"]
+    req = ready.req("s1")
     assert req.state is RequestState.FAILED and req.failure == "version_revoked"
-    ready.rejects(RecordResult("late", "node-1", "s1", RESULT), Reason.REQUEST_DECIDED)
+    ready.rejects(RecordResult("late", "node-1", "s1", ready.result("s1")), Reason.REQUEST_DECIDED)
 
 
 def test_limits(ready, monkeypatch):
@@ -614,19 +730,19 @@ def test_public_key_belongs_to_one_identity(ready):
         Reason.INVALID_PRINCIPAL,
     )
     ready.rejects(
-        AddPrincipal("ap2", "ops", "n", "operator", ready.public_key("node-1")),
+        AddPrincipal("ap2", "ops", "nn", "operator", ready.public_key("node-1")),
         Reason.INVALID_PRINCIPAL,
     )
     fresh = type(ready)()
     good = fresh.bootstrap_command()
     twin = PrincipalSpec("bob2", "approver", fresh.public_key("bob"))
-    bad = good.__class__("b", "ops", "c", 1, good.members, (*good.principals, twin))
-    fresh.rejects(bad, Reason.INVALID_PRINCIPAL)
+    bad = dataclasses.replace(good, principals=(*good.principals, twin))
+    fresh.rejects(lambda: fresh.boot_with(bad), Reason.INVALID_PRINCIPAL)
 
 
 def test_named_activation_epoch(ready):
     ready.ok(CreateKey("ck", "ops", "k1", "sign", "p1", activate_epoch=5))
-    assert ready.m.state.requests["ck"].activate_epoch == 5
+    assert ready.req("ck").activate_epoch == 5
     ready.approve("ck", "alice")
     ready.approve("ck", "bob")
     ready.post_dkg("ck")
@@ -667,8 +783,31 @@ def test_open_request_limits(ready, monkeypatch):
     ready.ok(RequestRevoke("rv", "ops", "k1", 1))  # other authors are not affected
     ready.approve("s1", "alice")
     ready.approve("s1", "bob")
-    ready.ok(RecordResult("res", "node-1", "s1", RESULT))  # s1 decided: room again
+    ready.ok(RecordResult("res", "node-1", "s1", ready.result("s1")))  # s1 decided: room again
     ready.ok(RequestSign("s4", "app", "k1", 0, "", b"m"))
-    assert sorted(ready.m.state.open) == ["rv", "s2", "s4"]
+    assert sorted(ready.m.state.open) == ["app:s2", "app:s4", "ops:rv"]
     monkeypatch.setattr(machine, "MAX_OPEN_REQUESTS", 3)
     ready.rejects(RequestRotate("rot", "ops", "k1", 0), Reason.LIMIT_REACHED)
+
+
+def test_request_ids_are_scoped_by_author(ready):
+    """Regression (issue 9.3): request ids were global, so a client could take the id of
+    an operator's future command, which was then refused as a conflict."""
+    ready.active_key("k1")
+    ready.ok(RequestSign("rot-2025", "app", "k1", 0, "", b"squat"))
+    out = ready.ok(RequestRotate("rot-2025", "ops", "k1", 0))
+    assert out.code == "pending"
+    assert {"app:rot-2025", "ops:rot-2025"} <= set(ready.m.state.requests)
+
+
+def test_rejections_of_unproven_authors_are_not_remembered(ready):
+    """Regression (issue 9.3): rejected commands of unknown authors (or forged in a real
+    author's name) were remembered forever, and a forgery took the real author's id."""
+    before = dict(ready.m.state.outcomes)
+    ready.rejects(AddPrincipal("x1", "mallory", "m", "client", b""), Reason.UNKNOWN_AUTHOR)
+    forged = ready.signed(RequestRotate("rot", "ops", "k9", 0), signer="node-1")
+    ready.rejects(forged, Reason.BAD_SIGNATURE)
+    ready.rejects(CreateKey("x3", "app", "k9", "sign", "p1"), Reason.UNAUTHORIZED)
+    assert ready.m.state.outcomes == before
+    ready.active_key("k9")
+    assert ready.ok(RequestRotate("rot", "ops", "k9", 0)).code == "pending"  # id still free

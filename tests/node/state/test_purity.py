@@ -10,7 +10,7 @@ from node.state import Machine
 
 ALLOWED = {
     "__future__", "collections", "dataclasses", "enum", "functools", "hashlib", "hmac",
-    "re", "struct", "types", "typing", "msgpack", "cryptography",
+    "re", "struct", "types", "typing", "msgpack", "cryptography", "nacl",
 }  # fmt: skip
 
 

@@ -41,7 +41,7 @@ def commands(w):
     return [
         AddPrincipal("x1", "ops", "dave", "approver", w.public_key("dave")),
         w.policy_command("x2", k=1),
-        RecordResult("x3", "node-1", "s1", bytes(64)),
+        RecordResult("x3", "node-1", "s1", w.result("s1")),
         RecordFailure("x4", "node-1", "s1", "boom"),
     ]
 
@@ -74,8 +74,8 @@ def test_signature_does_not_transfer_to_another_command(approved_sign):
     good = w.signed(w.policy_command("x2", k=1))
     w.rejects(dataclasses.replace(good, approvers=("alice",)), Reason.BAD_SIGNATURE)
     w.rejects(dataclasses.replace(good, request_id="x2b"), Reason.BAD_SIGNATURE)
-    res = w.signed(RecordResult("x3", "node-1", "s1", bytes(64)))
-    changed = dataclasses.replace(res, request_id="x3b", result_digest=b"\x01" * 64)
+    res = w.signed(RecordResult("x3", "node-1", "s1", approved_sign.result("s1")))
+    changed = dataclasses.replace(res, request_id="x3b", result=b"\x01" * 64)
     w.rejects(changed, Reason.BAD_SIGNATURE)
 
 
@@ -99,7 +99,7 @@ def test_forged_dkg_post_rejected(ready):
 
 def test_unsigned_command_is_malformed(ready):
     with pytest.raises(DecodeError, match="signature"):
-        encode_command(RecordResult("x", "node-1", "s1", bytes(64)))
+        encode_command(RecordResult("x", "node-1", "app:s1", bytes(64)))
     raw = msgpack.unpackb(encode_command(ready.signed(ready.policy_command("x2"))), raw=False)
     del raw["signature"]
     m = Machine.from_snapshot(ready.snap())
@@ -131,7 +131,7 @@ def test_forged_operator_and_node_commands_rejected(ready):
 
     ready.active_key("k1")
     for cmd in [
-        AdvanceEpoch("f1", "node-1", 99, 0),
+        AdvanceEpoch("f1", "node-1", 2, 0),
         CreateKey("f2", "ops", "k2", "sign", "p1"),
         RequestRotate("f3", "ops", "k1", 0),
         RequestRevoke("f4", "ops", "k1", 1),
@@ -153,6 +153,7 @@ def test_external_signer_path(ready):
     """The path a node takes with its HSM: sign the message elsewhere, attach the bytes."""
     from node.state import AdvanceEpoch, signing_message, with_signature
 
-    cmd = AdvanceEpoch("ext", "node-2", 5, 0)
+    cmd = AdvanceEpoch("ext", "node-2", 2, 0)
     sig = ready.private_key("node-2").sign(signing_message(cmd, "cluster-a"))
-    assert ready.ok(with_signature(cmd, sig)).code == "ok" and ready.m.state.epoch == 5
+    assert ready.ok(with_signature(cmd, sig)).code == "pending"
+    assert ready.m.state.epoch_votes["node-2"].epoch == 2

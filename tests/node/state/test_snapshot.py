@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from node.state import (
     AdvanceEpoch,
@@ -29,7 +31,7 @@ def busy(ready):
 
 def tail(world):
     world.approve("s1", "bob")
-    world.ok(RecordResult("res", "node-1", "s1", bytes(64)))
+    world.ok(RecordResult("res", "node-1", "s1", world.result("s1")))
     world.approve("rot", "alice")
     world.approve("rot", "carol")
     world.post_dkg("rot")
@@ -99,8 +101,8 @@ def test_tampered_audit_chain_refused(busy):
             ),
             "wrong number",
         ),
-        (lambda r: r["state"]["outcomes"]["s1"]["outcome"].update(seq=10**6), "outcome"),
-        (lambda r: r["state"]["open"].pop("s1"), "open requests"),
+        (lambda r: r["state"]["outcomes"]["app:s1"]["outcome"].update(seq=10**6), "outcome"),
+        (lambda r: r["state"]["open"].pop("app:s1"), "open requests"),
     ],
 )
 def test_schema_violations_refused(busy, mutate, message):
@@ -128,5 +130,222 @@ def test_garbage_refused_and_state_kept(busy):
 def test_restore_replaces_state(busy):
     other = Machine()
     other.restore(busy.snap())
-    other.apply_command(busy.signed(AdvanceEpoch("e-x", "node-2", 50, 0)))
-    assert other.state.epoch == 50 and busy.m.state.epoch != 50
+    e = busy.m.state.epoch + 1
+    for n in ("node-2", "node-3"):
+        other.apply_command(busy.signed(AdvanceEpoch(f"e-x{n}", n, e, 0)))
+    assert other.state.epoch == e and busy.m.state.epoch != e
+
+
+# ------------------------------------------- a snapshot cannot smuggle authority (9.4)
+
+
+@pytest.fixture
+def two_pending(ready):
+    """Two sign requests: s1 approved by alice and bob, s2 pending with no approvals."""
+    ready.active_key("k1")
+    ready.ok(RequestSign("s1", "app", "k1", 0, "ctx", b"harmless"))
+    ready.ok(RequestSign("s2", "app", "k1", 0, "ctx", b"pay mallory"))
+    ready.approve("s1", "alice")
+    ready.approve("s1", "bob")
+    return ready
+
+
+def forge(world, mutate) -> bytes:
+    """A snapshot a malicious leader built from a real one: the audit chain stays intact
+    (it is re-verified), the state is edited and re-encoded canonically."""
+    st = decode_state(world.snap())
+    mutate(st)
+    return encode_state(st)
+
+
+def approved_like_s1(st):
+    s1, s2 = st.requests["app:s1"], st.requests["app:s2"]
+    s2.state, s2.decided_epoch = s1.state, s1.decided_epoch
+    st.open["app:s2"] = "app"
+    return s1, s2
+
+
+def install_and_check(world, data: bytes):
+    """Either restore refuses it, or the restored replica's executable() refuses s2."""
+    from node.state import Reason, Rejected
+
+    m = Machine(genesis=world.m.genesis)
+    try:
+        m.restore(data)
+    except DecodeError:
+        return "refused"
+    with pytest.raises(Rejected) as info:
+        m.executable("app:s2")
+    assert info.value.reason is Reason.NOT_APPROVED
+    return "not executable"
+
+
+def test_copied_approvals_do_not_authorise(two_pending):
+    """Regression (issue 9.4): approvals copied from another request were accepted and
+    executable() said yes."""
+
+    def mutate(st):
+        s1, s2 = approved_like_s1(st)
+        s2.approvals = dict(s1.approvals)
+
+    assert install_and_check(two_pending, forge(two_pending, mutate)) == "not executable"
+
+
+def test_swapped_payload_does_not_authorise(two_pending):
+    """Regression (issue 9.4): s1's approvals with s2's payload (hash and digest copied)."""
+
+    def mutate(st):
+        s1, s2 = st.requests["app:s1"], st.requests["app:s2"]
+        s1.payload = s2.payload
+
+    assert install_and_check(two_pending, forge(two_pending, mutate)) == "refused"
+
+    def mutate_all(st):  # also re-hash, so restore cannot tell: executable must
+        s1 = st.requests["app:s1"]
+        s1.payload = b"pay mallory"
+        from node.state import payload_hash
+
+        s1.payload_hash = payload_hash(s1.payload)
+        from node.state.digest import digest_of
+
+        s1.digest = digest_of(s1, st.cluster_id, s1.payload_hash)
+
+    m = Machine(genesis=two_pending.m.genesis)
+    m.restore(forge(two_pending, mutate_all))
+    from node.state import Reason, Rejected
+
+    with pytest.raises(Rejected) as info:
+        m.executable("app:s1")
+    assert info.value.reason is Reason.NOT_APPROVED
+
+
+def test_replaced_quorum_does_not_authorise(two_pending):
+    """Regression (issue 9.4): a request whose approvers were replaced by one the attacker
+    controls (and k lowered) was executable with that one approval."""
+    from node.state.approvals import sign_approval
+    from node.state.digest import digest_of
+
+    def mutate(st):
+        s1, s2 = approved_like_s1(st)
+        s2.approvers, s2.k = ("carol",), 1
+        s2.approvals = {"carol": s1.approvals["alice"]}
+        s2.digest = digest_of(s2, st.cluster_id, s2.payload_hash)
+
+    assert install_and_check(two_pending, forge(two_pending, mutate)) == "not executable"
+
+    def mutate_k0(st):
+        _, s2 = approved_like_s1(st)
+        s2.k = 0
+        s2.digest = digest_of(s2, st.cluster_id, s2.payload_hash)
+
+    assert install_and_check(two_pending, forge(two_pending, mutate_k0)) == "refused"
+    assert sign_approval  # approvers sign digests that bind approvers and k
+
+
+def test_dangling_policy_refused_at_restore(two_pending):
+    """Regression (issue 9.4): a key whose policy does not exist was restored, and every
+    replica that installed it crashed (KeyError) on the next command about that key."""
+    data = forge(two_pending, lambda st: st.policies.clear())
+    with pytest.raises(DecodeError, match="missing policy"):
+        Machine(genesis=two_pending.m.genesis).restore(data)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda st: st.keys.pop("k1"), "missing key"),
+        (lambda st: st.keys["k1"].versions.pop(1), "missing version|primary"),
+        (lambda st: st.principals.pop("alice"), "alice"),
+        (lambda st: st.requests["app:s1"].approvals.update(zed=bytes(64)), "outside its quorum"),
+        (lambda st: st.requests.pop(st.keys["k1"].versions[1].request_id), "create/rotate"),
+        (lambda st: setattr(st, "threshold", 1), "threshold"),
+        (lambda st: st.members.pop("node-3"), "verification share|threshold"),
+    ],
+)
+def test_broken_references_refused(two_pending, mutate, message):
+    with pytest.raises(DecodeError, match=message):
+        Machine(genesis=two_pending.m.genesis).restore(forge(two_pending, mutate))
+
+
+def test_snapshot_of_another_cluster_refused(busy):
+    with pytest.raises(DecodeError, match="genesis"):
+        Machine(genesis=b"\x01" * 64).restore(busy.snap())
+
+
+def test_state_hash_is_domain_separated():
+    from node.state.snapshot import state_hash
+
+    a = state_hash(b"snap", 7)
+    assert len(a) == 64 and a != state_hash(b"snap", 8) and a != state_hash(b"snap!", 7)
+
+
+NAMES = ["", "k1", "k2", "p1", "p9", "alice", "zed", "node-1", "app:s1", "app:s2", "ops:ck"]
+
+
+EDIT = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 2**40))
+
+
+def _objects(st):
+    out = [st]
+    for table in (st.members, st.principals, st.policies, st.keys, st.requests):
+        out += list(table.values())
+    for key in st.keys.values():
+        out += list(key.versions.values())
+    return out
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(edits=st.lists(EDIT, min_size=1, max_size=3))
+def test_no_snapshot_crashes_the_machine_later(two_pending, edits):
+    """Any edit of a real snapshot (dropped entries, names pointing elsewhere, odd numbers)
+    is refused at restore, or the restored machine survives every command and query."""
+    import dataclasses as dc
+
+    from node.state import Approve, RequestRevoke
+    from node.state.approvals import sign_approval
+
+    state = decode_state(two_pending.snap())
+    for which, field_n, value in edits:
+        objs = _objects(state)
+        obj = objs[which % len(objs)]
+        fields = [f for f in dc.fields(obj) if f.name not in ("audit", "outcomes")]
+        f = fields[field_n % len(fields)]
+        current = getattr(obj, f.name)
+        if isinstance(current, dict) and current:
+            current.pop(sorted(current)[value % len(current)])
+        elif type(current) is str:
+            setattr(obj, f.name, NAMES[value % len(NAMES)])
+        elif type(current) is int:
+            setattr(obj, f.name, value % 7 if value & 1 else value)
+    try:
+        data = encode_state(state)
+        m = Machine(genesis=two_pending.m.genesis)
+        m.restore(data)
+    except (DecodeError, TypeError, ValueError):
+        return
+    w = two_pending
+    e = m.state.epoch + 1
+    cmds = [
+        RequestSign("z1", "app", "k1", 0, "", b"m"),
+        RequestRevoke("z2", "ops", "k1", 1),
+        RequestRotate("z3", "ops", "k1", 0),
+        *(AdvanceEpoch(f"z4{n}", n, e, 0) for n in ("node-1", "node-2", "node-3")),
+        Approve("z5", "carol", "app:s2", sign_approval(w.private_key("carol"), bytes(64))),
+        RecordResult("z6", "node-1", "app:s1", w.result("s1")),
+        w.policy_command("z7", k=1),
+    ]
+    for cmd in cmds:
+        m.apply_command(w.signed(cmd))  # an Outcome, accepted or refused; never an exception
+    for ref in sorted(m.state.requests):
+        try:
+            m.executable(ref)
+        except Exception as exc:  # only a clear refusal is allowed
+            from node.state import Rejected
+
+            assert isinstance(exc, Rejected), exc
+    m.open_requests()
+    m.active_version("k1")
+    m.rotation_due("k1", 10**9)
+    Machine.from_snapshot(m.snapshot())

@@ -1,0 +1,139 @@
+"""Referential integrity of a restored state: a snapshot must hang together.
+
+A leader can always send a follower a snapshot instead of log entries. The
+schema check in `snapshot.py` proves the types; this proves the references, so
+that a snapshot with a dangling name (a key whose policy does not exist, a
+request on a missing version) is refused at restore with a clear error instead
+of crashing every replica that installed it on the next command; and that each
+stored request digest is the one its own fields and payload give, so a swapped
+payload or quorum is refused here too (`Machine.executable` recomputes it again).
+It does not make a snapshot trustworthy: authenticating it is the runner's job
+(`snapshot.state_hash`, signed by members).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from .commands import MAX_EPOCH
+from .digest import digest_of, payload_hash
+from .errors import DecodeError
+from .model import Key, Request, RequestKind, RequestState, Role, State, VersionState
+from .names import is_principal_name, member_index
+
+RK = RequestKind
+KEY_KINDS = frozenset({RK.CREATE_KEY, RK.SIGN, RK.DECRYPT, RK.ROTATE, RK.REVOKE, RK.DESTROY})
+DKG_KINDS = frozenset({RK.CREATE_KEY, RK.ROTATE})
+
+
+def _fail(message: str) -> None:
+    raise DecodeError(f"snapshot refused: {message}")
+
+
+def check_integrity(state: State) -> None:
+    """Raise `DecodeError` naming the first broken reference; return if all hold."""
+    if not state.bootstrapped:
+        empty = (state.members, state.principals, state.policies, state.keys, state.requests)
+        if any(empty) or state.epoch or state.threshold or state.genesis:
+            _fail("an un-bootstrapped state must be empty")
+        return
+    _check_cluster(state)
+    for policy in state.policies.values():
+        for name in policy.approvers:
+            _need_role(state, name, Role.APPROVER, f"policy {policy.policy_id!r}")
+        for name in policy.requesters:
+            _need_role(state, name, Role.CLIENT, f"policy {policy.policy_id!r}")
+        if not 1 <= policy.k <= len(policy.approvers) or policy.waiting_epochs < 1:
+            _fail(f"policy {policy.policy_id!r} has an impossible quorum or waiting period")
+        if not set(policy.operations) <= {"sign", "decrypt"}:
+            _fail(f"policy {policy.policy_id!r} allows unknown operations")
+    for key in state.keys.values():
+        _check_key(state, key)
+    for rid, req in state.requests.items():
+        _check_request(state, rid, req)
+    for member, vote in state.epoch_votes.items():
+        if member not in state.members or vote.epoch != state.epoch + 1:
+            _fail(f"epoch vote of {member!r} is not a member's vote for the next epoch")
+
+
+def _check_cluster(state: State) -> None:
+    n = len(state.members)
+    if not 1 <= state.threshold <= n or (n >= 2 and state.threshold < 2 and not state.unsafe):
+        _fail(f"threshold {state.threshold} of {n} members")
+    if not 1 <= state.epoch <= MAX_EPOCH:
+        _fail(f"epoch {state.epoch} outside 1..{MAX_EPOCH}")
+    for name, member in state.members.items():
+        if member_index(name) != member.index or len(member.public_key) != 32:
+            _fail(f"member {name!r} does not match its index or has no identity key")
+    for name, p in state.principals.items():
+        if not is_principal_name(name) or name in state.members:
+            _fail(f"principal name {name!r} breaks the naming rule")
+        if p.role in (Role.APPROVER, Role.OPERATOR) and len(p.public_key) != 32:
+            _fail(f"{p.role.value} {name!r} has no signing key")
+        if p.role is Role.NODE:
+            _fail(f"principal {name!r} claims the node role")
+
+
+def _need_role(state: State, name: str, role: Role, where: str) -> None:
+    p = state.principals.get(name)
+    if p is None or p.role is not role:
+        _fail(f"{where} names {name!r}, which is not a registered {role.value}")
+
+
+def _check_key(state: State, key: Key) -> None:
+    where = f"key {key.key_id!r}"
+    if key.policy_id not in state.policies:
+        _fail(f"{where} names missing policy {key.policy_id!r}")
+    active = [n for n, v in key.versions.items() if v.state is VersionState.ACTIVE]
+    if active != ([key.primary] if key.primary else []):
+        _fail(f"{where}: primary {key.primary} is not its one active version")
+    for number, v in key.versions.items():
+        origin = state.requests.get(v.request_id)
+        if number < 1 or origin is None or origin.kind not in DKG_KINDS:
+            _fail(f"{where} version {number} has no create/rotate request")
+        elif origin.key_id != key.key_id or origin.version != number:
+            _fail(f"{where} version {number}: its request is about another version")
+        if v.verification_shares and len(v.verification_shares) != len(state.members):
+            _fail(f"{where} version {number}: one verification share per member needed")
+        if any(not 0 <= e <= MAX_EPOCH + (1 << 33) for e in _epochs(v)):
+            _fail(f"{where} version {number}: epoch outside the schema")
+    if key.lifecycle_request:
+        req = state.requests.get(key.lifecycle_request)
+        if req is None or req.key_id != key.key_id or req.kind not in DKG_KINDS:
+            _fail(f"{where}: lifecycle request {key.lifecycle_request!r} is not its own")
+        elif req.state not in (RequestState.PENDING, RequestState.APPROVED):
+            _fail(f"{where}: lifecycle request {key.lifecycle_request!r} is decided")
+
+
+def _epochs(v) -> tuple[int, ...]:
+    return (v.activation_epoch, v.retired_epoch, v.revoked_epoch, v.destroyed_epoch)
+
+
+def _check_request(state: State, rid: str, req: Request) -> None:
+    where = f"request {rid!r}"
+    if req.author not in state.principals and req.author not in state.members:
+        _fail(f"{where}: author {req.author!r} is unknown")
+    if req.kind in KEY_KINDS:
+        key = state.keys.get(req.key_id)
+        if key is None:
+            _fail(f"{where} names missing key {req.key_id!r}")
+            return
+        if req.version and req.version not in key.versions:
+            _fail(f"{where} names missing version {req.version}")
+        if req.kind not in DKG_KINDS and not req.version:
+            _fail(f"{where} names no version")
+        if req.purpose != key.purpose.value:
+            _fail(f"{where}: purpose differs from its key's")
+    if not 1 <= req.k <= len(req.approvers) or len(set(req.approvers)) != len(req.approvers):
+        _fail(f"{where}: impossible quorum")
+    for name in req.approvers:
+        if name not in state.principals:
+            _fail(f"{where}: approver {name!r} is not a principal")
+    if not set(req.approvals) <= set(req.approvers):
+        _fail(f"{where}: approval by someone outside its quorum")
+    if not set(req.reports) | set(req.confirmations) <= set(state.members):
+        _fail(f"{where}: a report by a non-member")
+    if req.payload and not hmac.compare_digest(payload_hash(req.payload), req.payload_hash):
+        _fail(f"{where}: payload does not match its hash")
+    if not hmac.compare_digest(digest_of(req, state.cluster_id, req.payload_hash), req.digest):
+        _fail(f"{where}: digest differs from the one its fields give")
