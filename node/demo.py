@@ -7,8 +7,9 @@ participants in one process, on the system CSPRNG:
 2. a 2-of-3 FROST signature, verified as a plain Ed25519 signature by an
    independent verifier (`cryptography`),
 3. a cheating signer caught and named,
-4. envelope encryption to the group key and a 2-of-3 threshold decryption with
-   DLEQ proofs; a wrong AAD is refused.
+4. envelope encryption to the group key (TDH2: the envelope carries a proof bound
+   to its label) and a 2-of-3 threshold decryption with DLEQ proofs; an envelope
+   mauled into a decryption oracle and a wrong label are refused.
 
 It prints public values only: no share, nonce or data key is ever printed.
 """
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shares import dkg, frost, tdec
 from shares import group as g
-from shares.errors import DecryptionError, InvalidSignatureShare
+from shares.errors import DecryptionError, InvalidEnvelope, InvalidSignatureShare
 from shares.shamir import SecretShare
 
 T = TypeVar("T")
@@ -110,33 +111,43 @@ def main(rng: g.RandomSource = os.urandom) -> int:
     except InvalidSignatureShare as exc:
         print(f"     caught: {exc}")
 
-    print("\n4. Envelope encryption to the group key, 2-of-3 threshold decryption")
+    print("\n4. Envelope encryption to the group key, 2-of-3 threshold decryption (TDH2)")
     data_key = rng(32)
-    aad = b"key=payments-kek;version=1;context=invoices"
-    ctx = b"custody-demo/envelope/v1"
-    envelope = _step("wrap a 32-byte data key (ECDH + HKDF + AES-256-GCM)",
-                     lambda: tdec.wrap(group_key, data_key, aad, ctx, rng))
+    label = tdec.Label("payments-kek", 1, b"custody-demo/envelope/v2", b"context=invoices")
+    envelope = _step("wrap a 32-byte data key (ECDH, HKDF, AES-256-GCM, proof)",
+                     lambda: tdec.wrap(group_key, data_key, label, rng))
     print(f"     envelope  {len(envelope)} bytes")
     partials = _step(
-        "participants 2 and 3: partial decryptions + DLEQ proofs",
-        lambda: [tdec.partial_decrypt(SecretShare(i, keys[i].signing_share), envelope, rng)
-                 for i in (2, 3)],
+        "participants 2, 3: check envelope, partials + DLEQ proofs",
+        lambda: [tdec.partial_decrypt(SecretShare(i, keys[i].signing_share), envelope,
+                                      group_key, label, rng) for i in (2, 3)],
     )
     opened = _step(
         "combiner: verify proofs, combine, unwrap",
-        lambda: tdec.unwrap(envelope, partials, public.verifying_shares, T_, group_key, aad, ctx),
+        lambda: tdec.unwrap(envelope, partials, public.verifying_shares, T_, group_key, label),
     )
     if opened != data_key:
         print("     !! unwrapped key differs")
         return 1
     print("     -> data key recovered intact (not printed)")
+    parsed = tdec.parse_envelope(envelope)
+    two = g.scalar_from_int(2)
+    mauled = tdec.Envelope(g.scalar_mult(two, parsed.ephemeral),
+                           g.scalar_mult(two, parsed.ephemeral_bar), parsed.challenge,
+                           parsed.response, parsed.nonce, parsed.ciphertext).to_bytes()
+    try:
+        tdec.partial_decrypt(SecretShare(2, keys[2].signing_share), mauled, group_key, label, rng)
+        print("     !! a mauled envelope (R' = 2R) got a partial decryption")
+        return 1
+    except InvalidEnvelope:
+        print("     mauled envelope (R' = 2R): refused before any partial is computed")
     try:
         tdec.unwrap(envelope, partials, public.verifying_shares, T_, group_key,
-                    b"key=payments-kek;version=2", ctx)
-        print("     !! wrong AAD was accepted")
+                    tdec.Label("payments-kek", 2, label.context, label.aad))
+        print("     !! wrong label was accepted")
         return 1
     except DecryptionError:
-        print("     wrong AAD (version=2): refused")
+        print("     wrong label (version=2): refused")
 
     print("\ndemo complete: all checks passed")
     return 0

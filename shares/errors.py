@@ -64,6 +64,19 @@ class DecryptionError(SharesError):
     """An envelope failed to open: wrong key, wrong AAD/context, or tampered ciphertext."""
 
 
+class InvalidEnvelope(DecryptionError):
+    """An envelope's proof of well-formedness does not verify for this key and label.
+
+    Raised before any share is used: a node never computes a partial decryption
+    for an envelope whose wrapper did not prove knowledge of its randomness
+    bound to the label (key, version, context, AAD) it is asked to decrypt under.
+    """
+
+
+class RandomnessError(SharesError):
+    """The random source returned something other than exactly the bytes requested."""
+
+
 class NonceReuse(SharesError):
     """A single-use FROST nonce was used a second time."""
 

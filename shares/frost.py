@@ -15,6 +15,9 @@ not small order, in the prime-order subgroup) is not repeated in Python.
 
 Nonces are single use (RFC 9591 section 5.1, section 7.3): `SigningNonces`
 refuses a second use with `NonceReuse` and zeroes its buffers after use.
+Nonce randomness drawn from an `rng` is hedged (`shares.rng.hedged_random`:
+a per-process value and a counter are mixed in), so a repeating RNG does not
+repeat nonces; `nonce_generate` itself is the RFC's, byte for byte.
 CPython cannot guarantee that no other copy of a secret survives in memory
 (immutable `bytes` intermediates, the allocator), so zeroing is best effort.
 """
@@ -41,9 +44,12 @@ from .errors import (
     NonceReuse,
     SharesError,
 )
+from .rng import hedged_random
 
 #: RFC 9591 section 6.5: contextString of FROST(Ed25519, SHA-512).
 CONTEXT_STRING = b"FROST-ED25519-SHA512-v1"
+#: Domain of the hedge applied to nonce randomness drawn from an rng (not part of RFC 9591).
+NONCE_HEDGE_DOMAIN = b"custody/shares/frost/nonce-hedge/v1"
 #: Bound on the message length accepted for signing (release digests, payment
 #: orders and audit checkpoints are far smaller).
 MAX_MESSAGE_SIZE = 1 << 20
@@ -229,14 +235,18 @@ def nonce_generate(
 ) -> g.Scalar:
     """RFC 9591 section 4.1: H3(random_bytes(32) || SerializeScalar(secret)).
 
-    Hedged: fresh randomness mixed with the secret, so a weak RNG alone does
-    not expose the share. Pass `rng`, or `random_bytes` to replay a vector.
+    Pass `random_bytes` to replay a vector: exactly the RFC. With `rng`, the 32
+    random bytes are hedged before they enter H3 (`hedged_random`: the RNG's
+    output mixed with a per-process value and a counter), because the RFC's
+    hedge (the secret) is the same for every signing by this participant: if
+    the RNG repeats (a restored VM snapshot, a cloned process, a broken
+    source), two signings would get the same nonces and reveal the share.
     """
     secret_enc = g.decode_scalar(secret)
     if random_bytes is None:
         if rng is None:
             raise InvalidParameters("nonce_generate needs rng or random_bytes")
-        random_bytes = rng(32)
+        random_bytes = hedged_random(rng, 32, NONCE_HEDGE_DOMAIN)
     if not isinstance(random_bytes, bytes | bytearray) or len(random_bytes) != 32:
         raise InvalidParameters("nonce randomness must be 32 bytes")
     return H3(bytes(random_bytes) + secret_enc)
@@ -505,9 +515,11 @@ def aggregate(
         raise InvalidParameters("verifying_shares must map identifiers to elements")
     z = g.ZERO
     bad_encoding: list[Identifier] = []
+    decoded: list[g.Scalar] = []  # immutable bytes: bytes-like input works on every path
     for entry, share in zip(entries, sig_shares, strict=True):
         try:
-            z = g.scalar_add(z, g.decode_scalar(share))
+            decoded.append(g.decode_scalar(share))
+            z = g.scalar_add(z, decoded[-1])
         except InvalidScalar:
             bad_encoding.append(entry.identifier)
     if bad_encoding:
@@ -524,7 +536,7 @@ def aggregate(
             entries,
             message,
             pk,
-            sig_shares,
+            decoded,
             verifying_shares,
             binding_factor_list,
             group_commitment,

@@ -36,11 +36,10 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
-from math import comb
+from itertools import combinations, islice
 
 from .errors import EncodingError, InvalidParameters, InvalidShare
-from .group import RandomSource
+from .rng import RandomSource, read_random
 
 #: x^8 + x^4 + x^3 + x + 1, the AES reduction polynomial (0x11B); 0x1B is its low byte.
 _REDUCTION_LOW = 0x1B
@@ -145,12 +144,15 @@ class ByteShare:
     def __post_init__(self) -> None:
         _check_small_int("identifier", self.identifier, 1)
         _check_small_int("threshold", self.threshold, 2)
-        if not isinstance(self.split_id, bytes) or len(self.split_id) != SPLIT_ID_SIZE:
+        # bytes-like input is accepted and stored as immutable bytes.
+        if not isinstance(self.split_id, bytes | bytearray) or len(self.split_id) != SPLIT_ID_SIZE:
             raise InvalidParameters(f"split id must be {SPLIT_ID_SIZE} bytes")
-        if not isinstance(self.data, bytes) or not (
+        if not isinstance(self.data, bytes | bytearray) or not (
             MIN_SECRET_SIZE + TAG_SIZE <= len(self.data) <= MAX_SECRET_SIZE + TAG_SIZE
         ):
             raise InvalidParameters("share data length out of range")
+        object.__setattr__(self, "split_id", bytes(self.split_id))
+        object.__setattr__(self, "data", bytes(self.data))
 
     def __repr__(self) -> str:
         return (
@@ -214,12 +216,14 @@ def split(
             raise InvalidParameters("threshold and count must be ints")
     if not 2 <= threshold <= count <= MAX_SHARES:
         raise InvalidParameters(f"need 2 <= t <= n <= {MAX_SHARES}")
-    split_id = rng(SPLIT_ID_SIZE)
+    split_id = read_random(rng, SPLIT_ID_SIZE)
     payload = bytearray(secret)
     payload += _tag(split_id, threshold, secret)
     length = len(payload)
     coefficients = [int.from_bytes(payload, "big")]
-    coefficients += [int.from_bytes(rng(length), "big") for _ in range(threshold - 1)]
+    # read_random refuses a short read: it would leave the coefficient's high
+    # bytes zero, and those bytes of every share would be the secret in clear.
+    coefficients += [int.from_bytes(read_random(rng, length), "big") for _ in range(threshold - 1)]
     shares = []
     for x in range(1, count + 1):
         acc = coefficients[-1]
@@ -280,16 +284,14 @@ def combine_robust(shares: Sequence[ByteShare]) -> tuple[bytes, tuple[int, ...]]
     """Recover the secret from >= t shares, tolerating wrong ones if a consistent t-set exists.
 
     Returns (secret, culprits): culprits are the identifiers of supplied shares
-    that are not on the verified polynomial. Raises InvalidShare (no culprits
-    named) if no t-subset opens, i.e. with exactly t shares and one is wrong.
+    that are not on the verified polynomial. Tries the t-subsets in
+    lexicographic order of identifiers, at most MAX_SUBSETS of them (so a large
+    set with many wrong shares cannot stall it). Raises InvalidShare (no
+    culprits named) if none opens, e.g. with exactly t shares and one is wrong.
     """
     threshold, length = _check_set(shares)
     ordered = sorted(shares, key=lambda s: s.identifier)
-    if comb(len(ordered), threshold) > MAX_SUBSETS:
-        subsets = iter([ordered[:threshold]])
-    else:
-        subsets = combinations(ordered, threshold)
-    for subset in subsets:
+    for subset in islice(combinations(ordered, threshold), MAX_SUBSETS):
         opened = _open(subset, length)
         if opened is None:
             continue

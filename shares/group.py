@@ -13,13 +13,14 @@ RFC 9591 section 6.5 requires of DeserializeElement.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Callable
 
 from nacl import bindings as _sodium
 from nacl.exceptions import CryptoError
 
-from .errors import InvalidElement, InvalidScalar
+from .errors import InvalidElement, InvalidParameters, InvalidScalar
+from .rng import RandomSource, read_random
 
 #: Order of the prime-order subgroup (RFC 8032 "L").
 ORDER = 2**252 + 27742317777372353535851937790883648493
@@ -28,9 +29,6 @@ ELEMENT_SIZE = 32
 
 Scalar = bytes
 Element = bytes
-#: An RNG is a callable returning `n` random bytes: `os.urandom` in production,
-#: a seeded deterministic source in tests. Every random operation takes one.
-RandomSource = Callable[[int], bytes]
 
 #: Encoding of the neutral element (x=0, y=1).
 IDENTITY: Element = b"\x01" + b"\x00" * 31
@@ -109,7 +107,7 @@ def scalar_eq(a: Scalar, b: Scalar) -> bool:
 def random_scalar(rng: RandomSource) -> Scalar:
     """A uniformly random non-zero scalar from 64 bytes of `rng` (bias < 2^-250)."""
     while True:
-        s = scalar_reduce(rng(64))
+        s = scalar_reduce(read_random(rng, 64))
         if not scalar_is_zero(s):
             return s
 
@@ -143,6 +141,21 @@ def decode_element(data: bytes) -> Element:
     if not _sodium.crypto_core_ed25519_is_valid_point(bytes(data)):
         raise InvalidElement("not a canonical prime-order Ed25519 point")
     return CheckedElement(data)
+
+
+def hash_to_element(seed: bytes) -> Element:
+    """A generator with a discrete log nobody knows, derived from a public `seed`.
+
+    SHA-512 of a fixed domain tag and the seed, mapped to the curve by
+    libsodium's `crypto_core_ed25519_from_uniform` (Elligator 2, cofactor
+    cleared, so the point is in the prime-order subgroup). A map, not a
+    multiplication of B by a known scalar: log_B of the output is unknown,
+    which is what a second generator needs (TDH2's g-bar in `shares.tdec`).
+    """
+    if not isinstance(seed, bytes) or not 1 <= len(seed) <= 255:
+        raise InvalidParameters("generator seed must be 1..255 bytes")
+    uniform = hashlib.sha512(b"custody/shares/group/generator/v1" + seed).digest()[:32]
+    return decode_element(_sodium.crypto_core_ed25519_from_uniform(uniform))
 
 
 def is_identity(p: Element) -> bool:

@@ -19,6 +19,12 @@ verification shares from the public packages alone (`refreshed_verification_shar
 
 A participant outside P keeps only its stale share, which no longer combines:
 it must be repaired (`shares.repair`) afterwards.
+
+The threshold never changes in a refresh: both rounds take the key's own
+public data (verification shares, group public key), derive t from it
+(`vss.derive_threshold`) and refuse any other t. Otherwise a 2-of-3 key
+refreshed with t = 3 would pass every check and come out 3-of-3, a key that
+one lost node destroys. Changing the threshold is a re-key (a new version).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 
 from . import group as g
 from . import vss
-from .errors import InvalidElement, InvalidParameters, InvalidShare
+from .errors import InvalidElement, InvalidParameters, InvalidScalar, InvalidShare
 from .shamir import (
     SecretShare,
     check_identifiers,
@@ -83,11 +89,45 @@ def _check_set(participants: Iterable[int], min_participants: int) -> tuple[int,
     return ids
 
 
-def refresh_round1(
-    identifier: int, participants: Iterable[int], min_participants: int, rng: g.RandomSource
-) -> tuple[RefreshPackage, dict[int, RefreshSubShare]]:
-    """Deal a fresh sharing of zero to every participant of the refresh."""
+def check_threshold_unchanged(
+    min_participants: int,
+    participants: Iterable[int],
+    verification_shares: Mapping[int, g.Element],
+    group_public_key: g.Element,
+) -> tuple[int, ...]:
+    """The refresh keeps the key's threshold and refreshes members of the key only.
+
+    `min_participants` must equal the threshold derived from the key's current
+    verification shares; InvalidParameters otherwise. Returns the sorted set.
+    """
     ids = _check_set(participants, min_participants)
+    t = vss.derive_threshold(verification_shares, group_public_key)
+    if min_participants != t:
+        raise InvalidParameters(
+            f"refresh threshold {min_participants} differs from the key's threshold {t}: "
+            "a refresh never changes the threshold (re-key instead)"
+        )
+    unknown = set(ids) - set(verification_shares)
+    if unknown:
+        raise InvalidParameters(f"no verification share for {sorted(unknown)}")
+    return ids
+
+
+def refresh_round1(
+    identifier: int,
+    participants: Iterable[int],
+    min_participants: int,
+    verification_shares: Mapping[int, g.Element],
+    group_public_key: g.Element,
+    rng: g.RandomSource,
+) -> tuple[RefreshPackage, dict[int, RefreshSubShare]]:
+    """Deal a fresh sharing of zero to every participant of the refresh.
+
+    Refuses, before dealing, a threshold other than the key's own.
+    """
+    ids = check_threshold_unchanged(
+        min_participants, participants, verification_shares, group_public_key
+    )
     if identifier not in ids:
         raise InvalidParameters(f"{identifier} is not a participant of this refresh")
     coefficients = random_polynomial(g.ZERO, min_participants - 1, rng)
@@ -176,7 +216,11 @@ def refresh_round2(
 
     `participants` is the refreshing set as agreed through the log, not read
     from the packages, so a missing or extra package cannot silently change it.
+    `min_participants` must be the key's threshold (derived from
+    `verification_shares`), and the refreshed verification shares must have
+    that same threshold: a refresh that would change it is refused.
     """
+    check_threshold_unchanged(min_participants, participants, verification_shares, group_public_key)
     by_dealer = check_packages(packages, participants, min_participants)
     me = share.identifier
     if me not in by_dealer:
@@ -197,18 +241,20 @@ def refresh_round2(
     new_value = g.decode_scalar(share.value)
     for dealer in sorted(by_dealer):
         try:
-            vss.verify_share(me, received[dealer].value, by_dealer[dealer], dealer)
-        except InvalidShare:
+            value = g.decode_scalar(received[dealer].value)  # bytes, whatever came in
+            vss.verify_share(me, value, by_dealer[dealer], dealer)
+        except (InvalidShare, InvalidScalar):
             culprits.append(dealer)
             continue
-        new_value = g.scalar_add(new_value, received[dealer].value)
+        new_value = g.scalar_add(new_value, value)
     if culprits:
         raise InvalidShare("refresh sub-shares do not match their commitments", culprits)
     new_shares = refreshed_verification_shares(
         packages, by_dealer, min_participants, verification_shares
     )
     group_key = g.decode_element(group_public_key)
-    check_verification_shares(new_shares, min_participants, group_key)
+    if vss.derive_threshold(new_shares, group_key) != min_participants:
+        raise InvalidParameters("refreshed verification shares have another threshold")
     new_share = SecretShare(me, new_value)
     if not g.element_eq(g.base_mult(new_value), new_shares[me]):
         raise InvalidShare("refreshed share does not match the refreshed verification share")

@@ -7,7 +7,14 @@ identified rather than only detected. With helpers H (|H| >= t) repairing the
 share of participant r, and lambda_i = L_{i,H}(r) the Lagrange coefficient of
 helper i evaluated at r (so sum_i lambda_i s_i = f(r) = s_r):
 
-All steps take the agreed `RepairRequest` (participant, helper set, t).
+All steps take the agreed `RepairRequest` (participant, helper set, t) and
+the key's own public data (verification shares, group public key). The
+threshold is never taken on trust from the request: every step derives t
+from the key's public data (`vss.derive_threshold`) and refuses a request
+whose t differs, before a helper sends anything. With a lower t the helpers'
+Lagrange coefficients are wrong, every consistency check still passes, and
+the receiver gets sigmas whose sum is a known linear combination of the
+helpers' shares; two such repairs of a 3-of-5 key solve for two shares.
 
 1. `repair_step1` (helper i): split lambda_i * s_i into |H| random additive
    pieces delta_{i->j}, one per helper j (its own included), and publish the
@@ -35,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import group as g
+from . import vss
 from .errors import InvalidElement, InvalidParameters, InvalidScalar, InvalidShare
 from .shamir import SecretShare, check_identifiers, lagrange_coefficient
 
@@ -92,6 +100,8 @@ class RepairRequest:
     min_participants: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.helpers, tuple | list):
+            raise InvalidParameters("helpers must be a sequence of identifiers")
         ids = tuple(sorted(check_identifiers(self.helpers)))
         check_identifiers([self.participant])
         if self.participant in ids:
@@ -104,15 +114,55 @@ class RepairRequest:
         object.__setattr__(self, "helpers", ids)
 
 
+def check_request(
+    request: RepairRequest,
+    verification_shares: Mapping[int, g.Element],
+    group_public_key: g.Element,
+) -> None:
+    """The request fits the key: same threshold as the key's public data, known members.
+
+    InvalidParameters otherwise. Every step calls it first, so a request with a
+    lower t (which would make the sigmas reveal helpers' shares) or for
+    identifiers that hold no share of this key is refused before anything is sent.
+    """
+    if not isinstance(request, RepairRequest):
+        raise InvalidParameters("expected a RepairRequest")
+    t = vss.derive_threshold(verification_shares, group_public_key)
+    if request.min_participants != t:
+        raise InvalidParameters(
+            f"repair request threshold {request.min_participants} differs from the key's "
+            f"threshold {t} (derived from its verification shares)"
+        )
+    unknown = {request.participant, *request.helpers} - set(verification_shares)
+    if unknown:
+        raise InvalidParameters(f"no verification share for {sorted(unknown)}")
+
+
 def repair_step1(
-    share: SecretShare, request: RepairRequest, rng: g.RandomSource
+    share: SecretShare,
+    request: RepairRequest,
+    verification_shares: Mapping[int, g.Element],
+    group_public_key: g.Element,
+    rng: g.RandomSource,
 ) -> tuple[RepairCommitments, dict[int, RepairDelta]]:
-    """Helper step 1: pieces of lambda_i * s_i for every helper, and their commitments."""
+    """Helper step 1: pieces of lambda_i * s_i for every helper, and their commitments.
+
+    Refuses (before dealing anything) a request that does not fit the key
+    (`check_request`) and a share that is not this helper's current share.
+    """
+    check_request(request, verification_shares, group_public_key)
     ids, participant = request.helpers, request.participant
-    if share.identifier not in ids:
+    if not isinstance(share, SecretShare) or share.identifier not in ids:
         raise InvalidParameters("this helper is not in the helper set")
+    own = g.decode_scalar(share.value)
+    mine = _verification_share(verification_shares, share.identifier)
+    if not g.element_eq(g.base_mult(own), mine):
+        raise InvalidParameters(
+            f"share of helper {share.identifier} does not match its verification share "
+            "(stale after a refresh?)"
+        )
     lam = lagrange_coefficient(share.identifier, ids, at=participant)
-    target = g.scalar_mul(lam, g.decode_scalar(share.value))
+    target = g.scalar_mul(lam, own)
     pieces: dict[int, g.Scalar] = {}
     remainder = target
     for j in ids[:-1]:
@@ -142,15 +192,26 @@ def check_commitments(
     request: RepairRequest,
     packages: Sequence[RepairCommitments],
     verification_shares: Mapping[int, g.Element],
-) -> dict[int, RepairCommitments]:
+    group_public_key: g.Element,
+) -> dict[int, dict[int, g.Element]]:
     """Validate every helper's public step-1 package; InvalidShare naming all bad helpers.
 
     A package is good if it is for this repair (same participant and helper
     set), has one decodable commitment per helper, and its commitments sum to
     lambda_i * Y_i, i.e. the pieces really split lambda_i times i's share.
+    Returns the decoded commitments: helper -> (recipient -> D_{helper->recipient}).
     """
+    check_request(request, verification_shares, group_public_key)
+    return _check_commitments(request, packages, verification_shares)
+
+
+def _check_commitments(
+    request: RepairRequest,
+    packages: Sequence[RepairCommitments],
+    verification_shares: Mapping[int, g.Element],
+) -> dict[int, dict[int, g.Element]]:
     ids, participant = request.helpers, request.participant
-    if isinstance(packages, bytes | bytearray | str):
+    if isinstance(packages, bytes | bytearray | str) or not isinstance(packages, Sequence):
         raise InvalidParameters("packages must be a sequence")
     by_helper: dict[int, RepairCommitments] = {}
     for p in packages:
@@ -163,25 +224,29 @@ def check_commitments(
     if missing:
         raise InvalidParameters(f"missing commitment packages from {sorted(missing)}")
     culprits = []
+    decoded: dict[int, dict[int, g.Element]] = {}
     for i, p in by_helper.items():
         lam = lagrange_coefficient(i, ids, at=participant)
         expected = g.scalar_mult(lam, _verification_share(verification_shares, i))
         try:
             if p.participant != participant or tuple(p.helpers) != ids:
                 raise InvalidParameters("package is for another repair")
-            if set(p.commitments) != set(ids):
+            if not isinstance(p.commitments, Mapping) or set(p.commitments) != set(ids):
                 raise InvalidParameters("package must commit to one piece per helper")
+            points = {j: _decode_point(p.commitments[j]) for j in ids}
             total = g.IDENTITY
             for j in ids:
-                total = g.element_add(total, _decode_point(p.commitments[j]))
+                total = g.element_add(total, points[j])
         except (InvalidParameters, InvalidElement, TypeError, KeyError):
             culprits.append(i)
             continue
         if not g.element_eq(total, expected):
             culprits.append(i)
+            continue
+        decoded[i] = points
     if culprits:
         raise InvalidShare("repair commitments do not match the helpers' shares", culprits)
-    return by_helper
+    return decoded
 
 
 def _decode_point(data: bytes) -> g.Element:
@@ -197,12 +262,13 @@ def repair_step2(
     deltas: Sequence[RepairDelta],
     packages: Sequence[RepairCommitments],
     verification_shares: Mapping[int, g.Element],
+    group_public_key: g.Element,
 ) -> RepairSigma:
     """Helper step 2: verify the pieces addressed to `helper` and sum them for the participant."""
     ids, participant = request.helpers, request.participant
     if helper not in ids:
         raise InvalidParameters(f"{helper} is not a helper of this repair")
-    by_helper = check_commitments(request, packages, verification_shares)
+    by_helper = check_commitments(request, packages, verification_shares, group_public_key)
     received: dict[int, RepairDelta] = {}
     for d in deltas:
         if not isinstance(d, RepairDelta) or d.sender not in ids:
@@ -223,7 +289,7 @@ def repair_step2(
         except InvalidScalar:
             culprits.append(i)
             continue
-        if not g.element_eq(g.base_mult(value), by_helper[i].commitments[helper]):
+        if not g.element_eq(g.base_mult(value), by_helper[i][helper]):
             culprits.append(i)
             continue
         sigma = g.scalar_add(sigma, value)
@@ -237,10 +303,11 @@ def repair_step3(
     sigmas: Sequence[RepairSigma],
     packages: Sequence[RepairCommitments],
     verification_shares: Mapping[int, g.Element],
+    group_public_key: g.Element,
 ) -> SecretShare:
     """Participant step 3: check each sigma, sum them, check the result against Y_participant."""
     ids, participant = request.helpers, request.participant
-    by_helper = check_commitments(request, packages, verification_shares)
+    by_helper = check_commitments(request, packages, verification_shares, group_public_key)
     received: dict[int, RepairSigma] = {}
     for s in sigmas:
         if not isinstance(s, RepairSigma) or s.sender not in ids:
@@ -258,7 +325,7 @@ def repair_step3(
     for j in ids:
         expected = g.IDENTITY
         for i in ids:
-            expected = g.element_add(expected, by_helper[i].commitments[j])
+            expected = g.element_add(expected, by_helper[i][j])
         try:
             value = g.decode_scalar(received[j].value)
         except InvalidScalar:

@@ -16,11 +16,11 @@ that themselves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from . import group as g
 from .errors import InvalidElement, InvalidParameters, InvalidScalar, InvalidShare
-from .shamir import MAX_PARTICIPANTS, check_identifiers
+from .shamir import MAX_PARTICIPANTS, check_identifiers, lagrange_coefficient
 
 
 def _check_coefficient_count(count: int) -> None:
@@ -105,3 +105,39 @@ def sum_commitments(commitment_vectors: Sequence[Sequence[g.Element]]) -> list[g
     for v in vectors[1:]:
         out = [g.element_add(a, b) for a, b in zip(out, v, strict=True)]
     return out
+
+
+def derive_threshold(
+    verification_shares: Mapping[int, g.Element], group_public_key: g.Element
+) -> int:
+    """The key's threshold t, from its public data alone (never from a request).
+
+    The smallest t such that the first t verification shares, interpolated in
+    the exponent, give the group public key at 0 and every other verification
+    share at its identifier: the degree of the group polynomial plus one. A
+    protocol that would use another t (repair, refresh) must refuse. Raises
+    InvalidParameters if the shares are inconsistent with the key or fewer
+    than t of them are given (then they determine nothing).
+    """
+    if not isinstance(verification_shares, Mapping):
+        raise InvalidParameters("verification shares must map identifiers to elements")
+    ids = sorted(check_identifiers(list(verification_shares)))
+    if len(ids) < 2:
+        raise InvalidParameters("need at least 2 verification shares")
+    points = {i: g.decode_element(verification_shares[i]) for i in ids}
+    key = g.decode_element(group_public_key)
+    for t in range(2, len(ids) + 1):
+        base = ids[:t]
+        if all(
+            g.element_eq(
+                g.multi_scalar_mult(
+                    [(lagrange_coefficient(i, base, at=target), points[i]) for i in base]
+                ),
+                key if target == 0 else points[target],
+            )
+            for target in [0, *ids[t:]]
+        ):
+            return t
+    raise InvalidParameters(
+        "verification shares are inconsistent with the group key, or fewer than the threshold"
+    )

@@ -8,6 +8,7 @@ signer, bad commitments name their sender, nonces refuse reuse.
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 
 import msgpack
@@ -173,11 +174,13 @@ def test_nonces_are_single_use() -> None:
 
 
 def test_nonces_are_redacted_and_not_copyable() -> None:
-    nonce_a, _ = frost.commit(g.scalar_from_int(42), rng=SeededRNG(8))
-    hiding, binding = nonce_a.take()
     nonce, _ = frost.commit(g.scalar_from_int(42), rng=SeededRNG(8))
-    text = repr(nonce)
-    assert "redacted" in text and hiding.hex() not in text and binding.hex() not in text
+    text, shown = repr(nonce), str(nonce)
+    hiding, binding = nonce.take()
+    for secret in (hiding, binding):
+        assert secret.hex() not in text + shown and repr(secret) not in text + shown
+    assert "redacted" in text
+    nonce, _ = frost.commit(g.scalar_from_int(42), rng=SeededRNG(8))
     with pytest.raises(TypeError):
         pickle.dumps(nonce)
     with pytest.raises(TypeError):
@@ -362,3 +365,75 @@ def test_trusted_dealer_needs_randomness_or_coefficients() -> None:
         frost.trusted_dealer_keygen(g.ONE, 3, 3, coefficients=[g.ONE])
     with pytest.raises(InvalidScalar):
         frost.trusted_dealer_keygen(g.ONE, 3, 2, coefficients=[b"\xff" * 32])
+
+
+# --- issue 9, section 6, item 6: bytes-like shares take the culprit path ------------------
+
+
+def test_bad_bytearray_share_is_named_not_a_type_error() -> None:
+    shares, pk, pks, rng = keygen(2, 3, 71)
+    nonces, commitment_list = round_one(shares, [1, 2], rng)
+    z = sign_all(shares, pk, nonces, commitment_list)
+    good = frost.aggregate(commitment_list, MSG, pk, [bytearray(x) for x in z],
+                           verifying_shares={i: bytearray(v) for i, v in pks.items()})
+    Ed25519PublicKey.from_public_bytes(pk).verify(good, MSG)
+    z[1] = g.scalar_add(z[1], g.ONE)
+    with pytest.raises(InvalidSignatureShare) as exc:
+        frost.aggregate(commitment_list, MSG, pk, [bytearray(x) for x in z], verifying_shares=pks)
+    assert exc.value.culprits == (2,)
+
+
+# --- item 7: hedged nonce randomness -------------------------------------------------------
+
+
+def _stuck(n: int) -> bytes:
+    """An RNG that returns the same bytes every time (a restored snapshot, a broken source)."""
+    return b"\x42" * n
+
+
+def test_repeating_rng_still_gives_fresh_nonces() -> None:
+    """Two signings of different messages with an RNG that repeats: different nonces.
+
+    Before the hedge both nonces were H3(same bytes || sk): identical commitments
+    (even hiding == binding), and two signature shares on different messages
+    with the same nonces reveal the signing share.
+    """
+    shares, pk, pks, _ = keygen(2, 3, 72)
+    sessions = []
+    for msg in (b"pay 100 to alice", b"pay 100 to mallory"):
+        nonces, commitment_list = round_one(shares, [1, 2], _stuck)
+        z = sign_all(shares, pk, nonces, commitment_list, msg)
+        sig = frost.aggregate(commitment_list, msg, pk, z, verifying_shares=pks)
+        Ed25519PublicKey.from_public_bytes(pk).verify(sig, msg)
+        sessions.append(commitment_list)
+    points = [c for session in sessions for _, hid, bnd in session for c in (hid, bnd)]
+    assert len(set(points)) == len(points)  # no nonce repeats, across or within signings
+
+
+def test_nonce_generate_is_the_rfc_with_explicit_randomness() -> None:
+    sk = g.scalar_from_int(7)
+    rand = bytes(range(32))
+    expected = frost.H3(rand + sk)
+    assert frost.nonce_generate(sk, random_bytes=rand) == expected
+    assert frost.nonce_generate(sk, rng=lambda n: rand[:n]) != expected  # hedged
+    with pytest.raises(SharesError):  # a short read is refused, not hashed
+        frost.nonce_generate(sk, rng=lambda n: rand[: n - 1])
+
+
+def test_forked_process_gets_its_own_hedge() -> None:
+    """A cloned process with the same RNG state must not produce the same nonces."""
+    sk = g.scalar_from_int(9)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: same memory, same stuck RNG
+        try:
+            os.close(read_fd)
+            os.write(write_fd, frost.nonce_generate(sk, rng=_stuck))
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    mine = frost.nonce_generate(sk, rng=_stuck)
+    with os.fdopen(read_fd, "rb") as pipe:
+        theirs = pipe.read()
+    os.waitpid(pid, 0)
+    assert len(theirs) == 32 and theirs != mine

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shares import gf256
-from shares.errors import EncodingError, InvalidParameters, InvalidShare
+from shares.errors import EncodingError, InvalidParameters, InvalidShare, RandomnessError
 from shares.rng import SeededRNG
 
 
@@ -184,3 +184,56 @@ def test_repr_redacts_share_data() -> None:
 def test_share_constructor_validates(identifier, threshold, split_id, data) -> None:
     with pytest.raises(InvalidParameters):
         gf256.ByteShare(identifier, threshold, split_id, data)
+
+
+# --- issue 9, section 6, item 6: the subset search is bounded, not skipped -------------
+
+
+def test_combine_robust_searches_up_to_max_subsets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With C(n, t) above the bound it used to try only the first subset; now up to the bound."""
+    monkeypatch.setattr(gf256, "MAX_SUBSETS", 5)  # C(7, 3) = 35 > 5
+    secret = b"break-glass secret"
+    shares = gf256.split(secret, 3, 7, SeededRNG(61))
+    shares[2] = gf256.ByteShare(3, 3, shares[2].split_id, bytes(len(shares[2].data)))
+    # (1, 2, 3) fails, (1, 2, 4) opens: the second subset tried.
+    assert gf256.combine_robust(shares) == (secret, (3,))
+
+
+def test_combine_robust_stops_at_max_subsets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gf256, "MAX_SUBSETS", 5)
+    shares = gf256.split(b"x" * 8, 3, 7, SeededRNG(62))
+    # Shares 1 and 2 wrong: every subset among the first five contains one of them.
+    for k in (0, 1):
+        shares[k] = gf256.ByteShare(k + 1, 3, shares[k].split_id, bytes(len(shares[k].data)))
+    tried = []
+    real_open = gf256._open
+    monkeypatch.setattr(gf256, "_open", lambda s, n: tried.append(s) or real_open(s, n))
+    with pytest.raises(InvalidShare):
+        gf256.combine_robust(shares)
+    assert len(tried) == 5
+
+
+def test_combine_robust_at_the_real_bound() -> None:
+    # C(20, 5) = 15504 > 10 000; with share 1 wrong, the first good subset is number 3877.
+    secret = bytes(range(24))
+    shares = gf256.split(secret, 5, 20, SeededRNG(63))
+    shares[0] = gf256.ByteShare(1, 5, shares[0].split_id, bytes(len(shares[0].data)))
+    assert gf256.combine_robust(shares) == (secret, (1,))
+
+
+def test_bytes_like_share_fields_are_stored_as_bytes() -> None:
+    share = gf256.split(b"abc", 2, 3, SeededRNG(64))[0]
+    loose = gf256.ByteShare(1, 2, bytearray(share.split_id), bytearray(share.data))
+    assert loose == share and type(loose.data) is bytes
+
+
+# --- item 4: a short RNG read is refused, never turned into zero coefficient bytes ------
+
+
+def test_split_refuses_a_short_rng_read() -> None:
+    """An RNG that returns at most 16 bytes per call used to leave every share
+    holding the secret in clear (the coefficients' high bytes were zero)."""
+    stream = SeededRNG(65)
+    secret = bytes(range(1, 33))
+    with pytest.raises(RandomnessError, match="returned 16 bytes, 64 were requested"):
+        gf256.split(secret, 3, 5, lambda n: stream(min(n, 16)))
