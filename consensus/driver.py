@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -97,6 +98,7 @@ class DriverConfig:
     snapshot_every: int = 5000  # applied entries between snapshots
     keep_entries: int = 1000  # entries kept behind a snapshot for slow followers
     max_entry_bytes: int = 1 << 20  # bound on one proposal envelope
+    max_append_bytes: int = 1 << 20  # entry data per APPEND message (keep below max_frame)
     session_window: int = DEFAULT_WINDOW  # exactly-once: see consensus.session
     max_pending: int = 10_000  # proposals or reads in flight
     max_inbox: int = 50_000  # peer messages queued; beyond it they are dropped
@@ -182,6 +184,7 @@ class Driver:
                 applied=self._applied,
                 seed=seed if seed is not None else int.from_bytes(os.urandom(4), "big"),
                 max_entry_bytes=cfg.max_entry_bytes,
+                max_size_per_msg=cfg.max_append_bytes,
             ),
             storage,
         )
@@ -821,6 +824,16 @@ async def open_node(
 
     if node_id not in peers:
         raise ValueError(f"node {node_id} is not in peers")
+    if max_frame is not None:
+        # An APPEND carries at least one entry and up to max_append_bytes of them:
+        # both must fit a frame with room for the framing, or followers starve.
+        cfg = config or DriverConfig()
+        room = max_frame // 2
+        config = dataclasses.replace(
+            cfg,
+            max_entry_bytes=min(cfg.max_entry_bytes, room),
+            max_append_bytes=min(cfg.max_append_bytes, room),
+        )
     storage = FileStorage(data_dir)
     voters = () if join else tuple(peers)
     driver = Driver(node_id, storage, machine, voters=voters, config=config)
@@ -833,6 +846,7 @@ async def open_node(
         client_ctx,
         driver.deliver,
         **({} if max_frame is None else {"max_frame": max_frame}),
+        spool_dir=data_dir / "snap-incoming",
     )
     await driver.start()
     return driver

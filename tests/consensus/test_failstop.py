@@ -172,8 +172,15 @@ async def test_a_kv_node_on_a_full_disk_exits_non_zero_and_restarts_once_freed(
                         if st3 and st and st3["applied"] >= st["commit"] and st3["leader"]:
                             break
                         await asyncio.sleep(0.1)
+                # A PUT answered 503/504 or cut off may still have been applied, so a
+                # key may hold a newer value than the last acknowledged one, never older.
                 for key, want in acked.items():
                     async with s.get(c.url(3, f"/kv/{key}")) as r:
-                        assert r.status == 200 and (await r.text()) == want, key
+                        got = await r.text()
+                        assert r.status == 200, key
+                        if key == "after":
+                            assert got == want
+                        else:
+                            assert int(got.lstrip("v")) >= int(want.lstrip("v")), key
         finally:
             c.close()
