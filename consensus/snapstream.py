@@ -48,7 +48,7 @@ from typing import Any
 
 import msgpack
 
-from .codec import DecodeError
+from .codec import DecodeError, unpack_bounded
 
 STREAM_VERSION = 1
 DIGEST_LEN = 32
@@ -197,8 +197,9 @@ def decode_frame(body: bytes, limits: StreamLimits) -> Frame:
     if not is_stream_frame(body):
         raise StreamDecodeError("not a stream frame: expected a msgpack array of <= 15 items")
     try:
-        d = msgpack.unpackb(
+        d = unpack_bounded(
             body,
+            max_lists=3,  # the frame, a header's voters and learners: in total
             raw=False,
             strict_map_key=True,
             use_list=True,

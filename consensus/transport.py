@@ -58,10 +58,12 @@ from .codec import (
     FrameDecoder,
     FrameTooLarge,
     Limits,
-    decode_message,
+    decode_message_async,
     encode_frame,
 )
+from .gate import HandshakeGate
 from .messages import ConfState, Message, MsgType, Snapshot, SnapshotMeta
+from .ratelog import limit_logger
 from .snapstream import (
     DEFAULT_MAX_SNAPSHOT_BYTES,
     MAX_CHUNK,
@@ -83,6 +85,7 @@ from .snapstream import (
 from .tls import PeerIdentityError, peer_node_id
 
 log = logging.getLogger(__name__)
+limit_logger(log)  # peers cause most of these lines: 10 a minute per message
 
 READ_CHUNK = 64 * 1024
 MAX_BATCH_BYTES = 1024 * 1024
@@ -185,6 +188,9 @@ class Transport:
         spool_dir: Path | None = None,
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
         have_timeout: float = HAVE_TIMEOUT,
+        max_handshakes: int = 64,
+        max_handshakes_per_ip: int = 8,
+        max_inbound: int | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be positive")
@@ -203,6 +209,14 @@ class Transport:
         self._retired: set[asyncio.Task[None]] = set()  # senders of removed peers
         self._peers = {i: _Peer(i, a, queue_size) for i, a in peers.items() if i != node_id}
         self._server: asyncio.Server | None = None
+        self._gate = HandshakeGate(
+            self._serve,
+            server_ctx,
+            max_handshakes=max_handshakes,
+            max_handshakes_per_ip=max_handshakes_per_ip,
+            handshake_timeout=connect_timeout,
+        )
+        self._max_inbound = max_inbound
         self._inbound: dict[int, asyncio.StreamWriter] = {}
         self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._stopping = False
@@ -222,16 +236,15 @@ class Transport:
     async def start(self) -> None:
         self._partials = self._spool.open(self._peers)  # partials that survived a restart
         host, port = self.listen_addr
-        self._server = await asyncio.start_server(
-            self._serve,
-            host,
-            port,
-            ssl=self.server_ctx,
-            ssl_handshake_timeout=self.connect_timeout,
-        )
+        self._set_inbound_cap()
+        self._server = await self._gate.start(host, port)
         self._started = True
         for p in self._peers.values():
             self._start_peer(p)
+
+    def _set_inbound_cap(self) -> None:
+        # one inbound connection per peer, with room for reconnects replacing old ones
+        self._gate.max_established = self._max_inbound or max(8, 4 * len(self._peers))
 
     def _start_peer(self, p: _Peer) -> None:
         p.task = asyncio.create_task(self._run_peer(p), name=f"raft-peer-{p.id}")
@@ -252,6 +265,7 @@ class Transport:
             self._drop_peer(old)
         p = _Peer(node_id, addr, self._queue_size)
         self._peers[node_id] = p
+        self._set_inbound_cap()
         if self._started and not self._stopping:
             self._start_peer(p)
 
@@ -288,9 +302,8 @@ class Transport:
     async def stop(self) -> None:
         """Stop listening and dialing; close every connection. Queued messages are lost."""
         self._stopping = True
-        if self._server is not None:
-            self._server.close()  # listening sockets close now; wait_closed() is not
-            self._server = None  # awaited: it also waits for half-open handshakes
+        self._gate.close()  # stops listening; aborts connections still in their handshake
+        self._server = None
         peers = [p.task for p in self._peers.values() if p.task is not None]
         peers += list(self._retired)
         for p in self._peers.values():
@@ -620,11 +633,11 @@ class Transport:
         if is_stream_frame(body):
             await self._on_stream_frame(pid, body)
         else:
-            self._deliver(pid, body)
+            await self._deliver(pid, body)
 
-    def _deliver(self, pid: int, body: bytes) -> None:
+    async def _deliver(self, pid: int, body: bytes) -> None:
         try:
-            msg = decode_message(body, self.limits)
+            msg = await decode_message_async(body, self.limits)  # large frames off the loop
         except DecodeError as exc:
             self.stats["dropped_decode"] += 1
             log.warning("dropped a frame from node %d: %s", pid, exc)

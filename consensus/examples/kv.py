@@ -39,6 +39,7 @@ import aiohttp
 import msgpack
 from aiohttp import web
 
+from consensus import ratelog
 from consensus.codec import DEFAULT_MAX_FRAME
 from consensus.driver import (
     Driver,
@@ -50,6 +51,7 @@ from consensus.driver import (
     open_node,
     write_cluster_certs,
 )
+from consensus.gate import raise_nofile_limit
 from consensus.session import MAX_CLIENT_ID, MAX_SEQ, SessionError
 from consensus.storage import StorageError
 
@@ -559,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             **({"defer_commit_fsync": False} if args.sync_commit_index else {}),
         },
     )
+    ratelog.install()  # no peer can make this process write unbounded log lines
+    raise_nofile_limit()  # the handshake gate, not the fd limit, bounds connections
     return asyncio.run(serve(cfg))
 
 
