@@ -13,6 +13,10 @@ canonical (fixed field order), so the same command always has the same bytes.
 Signed commands (`SIGNED_KINDS`) carry `signature`: Ed25519 by the author's
 registered key (operator principal key, or member identity key) over
 `digest.signing_digest(cluster_id, signing_bytes(cmd))`.
+
+Governance commands (`GOVERNANCE_KINDS`) change nothing by themselves: each opens a
+governance request whose payload is its `signing_bytes`, which `decode_change` turns
+back into the command when the governance quorum has approved it.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ MAX_APPROVERS = 64
 U32 = (1 << 32) - 1
 U62 = (1 << 62) - 1
 # Epochs stay far inside the schema: the largest epoch plus the largest waiting or grace
-# period (U32) plus the largest time lock (U32) is still < 2^62, so no derived epoch
-# (activation = epoch + waiting, destroyable = retired + grace) can leave its field.
+# period (U32) plus the largest time lock is still < 2^62, so no derived epoch
+# (activation = epoch + waiting, destroyable = retired + grace, effective = approved +
+# time lock) can leave its field.
 MAX_EPOCH = 1 << 48
+# The governance time lock: at least one epoch (a weakening change is never immediate) and
+# at most 4096 (a quorum cannot make every later weakening change wait forever).
+MAX_TIME_LOCK_EPOCHS = 4096
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 # Text is printable ASCII, spelled out: `str.isprintable()` follows the interpreter's
@@ -239,13 +247,20 @@ class Command:
     SCHEMA: ClassVar[tuple[tuple[str, Spec], ...]] = ()
 
 
+TIME_LOCK = Int(1, MAX_TIME_LOCK_EPOCHS)
+APPROVER_LIST = ListOf(PRINCIPAL, MAX_APPROVERS, unique=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Bootstrap(Command):
     cluster_id: str
     threshold: int
     members: tuple[MemberSpec, ...]
     principals: tuple[PrincipalSpec, ...]
-    unsafe: bool = False  # explicit, audited waiver of the two-party minimums (t >= 2)
+    governance_approvers: tuple[str, ...]  # approvers (in `principals`) who decide governance
+    governance_k: int  # how many of them (>= 2 unless `unsafe`)
+    time_lock_epochs: int  # how long a weakening governance change waits (1..4096 epochs)
+    unsafe: bool = False  # explicit, audited waiver of the two-party minimums (t, k >= 2)
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "bootstrap"
     SCHEMA: ClassVar = (
@@ -253,9 +268,16 @@ class Bootstrap(Command):
         ("threshold", Int(1, MAX_MEMBERS)),
         ("members", ListOf(Struct(MemberSpec), MAX_MEMBERS)),
         ("principals", ListOf(Struct(PrincipalSpec), MAX_PRINCIPALS)),
+        ("governance_approvers", APPROVER_LIST),
+        ("governance_k", Int(1, MAX_APPROVERS)),
+        ("time_lock_epochs", TIME_LOCK),
         ("unsafe", Bool()),
         ("signature", SIGNATURE),
     )
+
+
+# Governance commands: each opens a governance request that only the governance quorum
+# can approve; weakening ones then wait the time lock (see machine.py, rules.py).
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +288,76 @@ class AddPrincipal(Command):
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "add_principal"
     SCHEMA: ClassVar = (*PrincipalSpec.SCHEMA, ("signature", SIGNATURE))
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePrincipal(Command):
+    name: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "remove_principal"
+    SCHEMA: ClassVar = (("name", PRINCIPAL), ("signature", SIGNATURE))
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyPrincipal(Command):
+    name: str
+    public_key: bytes  # the new raw Ed25519 key, checked like a registration
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "rekey_principal"
+    SCHEMA: ClassVar = (
+        ("name", PRINCIPAL),
+        ("public_key", Bytes(lengths=(32,))),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SetGovernance(Command):
+    approvers: tuple[str, ...]
+    k: int
+    time_lock_epochs: int
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "set_governance"
+    SCHEMA: ClassVar = (
+        ("approvers", APPROVER_LIST),
+        ("k", Int(1, MAX_APPROVERS)),
+        ("time_lock_epochs", TIME_LOCK),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SetThreshold(Command):
+    threshold: int
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "set_threshold"
+    SCHEMA: ClassVar = (("threshold", Int(1, MAX_MEMBERS)), ("signature", SIGNATURE))
+
+
+@dataclass(frozen=True, slots=True)
+class AddMember(Command):
+    name: str
+    index: int
+    public_key: bytes
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "add_member"
+    SCHEMA: ClassVar = (*MemberSpec.SCHEMA, ("signature", SIGNATURE))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMember(Command):
+    name: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "remove_member"
+    SCHEMA: ClassVar = (("name", MEMBER), ("signature", SIGNATURE))
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest(Command):
+    request: str  # an open governance request (`<author>:<id>`), typically time-locked
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "cancel"
+    SCHEMA: ClassVar = (("request", REF), ("signature", SIGNATURE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +378,7 @@ class SetPolicy(Command):
         ("policy_id", Name()),
         ("requesters", ListOf(PRINCIPAL, MAX_PRINCIPALS, unique=True)),
         ("operations", ListOf(OneOf("sign", "decrypt"), 2, unique=True)),
-        ("approvers", ListOf(PRINCIPAL, MAX_APPROVERS, unique=True)),
+        ("approvers", APPROVER_LIST),
         ("k", Int(1, MAX_APPROVERS)),
         ("rotation_interval_s", Int(0, U62)),
         ("max_uses", Int(0, U62)),
@@ -451,7 +543,14 @@ COMMANDS: dict[str, type[Command]] = {
     for cls in (
         Bootstrap,
         AddPrincipal,
+        RemovePrincipal,
+        RekeyPrincipal,
         SetPolicy,
+        SetGovernance,
+        SetThreshold,
+        AddMember,
+        RemoveMember,
+        CancelRequest,
         AdvanceEpoch,
         CreateKey,
         RequestSign,
@@ -467,6 +566,14 @@ COMMANDS: dict[str, type[Command]] = {
 }
 
 _HEADER: tuple[tuple[str, Spec], ...] = (("request_id", RID), ("author", AUTHOR))
+
+# Commands that open a governance request (its payload is the command's `signing_bytes`).
+GOVERNANCE_KINDS: frozenset[str] = frozenset(
+    {
+        "add_principal", "remove_principal", "rekey_principal", "set_policy",
+        "set_governance", "set_threshold", "add_member", "remove_member", "cancel",
+    }
+)  # fmt: skip
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -508,6 +615,27 @@ def signing_bytes(cmd: Command) -> bytes:
 
 def decode_command(data: bytes) -> Command:
     """Strictly decode one command; raises `DecodeError` and nothing else."""
+    cls, rest = _unpack(data)
+    values = _check_fields(rest, (*_HEADER, *cls.SCHEMA), cls.KIND)
+    return cls(**values)
+
+
+def decode_change(data: bytes) -> Command:
+    """A governance request's payload (the `signing_bytes` of the command that opened it)
+    back to that command, with an empty signature: the quorum approved these bytes, not
+    the submitter's signature. Strict and canonical; raises `DecodeError`."""
+    cls, rest = _unpack(data)
+    if cls.KIND not in GOVERNANCE_KINDS:
+        raise DecodeError(f"{cls.KIND} is not a governance command")
+    schema = tuple((name, spec) for name, spec in cls.SCHEMA if name != "signature")
+    cmd = cls(**_check_fields(rest, (*_HEADER, *schema), cls.KIND))
+    if signing_bytes(cmd) != data:
+        raise DecodeError("governance change is not in canonical form")
+    return cmd
+
+
+def _unpack(data: bytes) -> tuple[type[Command], dict[str, Any]]:
+    """Bounded msgpack parse of a command map: its class and its fields (no v, kind)."""
     if type(data) is not bytes:
         raise DecodeError("command must be bytes")
     if len(data) > MAX_COMMAND_BYTES:
@@ -534,9 +662,7 @@ def decode_command(data: bytes) -> Command:
     cls = COMMANDS.get(kind) if type(kind) is str else None
     if cls is None:
         raise DecodeError("unknown command kind")
-    rest = {k: v for k, v in raw.items() if k not in ("v", "kind")}
-    values = _check_fields(rest, (*_HEADER, *cls.SCHEMA), cls.KIND)
-    return cls(**values)
+    return cls, {k: v for k, v in raw.items() if k not in ("v", "kind")}
 
 
 def command_fields(cmd: Command) -> dict[str, Any]:

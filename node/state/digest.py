@@ -18,6 +18,10 @@ Encoding (documented byte by byte in docs/state-machine.md):
     lp(x) = u32be(len(x)) || x         strings are UTF-8 (ASCII by schema)
     names(xs) = lp(x1) || lp(x2) || ...  (sorted)
     payload_sha512 = SHA-512(lp(PAYLOAD_CONTEXT) || payload)   (empty payload: b"")
+
+Governance requests use the same layout: no key, purpose, policy id or version; the
+governance policy's hash as `policy_sha512`; the change itself (the submitting command's
+canonical bytes without signature) as the payload.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from .model import Policy, Request
+from .model import Governance, Policy, Request
 
 # Kinds whose version is chosen at submission (create/rotate hash 0: their version
 # number is assigned on approval, after the approvers signed).
@@ -42,6 +46,7 @@ COMMAND_CONTEXT = b"custody-cluster/v1/command"
 DKG_POST_CONTEXT = b"custody-cluster/v1/dkg-post"
 SIGNED_COMMAND_CONTEXT = b"custody-cluster/v1/signed-command"
 GENESIS_CONTEXT = b"custody-cluster/v1/genesis"
+GOVERNANCE_CONTEXT = b"custody-cluster/v1/governance-policy"
 
 
 def lp(data: bytes | str) -> bytes:
@@ -181,3 +186,14 @@ def digest_of(req: Request, cluster_id: str, payload_sha512: bytes) -> bytes:
 
 def policy_hash_of(policy: Policy) -> bytes:
     return policy_hash(**{f: getattr(policy, f) for f in POLICY_FIELDS})
+
+
+def governance_hash(approvers: tuple[str, ...], k: int, time_lock_epochs: int) -> bytes:
+    """SHA-512 of the governance policy: the `policy_sha512` of every governance request,
+    so a governance approval also agrees to the quorum and time lock it was asked under."""
+    body = lp(GOVERNANCE_CONTEXT) + lp(names(sorted(approvers))) + u64(k) + u64(time_lock_epochs)
+    return hashlib.sha512(body).digest()
+
+
+def governance_hash_of(gov: Governance) -> bytes:
+    return governance_hash(gov.approvers, gov.k, gov.time_lock_epochs)

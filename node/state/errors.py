@@ -48,6 +48,7 @@ class Reason(StrEnum):
     INVALID_ARGUMENT = "invalid_argument"
     LIMIT_REACHED = "limit_reached"
     BAD_RESULT = "bad_result"
+    SELF_APPROVAL = "self_approval"
 
 
 class StateError(Exception):

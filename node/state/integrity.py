@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hmac
 
-from .commands import MAX_EPOCH
+from .commands import MAX_EPOCH, MAX_TIME_LOCK_EPOCHS, decode_change
 from .digest import digest_of, payload_hash
 from .errors import DecodeError
-from .model import Key, Request, RequestKind, RequestState, Role, State, VersionState
+from .model import Governance, Key, Request, RequestKind, RequestState, Role, State, VersionState
 from .names import is_principal_name, member_index
+from .rules import GOVERNANCE_KINDS
 
 RK = RequestKind
 KEY_KINDS = frozenset({RK.CREATE_KEY, RK.SIGN, RK.DECRYPT, RK.ROTATE, RK.REVOKE, RK.DESTROY})
@@ -33,11 +34,17 @@ def _fail(message: str) -> None:
 def check_integrity(state: State) -> None:
     """Raise `DecodeError` naming the first broken reference; return if all hold."""
     if not state.bootstrapped:
-        empty = (state.members, state.principals, state.policies, state.keys, state.requests)
+        empty = (
+            state.members, state.principals, state.policies, state.keys, state.requests,
+            state.removed_members, state.removed_principals,
+        )  # fmt: skip
         if any(empty) or state.epoch or state.threshold or state.genesis:
             _fail("an un-bootstrapped state must be empty")
+        if state.governance != Governance():
+            _fail("an un-bootstrapped state has no governance policy")
         return
     _check_cluster(state)
+    _check_governance(state)
     for policy in state.policies.values():
         for name in policy.approvers:
             _need_role(state, name, Role.APPROVER, f"policy {policy.policy_id!r}")
@@ -74,6 +81,24 @@ def _check_cluster(state: State) -> None:
             _fail(f"principal {name!r} claims the node role")
 
 
+def _check_governance(state: State) -> None:
+    gov = state.governance
+    for name in gov.approvers:
+        _need_role(state, name, Role.APPROVER, "the governance policy")
+    if list(gov.approvers) != sorted(set(gov.approvers)) or not 1 <= gov.k <= len(gov.approvers):
+        _fail("the governance policy has an impossible quorum")
+    if gov.k < 2 and not state.unsafe:
+        _fail("governance k=1 without the unsafe flag")
+    if not 1 <= gov.time_lock_epochs <= MAX_TIME_LOCK_EPOCHS:
+        _fail(f"governance time lock outside 1..{MAX_TIME_LOCK_EPOCHS}")
+    for name, m in state.removed_members.items():
+        if member_index(name) != m.index or name in state.members:
+            _fail(f"removed member {name!r} does not match its index or is still a member")
+    for name in state.removed_principals:
+        if not is_principal_name(name) or name in state.principals or name in state.members:
+            _fail(f"removed principal {name!r} breaks the naming rule or is still registered")
+
+
 def _need_role(state: State, name: str, role: Role, where: str) -> None:
     p = state.principals.get(name)
     if p is None or p.role is not role:
@@ -93,8 +118,8 @@ def _check_key(state: State, key: Key) -> None:
             _fail(f"{where} version {number} has no create/rotate request")
         elif origin.key_id != key.key_id or origin.version != number:
             _fail(f"{where} version {number}: its request is about another version")
-        if v.verification_shares and len(v.verification_shares) != len(state.members):
-            _fail(f"{where} version {number}: one verification share per member needed")
+        if len(v.verification_shares) > len(state.members) + len(state.removed_members):
+            _fail(f"{where} version {number}: more verification shares than members ever")
         if any(not 0 <= e <= MAX_EPOCH + (1 << 33) for e in _epochs(v)):
             _fail(f"{where} version {number}: epoch outside the schema")
     if key.lifecycle_request:
@@ -111,7 +136,8 @@ def _epochs(v) -> tuple[int, ...]:
 
 def _check_request(state: State, rid: str, req: Request) -> None:
     where = f"request {rid!r}"
-    if req.author not in state.principals and req.author not in state.members:
+    identities = (state.principals, state.members, state.removed_principals, state.removed_members)
+    if not any(req.author in table for table in identities):
         _fail(f"{where}: author {req.author!r} is unknown")
     if req.kind in KEY_KINDS:
         key = state.keys.get(req.key_id)
@@ -127,13 +153,42 @@ def _check_request(state: State, rid: str, req: Request) -> None:
     if not 1 <= req.k <= len(req.approvers) or len(set(req.approvers)) != len(req.approvers):
         _fail(f"{where}: impossible quorum")
     for name in req.approvers:
-        if name not in state.principals:
+        if name not in state.principals and name not in state.removed_principals:
             _fail(f"{where}: approver {name!r} is not a principal")
     if not set(req.approvals) <= set(req.approvers):
         _fail(f"{where}: approval by someone outside its quorum")
-    if not set(req.reports) | set(req.confirmations) <= set(state.members):
+    if not set(req.reports) | set(req.confirmations) <= set(state.members) | set(
+        state.removed_members
+    ):
         _fail(f"{where}: a report by a non-member")
+    if req.kind in GOVERNANCE_KINDS:
+        _check_governance_request(state, where, req)
+    elif req.effective_epoch:
+        _fail(f"{where}: only a governance change has a time lock")
     if req.payload and not hmac.compare_digest(payload_hash(req.payload), req.payload_hash):
         _fail(f"{where}: payload does not match its hash")
     if not hmac.compare_digest(digest_of(req, state.cluster_id, req.payload_hash), req.digest):
         _fail(f"{where}: digest differs from the one its fields give")
+
+
+def _check_governance_request(state: State, where: str, req: Request) -> None:
+    """About no key; while open it carries the change it will apply, which must decode
+    (so that applying it later cannot crash a replica), and an approved open one waits
+    for its time lock (changes that need none take effect on approval)."""
+    if req.key_id or req.purpose or req.policy_id or req.version or req.activate_epoch:
+        _fail(f"{where}: a governance request names a key, policy or version")
+    is_open = req.state in (RequestState.PENDING, RequestState.APPROVED)
+    if is_open:
+        try:
+            change = decode_change(req.payload)
+        except DecodeError as exc:
+            _fail(f"{where}: its change does not decode ({exc})")
+            return
+        if (change.KIND, change.request_id, change.author) != (
+            req.kind.value, req.request_id, req.author,
+        ):  # fmt: skip
+            _fail(f"{where}: its change is another request's")
+    if is_open and (req.state is RequestState.APPROVED) != bool(req.effective_epoch):
+        _fail(f"{where}: time lock inconsistent with its state")
+    if req.effective_epoch > MAX_EPOCH + MAX_TIME_LOCK_EPOCHS:
+        _fail(f"{where}: time lock outside the schema")

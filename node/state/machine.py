@@ -1,5 +1,10 @@
 """The custody state machine: `apply` one command, deterministically.
 
+Governance (who may approve, what policies require, the threshold, membership) is
+itself decided by requests: an operator submits, the governance quorum approves,
+and a change that weakens protection waits a time lock counted in epochs, during
+which the same quorum can cancel it (DESIGN.md §2 invariant 10).
+
 Every handler first checks everything that can fail (raising `Rejected`) and
 only then mutates, so a rejected command changes nothing but the audit chain
 (the rejection is recorded) and the exactly-once table. The machine reads no
@@ -29,22 +34,31 @@ from .approvals import (
 )
 from .audit import GENESIS, make_record
 from .commands import (
+    MAX_MEMBERS,
     SIGNED_KINDS,
+    AddMember,
     AddPrincipal,
     AdvanceEpoch,
     Approve,
     Bootstrap,
+    CancelRequest,
     Command,
     CreateKey,
     RecordDkgResult,
     RecordFailure,
     RecordResult,
+    RekeyPrincipal,
+    RemoveMember,
+    RemovePrincipal,
     RequestDecrypt,
     RequestDestroy,
     RequestRevoke,
     RequestRotate,
     RequestSign,
+    SetGovernance,
     SetPolicy,
+    SetThreshold,
+    decode_change,
     decode_command,
     encode_command,
     signing_bytes,
@@ -54,6 +68,7 @@ from .digest import (
     digest_of,
     dkg_post_digest,
     genesis_digest,
+    governance_hash_of,
     payload_hash,
     policy_hash_of,
 )
@@ -61,6 +76,7 @@ from .errors import DecodeError, Reason, Rejected
 from .model import (
     Dedup,
     EpochVote,
+    Governance,
     Key,
     Member,
     Op,
@@ -98,6 +114,12 @@ UNAUTHENTICATED = frozenset(
 
 RS = RequestState
 VS = VersionState
+RK = RequestKind
+DKG_KINDS = (RK.CREATE_KEY, RK.ROTATE)
+GovernanceCommand = (
+    AddPrincipal | RemovePrincipal | RekeyPrincipal | SetPolicy | SetGovernance | SetThreshold
+    | AddMember | RemoveMember | CancelRequest
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +173,6 @@ class Machine:
         self.genesis = genesis
         self._handlers: dict[type[Command], Callable[[Any], _Effect]] = {
             Bootstrap: self._bootstrap,
-            AddPrincipal: self._add_principal,
-            SetPolicy: self._set_policy,
             AdvanceEpoch: self._advance_epoch,
             CreateKey: self._create_key,
             RequestSign: self._request_sign,
@@ -165,6 +185,23 @@ class Machine:
             RecordResult: self._record_result,
             RecordFailure: self._record_failure,
         }
+        # Governance changes: (check against the state now, apply). Submitting one only
+        # opens a request; `apply` runs when the governance quorum approved it and, for a
+        # weakening change, once its time lock is over.
+        self._changes: dict[type[Command], tuple[Callable[[Any], None], Callable[[Any], None]]]
+        self._changes = {
+            AddPrincipal: (self._check_add_principal, self._add_principal),
+            RemovePrincipal: (self._check_remove_principal, self._remove_principal),
+            RekeyPrincipal: (self._check_rekey_principal, self._rekey_principal),
+            SetPolicy: (self._check_set_policy, self._set_policy),
+            SetGovernance: (self._check_set_governance, self._set_governance),
+            SetThreshold: (self._check_set_threshold, self._set_threshold),
+            AddMember: (self._check_add_member, self._add_member),
+            RemoveMember: (self._check_remove_member, self._remove_member),
+            CancelRequest: (self._check_cancel, self._cancel),
+        }
+        for cls in self._changes:
+            self._handlers[cls] = self._submit_change
 
     # ------------------------------------------------------------ protocol
 
@@ -310,6 +347,28 @@ class Machine:
         activate_epoch: int = 0,
     ) -> Request:
         policy = policy or self.state.policies[key.policy_id]
+        return self._open_request(
+            cmd, kind, key_id=key.key_id, purpose=key.purpose.value, policy_id=policy.policy_id,
+            policy_hash=policy_hash_of(policy), approvers=policy.approvers, k=policy.k,
+            version=version, context=context, payload=payload, activate_epoch=activate_epoch,
+        )  # fmt: skip
+
+    def _open_request(
+        self,
+        cmd: Command,
+        kind: RequestKind,
+        *,
+        key_id: str,
+        purpose: str,
+        policy_id: str,
+        policy_hash: bytes,
+        approvers: tuple[str, ...],
+        k: int,
+        version: int = 0,
+        context: str = "",
+        payload: bytes = b"",
+        activate_epoch: int = 0,
+    ) -> Request:
         if len(self.state.open) >= MAX_OPEN_REQUESTS:
             raise Rejected(Reason.LIMIT_REACHED, "too many open requests")
         mine = sum(1 for author in self.state.open.values() if author == cmd.author)
@@ -324,17 +383,17 @@ class Machine:
             request_id=cmd.request_id,
             kind=kind,
             author=cmd.author,
-            key_id=key.key_id,
-            purpose=key.purpose.value,
-            policy_id=policy.policy_id,
-            policy_hash=policy_hash_of(policy),
+            key_id=key_id,
+            purpose=purpose,
+            policy_id=policy_id,
+            policy_hash=policy_hash,
             version=version,
             context=context,
             payload_hash=phash,
             digest=b"",
             submitted_epoch=self.state.epoch,
-            approvers=policy.approvers,
-            k=policy.k,
+            approvers=approvers,
+            k=k,
             activate_epoch=activate_epoch,
             payload=payload,
         )
@@ -398,14 +457,18 @@ class Machine:
         self._fail_impossible(key.key_id, version.number)
 
     def _ensure_new_name(self, name: str) -> None:
-        if name in self.state.principals or name in self.state.members:
-            raise Rejected(Reason.DUPLICATE_NAME, f"{name!r} is already registered")
+        """Names are never reused, not even a removed identity's: the audit chain and the
+        requests it wrote or approved keep naming it."""
+        st = self.state
+        tables = (st.principals, st.members, st.removed_principals, st.removed_members)
+        if any(name in table for table in tables):
+            raise Rejected(Reason.DUPLICATE_NAME, f"{name!r} is or was registered")
 
     def _key_in_use(self, public_key: bytes) -> bool:
-        """One key, one identity: else one approver could cast two votes."""
-        return any(p.public_key == public_key for p in self.state.principals.values()) or any(
-            m.public_key == public_key for m in self.state.members.values()
-        )
+        """One key, one identity (else one approver could cast two votes), for ever."""
+        st = self.state
+        identities = (st.principals, st.members, st.removed_principals, st.removed_members)
+        return any(who.public_key == public_key for t in identities for who in t.values())
 
     @staticmethod
     def _check_principal_key(role: str, public_key: bytes) -> None:
@@ -445,6 +508,7 @@ class Machine:
         keys = [m.public_key for m in members] + [p.public_key for p in principals if p.public_key]
         if len(set(keys)) != len(keys):
             raise Rejected(Reason.INVALID_PRINCIPAL, "a public key may belong to one identity only")
+        self._check_bootstrap_governance(cmd)
         author = [p for p in principals if p.name == cmd.author and p.role == Role.OPERATOR]
         if not author:
             raise Rejected(
@@ -458,46 +522,11 @@ class Machine:
             st.members[m.name] = Member(m.name, m.index, m.public_key)
         for p in principals:
             st.principals[p.name] = Principal(p.name, Role(p.role), p.public_key)
+        st.governance = Governance(
+            tuple(sorted(cmd.governance_approvers)), cmd.governance_k, cmd.time_lock_epochs
+        )
         if cmd.unsafe:
             return _Effect("ok", detail="UNSAFE: single-party rules allowed", flag="unsafe")
-        return _Effect("ok")
-
-    def _add_principal(self, cmd: AddPrincipal) -> _Effect:
-        self._ensure_new_name(cmd.name)
-        self._check_principal_key(cmd.role, cmd.public_key)
-        if cmd.public_key and self._key_in_use(cmd.public_key):
-            raise Rejected(Reason.INVALID_PRINCIPAL, "a public key may belong to one identity only")
-        if len(self.state.principals) >= MAX_PRINCIPALS:
-            raise Rejected(Reason.LIMIT_REACHED, "too many principals")
-        self.state.principals[cmd.name] = Principal(cmd.name, Role(cmd.role), cmd.public_key)
-        return _Effect("ok")
-
-    def _set_policy(self, cmd: SetPolicy) -> _Effect:
-        for name, role in [(n, Role.CLIENT) for n in cmd.requesters] + [
-            (n, Role.APPROVER) for n in cmd.approvers
-        ]:
-            p = self.state.principals.get(name)
-            if p is None:
-                raise Rejected(Reason.UNKNOWN_PRINCIPAL, f"no principal {name!r}")
-            if p.role is not role:
-                raise Rejected(Reason.INVALID_POLICY, f"{name!r} is not a {role.value}")
-        if not 1 <= cmd.k <= len(cmd.approvers):
-            raise Rejected(Reason.INVALID_POLICY, "need 1 <= k <= number of approvers")
-        new = cmd.policy_id not in self.state.policies
-        if new and len(self.state.policies) >= MAX_POLICIES:
-            raise Rejected(Reason.LIMIT_REACHED, "too many policies")
-        self.state.policies[cmd.policy_id] = Policy(
-            policy_id=cmd.policy_id,
-            requesters=tuple(sorted(cmd.requesters)),
-            operations=tuple(sorted(cmd.operations)),
-            approvers=tuple(sorted(cmd.approvers)),
-            k=cmd.k,
-            rotation_interval_s=cmd.rotation_interval_s,
-            max_uses=cmd.max_uses,
-            grace_epochs=cmd.grace_epochs,
-            waiting_epochs=cmd.waiting_epochs,
-            escrow=cmd.escrow,
-        )
         return _Effect("ok")
 
     def _advance_epoch(self, cmd: AdvanceEpoch) -> _Effect:
@@ -525,6 +554,8 @@ class Machine:
         return self._enter_epoch(cmd.epoch, votes[(len(votes) - 1) // 2])
 
     def _enter_epoch(self, epoch: int, at: int) -> _Effect:
+        """Move to `epoch`: activate the versions whose epoch has come, then apply the
+        time-locked governance changes whose lock is over (loud in the audit)."""
         self.state.epoch = epoch
         self.state.epoch_votes.clear()
         activated = []
@@ -535,7 +566,11 @@ class Machine:
                 if v.state is VS.PENDING and v.activation_epoch and v.activation_epoch <= epoch:
                     self._activate(key, v, at)
                     activated.append(f"{key_id}@{number}")
-        return _Effect("ok", detail=",".join(activated))
+        changed = self._apply_time_locked(epoch)
+        detail = ",".join(activated)
+        if changed:
+            detail += f"{'; ' if detail else ''}WEAKENING took effect: {', '.join(changed)}"
+        return _Effect("ok", detail=detail, flag="weakening" if changed else "")
 
     def _activate(self, key: Key, v: Version, at: int) -> None:
         v.state = rules.version_step(v.state, "activate")
@@ -641,6 +676,10 @@ class Machine:
             raise Rejected(Reason.REQUEST_DECIDED, f"request already {req.state.value}")
         if cmd.author not in req.approvers:
             raise Rejected(Reason.NOT_AN_APPROVER, f"{cmd.author!r} does not approve this request")
+        if cmd.author in self._subjects(req):
+            raise Rejected(
+                Reason.SELF_APPROVAL, f"{cmd.author!r} may not approve a change to its own key/role"
+            )
         if cmd.author in req.approvals:
             raise Rejected(Reason.DUPLICATE_APPROVAL, f"{cmd.author!r} already approved")
         digest = self._fresh_digest(req)
@@ -649,11 +688,10 @@ class Machine:
         if req.k >= 1 and quorum_met(len(self._valid_approvers(req)), req.k):
             req.state = rules.request_step(req.state, "quorum")
             req.decided_epoch = self.state.epoch
+            if req.kind in rules.GOVERNANCE_KINDS:
+                return self._on_governance_approved(req)
             self._on_approved(req)
-        return _Effect(
-            req.state.value, subject=req.ref, key_id=req.key_id, version=req.version,
-            digest=req.digest,
-        )  # fmt: skip
+        return self._request_effect(req)
 
     def _on_approved(self, req: Request) -> None:
         key = self.state.keys[req.key_id]
@@ -742,20 +780,299 @@ class Machine:
         )
         if n - len(req.reports) >= needed:
             return self._request_effect(req, detail=f"failure reports {len(req.reports)}")
-        self._finish(req, rules.request_step(req.state, "fail"), cmd.reason)
-        key = self.state.keys[req.key_id]
-        if req.kind in (RequestKind.CREATE_KEY, RequestKind.ROTATE):
+        self._fail_request(req, cmd.reason)
+        return self._request_effect(req)
+
+    def _fail_request(self, req: Request, failure: str) -> None:
+        """Fail an open request; a create/rotate request's unfinished version is aborted."""
+        self._finish(req, rules.request_step(req.state, "fail"), failure)
+        if req.kind in DKG_KINDS and req.version:
+            key = self.state.keys[req.key_id]
             version = key.versions[req.version]
             if version.state is VS.PENDING and not version.activation_epoch:
                 self._set_version_state(key, version, "abort")
-        return self._request_effect(req)
 
     @staticmethod
-    def _request_effect(req: Request, code: str = "", detail: str = "") -> _Effect:
+    def _request_effect(req: Request, code: str = "", detail: str = "", flag: str = "") -> _Effect:
         return _Effect(
             code or req.state.value, subject=req.ref, key_id=req.key_id, version=req.version,
-            digest=req.digest, detail=detail,
+            digest=req.digest, detail=detail, flag=flag,
         )  # fmt: skip
+
+    # ---------------------------------------------------------- governance
+
+    def _check_bootstrap_governance(self, cmd: Bootstrap) -> None:
+        roles = {p.name: p.role for p in cmd.principals}
+        if any(roles.get(n) != Role.APPROVER.value for n in cmd.governance_approvers):
+            raise Rejected(
+                Reason.INVALID_CLUSTER, "governance approvers must be approvers it registers"
+            )
+        if not 1 <= cmd.governance_k <= len(cmd.governance_approvers):
+            raise Rejected(Reason.INVALID_CLUSTER, "need 1 <= governance k <= its approvers")
+        if cmd.governance_k < 2 and not cmd.unsafe:
+            raise Rejected(
+                Reason.INVALID_CLUSTER, "governance k=1 lets one approver govern (needs unsafe)"
+            )
+
+    def _submit_change(self, cmd: GovernanceCommand) -> _Effect:
+        """Open a governance request: checked against the state now (a change that cannot
+        apply is refused at once), decided only by the governance quorum (`approve`)."""
+        self._changes[type(cmd)][0](cmd)
+        gov = self.state.governance
+        req = self._open_request(
+            cmd, RequestKind(cmd.KIND), key_id="", purpose="", policy_id="",
+            policy_hash=governance_hash_of(gov), approvers=gov.approvers, k=gov.k,
+            payload=signing_bytes(cmd),
+        )  # fmt: skip
+        self._register(req)
+        why = self._weakening(cmd)
+        if not why:
+            return self._request_effect(req)
+        detail = f"WEAKENING ({', '.join(why)}): waits {gov.time_lock_epochs} epochs once approved"
+        return self._request_effect(req, detail=detail, flag="weakening")
+
+    def _change_of(self, req: Request) -> GovernanceCommand:
+        return decode_change(req.payload)  # restore checked that it decodes
+
+    def _subjects(self, req: Request) -> frozenset[str]:
+        """Whose own key or role a governance request adds or changes: they may not approve it."""
+        if req.kind not in rules.GOVERNANCE_KINDS or not req.payload:
+            return frozenset()
+        change = self._change_of(req)
+        if isinstance(change, AddPrincipal | RemovePrincipal | RekeyPrincipal):
+            return frozenset({change.name})
+        if isinstance(change, SetGovernance):
+            return frozenset(change.approvers) - frozenset(req.approvers)
+        return frozenset()
+
+    def _weakening(self, change: GovernanceCommand) -> list[str]:
+        """How `change` would weaken protection now (empty: it may take effect on approval)."""
+        st = self.state
+        kind = RequestKind(change.KIND)
+        if kind in rules.ALWAYS_WEAKENING:
+            return ["membership"]
+        if kind in rules.APPROVER_WEAKENING:
+            who = st.principals.get(change.name)
+            role = change.role if isinstance(change, AddPrincipal) else who.role if who else ""
+            return [f"approver {change.name}"] if role == Role.APPROVER.value else []
+        if isinstance(change, SetPolicy):
+            old = st.policies.get(change.policy_id)
+            return [] if old is None else rules.weaker_fields(rules.POLICY_WEAKER, old, change)
+        if isinstance(change, SetGovernance):
+            return rules.weaker_fields(rules.GOVERNANCE_WEAKER, st.governance, change)
+        if isinstance(change, SetThreshold):
+            return ["threshold"] if change.threshold < st.threshold else []
+        return []
+
+    def _on_governance_approved(self, req: Request) -> _Effect:
+        """The quorum is met: apply now, or start the time lock of a weakening change.
+        A change the state no longer allows (e.g. the name was taken since) fails."""
+        change = self._change_of(req)
+        check, apply = self._changes[type(change)]
+        try:
+            check(change)
+        except Rejected as rej:
+            self._fail_request(req, rej.reason.value)
+            return self._request_effect(req, detail=rej.detail)
+        why = self._weakening(change)
+        if why:
+            req.effective_epoch = self.state.epoch + self.state.governance.time_lock_epochs
+            detail = (
+                f"WEAKENING ({', '.join(why)}): takes effect at epoch {req.effective_epoch}"
+                " unless the governance quorum cancels it"
+            )
+            return self._request_effect(req, detail=detail, flag="weakening")
+        self._finish(req, rules.request_step(req.state, "complete"))
+        apply(change)
+        return self._request_effect(req)
+
+    def _apply_time_locked(self, epoch: int) -> list[str]:
+        """Apply the approved weakening changes whose time lock ends by `epoch`, in
+        (effective epoch, reference) order. Each is re-checked: its approvals must still
+        verify (removed or re-keyed approvers no longer count) and the state must still
+        allow it; otherwise it fails."""
+        st = self.state
+        due = sorted(
+            (st.requests[r].effective_epoch, r)
+            for r in st.open
+            if st.requests[r].effective_epoch and st.requests[r].effective_epoch <= epoch
+        )
+        changed = []
+        for _, ref_ in due:
+            req = st.requests[ref_]
+            if req.state is not RS.APPROVED:  # an earlier change in this loop ended it
+                continue
+            change = self._change_of(req)
+            check, apply = self._changes[type(change)]
+            if not quorum_met(len(self._valid_approvers(req)), req.k):
+                self._fail_request(req, "quorum_lost")
+                continue
+            try:
+                check(change)
+            except Rejected as rej:
+                self._fail_request(req, rej.reason.value)
+                continue
+            self._finish(req, rules.request_step(req.state, "complete"))
+            apply(change)
+            changed.append(ref_)
+        return changed
+
+    # The checks below only raise; the effects only mutate (after their check passed).
+
+    def _check_add_principal(self, cmd: AddPrincipal) -> None:
+        self._ensure_new_name(cmd.name)
+        self._check_principal_key(cmd.role, cmd.public_key)
+        if cmd.public_key and self._key_in_use(cmd.public_key):
+            raise Rejected(Reason.INVALID_PRINCIPAL, "a public key may belong to one identity only")
+        if len(self.state.principals) >= MAX_PRINCIPALS:
+            raise Rejected(Reason.LIMIT_REACHED, "too many principals")
+
+    def _add_principal(self, cmd: AddPrincipal) -> None:
+        self.state.principals[cmd.name] = Principal(cmd.name, Role(cmd.role), cmd.public_key)
+
+    def _principal(self, name: str) -> Principal:
+        who = self.state.principals.get(name)
+        if who is None:
+            raise Rejected(Reason.UNKNOWN_PRINCIPAL, f"no principal {name!r}")
+        return who
+
+    def _check_remove_principal(self, cmd: RemovePrincipal) -> None:
+        """Removal drops the name from every policy and the governance policy; refused
+        if that would leave any of them with fewer approvers than its k."""
+        self._principal(cmd.name)
+        quorums = [(f"policy {p.policy_id!r}", p.approvers, p.k) for p in self._policies()]
+        gov = self.state.governance
+        quorums.append(("the governance policy", gov.approvers, gov.k))
+        for where, approvers, k in quorums:
+            if cmd.name in approvers and len(approvers) - 1 < k:
+                raise Rejected(
+                    Reason.INVALID_POLICY, f"removing {cmd.name!r} leaves {where} below k={k}"
+                )
+
+    def _policies(self) -> list[Policy]:
+        return [self.state.policies[p] for p in sorted(self.state.policies)]
+
+    def _remove_principal(self, cmd: RemovePrincipal) -> None:
+        st = self.state
+        st.removed_principals[cmd.name] = st.principals.pop(cmd.name)
+        for policy in self._policies():
+            policy.approvers = tuple(n for n in policy.approvers if n != cmd.name)
+            policy.requesters = tuple(n for n in policy.requesters if n != cmd.name)
+        st.governance.approvers = tuple(n for n in st.governance.approvers if n != cmd.name)
+
+    def _check_rekey_principal(self, cmd: RekeyPrincipal) -> None:
+        """A new key is checked strictly, like a registration, and is never a used one."""
+        who = self._principal(cmd.name)
+        self._check_principal_key(who.role.value, cmd.public_key)
+        if self._key_in_use(cmd.public_key):
+            raise Rejected(Reason.INVALID_PRINCIPAL, "a public key may belong to one identity only")
+
+    def _rekey_principal(self, cmd: RekeyPrincipal) -> None:
+        self.state.principals[cmd.name].public_key = cmd.public_key
+
+    def _check_set_policy(self, cmd: SetPolicy) -> None:
+        for name, role in [(n, Role.CLIENT) for n in cmd.requesters] + [
+            (n, Role.APPROVER) for n in cmd.approvers
+        ]:
+            if self._principal(name).role is not role:
+                raise Rejected(Reason.INVALID_POLICY, f"{name!r} is not a {role.value}")
+        if not 1 <= cmd.k <= len(cmd.approvers):
+            raise Rejected(Reason.INVALID_POLICY, "need 1 <= k <= number of approvers")
+        new = cmd.policy_id not in self.state.policies
+        if new and len(self.state.policies) >= MAX_POLICIES:
+            raise Rejected(Reason.LIMIT_REACHED, "too many policies")
+
+    def _set_policy(self, cmd: SetPolicy) -> None:
+        self.state.policies[cmd.policy_id] = Policy(
+            policy_id=cmd.policy_id,
+            requesters=tuple(sorted(cmd.requesters)),
+            operations=tuple(sorted(cmd.operations)),
+            approvers=tuple(sorted(cmd.approvers)),
+            k=cmd.k,
+            rotation_interval_s=cmd.rotation_interval_s,
+            max_uses=cmd.max_uses,
+            grace_epochs=cmd.grace_epochs,
+            waiting_epochs=cmd.waiting_epochs,
+            escrow=cmd.escrow,
+        )
+
+    def _check_set_governance(self, cmd: SetGovernance) -> None:
+        for name in cmd.approvers:
+            if self._principal(name).role is not Role.APPROVER:
+                raise Rejected(Reason.INVALID_POLICY, f"{name!r} is not an approver")
+        if not 1 <= cmd.k <= len(cmd.approvers):
+            raise Rejected(Reason.INVALID_POLICY, "need 1 <= k <= number of approvers")
+        if cmd.k < 2 and not self.state.unsafe:
+            raise Rejected(Reason.INVALID_POLICY, "governance k=1 needs an unsafe cluster")
+
+    def _set_governance(self, cmd: SetGovernance) -> None:
+        """Pending governance requests fail: they were to be decided by the old quorum.
+        (Approved, time-locked ones stand; the new quorum can cancel them.)"""
+        st = self.state
+        st.governance = Governance(tuple(sorted(cmd.approvers)), cmd.k, cmd.time_lock_epochs)
+        for r in sorted(st.open):
+            req = st.requests[r]
+            if req.kind in rules.GOVERNANCE_KINDS and req.state is RS.PENDING:
+                self._fail_request(req, "governance_changed")
+
+    def _check_threshold(self, threshold: int, n: int) -> None:
+        if not 1 <= threshold <= n:
+            raise Rejected(Reason.INVALID_CLUSTER, f"threshold {threshold} of {n} members")
+        if n >= 2 and threshold < 2 and not self.state.unsafe:
+            raise Rejected(Reason.INVALID_CLUSTER, "threshold 1 lets one member act alone")
+
+    def _check_set_threshold(self, cmd: SetThreshold) -> None:
+        self._check_threshold(cmd.threshold, len(self.state.members))
+
+    def _set_threshold(self, cmd: SetThreshold) -> None:
+        self.state.threshold = cmd.threshold
+
+    def _check_add_member(self, cmd: AddMember) -> None:
+        if member_index(cmd.name) != cmd.index:
+            raise Rejected(Reason.INVALID_CLUSTER, "member node-<i> must have index i")
+        self._ensure_new_name(cmd.name)  # an index is never reused, not even a removed one's
+        if not valid_public_key(cmd.public_key) or self._key_in_use(cmd.public_key):
+            raise Rejected(Reason.INVALID_CLUSTER, "member keys must be distinct Ed25519 keys")
+        if len(self.state.members) >= MAX_MEMBERS:
+            raise Rejected(Reason.LIMIT_REACHED, "too many members")
+
+    def _add_member(self, cmd: AddMember) -> None:
+        self.state.members[cmd.name] = Member(cmd.name, cmd.index, cmd.public_key)
+        self._membership_changed()
+
+    def _check_remove_member(self, cmd: RemoveMember) -> None:
+        if cmd.name not in self.state.members:
+            raise Rejected(Reason.UNKNOWN_PRINCIPAL, f"no member {cmd.name!r}")
+        self._check_threshold(self.state.threshold, len(self.state.members) - 1)
+
+    def _remove_member(self, cmd: RemoveMember) -> None:
+        """Its epoch vote and its reports on open requests stop counting."""
+        st = self.state
+        st.removed_members[cmd.name] = st.members.pop(cmd.name)
+        st.epoch_votes.pop(cmd.name, None)
+        for r in sorted(st.open):
+            st.requests[r].confirmations.pop(cmd.name, None)
+            st.requests[r].reports.pop(cmd.name, None)
+        self._membership_changed()
+
+    def _membership_changed(self) -> None:
+        """A DKG under way was run for the old member set: it fails (its version aborted)."""
+        st = self.state
+        for r in sorted(st.open):
+            req = st.requests[r]
+            if req.kind in DKG_KINDS and req.state is RS.APPROVED:
+                self._fail_request(req, "membership_changed")
+
+    def _check_cancel(self, cmd: CancelRequest) -> None:
+        target = self._request(cmd.request)
+        if target.kind not in rules.GOVERNANCE_KINDS or target.kind is RK.CANCEL:
+            raise Rejected(Reason.WRONG_REQUEST_KIND, "only governance changes can be cancelled")
+        if target.state not in (RS.PENDING, RS.APPROVED):
+            raise Rejected(Reason.REQUEST_DECIDED, f"request already {target.state.value}")
+
+    def _cancel(self, cmd: CancelRequest) -> None:
+        target = self.state.requests[cmd.request]
+        self._finish(target, rules.request_step(target.state, "cancel"), "cancelled")
 
     # ------------------------------------------------------------- queries
 
@@ -810,6 +1127,8 @@ class Machine:
         by policy, has none).
         """
         req = self._request(request_id)
+        if req.kind in rules.GOVERNANCE_KINDS:
+            raise Rejected(Reason.WRONG_REQUEST_KIND, "a governance request is not for members")
         if req.state is not RS.APPROVED:
             raise Rejected(Reason.NOT_APPROVED, f"request is {req.state.value}")
         key = self.state.keys.get(req.key_id)
@@ -831,12 +1150,17 @@ class Machine:
 
     def _valid_approvers(self, req: Request) -> list[str]:
         """Approvers whose stored approval verifies now: named in the request's quorum,
-        registered as approvers, over the recomputed digest."""
+        registered (not removed) as approvers, not the subject of the change, over the
+        recomputed digest with their current key (an approval made with a replaced key
+        no longer counts)."""
         digest = self._fresh_digest(req)
+        subjects = self._subjects(req)
         valid = []
         for name in sorted(req.approvals):
-            who = self.state.principals.get(name)
+            who = self.state.principals.get(name)  # a removed principal is no longer here
             if name not in req.approvers or who is None or who.role is not Role.APPROVER:
+                continue
+            if name in subjects:  # nobody approves a change of their own key or role
                 continue
             try:
                 verify_approval(who.public_key, digest, req.approvals[name])

@@ -51,6 +51,16 @@ class RequestKind(StrEnum):
     ROTATE = "rotate"
     REVOKE = "revoke"
     DESTROY = "destroy"
+    # Governance requests (decided by the governance quorum; named like their command).
+    ADD_PRINCIPAL = "add_principal"
+    REMOVE_PRINCIPAL = "remove_principal"
+    REKEY_PRINCIPAL = "rekey_principal"
+    SET_POLICY = "set_policy"
+    SET_GOVERNANCE = "set_governance"
+    SET_THRESHOLD = "set_threshold"
+    ADD_MEMBER = "add_member"
+    REMOVE_MEMBER = "remove_member"
+    CANCEL = "cancel"
 
 
 class RequestState(StrEnum):
@@ -92,6 +102,18 @@ class Policy:
     grace_epochs: int  # epochs a retired version must wait before it may be destroyed
     waiting_epochs: int  # epochs between a DKG completing and its version activating (min 1)
     escrow: bool  # whether break-glass export may ever be requested for keys under it
+
+
+@dataclass(slots=True)
+class Governance:
+    """Who decides governance requests, and how long weakening changes wait.
+
+    Set at bootstrap; changed only by a `set_governance` request that this quorum approves.
+    """
+
+    approvers: tuple[str, ...] = ()  # registered approvers (sorted)
+    k: int = 0  # approvals required (>= 2 unless the cluster was bootstrapped `unsafe`)
+    time_lock_epochs: int = 0  # epochs a weakening change waits after its quorum (1..bound)
 
 
 @dataclass(slots=True)
@@ -137,9 +159,12 @@ class Request:
     approvers: tuple[str, ...]  # copied from the policy at submission
     k: int
     activate_epoch: int = 0  # create/rotate: earliest activation epoch named by the request
+    # Governance request approved as weakening: it takes effect on entering this epoch,
+    # unless the governance quorum cancels it first (0 = not time-locked).
+    effective_epoch: int = 0
     state: RequestState = RequestState.PENDING
     approvals: dict[str, bytes] = field(default_factory=dict)  # approver -> signature
-    payload: bytes = b""  # kept only while the request may still execute
+    payload: bytes = b""  # kept while the request may still execute (governance: the change)
     result: bytes = b""  # sign: the verified signature; decrypt: the t-th confirmation
     confirmations: dict[str, bytes] = field(default_factory=dict)  # decrypt: member -> digest
     reports: dict[str, str] = field(default_factory=dict)  # member -> failure it reported
@@ -206,6 +231,11 @@ class State:
     epoch: int = 0
     members: dict[str, Member] = field(default_factory=dict)
     principals: dict[str, Principal] = field(default_factory=dict)
+    governance: Governance = field(default_factory=Governance)
+    # Removed identities: kept so that their names, indices and keys are never reused and
+    # the requests they wrote or approved still resolve; they can do and approve nothing.
+    removed_members: dict[str, Member] = field(default_factory=dict)
+    removed_principals: dict[str, Principal] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
     keys: dict[str, Key] = field(default_factory=dict)
     requests: dict[str, Request] = field(default_factory=dict)

@@ -6,8 +6,11 @@ rules can be read (and reviewed) in one place. Pure data plus tiny lookups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .errors import Reason, Rejected
-from .model import Op, Purpose, RequestState, Role, Version, VersionState
+from .model import Op, Purpose, RequestKind, RequestState, Role, Version, VersionState
 
 VS = VersionState
 RS = RequestState
@@ -28,16 +31,28 @@ VERSION_TRANSITIONS: dict[tuple[VersionState, str], VersionState] = {
 REQUEST_TRANSITIONS: dict[tuple[RequestState, str], RequestState] = {
     (RS.PENDING, "quorum"): RS.APPROVED,
     (RS.PENDING, "fail"): RS.FAILED,  # its version was revoked/destroyed before approval
-    (RS.APPROVED, "complete"): RS.EXECUTED,
+    (RS.APPROVED, "complete"): RS.EXECUTED,  # governance: on approval, or after its time lock
     (RS.APPROVED, "fail"): RS.FAILED,
+    (RS.PENDING, "cancel"): RS.FAILED,  # governance: the governance quorum cancelled it
+    (RS.APPROVED, "cancel"): RS.FAILED,  # ... during its time lock
 }
 
 # Which roles may issue which command kind (the author must also pass the
 # per-command checks, e.g. policy membership for sign/decrypt and approve).
 COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "bootstrap": frozenset({Role.OPERATOR}),
+    # Governance: operators submit, only the governance quorum decides (`approve`).
     "add_principal": frozenset({Role.OPERATOR}),
+    "remove_principal": frozenset({Role.OPERATOR}),
+    "rekey_principal": frozenset({Role.OPERATOR}),
     "set_policy": frozenset({Role.OPERATOR}),
+    "set_governance": frozenset({Role.OPERATOR}),
+    "set_threshold": frozenset({Role.OPERATOR}),
+    "add_member": frozenset({Role.OPERATOR}),
+    "remove_member": frozenset({Role.OPERATOR}),
+    # Approvers may submit a cancel themselves, so that operators who all push a weakening
+    # change cannot also keep the approvers from stopping it during its time lock.
+    "cancel": frozenset({Role.OPERATOR, Role.APPROVER}),
     "advance_epoch": frozenset({Role.NODE}),  # a vote; `threshold` members move the epoch
     "create_key": frozenset({Role.OPERATOR}),
     "request_sign": frozenset({Role.CLIENT}),
@@ -73,6 +88,67 @@ MAX_EPOCH_STEP = 1
 
 # Operations a client may ask the cluster to perform (the rest are public-key ops).
 REQUESTABLE_OPS: frozenset[str] = frozenset({Op.SIGN.value, Op.DECRYPT.value})
+
+
+# ------------------------------------------------------------------ governance
+
+RK = RequestKind
+GOVERNANCE_KINDS: frozenset[RequestKind] = frozenset(
+    {
+        RK.ADD_PRINCIPAL, RK.REMOVE_PRINCIPAL, RK.REKEY_PRINCIPAL, RK.SET_POLICY,
+        RK.SET_GOVERNANCE, RK.SET_THRESHOLD, RK.ADD_MEMBER, RK.REMOVE_MEMBER, RK.CANCEL,
+    }
+)  # fmt: skip
+
+
+def _lower(old: int, new: int) -> bool:
+    return new < old
+
+
+def _other_set(old: tuple[str, ...], new: tuple[str, ...]) -> bool:
+    return set(old) != set(new)  # a new approver, or fewer approvers
+
+
+def _grows(old: tuple[str, ...], new: tuple[str, ...]) -> bool:
+    return not set(new) <= set(old)
+
+
+def _rarer(old: int, new: int) -> bool:
+    return old > 0 and (new == 0 or new > old)  # rotates later, or no longer at all
+
+
+# Replacing a policy weakens protection when any of these says so (field -> test(old, new)).
+# Strengthening or neutral replacements, and new policies (they protect no key yet), take
+# effect on approval; weakening ones wait the governance time lock.
+POLICY_WEAKER: dict[str, Callable[[Any, Any], bool]] = {
+    "approvers": _other_set,
+    "k": _lower,
+    "requesters": _grows,  # someone new may ask for signatures or decryptions
+    "operations": _grows,
+    "grace_epochs": _lower,
+    "waiting_epochs": _lower,
+    "rotation_interval_s": _rarer,
+    "max_uses": _rarer,
+    "escrow": lambda old, new: new and not old,  # break-glass export becomes possible
+}
+GOVERNANCE_WEAKER: dict[str, Callable[[Any, Any], bool]] = {
+    "approvers": _other_set,  # a new governance approver, or one removed
+    "k": _lower,
+    "time_lock_epochs": _lower,
+}
+# Governance requests that always wait the time lock, whatever the state: a new or removed
+# member changes who holds shares and votes epochs (and removal can exclude an honest one).
+ALWAYS_WEAKENING: frozenset[RequestKind] = frozenset({RK.ADD_MEMBER, RK.REMOVE_MEMBER})
+# Principal changes that weaken protection when the principal is (or becomes) an approver:
+# a new approver, an approver's new key (a new holder of a vote), fewer approvers.
+APPROVER_WEAKENING: frozenset[RequestKind] = frozenset(
+    {RK.ADD_PRINCIPAL, RK.REKEY_PRINCIPAL, RK.REMOVE_PRINCIPAL}
+)
+
+
+def weaker_fields(table: dict[str, Callable[[Any, Any], bool]], old: Any, new: Any) -> list[str]:
+    """The fields of `table` in which `new` weakens protection compared with `old`."""
+    return [f for f, test in table.items() if test(getattr(old, f), getattr(new, f))]
 
 
 def version_step(state: VersionState, event: str) -> VersionState:

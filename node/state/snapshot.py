@@ -29,7 +29,7 @@ from .errors import ChainError, DecodeError
 from .integrity import check_integrity
 from .model import RequestState, State
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: governance policy, removed identities, time-locked requests
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 
@@ -171,6 +171,8 @@ def _check_consistency(state: State) -> None:
     named = (
         (state.members, "name"),
         (state.principals, "name"),
+        (state.removed_members, "name"),
+        (state.removed_principals, "name"),
         (state.policies, "policy_id"),
         (state.keys, "key_id"),
         (state.requests, "ref"),

@@ -19,10 +19,12 @@ from node.state import (
     Outcome,
     PrincipalSpec,
     RecordDkgResult,
+    RequestState,
     SetPolicy,
 )
 from node.state.approvals import genesis_of, sign_approval, sign_command
 from node.state.commands import SIGNED_KINDS
+from node.state.model import Request
 
 MEMBERS = ("node-1", "node-2", "node-3")
 OPERATORS = ("ops",)
@@ -43,6 +45,8 @@ def public_key(name: str) -> bytes:
 
 
 CLUSTER = "cluster-a"
+GOVERNANCE_K = 2
+TIME_LOCK = 2  # epochs a weakening governance change waits in these tests
 
 
 def signed(cmd, signer: str | None = None):
@@ -61,7 +65,10 @@ def bootstrap_command(request_id: str = "boot", author: str = "ops", threshold: 
         *(PrincipalSpec(n, "client", b"") for n in CLIENTS),
         *(PrincipalSpec(n, "auditor", b"") for n in AUDITORS),
     )
-    return Bootstrap(request_id, author, CLUSTER, threshold, members, principals)
+    return Bootstrap(
+        request_id, author, CLUSTER, threshold, members, principals,
+        APPROVERS, GOVERNANCE_K, TIME_LOCK,
+    )  # fmt: skip
 
 
 def policy_command(request_id: str = "pol", policy_id: str = "p1", **kw):
@@ -133,8 +140,22 @@ class World:
 
     def setup(self, **policy) -> World:
         self.ok(bootstrap_command())
-        self.ok(policy_command(**policy))
+        self.govern(policy_command(**policy))
         return self
+
+    def govern(self, cmd, approvers=("alice", "bob")) -> Request:
+        """Submit a governance change, have `approvers` approve it and, if it is
+        time-locked, advance the epoch until it takes effect; it must then be executed."""
+        out = self.ok(cmd)
+        assert out.code == "pending", out
+        req = self.m.state.requests[f"{cmd.author}:{cmd.request_id}"]
+        for name in approvers:
+            if req.state is RequestState.PENDING:
+                assert self.approve(req.ref, name).ok
+        if req.state is RequestState.APPROVED and req.effective_epoch:
+            self.advance(by=req.effective_epoch - self.m.state.epoch)
+        assert req.state is RequestState.EXECUTED, req
+        return req
 
     def post_dkg(self, request: str, members=MEMBERS, gpk: bytes = GPK) -> list[Outcome]:
         return [self.do(RecordDkgResult(self.rid("d"), m, request, gpk, VSHARES)) for m in members]
@@ -183,6 +204,7 @@ class World:
     core_bytes = staticmethod(lambda m: core_bytes(m))
     GPK = GPK
     GROUP = GROUP
+    TIME_LOCK = TIME_LOCK
     VSHARES = VSHARES
     MEMBERS = MEMBERS
 

@@ -60,7 +60,7 @@ def test_garbage_signature_rejected(signing):
 
 
 def test_approver_not_in_policy_rejected(signing):
-    signing.ok(AddPrincipal("ap", "ops", "dave", "approver", signing.public_key("dave")))
+    signing.govern(AddPrincipal("ap", "ops", "dave", "approver", signing.public_key("dave")))
     signing.rejects(lambda: signing.approve("s1", "dave"), Reason.NOT_AN_APPROVER)
 
 
@@ -105,7 +105,8 @@ def test_approval_on_revoked_version_rejected(signing):
 
 
 def test_policy_change_does_not_change_open_quorum(signing):
-    signing.ok(signing.policy_command("pol2", k=1))
+    signing.govern(signing.policy_command("pol2", k=1))  # weakening: after its time lock
+    assert signing.m.state.policies["p1"].k == 1
     assert signing.approve("s1", "alice").code == "pending"  # k=2 was fixed at submission
     assert signing.approve("s1", "bob").code == "approved"
 

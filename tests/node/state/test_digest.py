@@ -117,7 +117,7 @@ def test_create_key_digest_binds_purpose_and_policy(world):
     digests = set()
     for purpose, policy in (("sign", "p1"), ("encrypt", "p1"), ("sign", "lax")):
         w = type(world)().setup()
-        w.ok(w.policy_command("pol-lax", "lax", k=1, grace_epochs=0))
+        w.govern(w.policy_command("pol-lax", "lax", k=1, grace_epochs=0))
         w.ok(CreateKey("ck", "ops", "k9", purpose, policy))
         digests.add(w.req("ck").digest)
     assert len(digests) == 3

@@ -118,7 +118,7 @@ def test_commands_before_bootstrap_rejected(world):
 
 
 def test_add_principal(ready):
-    ready.ok(AddPrincipal("ap", "ops", "dave", "approver", ready.public_key("dave")))
+    ready.govern(AddPrincipal("ap", "ops", "dave", "approver", ready.public_key("dave")))
     assert ready.m.state.principals["dave"].public_key == ready.public_key("dave")
 
 
@@ -168,7 +168,7 @@ def test_auditor_is_read_only(ready):
 def test_set_policy_and_replace(ready):
     pol = ready.m.state.policies["p1"]
     assert pol.k == 2 and pol.approvers == ("alice", "bob", "carol")
-    ready.ok(ready.policy_command("pol2", k=3))
+    ready.govern(ready.policy_command("pol2", k=3))
     assert ready.m.state.policies["p1"].k == 3
 
 
@@ -350,13 +350,13 @@ def test_sign_request_rejections(ready):
     ready.rejects(RequestSign("x2", "app", "kek", 0, "", b"m"), Reason.WRONG_PURPOSE)
     ready.rejects(RequestDecrypt("x3", "app", "k1", 1, "", b"c"), Reason.WRONG_PURPOSE)
     ready.rejects(RequestSign("x4", "app", "k1", 7, "", b"m"), Reason.UNKNOWN_VERSION)
-    ready.ok(AddPrincipal("ap", "ops", "app2", "client", b""))
+    ready.govern(AddPrincipal("ap", "ops", "app2", "client", b""))
     ready.rejects(RequestSign("x5", "app2", "k1", 0, "", b"m"), Reason.OPERATION_NOT_ALLOWED)
 
 
 def test_policy_operations_restrict_requests(ready):
     ready.active_key("k1")
-    ready.ok(ready.policy_command("pol2", operations=("decrypt",)))
+    ready.govern(ready.policy_command("pol2", operations=("decrypt",)))
     ready.rejects(RequestSign("x", "app", "k1", 0, "", b"m"), Reason.OPERATION_NOT_ALLOWED)
 
 
@@ -682,7 +682,7 @@ def test_limits(ready, monkeypatch):
     ready.rejects(CreateKey("ck", "ops", "k1", "sign", "p1"), Reason.LIMIT_REACHED)
     monkeypatch.setattr(machine, "MAX_POLICIES", 1)
     ready.rejects(ready.policy_command("pp", "p2"), Reason.LIMIT_REACHED)
-    ready.ok(ready.policy_command("pp2", "p1", k=1))  # replacing an existing one is fine
+    ready.govern(ready.policy_command("pp2", "p1", k=1))  # replacing an existing one is fine
 
 
 def test_invalid_principal_key_rejected(ready):

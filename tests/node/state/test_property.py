@@ -10,20 +10,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.state import (
+    AddMember,
     AddPrincipal,
     AdvanceEpoch,
     Approve,
+    CancelRequest,
     CreateKey,
     Machine,
     RecordDkgResult,
     RecordFailure,
     RecordResult,
+    RekeyPrincipal,
+    RemoveMember,
+    RemovePrincipal,
     RequestDecrypt,
     RequestDestroy,
     RequestRevoke,
     RequestRotate,
     RequestSign,
+    SetGovernance,
     SetPolicy,
+    SetThreshold,
     VersionState,
     decode_command,
     decode_outcome,
@@ -31,6 +38,7 @@ from node.state import (
     verify_chain,
 )
 from node.state.approvals import sign_approval
+from node.state.commands import GOVERNANCE_KINDS
 
 NAMES = ("ops", "alice", "bob", "carol", "app", "aud", "node-1", "node-2", "node-3", "eve")
 KEYS = ("k1", "k2", "k3")
@@ -42,7 +50,9 @@ APPROVE_ALL = 15  # every approver approves a request
 # Kinds repeated to make the interesting paths (sign, decrypt, approvals, results) common.
 KIND_WEIGHTS = (0, 1, 1, 2, 3, 3, 3, 4, 4, 5, 6, 6, 7, 7, 8, 9, 10, 10, 10, 11, 12, 13)
 USE = 16  # a client request on a known key, approved by all, then a result or a failure
+GOVERN = 17  # a governance change, approved by all, and sometimes the epochs of its time lock
 KIND_WEIGHTS += (FLOW, FLOW, APPROVE_ALL, APPROVE_ALL, APPROVE_ALL, USE, USE, USE)
+KIND_WEIGHTS += (GOVERN,) * 4
 
 action = st.tuples(
     st.sampled_from(KIND_WEIGHTS),  # what to do
@@ -61,6 +71,8 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
         return flow(world, m, KEYS[x % len(KEYS)], ("sign", "encrypt")[x & 1], step)
     if kind == USE:
         return use(world, m, x, wrong, step)
+    if kind == GOVERN:
+        return governed(world, m, a, step)
     if kind == APPROVE_ALL:
         return [
             c for i, n in enumerate(APPROVERS)
@@ -137,6 +149,71 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
     return [make(usual if who == 0 else NAMES[who - 1])]
 
 
+def governed(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str) -> list:
+    """A governance change, approved by every approver (subjects and unknown names are
+    refused), then, sometimes, enough epochs for a time-locked change to take effect."""
+    _, who, _, x, wrong = a
+    rid = f"g{step}"
+    author = NAMES[who - 1] if who and wrong else "ops"  # "wrong": maybe not an operator
+    ref = f"{author}:{rid}"
+    open_gov = [
+        r for r in sorted(m.state.open) if m.state.requests[r].kind.value in GOVERNANCE_KINDS
+    ]
+    target = open_gov[x % len(open_gov)] if open_gov else "ops:none"
+    first = change(world, x, target, rid)(author)
+
+    def approvals():
+        req = m.state.requests.get(ref)
+        digest = req.digest if req else bytes(64)
+        return [
+            Approve(f"{rid}-a{n}", n, ref, sign_approval(world.private_key(n), digest))
+            for n in APPROVERS
+        ]
+
+    steps = []
+    if x & 32:
+        for i in range(world.TIME_LOCK):
+            steps.append(
+                lambda i=i: [
+                    AdvanceEpoch(f"{rid}-e{i}{n}", n, m.state.epoch + 1, 9)
+                    for n in sorted(m.state.members)[: m.state.threshold]
+                ]
+            )
+    return [first, approvals, *steps]
+
+
+def change(world, x: int, target: str, rid: str):
+    """A governance change of every kind, chosen by `x`."""
+    name = ("carol", "app", "aud", "extra0", "extra1")[(x >> 3) % 5]
+    choice = x % 9
+    if choice == 6:  # a replaced policy: stronger, weaker or both
+        approvers = ("alice", "bob", "carol")[(x >> 3) % 2 :]
+        k = 1 + (x >> 4) % 2
+        return lambda au: SetPolicy(
+            rid, au, "p1", ("app",), ("decrypt", "sign"), approvers, k, 100, x % 3, x % 3,
+            1 + x % 2, False,
+        )  # fmt: skip
+    if choice == 7:
+        new = f"extra{(x >> 3) % 2}"
+        role = ("approver", "client")[(x >> 4) % 2]
+        return lambda au: AddPrincipal(rid, au, new, role, world.public_key(new))
+    if choice == 0:
+        return lambda au: RemovePrincipal(rid, au, name)
+    if choice == 1:  # re-key to a key nobody signs with here: that principal goes quiet
+        return lambda au: RekeyPrincipal(rid, au, name, world.public_key(f"{name}-{x}"))
+    if choice == 2:
+        return lambda au: SetThreshold(rid, au, 1 + x % 3)
+    if choice == 3:
+        approvers = ("alice", "bob", "carol")[: 2 + (x >> 3) % 2]
+        return lambda au: SetGovernance(rid, au, approvers, 2, 1 + (x >> 4) % 3)
+    if choice == 4:
+        member = f"node-{4 + (x >> 3) % 2}"
+        return lambda au: AddMember(rid, au, member, int(member[5:]), world.public_key(member))
+    if choice == 5:
+        return lambda au: RemoveMember(rid, au, f"node-{1 + (x >> 3) % 4}")
+    return lambda au: CancelRequest(rid, au, target)
+
+
 def flow(world, m: Machine, key_id: str, purpose: str, step: int | str) -> list:
     """The happy path that takes a key to a new active version (commands built lazily)."""
     rid = f"f{step}"
@@ -200,6 +277,9 @@ def seed(world, m: Machine, apply) -> None:
     """Bootstrap, a policy, and one active key of each purpose (so deep paths are reached)."""
     for cmd in (world.bootstrap_command(), world.policy_command()):
         apply(encode_command(world.signed(cmd)))
+    digest = m.state.requests["ops:pol"].digest  # a new policy: in force on its quorum
+    for n in APPROVERS[:2]:
+        apply(encode_command(Approve(f"pol-{n}", n, "ops:pol", world.private_key(n).sign(digest))))
     for i, purpose in enumerate(("sign", "encrypt")):
         for item in flow(world, m, KEYS[i], purpose, f"init{i}"):
             for cmd in item() if callable(item) else [item]:

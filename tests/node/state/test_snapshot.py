@@ -88,7 +88,7 @@ def test_tampered_audit_chain_refused(busy):
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda r: r.update(v=2), "version"),
+        (lambda r: r.update(v=1), "version"),
         (lambda r: r.update(extra=1), "map"),
         (lambda r: r["state"].update(surprise=1), "fields"),
         (lambda r: r["state"].update(epoch="3"), "int"),
@@ -141,12 +141,20 @@ def test_restore_replaces_state(busy):
 
 @pytest.fixture
 def two_pending(ready):
-    """Two sign requests: s1 approved by alice and bob, s2 pending with no approvals."""
+    """Two sign requests: s1 approved by alice and bob, s2 pending with no approvals; and
+    governance state: a removed principal, a time-locked change, a pending one."""
+    from node.state import AddPrincipal, RemovePrincipal
+
     ready.active_key("k1")
     ready.ok(RequestSign("s1", "app", "k1", 0, "ctx", b"harmless"))
     ready.ok(RequestSign("s2", "app", "k1", 0, "ctx", b"pay mallory"))
     ready.approve("s1", "alice")
     ready.approve("s1", "bob")
+    ready.govern(RemovePrincipal("rm", "ops", "aud"))
+    ready.ok(ready.policy_command("lax", k=1))
+    ready.approve("lax", "alice")
+    ready.approve("lax", "bob")
+    ready.ok(AddPrincipal("add", "ops", "dave", "approver", ready.public_key("dave")))
     return ready
 
 
@@ -279,15 +287,22 @@ def test_state_hash_is_domain_separated():
     assert len(a) == 64 and a != state_hash(b"snap", 8) and a != state_hash(b"snap!", 7)
 
 
-NAMES = ["", "k1", "k2", "p1", "p9", "alice", "zed", "node-1", "app:s1", "app:s2", "ops:ck"]
+NAMES = [
+    "", "k1", "k2", "p1", "p9", "alice", "zed", "node-1", "app:s1", "app:s2", "ops:ck",
+    "ops:lax", "ops:add", "aud",
+]  # fmt: skip
 
 
 EDIT = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 2**40))
 
 
 def _objects(st):
-    out = [st]
-    for table in (st.members, st.principals, st.policies, st.keys, st.requests):
+    out = [st, st.governance]
+    tables = (
+        st.members, st.principals, st.policies, st.keys, st.requests, st.removed_members,
+        st.removed_principals,
+    )  # fmt: skip
+    for table in tables:
         out += list(table.values())
     for key in st.keys.values():
         out += list(key.versions.values())
@@ -303,7 +318,7 @@ def test_no_snapshot_crashes_the_machine_later(two_pending, edits):
     is refused at restore, or the restored machine survives every command and query."""
     import dataclasses as dc
 
-    from node.state import Approve, RequestRevoke
+    from node.state import Approve, CancelRequest, RemovePrincipal, RequestRevoke
     from node.state.approvals import sign_approval
 
     state = decode_state(two_pending.snap())
@@ -327,6 +342,11 @@ def test_no_snapshot_crashes_the_machine_later(two_pending, edits):
         return
     w = two_pending
     e = m.state.epoch + 1
+
+    def digest(ref: str) -> bytes:
+        req = m.state.requests.get(ref)
+        return req.digest if req and len(req.digest) == 64 else bytes(64)
+
     cmds = [
         RequestSign("z1", "app", "k1", 0, "", b"m"),
         RequestRevoke("z2", "ops", "k1", 1),
@@ -335,6 +355,14 @@ def test_no_snapshot_crashes_the_machine_later(two_pending, edits):
         Approve("z5", "carol", "app:s2", sign_approval(w.private_key("carol"), bytes(64))),
         RecordResult("z6", "node-1", "app:s1", w.result("s1")),
         w.policy_command("z7", k=1),
+        *(
+            Approve(f"z8{ref[4:]}{n}", n, ref, sign_approval(w.private_key(n), digest(ref)))
+            for ref in ("ops:add", "ops:z7")
+            for n in ("alice", "carol")
+        ),
+        CancelRequest("z9", "carol", "ops:lax"),
+        RemovePrincipal("z10", "ops", "carol"),
+        *(AdvanceEpoch(f"z11{n}", n, e + 1, 0) for n in ("node-1", "node-2", "node-3")),
     ]
     for cmd in cmds:
         m.apply_command(w.signed(cmd))  # an Outcome, accepted or refused; never an exception
