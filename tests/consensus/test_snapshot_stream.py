@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import random
-import socket
 import stat
 import time
 from pathlib import Path
@@ -25,49 +23,16 @@ from consensus import tls, wal
 from consensus.codec import encode_frame
 from consensus.filestore import K_SNAPMARK
 from consensus.messages import ConfState, Message, MsgType, Snapshot, SnapshotMeta
-from consensus.transport import Transport
 from tests.consensus.kvcluster import ELECTION_S, ProcCluster
+from tests.consensus.transports import Node, free_port, until
 
 SAFETY = 60.0
 MIB = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-async def until(cond, what: str, timeout: float = SAFETY) -> None:
-    async def poll():
-        while not cond():
-            await asyncio.sleep(0.005)
 
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-class Node:
-    def __init__(self, node_id: int, addrs: dict[int, tuple[str, int]], pki: Path, **kw) -> None:
-        self.inbox: list[Message] = []
-        server, client = tls.contexts_from_dir(pki, node_id)
-        self.t = Transport(
-            node_id,
-            addrs[node_id],
-            {i: a for i, a in addrs.items() if i != node_id},
-            server,
-            client,
-            self.inbox.append,
-            rng=random.Random(node_id),
-            backoff_base=0.01,
-            backoff_max=0.2,
-            **kw,
-        )
-
-    def snapshots(self) -> list[Message]:
-        return [m for m in self.inbox if m.type is MsgType.SNAPSHOT]
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
-import socket
 import ssl
 import stat
 import struct
@@ -21,43 +19,14 @@ from consensus import certs, tls
 from consensus.codec import encode_frame
 from consensus.messages import Entry, Message, MsgType
 from consensus.transport import Transport
+from tests.consensus.transports import Node, free_port, until
 
 SAFETY = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-async def until(cond, what: str) -> None:
-    async def poll():
-        while not cond():
-            await asyncio.sleep(0.01)
 
-    try:
-        await asyncio.wait_for(poll(), SAFETY)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-class Node:
-    def __init__(self, node_id: int, addrs: dict[int, tuple[str, int]], pki, **kw) -> None:
-        self.inbox: list[Message] = []
-        server, client = tls.contexts_from_dir(pki, node_id)
-        self.t = Transport(
-            node_id,
-            addrs[node_id],
-            {i: a for i, a in addrs.items() if i != node_id},
-            server,
-            client,
-            self.inbox.append,
-            rng=random.Random(node_id),
-            backoff_base=0.01,
-            backoff_max=0.2,
-            **kw,
-        )
 
 
 @pytest.fixture
