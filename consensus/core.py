@@ -309,8 +309,13 @@ class RaftCore:
             ):
                 # Tell a stale leader about our term so it steps down.
                 self._send(MsgType.APPEND_RESP, m.frm)
-            elif m.type is MsgType.PRE_VOTE:
-                self._send(MsgType.PRE_VOTE_RESP, m.frm, reject=True)
+            elif m.type in (MsgType.PRE_VOTE, MsgType.VOTE):
+                # Raft's Figure 2: a stale vote request is answered with our term, so
+                # the candidate catches up. Otherwise a candidate that is behind in
+                # term may never hear of it from a voter that no longer sends to it
+                # (that voter's membership is older) and both campaign for ever.
+                kind = MsgType.PRE_VOTE_RESP if m.type is MsgType.PRE_VOTE else MsgType.VOTE_RESP
+                self._send(kind, m.frm, reject=True)
             return
 
         if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
@@ -968,6 +973,12 @@ class RaftCore:
         if not knowers:
             return
         heir = max(knowers, key=lambda v: self.progress[v].match)
+        if self.progress[heir].match < self.log.last_index():
+            # The heir must hold our whole log first (as in a transfer): entries we
+            # appended after the removal would otherwise make our vote refuse it, and
+            # an heir that lost the removal's commit in a crash needs our vote.
+            self._send_append(heir)
+            return
         self._send(MsgType.TIMEOUT_NOW, heir)
         self._become_follower(self.term, NONE)
 
