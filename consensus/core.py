@@ -85,6 +85,7 @@ __all__ = [
     "SoftState",
     "Status",
     "TermOutOfRange",
+    "apply_membership",
     "bootstrap_log",
 ]
 
@@ -222,6 +223,31 @@ def bootstrap_log(voters: frozenset[int] | set[int]) -> tuple[HardState, list[En
         for n, i in enumerate(ids, start=1)
     ]
     return HardState(term=1, vote=NONE, commit=len(entries)), entries
+
+
+def apply_membership(voters: set[int], learners: set[int], data: bytes) -> bool:
+    """Apply one CONF_CHANGE entry's data to the sets in place; False if it is a
+    no-op (malformed, or it would leave no voter). The core's own rule: a runner
+    that must know membership at an entry (deterministic snapshots) uses it too."""
+    try:
+        cc = decode_conf_change(data)
+    except ValueError:
+        return False  # deterministic on every node: a malformed change is a no-op
+    nid = cc.node_id
+    if cc.type is ConfChangeType.ADD_VOTER:
+        learners.discard(nid)
+        voters.add(nid)
+    elif cc.type is ConfChangeType.ADD_LEARNER:
+        if voters == {nid}:
+            return False
+        voters.discard(nid)
+        learners.add(nid)
+    else:
+        if voters == {nid}:
+            return False
+        voters.discard(nid)
+        learners.discard(nid)
+    return True
 
 
 class RaftCore:
@@ -983,25 +1009,7 @@ class RaftCore:
         self._become_follower(self.term, NONE)
 
     def _apply_membership(self, data: bytes) -> bool:
-        try:
-            cc = decode_conf_change(data)
-        except ValueError:
-            return False  # deterministic on every node: a malformed change is a no-op
-        nid = cc.node_id
-        if cc.type is ConfChangeType.ADD_VOTER:
-            self.learners.discard(nid)
-            self.voters.add(nid)
-        elif cc.type is ConfChangeType.ADD_LEARNER:
-            if self.voters == {nid}:
-                return False
-            self.voters.discard(nid)
-            self.learners.add(nid)
-        else:
-            if self.voters == {nid}:
-                return False
-            self.voters.discard(nid)
-            self.learners.discard(nid)
-        return True
+        return apply_membership(self.voters, self.learners, data)
 
     def _apply_conf_change(self, data: bytes) -> None:
         if not self._apply_membership(data):

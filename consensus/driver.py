@@ -13,7 +13,13 @@ requires:
 3. apply committed entries to the state machine, resolve waiting proposals
    and reads;
 4. `core.advance()`; take a snapshot and compact every `snapshot_every`
-   applied entries.
+   applied entries (with a `snapshot_guard`: exactly at the indexes that are
+   multiples of `snapshot_every`, so that every member snapshots, hashes and
+   can sign the same states).
+
+Snapshot authentication is the application's (the runner knows no keys): an
+optional `SnapshotGuard` seals every SNAPSHOT message this node sends and
+opens every one it receives before the core sees it (see `SnapshotGuard`).
 
 The core is touched only by that task, never while a save is in flight.
 
@@ -44,15 +50,27 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Protocol, runtime_checkable
 
-from .core import Config, NotLeader, ProposalDropped, RaftCore, Ready, Role, bootstrap_log
+from .core import (
+    Config,
+    NotLeader,
+    ProposalDropped,
+    RaftCore,
+    Ready,
+    Role,
+    apply_membership,
+    bootstrap_log,
+)
 from .messages import (
     ConfChange,
+    ConfState,
     EntryType,
     HardState,
     Message,
     MsgType,
+    Snapshot,
     encode_conf_change,
 )
 from .session import (
@@ -75,6 +93,8 @@ __all__ = [
     "NotLeader",
     "Overloaded",
     "ProposalDropped",
+    "SnapshotGuard",
+    "SnapshotRefused",
     "open_node",
     "write_cluster_certs",
 ]
@@ -88,6 +108,42 @@ class NodeStopped(Exception):
 
 class Overloaded(Exception):
     """Too many proposals or reads in flight on this node; retry later."""
+
+
+class SnapshotRefused(ValueError):
+    """A guard refuses to install a received snapshot (not certified, malformed).
+
+    The runner drops the message on any `ValueError` from `SnapshotGuard.open`
+    and counts it as `refused_<exception class name>`; an application may raise
+    its own subclass of `ValueError` of the same name (the custody state machine
+    does: it must not import this package).
+    """
+
+
+@runtime_checkable
+class SnapshotGuard(Protocol):
+    """Authenticates snapshots for the runner, which stays key-agnostic.
+
+    - `seal(index, data)`: on the sender, for every SNAPSHOT message about to
+      go out: the bytes to send instead of `data` (e.g. `data` wrapped with
+      members' signatures over its hash), or None when the snapshot cannot be
+      certified yet: the message is dropped (`stats["snapshot_unsealed"]`) and
+      the core sends it again after its snapshot timeout (an election timeout).
+    - `open(index, data)`: on the receiver, before the message reaches the
+      core: the raw snapshot bytes to install, or raise a `ValueError`
+      (`SnapshotRefused`): the message is dropped and counted; the node keeps
+      its state and waits for a certified snapshot or log entries.
+    - optional `on_snapshot(index, data)`: called once for every deterministic
+      snapshot this node takes from its own log (index a multiple of
+      `snapshot_every`), after it is written, never for a received one: the
+      application signs the state hash there.
+
+    Storage and the core always hold raw snapshot bytes.
+    """
+
+    def seal(self, index: int, data: bytes) -> bytes | None: ...
+
+    def open(self, index: int, data: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -157,8 +213,10 @@ class Driver:
         config: DriverConfig | None = None,
         transport: Any = None,
         seed: int | None = None,
+        snapshot_guard: SnapshotGuard | None = None,
     ) -> None:
         self.id = node_id
+        self.guard = snapshot_guard
         self.config = cfg = config or DriverConfig()
         self.storage = storage
         self.transport = transport  # anything with send(msg), start(), stop()
@@ -212,6 +270,9 @@ class Driver:
         self._failed_event = asyncio.Event()
         self._closing: asyncio.Future[None] | None = None  # transport stop after a failure
         self.stats: Counter[str] = Counter()
+        # With a guard: snapshots taken right after applying a multiple of snapshot_every
+        # (index, data, membership at that index), written after the Ready is advanced.
+        self._captured: list[tuple[int, bytes, ConfState]] = []
 
     # --- public API ------------------------------------------------------------
 
@@ -473,10 +534,13 @@ class Driver:
             self._ticks -= 1
             core.tick()
         inbox = self._inbox
+        guard = self.guard
         while inbox:
             msg, size = inbox.popleft()
             self._inbox_bytes -= size
             try:
+                if guard is not None and msg.type is MsgType.SNAPSHOT and msg.snapshot is not None:
+                    msg = self._open_snapshot(guard, msg)
                 core.step(msg)
             except (ValueError, TypeError) as exc:
                 self._count_refused(msg, exc)
@@ -521,6 +585,19 @@ class Driver:
                 core.read_index(ctx)
             except (NotLeader, ProposalDropped) as exc:
                 _settle(fut, exc)
+
+    def _open_snapshot(self, guard: SnapshotGuard, msg: Message) -> Message:
+        """The guard authenticates a received snapshot before the core sees it: the
+        message with the raw snapshot bytes, or a ValueError (dropped, counted)."""
+        snap = msg.snapshot
+        assert snap is not None
+        if snap.is_empty:
+            return msg  # the core refuses it (InvalidMessage)
+        data = guard.open(snap.meta.index, snap.data)
+        if type(data) is not bytes:
+            raise SnapshotRefused("the snapshot guard returned no bytes")
+        self.stats["snapshots_opened"] += 1
+        return dataclasses.replace(msg, snapshot=Snapshot(snap.meta, data))
 
     def _count_refused(self, msg: Message, exc: Exception) -> None:
         """Count a message the core refused; log the 1st, 2nd, 4th, 8th... of each
@@ -584,13 +661,41 @@ class Driver:
                 else:
                     fut.set_exception(ProposalDropped("replaced by another leader"))
         self._conf_applied.clear()
-        if self._applied - self._snap_index >= self.config.snapshot_every:
+        if self.guard is not None:
+            if self._captured:
+                await self._write_captured()
+        elif self._applied - self._snap_index >= self.config.snapshot_every:
             await self._snapshot()
 
     def _send(self, messages: Iterable[Message]) -> None:
-        if self.transport is not None:
-            for m in messages:
-                self.transport.send(m)
+        if self.transport is None:
+            return
+        guard = self.guard
+        for m in messages:
+            if guard is not None and m.type is MsgType.SNAPSHOT and m.snapshot is not None:
+                sealed = self._seal_snapshot(guard, m)
+                if sealed is None:
+                    continue
+                m = sealed
+            self.transport.send(m)
+
+    def _seal_snapshot(self, guard: SnapshotGuard, m: Message) -> Message | None:
+        """The guard certifies an outgoing snapshot; None: not certifiable yet (the
+        message is dropped; the core sends it again after its snapshot timeout)."""
+        snap = m.snapshot
+        assert snap is not None
+        sealed = guard.seal(snap.meta.index, snap.data)
+        if sealed is None:
+            self.stats["snapshot_unsealed"] += 1
+            n = self.stats["snapshot_unsealed"]
+            if n & (n - 1) == 0:
+                log.warning(
+                    "snapshot at %d to node %d is not certified yet: not sent (%d so far)",
+                    snap.meta.index, m.to, n,
+                )  # fmt: skip
+            return None
+        self.stats["snapshots_sealed"] += 1
+        return dataclasses.replace(m, snapshot=Snapshot(snap.meta, sealed))
 
     async def _io(self, fn: Callable[..., None], *args: Any) -> None:
         """Run a storage write: a leader's in the I/O thread, a follower's inline.
@@ -607,9 +712,14 @@ class Driver:
         self.stats["io_us"] += (time.perf_counter_ns() - t) // 1000
 
     def _apply(self, entries: Any) -> None:
+        every = self.config.snapshot_every if self.guard is not None else 0
+        conf: SimpleNamespace | None = None  # membership as of the entry being applied
         for e in entries:
             if e.index <= self._applied:
                 continue
+            if every and conf is None:  # the core applies this Ready's changes at advance()
+                cs = self.core.conf_state()
+                conf = SimpleNamespace(voters=set(cs.voters), learners=set(cs.learners))
             results: list[tuple[bytes, Outcome]] = []
             if e.type == EntryType.NORMAL and e.data:
                 try:
@@ -621,8 +731,14 @@ class Driver:
                 waiter = self._conf_waiters.pop(e.index, None)
                 if waiter is not None:  # resolved after advance(): the core applies it there
                     self._conf_applied.append((waiter[1], waiter[0] == e.data))
+                if conf is not None:
+                    apply_membership(conf.voters, conf.learners, e.data)  # the core's rule
             self._applied = e.index
             self.stats["applied"] += 1
+            if every and e.index % every == 0 and conf is not None:
+                # Deterministic snapshot point: every member snapshots the same state here.
+                conf_at = ConfState(frozenset(conf.voters), frozenset(conf.learners))
+                self._captured.append((e.index, self.machine.snapshot(), conf_at))
             ours = self._by_index.pop(e.index, None)
             if ours is not None and (not results or results[0][0] != ours[0]):
                 for tag in ours:  # another leader's entry replaced our batch
@@ -642,10 +758,23 @@ class Driver:
             if not fut.done():
                 fut.set_result(self._applied)
 
-    async def _snapshot(self) -> None:
-        index = self._applied
-        data = self.machine.snapshot()
-        conf = self.core.conf_state()
+    async def _write_captured(self) -> None:
+        """Write the newest deterministic snapshot of this Ready and hand each one to the
+        guard's `on_snapshot` (several if a Ready crossed several multiples)."""
+        captured, self._captured = self._captured, []
+        index, data, conf = captured[-1]
+        if index > self._snap_index:
+            await self._snapshot(index, data, conf)
+        hook = getattr(self.guard, "on_snapshot", None)
+        if hook is not None:
+            for i, d, _ in captured:
+                hook(i, d)
+
+    async def _snapshot(
+        self, index: int | None = None, data: bytes | None = None, conf: ConfState | None = None
+    ) -> None:
+        if index is None or data is None or conf is None:
+            index, data, conf = self._applied, self.machine.snapshot(), self.core.conf_state()
         keep = self.config.keep_entries
         storage = self.storage
 
@@ -811,12 +940,14 @@ async def open_node(
     config: DriverConfig | None = None,
     join: bool = False,
     max_frame: int | None = None,
+    snapshot_guard: SnapshotGuard | None = None,
 ) -> Driver:
     """Open durable storage, start the mTLS transport and the runner for one node.
 
     `peers` maps every node id (this one included) to its Raft address; unless
     `join`, they are also the founding voters. A joining node starts empty and
     waits to be added by the leader (`Driver.change_membership`).
+    `snapshot_guard` authenticates snapshots (see `SnapshotGuard`).
     """
     from . import tls
     from .filestore import FileStorage
@@ -836,7 +967,9 @@ async def open_node(
         )
     storage = FileStorage(data_dir)
     voters = () if join else tuple(peers)
-    driver = Driver(node_id, storage, machine, voters=voters, config=config)
+    driver = Driver(
+        node_id, storage, machine, voters=voters, config=config, snapshot_guard=snapshot_guard
+    )
     server_ctx, client_ctx = tls.contexts_from_dir(cert_dir, node_id)
     driver.transport = Transport(
         node_id,

@@ -7,6 +7,15 @@ enters only as values carried inside commands. See docs/state-machine.md.
 
 from .approvals import sign_approval, sign_command, signing_message, with_signature
 from .audit import GENESIS, decode_records, encode_records, verify_chain, verify_export
+from .checkpoint import (
+    SnapshotGuard,
+    SnapshotRefused,
+    Verifier,
+    checkpoint_message,
+    open_snapshot,
+    seal_snapshot,
+    sign_checkpoint,
+)
 from .commands import (
     COMMANDS,
     GOVERNANCE_KINDS,
@@ -20,6 +29,7 @@ from .commands import (
     Command,
     CreateKey,
     MemberSpec,
+    PostCheckpoint,
     PrincipalSpec,
     RecordDkgResult,
     RecordFailure,
@@ -74,6 +84,7 @@ __all__ = [
     "MemberSpec",
     "Op",
     "Outcome",
+    "PostCheckpoint",
     "PrincipalSpec",
     "Purpose",
     "Reason",
@@ -95,9 +106,13 @@ __all__ = [
     "SetGovernance",
     "SetPolicy",
     "SetThreshold",
+    "SnapshotGuard",
+    "SnapshotRefused",
     "State",
     "StateError",
+    "Verifier",
     "VersionState",
+    "checkpoint_message",
     "decode_change",
     "decode_command",
     "decode_outcome",
@@ -105,9 +120,12 @@ __all__ = [
     "encode_command",
     "encode_outcome",
     "encode_records",
+    "open_snapshot",
     "payload_hash",
     "request_digest",
+    "seal_snapshot",
     "sign_approval",
+    "sign_checkpoint",
     "sign_command",
     "signing_message",
     "verify_chain",

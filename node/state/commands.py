@@ -38,6 +38,7 @@ MAX_TEXT_CHARS = 256
 MAX_MEMBERS = 15
 MAX_PRINCIPALS = 256
 MAX_APPROVERS = 64
+MAX_CHECKPOINTS = 4  # newest checkpoints kept per member (checkpoint.py)
 U32 = (1 << 32) - 1
 U62 = (1 << 62) - 1
 # Epochs stay far inside the schema: the largest epoch plus the largest waiting or grace
@@ -538,6 +539,26 @@ class RecordFailure(Command):
     SCHEMA: ClassVar = (("request", REF), ("reason", Text()), ("signature", SIGNATURE))
 
 
+@dataclass(frozen=True, slots=True)
+class PostCheckpoint(Command):
+    """A member (the author) vouches for the runner snapshot at log `index`.
+
+    `signature` is Ed25519 by the author's identity key over
+    `digest.checkpoint_digest(genesis, index, state_hash)`, not over the command: like an
+    approval, it is the attestation itself (see `checkpoint.py`).
+    """
+
+    index: int
+    state_hash: bytes  # snapshot.state_hash(snapshot bytes, index)
+    signature: bytes
+    KIND: ClassVar[str] = "checkpoint"
+    SCHEMA: ClassVar = (
+        ("index", Int(1, U62)),
+        ("state_hash", Bytes(lengths=(64,))),
+        ("signature", SIGNATURE),
+    )
+
+
 COMMANDS: dict[str, type[Command]] = {
     cls.KIND: cls
     for cls in (
@@ -562,6 +583,7 @@ COMMANDS: dict[str, type[Command]] = {
         RecordDkgResult,
         RecordResult,
         RecordFailure,
+        PostCheckpoint,
     )
 }
 
@@ -598,6 +620,7 @@ SIGNED_KINDS: frozenset[str] = frozenset(COMMANDS) - {
     "request_sign",
     "request_decrypt",
     "approve",  # its `signature` is the approval itself, over the request digest
+    "checkpoint",  # its `signature` is the attestation itself, over the checkpoint digest
 }
 
 

@@ -47,6 +47,7 @@ DKG_POST_CONTEXT = b"custody-cluster/v1/dkg-post"
 SIGNED_COMMAND_CONTEXT = b"custody-cluster/v1/signed-command"
 GENESIS_CONTEXT = b"custody-cluster/v1/genesis"
 GOVERNANCE_CONTEXT = b"custody-cluster/v1/governance-policy"
+CHECKPOINT_CONTEXT = b"custody-cluster/v1/checkpoint"
 
 
 def lp(data: bytes | str) -> bytes:
@@ -197,3 +198,11 @@ def governance_hash(approvers: tuple[str, ...], k: int, time_lock_epochs: int) -
 
 def governance_hash_of(gov: Governance) -> bytes:
     return governance_hash(gov.approvers, gov.k, gov.time_lock_epochs)
+
+
+def checkpoint_digest(genesis: bytes, index: int, state_hash: bytes) -> bytes:
+    """What a member signs to vouch for the snapshot at log `index`: the cluster's genesis,
+    the index and the snapshot's `state_hash`, domain-separated (64 bytes)."""
+    return hashlib.sha512(
+        lp(CHECKPOINT_CONTEXT) + lp(genesis) + u64(index) + lp(state_hash)
+    ).digest()

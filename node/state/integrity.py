@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 
-from .commands import MAX_EPOCH, MAX_TIME_LOCK_EPOCHS, decode_change
+from .commands import MAX_CHECKPOINTS, MAX_EPOCH, MAX_TIME_LOCK_EPOCHS, U62, decode_change
 from .digest import digest_of, payload_hash
 from .errors import DecodeError
 from .model import Governance, Key, Request, RequestKind, RequestState, Role, State, VersionState
@@ -36,7 +36,7 @@ def check_integrity(state: State) -> None:
     if not state.bootstrapped:
         empty = (
             state.members, state.principals, state.policies, state.keys, state.requests,
-            state.removed_members, state.removed_principals,
+            state.removed_members, state.removed_principals, state.checkpoints,
         )  # fmt: skip
         if any(empty) or state.epoch or state.threshold or state.genesis:
             _fail("an un-bootstrapped state must be empty")
@@ -61,6 +61,14 @@ def check_integrity(state: State) -> None:
     for member, vote in state.epoch_votes.items():
         if member not in state.members or vote.epoch != state.epoch + 1:
             _fail(f"epoch vote of {member!r} is not a member's vote for the next epoch")
+    for member, cps in state.checkpoints.items():
+        indexes = [c.index for c in cps]
+        if member not in state.members or not 1 <= len(cps) <= MAX_CHECKPOINTS:
+            _fail(f"checkpoints of {member!r}: not a present member's, or too many")
+        if indexes != sorted(set(indexes)) or not all(1 <= i <= U62 for i in indexes):
+            _fail(f"checkpoints of {member!r} are not in strictly increasing index order")
+        if any(len(c.state_hash) != 64 or len(c.signature) != 64 for c in cps):
+            _fail(f"a checkpoint of {member!r} has a malformed hash or signature")
 
 
 def _check_cluster(state: State) -> None:

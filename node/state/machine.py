@@ -33,7 +33,9 @@ from .approvals import (
     verify_result,
 )
 from .audit import GENESIS, make_record
+from .checkpoint import verify_checkpoint
 from .commands import (
+    MAX_CHECKPOINTS,
     MAX_MEMBERS,
     SIGNED_KINDS,
     AddMember,
@@ -44,6 +46,7 @@ from .commands import (
     CancelRequest,
     Command,
     CreateKey,
+    PostCheckpoint,
     RecordDkgResult,
     RecordFailure,
     RecordResult,
@@ -74,6 +77,7 @@ from .digest import (
 )
 from .errors import DecodeError, Reason, Rejected
 from .model import (
+    Checkpoint,
     Dedup,
     EpochVote,
     Governance,
@@ -184,6 +188,7 @@ class Machine:
             RecordDkgResult: self._record_dkg_result,
             RecordResult: self._record_result,
             RecordFailure: self._record_failure,
+            PostCheckpoint: self._checkpoint,
         }
         # Governance changes: (check against the state now, apply). Submitting one only
         # opens a request; `apply` runs when the governance quorum approved it and, for a
@@ -250,9 +255,11 @@ class Machine:
             effect = self._handlers[type(cmd)](cmd)
         except Rejected as rej:
             outcome = self._audit_rejection(cmd, rej, cdig)
-            if rej.reason in UNAUTHENTICATED or isinstance(cmd, Bootstrap):
+            if rej.reason in UNAUTHENTICATED or isinstance(cmd, Bootstrap | PostCheckpoint):
                 # Nobody proved they sent it: remembering it would let anyone fill the
-                # table, or take a real author's request id with a forgery.
+                # table, or take a real author's request id with a forgery. (A checkpoint's
+                # signature does not cover its request id, so a replayed genuine one under
+                # another id proves nothing about who sent it either.)
                 return outcome
         else:
             rec = self._append_audit(
@@ -783,6 +790,50 @@ class Machine:
         self._fail_request(req, cmd.reason)
         return self._request_effect(req)
 
+    def _checkpoint(self, cmd: PostCheckpoint) -> _Effect:
+        """A member's signature over the state hash of the snapshot at `cmd.index`
+        (`checkpoint.py`). Verified first (the signature is the authentication; it does
+        not cover the request id, which must therefore be `checkpoint-<index>`). One per
+        member per index, each member's indexes only move forward, and only its newest
+        `MAX_CHECKPOINTS` are kept: a member posting far-future indexes only pushes out
+        its own. Another member's different hash at the same index is kept apart and
+        flagged loudly (`ok!fork`): replicas that computed different states there."""
+        st = self.state
+        verify_checkpoint(
+            st.members[cmd.author].public_key, st.genesis, cmd.index, cmd.state_hash,
+            cmd.signature,
+        )  # fmt: skip
+        if cmd.request_id != f"checkpoint-{cmd.index}":
+            raise Rejected(Reason.INVALID_ARGUMENT, "a checkpoint's id is checkpoint-<index>")
+        mine = st.checkpoints.get(cmd.author, ())
+        for c in mine:
+            if c.index == cmd.index:
+                same = hmac.compare_digest(c.state_hash, cmd.state_hash)
+                detail = "" if same else " with another state hash (equivocation)"
+                raise Rejected(
+                    Reason.DUPLICATE_POST, f"{cmd.author!r} already signed {cmd.index}{detail}"
+                )
+        if mine and cmd.index < mine[-1].index:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT,
+                f"checkpoints move forward: {cmd.author!r} signed {mine[-1].index} already",
+            )
+        st.checkpoints[cmd.author] = (
+            *mine, Checkpoint(cmd.index, cmd.state_hash, cmd.signature)
+        )[-MAX_CHECKPOINTS:]
+        agree, other = [], []
+        for name in sorted(st.checkpoints):
+            for c in st.checkpoints[name]:
+                if c.index == cmd.index:
+                    same = hmac.compare_digest(c.state_hash, cmd.state_hash)
+                    (agree if same else other).append(name)
+        detail = f"index {cmd.index}: {len(agree)}/{st.threshold} signatures agree"
+        if other:
+            detail = f"FORK at index {cmd.index}: state hash differs from {', '.join(other)}; "
+            detail += f"{len(agree)} agree"
+            return _Effect("ok", detail=detail, flag="fork")
+        return _Effect("ok", detail=detail)
+
     def _fail_request(self, req: Request, failure: str) -> None:
         """Fail an open request; a create/rotate request's unfinished version is aborted."""
         self._finish(req, rules.request_step(req.state, "fail"), failure)
@@ -1050,6 +1101,7 @@ class Machine:
         st = self.state
         st.removed_members[cmd.name] = st.members.pop(cmd.name)
         st.epoch_votes.pop(cmd.name, None)
+        st.checkpoints.pop(cmd.name, None)  # a removed member certifies nothing any more
         for r in sorted(st.open):
             st.requests[r].confirmations.pop(cmd.name, None)
             st.requests[r].reports.pop(cmd.name, None)

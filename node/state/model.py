@@ -222,6 +222,16 @@ class EpochVote:
     at: int
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A member's signature over the state hash of the snapshot at log `index`
+    (`checkpoint.checkpoint_message`): what certifies a snapshot to other members."""
+
+    index: int
+    state_hash: bytes  # snapshot.state_hash(runner snapshot bytes, index), 64 bytes
+    signature: bytes  # Ed25519 by the member's identity key
+
+
 @dataclass(slots=True)
 class State:
     cluster_id: str = ""
@@ -242,6 +252,8 @@ class State:
     open: dict[str, str] = field(default_factory=dict)  # open request id -> author (an index)
     outcomes: dict[str, Dedup] = field(default_factory=dict)
     epoch_votes: dict[str, EpochVote] = field(default_factory=dict)  # member -> vote for epoch+1
+    # member -> its newest checkpoints (ascending index, at most MAX_CHECKPOINTS each)
+    checkpoints: dict[str, tuple[Checkpoint, ...]] = field(default_factory=dict)
     audit: list[AuditRecord] = field(default_factory=list)
 
     @property

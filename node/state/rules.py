@@ -64,6 +64,7 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "record_dkg_result": frozenset({Role.NODE}),
     "record_result": frozenset({Role.NODE}),
     "record_failure": frozenset({Role.NODE}),
+    "checkpoint": frozenset({Role.NODE}),  # a member's signature over a snapshot's state hash
 }
 
 # What a version in a given state may be used for (before the purpose filter).

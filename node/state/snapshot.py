@@ -29,7 +29,7 @@ from .errors import ChainError, DecodeError
 from .integrity import check_integrity
 from .model import RequestState, State
 
-SNAPSHOT_VERSION = 2  # 2: governance policy, removed identities, time-locked requests
+SNAPSHOT_VERSION = 3  # 2: governance, removed identities, time locks; 3: checkpoints
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 
@@ -61,11 +61,14 @@ def _dump(value: Any) -> Any:
 
 
 def state_hash(snapshot_bytes: bytes, index: int) -> bytes:
-    """What members sign to vouch for a snapshot taken at log `index` (runner's rule).
+    """The hash of the snapshot bytes taken at log `index`, which members sign (inside
+    `checkpoint.checkpoint_message`, bound to the cluster's genesis).
 
-    Intended rule (the runner's, not enforced here): a follower installs a snapshot
-    only with valid signatures over this hash by at least `threshold` members, so a
-    lone leader cannot hand it a state that the signed commands did not produce.
+    A member installs a snapshot only with valid signatures over this hash by at least
+    `threshold` members (`checkpoint.open_snapshot`, through the runner's snapshot
+    guard), so a lone leader cannot hand it a state that the signed commands did not
+    produce. `snapshot_bytes` are whatever the runner snapshots (for the custody node:
+    the runner's envelope around `Machine.snapshot()`, session table included).
     """
     return hashlib.sha512(lp(SNAPSHOT_CONTEXT) + u64(index) + lp(snapshot_bytes)).digest()
 

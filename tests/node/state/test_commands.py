@@ -15,6 +15,7 @@ from node.state import (
     CreateKey,
     DecodeError,
     Machine,
+    PostCheckpoint,
     RecordDkgResult,
     RecordFailure,
     RecordResult,
@@ -62,6 +63,7 @@ def _samples(world):
         AddMember("r17", "ops", "node-4", 4, world.public_key("node-4")),
         RemoveMember("r18", "ops", "node-3"),
         CancelRequest("r19", "alice", "ops:r15"),
+        PostCheckpoint("checkpoint-20", "node-2", 20, bytes(64), bytes(64)),
     ]
 
 

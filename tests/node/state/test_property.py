@@ -17,6 +17,7 @@ from node.state import (
     CancelRequest,
     CreateKey,
     Machine,
+    PostCheckpoint,
     RecordDkgResult,
     RecordFailure,
     RecordResult,
@@ -38,7 +39,9 @@ from node.state import (
     verify_chain,
 )
 from node.state.approvals import sign_approval
+from node.state.checkpoint import sign_checkpoint
 from node.state.commands import GOVERNANCE_KINDS
+from node.state.snapshot import state_hash
 
 NAMES = ("ops", "alice", "bob", "carol", "app", "aud", "node-1", "node-2", "node-3", "eve")
 KEYS = ("k1", "k2", "k3")
@@ -53,6 +56,8 @@ USE = 16  # a client request on a known key, approved by all, then a result or a
 GOVERN = 17  # a governance change, approved by all, and sometimes the epochs of its time lock
 KIND_WEIGHTS += (FLOW, FLOW, APPROVE_ALL, APPROVE_ALL, APPROVE_ALL, USE, USE, USE)
 KIND_WEIGHTS += (GOVERN,) * 4
+CHECKPOINT = 18  # a member signs the state hash at some index (sometimes wrongly)
+KIND_WEIGHTS += (CHECKPOINT,) * 2
 
 action = st.tuples(
     st.sampled_from(KIND_WEIGHTS),  # what to do
@@ -73,6 +78,8 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
         return use(world, m, x, wrong, step)
     if kind == GOVERN:
         return governed(world, m, a, step)
+    if kind == CHECKPOINT:
+        return checkpoint(world, m, a)
     if kind == APPROVE_ALL:
         return [
             c for i, n in enumerate(APPROVERS)
@@ -147,6 +154,19 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
         name = f"extra{x % 5}"
         make = lambda au: AddPrincipal(rid, au, name, "approver", world.public_key(name))  # noqa: E731
     return [make(usual if who == 0 else NAMES[who - 1])]
+
+
+def checkpoint(world, m: Machine, a: tuple[int, int, int, int, bool]) -> list:
+    """A member's checkpoint over this replica's snapshot (or another hash) at an index;
+    "wrong": signed by another member, or under another request id."""
+    _, who, rid_n, x, wrong = a
+    author = NAMES[who - 1] if who else MEMBERS[x % 3]
+    index = 10 * (1 + len(m.state.audit) + (x >> 2) % 4)  # mostly forward, sometimes not
+    hash_ = state_hash(m.snapshot(), index) if x & 2 else state_hash(bytes([x]), index)
+    signer = MEMBERS[(x + 1) % 3] if wrong and x & 1 else author
+    sig = sign_checkpoint(world.private_key(signer), m.state.genesis, index, hash_)
+    rid = f"r{rid_n}" if wrong and not x & 1 else f"checkpoint-{index}"
+    return [PostCheckpoint(rid, author, index, hash_, sig)]
 
 
 def governed(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str) -> list:
