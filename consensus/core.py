@@ -396,6 +396,8 @@ class RaftCore:
                 raise ProposalDropped("cannot remove the last voter")
         index = self._append_one(EntryType.CONF_CHANGE, encode_conf_change(cc))
         self.pending_conf_index = index
+        if nid == self.id:
+            self._self_removal_at = index
         return index
 
     def read_index(self, ctx: bytes) -> None:
@@ -605,6 +607,7 @@ class RaftCore:
         self.read_only = ReadOnly()
         self._pending_reads = []
         self._leaving_at = 0
+        self._self_removal_at = 0  # index of our own pending removal, while we lead
         self._peer_commit: dict[int, int] = {}
 
     def _new_progress(self, nid: int, last: int) -> Progress:
@@ -892,7 +895,11 @@ class RaftCore:
             raise NotLeader(self.lead)
         if self.lead_transferee != NONE:
             raise ProposalDropped("leadership transfer in progress")
-        if self._leaving_at:
+        if self._leaving_at or self._self_removal_at > self.log.applied:
+            # Nothing goes after our own removal: an entry there would make our log
+            # longer than the remaining voters', so our vote (needed by their old
+            # membership if they lose the removal's commit) would refuse them while
+            # we, no longer a voter, never campaign (seeds 207665, 312077).
             raise ProposalDropped("the leader is leaving the cluster")
         if self.id not in self.progress:
             raise ProposalDropped("this node is no longer a member")
