@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean sim-sweep
 
 setup:
 	@scripts/bootstrap.sh
@@ -25,6 +25,18 @@ bench: setup
 	$(PY) benchmarks/frost_sign.py
 	$(PY) benchmarks/hsm_ops.py
 	$(PY) benchmarks/consensus_vs_etcd.py
+
+# The consensus simulator over SEEDS seeds from START, in every mode or in
+# MODE (base, planned, planned-torn, conservative, conservative-torn), on JOBS
+# worker processes. Exits non-zero on any failure; each failing seed prints
+# the command that replays it, e.g. `make sim-sweep SEEDS=2000 START=1000000`.
+SEEDS ?= 200
+START ?= 1000000
+MODE ?= all
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+sim-sweep: setup
+	$(PY) -m consensus.sim --mode $(MODE) --seed $(START) --count $(SEEDS) --jobs $(JOBS) -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

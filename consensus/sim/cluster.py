@@ -110,13 +110,15 @@ class SimResult:
     conf_changes: int
     snapshots: int
     virtual_ms: int
+    mode: str = "base"  # see consensus.sim.modes
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
     def replay_command(self) -> str:
-        return f"python -m consensus.sim --seed {self.seed}"
+        mode = "" if self.mode == "base" else f" --mode {self.mode}"
+        return f"python -m consensus.sim{mode} --seed {self.seed}"
 
 
 class SimNode:
@@ -143,12 +145,15 @@ class SimNode:
 
 
 class Simulation:
+    mode = "base"  # the name `consensus.sim.modes` knows this runner loop by
+    checker_cls = SafetyChecker  # a test may substitute a checker that records more
+
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.rng = random.Random(f"consensus-sim-run:{cfg.seed}")
         self.clock = Clock()
         self.net = Network(self.rng, self.clock, cfg.faults)
-        self.check = SafetyChecker()
+        self.check = self.checker_cls()
         self.history = History()
         self.nodes: dict[int, SimNode] = {}
         self.phase = "safety"
@@ -228,7 +233,7 @@ class Simulation:
             self._maybe_snapshot(node)
 
     def _apply(self, node: SimNode, e: Entry) -> None:
-        self.check.on_apply(node.id, e)
+        self.check.on_apply(node.id, e, node.core.term if node.core is not None else None)
         node.applied = e.index
         if e.type is EntryType.CONF_CHANGE:
             cc = decode_conf_change(e.data)
@@ -529,12 +534,27 @@ class Simulation:
             conf_changes=self.conf_changes,
             snapshots=self.snapshots,
             virtual_ms=self.clock.now,
+            mode=self.mode,
         )
 
 
-def run_seed(seed: int, **overrides: Any) -> SimResult:
-    """Run one scenario derived from `seed` (fields of SimConfig may be overridden)."""
-    sim = Simulation(SimConfig.from_seed(seed, **overrides))
+def run_seed(seed: int, mode: str = "base", **overrides: Any) -> SimResult:
+    """Run the scenario derived from `seed` in `mode` (see `consensus.sim.modes`;
+    fields of SimConfig may be overridden)."""
+    from .modes import MODES, simulation  # modes imports this module
+
+    if mode not in MODES:
+        raise ValueError(f"unknown simulator mode {mode!r}; one of {', '.join(MODES)}")
+    try:
+        sim = simulation(seed, mode, **overrides)  # starting the nodes runs the cores
+    except Exception:
+        tb = "exception:\n" + traceback.format_exc()
+        return SimResult(seed, [tb], 0, 0, 0, 0, 0, 0, 0, 0, 0, mode)
+    return run(sim)
+
+
+def run(sim: Simulation) -> SimResult:
+    """Run `sim` to its verdict; an exception is reported as a violation."""
     try:
         return sim.run()
     except Exception:  # a crash of the core is a finding too: report it with the seed
@@ -542,4 +562,4 @@ def run_seed(seed: int, **overrides: Any) -> SimResult:
         return sim.result()
 
 
-__all__ = ["Operation", "SimConfig", "SimResult", "Simulation", "run_seed"]
+__all__ = ["Operation", "SimConfig", "SimResult", "Simulation", "run", "run_seed"]

@@ -452,88 +452,31 @@ async def test_a_node_joins_and_a_node_leaves_over_real_tls(tmp_path: Path) -> N
 #
 # The simulator (consensus.sim) runs the real core over a simulated network and
 # disk with crashes and torn writes, and checks Raft's safety and liveness.
-# This runner variant orders each Ready's I/O exactly as `plan_ready` tells the
-# driver to: early messages before the save, a leader's commit-only hard state
-# saved after it applied, and so on. A crash can hit either save.
+# Its `PlannedSim` (consensus/sim/planned.py) orders each Ready's I/O exactly as
+# `plan_ready` tells the driver to: early messages before the save, a leader's
+# commit-only hard state saved after it applied, and so on. A crash can hit
+# either save. The modes are the CLI's (`python -m consensus.sim --mode M`), so
+# any seed here replays with the command a failure prints.
 
-_TORN = {"crash_p": 0.05, "torn_p": 1.0}
 
+def _mode_failures(mode: str, seeds) -> list[str]:
+    """Replay commands of the seeds that fail in simulator `mode`."""
+    from consensus.sim import run_seed
 
-def _planned_sim(policy):
-    from consensus.core import Role
-    from consensus.sim.cluster import Simulation
-    from consensus.sim.kv import KVStore
-
-    class PlannedSim(Simulation):
-        def _process(self, node) -> None:
-            while node.core is not None and node.core.has_ready():
-                core = node.core
-                if core.role is Role.LEADER:
-                    self.check.on_leader(node.id, core.term, core.log)
-                rd = core.ready()
-                if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
-                    self.elections += 1
-                durable = node.storage.initial_state()[0]
-                key = (node.id, node.incarnation)
-                seen = self.__dict__.setdefault("latest", {})  # per run
-                latest = seen[key] = rd.hard_state or seen.get(key, durable)
-                plan = policy(rd, node.id, core.role is Role.LEADER, durable, latest)
-                for m in plan.early:
-                    self.net.send(m)
-                if plan.save_first:
-                    if node.crash_on_save:  # torn: a prefix of the entries, no hard state
-                        keep = self.rng.randint(0, len(rd.entries))
-                        snap = rd.snapshot if (keep or self.rng.random() < 0.5) else None
-                        node.storage.save(None, rd.entries[:keep], snap)
-                        self._crash(node)
-                        return
-                    hs = latest if latest != durable else None  # incl. a deferred commit
-                    node.storage.save(hs, rd.entries, rd.snapshot)
-                if not plan.resolve_first:
-                    for m in plan.late:
-                        self.net.send(m)
-                if rd.snapshot is not None:
-                    node.kv = KVStore.load(rd.snapshot.data)
-                    node.applied = rd.snapshot.meta.index
-                    self.check.on_restore(node.id, node.applied)
-                for e in rd.committed_entries:
-                    self._apply(node, e)
-                node.ready_reads.extend((rs.index, rs.ctx) for rs in rd.read_states)
-                self._serve_reads(node)
-                if plan.save_commit_after_apply:
-                    if node.crash_on_save:
-                        self._crash(node)
-                        return
-                    node.storage.save(latest, [], None)
-                if plan.resolve_first:
-                    for m in plan.late:
-                        self.net.send(m)
-                core.advance(rd)
-                self._maybe_snapshot(node)
-
-        def _maybe_snapshot(self, node) -> None:
-            # Like the driver: a deferred commit index is written before a snapshot.
-            st, every = node.storage, self.cfg.snapshot_every
-            if every and node.core is not None and (
-                node.applied - st.snapshot().meta.index >= every
-            ):
-                latest = self.__dict__.get("latest", {}).get((node.id, node.incarnation))
-                if latest is not None and st.initial_state()[0].commit < node.applied:
-                    st.save(latest, [])
-            super()._maybe_snapshot(node)
-
-    return PlannedSim
+    return [r.replay_command() for r in (run_seed(s, mode) for s in seeds) if not r.ok]
 
 
 def _sim_failures(policy, seeds, **faults) -> list[int]:
+    """Seeds whose run under `PlannedSim(policy)` reports a violation (or raises)."""
     from consensus.sim import SimConfig
+    from consensus.sim.cluster import run
+    from consensus.sim.planned import PlannedSim
 
-    sim_cls = _planned_sim(policy)
     bad = []
     for seed in seeds:
         try:
-            ok = sim_cls(SimConfig.from_seed(seed, **faults)).run().ok
-        except Exception:  # a crash of the core is a finding too
+            ok = run(PlannedSim(SimConfig.from_seed(seed, **faults), policy)).ok
+        except Exception:  # a crash of the core while starting is a finding too
             ok = False
         if not ok:
             bad.append(seed)
@@ -550,22 +493,14 @@ _PLAIN_SEEDS = [*range(40), 111, 245, 918, 952]
 
 
 def test_runner_io_order_is_safe_and_live_under_crashes_and_torn_writes() -> None:
-    from consensus.driver import plan_ready
-
-    assert _sim_failures(plan_ready, _TORN_SEEDS, **_TORN) == []
-    assert _sim_failures(plan_ready, _PLAIN_SEEDS) == []
+    assert _mode_failures("planned-torn", _TORN_SEEDS) == []
+    assert _mode_failures("planned", _PLAIN_SEEDS) == []
 
 
 def test_conservative_io_order_is_safe_and_live_too() -> None:
-    """`defer_commit_fsync=False`: the leader saves its commit index before sending."""
-    from functools import partial
-
-    from consensus.driver import plan_ready
-
-    conservative = partial(plan_ready, defer_commit=False)
-    assert _sim_failures(conservative, _TORN_SEEDS[::2], **_TORN) == []
-    assert _sim_failures(conservative, _PLAIN_SEEDS[::2]) == []
-
+    """`defer_commit=False`: the leader saves its commit index before sending."""
+    assert _mode_failures("conservative-torn", _TORN_SEEDS[::2]) == []
+    assert _mode_failures("conservative", _PLAIN_SEEDS[::2]) == []
 
 
 def test_a_commit_past_a_membership_change_is_saved_first_by_every_role() -> None:
@@ -587,6 +522,7 @@ def test_a_commit_past_a_membership_change_is_saved_first_by_every_role() -> Non
     rd = Ready(must_sync_commit=True)
     assert not plan_ready(rd, 1, False, latest, latest).save_first
 
+
 def test_simulator_catches_an_unconditional_early_send() -> None:
     """Negative control: sending APPEND/HEARTBEAT before the fsync without
     split_early's conditions loses committed entries, and the simulator sees it."""
@@ -601,4 +537,6 @@ def test_simulator_catches_an_unconditional_early_send() -> None:
         save = bool(rd.entries or rd.hard_state or rd.snapshot)
         return ReadyPlan(early, late, save, False, False)
 
-    assert _sim_failures(naive, [98, 133, 211, 263], **_TORN)  # a safety violation
+    from consensus.sim.modes import TORN
+
+    assert _sim_failures(naive, [98, 133, 211, 263], **TORN)  # a safety violation
