@@ -4,7 +4,6 @@ real FileStorage in temporary directories."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from consensus.driver import (
 from consensus.filestore import FileStorage
 from consensus.messages import ConfChange, ConfChangeType, EntryType
 from consensus.session import StaleRequest, decode_batch
+from tests.consensus.kvcluster import free_ports
 
 FAST = DriverConfig(tick_interval=0.02, election_ticks=10, snapshot_every=20, keep_entries=5)
 
@@ -46,14 +46,6 @@ class Counter:
         self.total, self.count = msgpack.unpackb(data)
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Cluster:
