@@ -23,6 +23,7 @@ from consensus.filestore import FileStorage
 from consensus.messages import ConfChange, ConfChangeType, EntryType
 from consensus.session import StaleRequest, decode_batch
 from tests.consensus.kvcluster import free_ports
+from tests.consensus.transports import LoopNet
 
 FAST = DriverConfig(tick_interval=0.02, election_ticks=10, snapshot_every=20, keep_entries=5)
 
@@ -256,39 +257,6 @@ def test_driver_config_is_validated() -> None:
         DriverConfig(tick_interval=0)
     with pytest.raises(ValueError):
         DriverConfig(heartbeat_ticks=10, election_ticks=10)
-
-
-class LoopNet:
-    """An in-process network for drivers over MemoryStorage, with partitions.
-
-    Only the wire is simulated: the drivers, the core and the storage are the
-    real ones. Used where a test must control exactly who hears whom.
-    """
-
-    def __init__(self) -> None:
-        self.nodes: dict[int, Driver] = {}
-        self.cut: set[int] = set()  # nodes isolated from everyone
-
-    def endpoint(self, node_id: int) -> _Endpoint:
-        return _Endpoint(self, node_id)
-
-
-class _Endpoint:
-    def __init__(self, net: LoopNet, node_id: int) -> None:
-        self.net, self.id = net, node_id
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    def send(self, msg) -> None:
-        if self.id in self.net.cut or msg.to in self.net.cut:
-            return
-        dest = self.net.nodes.get(msg.to)
-        if dest is not None:
-            asyncio.get_running_loop().call_soon(dest.deliver, msg)
 
 
 async def test_entry_replaced_by_new_leader_fails_fast_with_proposal_dropped() -> None:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from consensus.driver import Driver, DriverConfig, NotLeader, ProposalDropped, SnapshotRefused
 from consensus.memstore import MemoryStorage
+from tests.consensus.transports import LoopNet
 
 CFG = DriverConfig(tick_interval=0.01, election_ticks=10, snapshot_every=10, keep_entries=2)
 PREFIX = b"SEALED:"
@@ -66,15 +67,8 @@ class FakeGuard:
         self.taken.append((index, data))
 
 
-class Net:
-    """In-process wire with a cut set (as test_driver.LoopNet)."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[int, Driver] = {}
-        self.cut: set[int] = set()
-
-    def endpoint(self, node_id: int) -> _Endpoint:
-        return _Endpoint(self, node_id)
+class Net(LoopNet):
+    """The in-process wire, with helpers to find the leader and propose."""
 
     async def leader(self, timeout: float = 10.0) -> Driver:
         async with asyncio.timeout(timeout):
@@ -95,24 +89,6 @@ class Net:
     async def stop(self) -> None:
         for d in self.nodes.values():
             await d.stop()
-
-
-class _Endpoint:
-    def __init__(self, net: Net, node_id: int) -> None:
-        self.net, self.id = net, node_id
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    def send(self, msg) -> None:
-        if self.id in self.net.cut or msg.to in self.net.cut:
-            return
-        dest = self.net.nodes.get(msg.to)
-        if dest is not None:
-            asyncio.get_running_loop().call_soon(dest.deliver, msg)
 
 
 async def start(net: Net, machines: dict, guards: dict, cfg: DriverConfig = CFG) -> None:

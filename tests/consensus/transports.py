@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus import tls
+from consensus.driver import Driver
 from consensus.messages import Message, MsgType
 from consensus.transport import Transport
 
@@ -55,3 +56,36 @@ class Node:
 
     def snapshots(self) -> list[Message]:
         return [m for m in self.inbox if m.type is MsgType.SNAPSHOT]
+
+
+class LoopNet:
+    """An in-process network for drivers over MemoryStorage, with partitions.
+
+    Only the wire is simulated: the drivers, the core and the storage are the
+    real ones. Used where a test must control exactly who hears whom.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, Driver] = {}
+        self.cut: set[int] = set()  # nodes isolated from everyone
+
+    def endpoint(self, node_id: int) -> _Endpoint:
+        return _Endpoint(self, node_id)
+
+
+class _Endpoint:
+    def __init__(self, net: LoopNet, node_id: int) -> None:
+        self.net, self.id = net, node_id
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def send(self, msg) -> None:
+        if self.id in self.net.cut or msg.to in self.net.cut:
+            return
+        dest = self.net.nodes.get(msg.to)
+        if dest is not None:
+            asyncio.get_running_loop().call_soon(dest.deliver, msg)
