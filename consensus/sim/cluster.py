@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core import Config, NotLeader, ProposalDropped, RaftCore, Role
+from ..core import Config, NotLeader, ProposalDropped, RaftCore, Ready, Role
 from ..memstore import MemoryStorage
 from ..messages import (
     ConfChange,
@@ -206,31 +206,44 @@ class Simulation:
     def _process(self, node: SimNode) -> None:
         while node.core is not None and node.core.has_ready():
             core = node.core
-            if core.role is Role.LEADER:
-                self.check.on_leader(node.id, core.term, core.log)
-            rd = core.ready()
-            if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
-                self.elections += 1
+            rd = self._take_ready(node, core)
             if node.crash_on_save and (rd.entries or rd.hard_state or rd.snapshot):
-                # Torn write: the snapshot maybe, a prefix of the entries, no hard state.
-                keep = self.rng.randint(0, len(rd.entries))
-                snap = rd.snapshot if (keep or self.rng.random() < 0.5) else None
-                node.storage.save(None, rd.entries[:keep], snap)
-                self._crash(node)
+                self._torn_save(node, rd)
                 return
             node.storage.save(rd.hard_state, rd.entries, rd.snapshot)
             for m in rd.messages:
                 self.net.send(m)
-            if rd.snapshot is not None:
-                node.kv = KVStore.load(rd.snapshot.data)
-                node.applied = rd.snapshot.meta.index
-                self.check.on_restore(node.id, node.applied)
-            for e in rd.committed_entries:
-                self._apply(node, e)
-            node.ready_reads.extend((rs.index, rs.ctx) for rs in rd.read_states)
-            self._serve_reads(node)
+            self._apply_ready(node, rd)
             core.advance(rd)
             self._maybe_snapshot(node)
+
+    # Steps every runner loop shares (the planned loop orders them differently).
+    def _take_ready(self, node: SimNode, core: RaftCore) -> Ready:
+        if core.role is Role.LEADER:
+            self.check.on_leader(node.id, core.term, core.log)
+        rd = core.ready()
+        if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
+            self.elections += 1
+        return rd
+
+    def _torn_save(self, node: SimNode, rd: Ready) -> None:
+        """A crash during the save: the snapshot maybe, a prefix of the entries, no
+        hard state."""
+        keep = self.rng.randint(0, len(rd.entries))
+        snap = rd.snapshot if (keep or self.rng.random() < 0.5) else None
+        node.storage.save(None, rd.entries[:keep], snap)
+        self._crash(node)
+
+    def _apply_ready(self, node: SimNode, rd: Ready) -> None:
+        """Restore the Ready's snapshot, apply its committed entries, serve reads."""
+        if rd.snapshot is not None:
+            node.kv = KVStore.load(rd.snapshot.data)
+            node.applied = rd.snapshot.meta.index
+            self.check.on_restore(node.id, node.applied)
+        for e in rd.committed_entries:
+            self._apply(node, e)
+        node.ready_reads.extend((rs.index, rs.ctx) for rs in rd.read_states)
+        self._serve_reads(node)
 
     def _apply(self, node: SimNode, e: Entry) -> None:
         self.check.on_apply(node.id, e, node.core.term if node.core is not None else None)

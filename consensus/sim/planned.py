@@ -19,7 +19,6 @@ from ..core import Ready, Role
 from ..driver import ReadyPlan, plan_ready
 from ..messages import HardState
 from .cluster import SimConfig, SimNode, Simulation
-from .kv import KVStore
 
 Policy = Callable[[Ready, int, bool, HardState, HardState], ReadyPlan]
 
@@ -37,11 +36,7 @@ class PlannedSim(Simulation):
     def _process(self, node: SimNode) -> None:
         while node.core is not None and node.core.has_ready():
             core = node.core
-            if core.role is Role.LEADER:
-                self.check.on_leader(node.id, core.term, core.log)
-            rd = core.ready()
-            if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
-                self.elections += 1
+            rd = self._take_ready(node, core)
             durable = node.storage.initial_state()[0]
             key = (node.id, node.incarnation)
             latest = self.latest[key] = rd.hard_state or self.latest.get(key, durable)
@@ -49,25 +44,15 @@ class PlannedSim(Simulation):
             for m in plan.early:
                 self.net.send(m)
             if plan.save_first:
-                if node.crash_on_save:  # torn: a prefix of the entries, no hard state
-                    keep = self.rng.randint(0, len(rd.entries))
-                    snap = rd.snapshot if (keep or self.rng.random() < 0.5) else None
-                    node.storage.save(None, rd.entries[:keep], snap)
-                    self._crash(node)
+                if node.crash_on_save:
+                    self._torn_save(node, rd)
                     return
                 hs = latest if latest != durable else None  # incl. a deferred commit
                 node.storage.save(hs, rd.entries, rd.snapshot)
             if not plan.resolve_first:
                 for m in plan.late:
                     self.net.send(m)
-            if rd.snapshot is not None:
-                node.kv = KVStore.load(rd.snapshot.data)
-                node.applied = rd.snapshot.meta.index
-                self.check.on_restore(node.id, node.applied)
-            for e in rd.committed_entries:
-                self._apply(node, e)
-            node.ready_reads.extend((rs.index, rs.ctx) for rs in rd.read_states)
-            self._serve_reads(node)
+            self._apply_ready(node, rd)
             if plan.save_commit_after_apply:
                 if node.crash_on_save:
                     self._crash(node)
