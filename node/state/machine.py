@@ -417,7 +417,7 @@ class Machine:
             return True
         key = self.state.keys[req.key_id]
         version = key.versions[req.version]
-        if req.kind in (RequestKind.CREATE_KEY, RequestKind.ROTATE):
+        if req.kind in DKG_KINDS:
             return version.state is VS.PENDING
         if req.kind is RequestKind.SIGN:
             return rules.may_use(key.purpose, version, Op.SIGN, self.state.epoch)
@@ -674,7 +674,7 @@ class Machine:
 
     def _approve(self, cmd: Approve) -> _Effect:
         req = self._request(cmd.request)
-        lifecycle = req.kind in (RequestKind.CREATE_KEY, RequestKind.ROTATE)
+        lifecycle = req.kind in DKG_KINDS
         if not lifecycle and req.state in (RS.PENDING, RS.FAILED) and not self._still_possible(req):
             raise Rejected(
                 Reason.VERSION_NOT_USABLE, "the request's key version is no longer usable"
@@ -702,7 +702,7 @@ class Machine:
 
     def _on_approved(self, req: Request) -> None:
         key = self.state.keys[req.key_id]
-        if req.kind in (RequestKind.CREATE_KEY, RequestKind.ROTATE):
+        if req.kind in DKG_KINDS:
             self._new_version(key, req)
         elif req.kind in (RequestKind.REVOKE, RequestKind.DESTROY):
             # Effective at the epoch this approval commits in; the nodes erase on seeing it.
@@ -719,7 +719,7 @@ class Machine:
         return req
 
     def _record_dkg_result(self, cmd: RecordDkgResult) -> _Effect:
-        req = self._executing(cmd.request, (RequestKind.CREATE_KEY, RequestKind.ROTATE))
+        req = self._executing(cmd.request, DKG_KINDS)
         key = self.state.keys[req.key_id]
         version = key.versions[req.version]
         if cmd.author in version.dkg_posts:
@@ -777,14 +777,12 @@ class Machine:
         """A member reports it cannot take part. The request fails only once so many
         members reported that the others cannot reach the participants it needs (all n
         for a DKG, `threshold` for sign/decrypt): one member cannot cancel it for all."""
-        kinds = (RequestKind.SIGN, RequestKind.DECRYPT, RequestKind.CREATE_KEY, RequestKind.ROTATE)
+        kinds = (RequestKind.SIGN, RequestKind.DECRYPT, *DKG_KINDS)
         req = self._executing(cmd.request, kinds)
         self._one_report_per_member(req, cmd.author)
         req.reports[cmd.author] = cmd.reason
         n = len(self.state.members)
-        needed = (
-            n if req.kind in (RequestKind.CREATE_KEY, RequestKind.ROTATE) else self.state.threshold
-        )
+        needed = n if req.kind in DKG_KINDS else self.state.threshold
         if n - len(req.reports) >= needed:
             return self._request_effect(req, detail=f"failure reports {len(req.reports)}")
         self._fail_request(req, cmd.reason)
