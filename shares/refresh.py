@@ -40,7 +40,6 @@ from .shamir import (
     check_identifiers,
     check_threshold,
     evaluate_polynomial,
-    lagrange_coefficient,
     random_polynomial,
 )
 
@@ -260,25 +259,3 @@ def refresh_round2(
         raise InvalidShare("refreshed share does not match the refreshed verification share")
     return RefreshResult(new_share, new_shares, group_key)
 
-
-def check_verification_shares(
-    verification_shares: Mapping[int, g.Element], min_participants: int, group_public_key: g.Element
-) -> None:
-    """All verification shares lie on one degree t-1 polynomial whose value at 0 is the key.
-
-    Interpolates the first t in the exponent to 0 and to every other identifier.
-    Raises InvalidParameters: inconsistent public state is nobody's share fault.
-    """
-    ids = sorted(check_identifiers(verification_shares))
-    if len(ids) < min_participants:
-        raise InvalidParameters("fewer verification shares than the threshold")
-    base = ids[:min_participants]
-    points = {i: g.decode_element(verification_shares[i]) for i in ids}
-    for target in [0, *ids[min_participants:]]:
-        acc = g.IDENTITY
-        for i in base:
-            lam = lagrange_coefficient(i, base, at=target)
-            acc = g.element_add(acc, g.scalar_mult(lam, points[i]))
-        expected = group_public_key if target == 0 else points[target]
-        if not g.element_eq(acc, expected):
-            raise InvalidParameters("verification shares are inconsistent with the group key")

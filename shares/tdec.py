@@ -306,7 +306,10 @@ def wrap(
     return Envelope(ephemeral, ephemeral_bar, e, f, nonce, ciphertext).to_bytes()
 
 
-def _verified(envelope: bytes, group_public_key: g.Element, label: Label) -> Envelope:
+def _verified(
+    envelope: bytes, group_public_key: g.Element, label: Label
+) -> tuple[Envelope, g.Element, bytes]:
+    """Parse and check the envelope proof; returns (envelope, decoded key, label digest)."""
     parsed = parse_envelope(envelope)
     public_key = g.decode_element(group_public_key)
     label_digest = _check_label(label)
@@ -330,7 +333,7 @@ def _verified(envelope: bytes, group_public_key: g.Element, label: Label) -> Env
             "envelope proof does not verify for this key and label (mauled, or made for "
             "another key, version, context or AAD)"
         )
-    return parsed
+    return parsed, public_key, label_digest
 
 
 def verify_envelope(envelope: bytes, group_public_key: g.Element, label: Label) -> None:
@@ -434,7 +437,7 @@ def partial_decrypt(
     if not isinstance(share, SecretShare):
         raise InvalidParameters("share must be a SecretShare")
     request = _check_bytes("request", request, MAX_REQUEST)
-    parsed = _verified(envelope, group_public_key, label)
+    parsed, _, _ = _verified(envelope, group_public_key, label)
     check_identifiers([share.identifier])
     s = g.decode_scalar(share.value)
     if g.scalar_is_zero(s):
@@ -523,8 +526,7 @@ def unwrap(
     them and asks others), InvalidParameters with fewer than t distinct
     partials, DecryptionError if the envelope does not open.
     """
-    parsed = _verified(envelope, group_public_key, label)
-    public_key = g.decode_element(group_public_key)
+    parsed, public_key, label_digest = _verified(envelope, group_public_key, label)
     request = _check_bytes("request", request, MAX_REQUEST)
     if isinstance(partials, bytes | bytearray | str) or not isinstance(partials, Sequence):
         raise InvalidParameters("partials must be a sequence")
@@ -556,7 +558,6 @@ def unwrap(
     shared = g.IDENTITY
     for i, value in values.items():
         shared = g.element_add(shared, g.scalar_mult(lagrange_coefficient(i, ids), value))
-    label_digest = label.digest()
     key = _derive_key(shared, parsed.ephemeral, public_key, label_digest)
     aead_data = _aead_data(parsed.ephemeral, parsed.ephemeral_bar, parsed.nonce, label_digest)
     try:
