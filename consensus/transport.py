@@ -46,7 +46,6 @@ import logging
 import os
 import random
 import ssl
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -95,7 +94,6 @@ HIGH_WATER = 4 * 1024 * 1024  # bytes buffered in the transport before the sende
 STREAM_WATER = 1024 * 1024
 HAVE_TIMEOUT = 1.0  # seconds a sender waits for the receiver's HAVE before starting at 0
 HASH_INLINE = 1024 * 1024  # larger snapshots are hashed in a worker thread
-WARN_EVERY = 10.0  # seconds between two log lines of the same kind (streams only)
 
 
 class _Phase(Enum):
@@ -229,7 +227,6 @@ class Transport:
         self._partials: dict[int, Partial] = {}  # sender id -> what we hold of its snapshot
         self._rx_locks: dict[int, asyncio.Lock] = {}
         self._aux: set[asyncio.Task[None]] = set()  # digest computations
-        self._warned: dict[str, float] = {}
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -387,8 +384,7 @@ class Transport:
         size = len(msg.snapshot.data)
         if size > self._stream_limits.max_snapshot_bytes:
             self.stats["snap_out_too_large"] += 1
-            self._warn(
-                "snap-out-too-large",
+            log.warning(
                 "dropped a SNAPSHOT to %d: %d bytes exceed max_snapshot_bytes",
                 msg.to,
                 size,
@@ -435,9 +431,7 @@ class Transport:
             if max(len(frame) - 4, self.chunk_size + 64) > self.limits.max_frame:
                 peer.stream = None  # only with a max_frame of a few hundred bytes
                 self.stats["snap_out_failed"] += 1
-                self._warn(
-                    "snap-out-frame", "dropped a SNAPSHOT to %d: max_frame too small", peer.id
-                )
+                log.warning("dropped a SNAPSHOT to %d: max_frame too small", peer.id)
                 return False, None
             writer.write(frame)
             s.phase = _Phase.AWAIT_HAVE
@@ -482,16 +476,6 @@ class Transport:
             self.stats["snap_out_resumed"] += 1
             self.stats["snap_out_skipped_bytes"] += hv.offset
         peer.wake.set()
-
-    def _warn(self, kind: str, fmt: str, *args: object) -> None:
-        """log.warning at most once per WARN_EVERY seconds per kind (streams can
-        fail at chunk rate; the counters in `stats` keep the exact numbers)."""
-        now = time.monotonic()
-        if now - self._warned.get(kind, -WARN_EVERY) >= WARN_EVERY:
-            self._warned[kind] = now
-            log.warning(fmt, *args)
-        else:
-            self.stats["log_suppressed"] += 1
 
     def connected(self, peer_id: int) -> bool:
         p = self._peers.get(peer_id)
@@ -663,7 +647,7 @@ class Transport:
             f = decode_frame(body, self._stream_limits)
         except StreamDecodeError as exc:
             self.stats["snap_dropped_decode"] += 1
-            self._warn("snap-decode", "dropped a stream frame from node %d: %s", pid, exc)
+            log.warning("dropped a stream frame from node %d: %s", pid, exc)
             return
         if isinstance(f, Have):
             self._on_have(pid, f)
@@ -682,7 +666,7 @@ class Transport:
 
     def _fail_partial(self, pid: int, why: str) -> None:
         self.stats["snap_in_failed"] += 1
-        self._warn("snap-in-failed", "discarded a snapshot stream from node %d: %s", pid, why)
+        log.warning("discarded a snapshot stream from node %d: %s", pid, why)
         p = self._partials.pop(pid, None)
         if p is not None:
             with contextlib.suppress(OSError):
@@ -691,9 +675,7 @@ class Transport:
     async def _on_header(self, pid: int, h: Header) -> None:
         if h.frm != pid:
             self.stats["snap_dropped_spoofed"] += 1
-            self._warn(
-                "snap-spoofed", "dropped a stream from node %d claiming to be %d", pid, h.frm
-            )
+            log.warning("dropped a stream from node %d claiming to be %d", pid, h.frm)
             return
         if h.to != self.node_id:
             self.stats["snap_dropped_misaddressed"] += 1
@@ -717,8 +699,7 @@ class Transport:
             return
         if c.offset > p.offset or c.offset + len(c.data) > p.total:
             self.stats["snap_chunks_refused"] += 1  # a gap, or past the announced length
-            self._warn(
-                "snap-offset",
+            log.warning(
                 "refused a chunk from node %d: [%d, %d) with %d of %d bytes held",
                 pid, c.offset, c.offset + len(c.data), p.offset, p.total,
             )  # fmt: skip
@@ -738,7 +719,7 @@ class Transport:
         except SpoolError as exc:
             self.stats["snap_in_failed"] += 1
             self.stats["snap_in_digest_mismatch"] += 1
-            self._warn("snap-digest", "dropped a snapshot from node %d: %s", pid, exc)
+            log.warning("dropped a snapshot from node %d: %s", pid, exc)
             return
         self.stats["snap_in_completed"] += 1
         # A partial of another sender at or below this index is no longer needed.
