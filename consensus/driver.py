@@ -73,6 +73,7 @@ from .messages import (
     Snapshot,
     encode_conf_change,
 )
+from .ratelog import limit_logger
 from .session import (
     DEFAULT_WINDOW,
     MAX_BATCH,
@@ -100,6 +101,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("consensus.driver")
+limit_logger(log)  # peers cause some of these lines: 10 a minute per message
 
 
 class NodeStopped(Exception):
@@ -600,15 +602,10 @@ class Driver:
         return dataclasses.replace(msg, snapshot=Snapshot(snap.meta, data))
 
     def _count_refused(self, msg: Message, exc: Exception) -> None:
-        """Count a message the core refused; log the 1st, 2nd, 4th, 8th... of each
-        kind, so that a peer cannot make this node write a line per message."""
-        key = f"refused_{type(exc).__name__}"
-        self.stats[key] += 1
-        n = self.stats[key]
-        if n & (n - 1) == 0:
-            log.warning(
-                "refused a %s from node %d (%d so far): %s", msg.type.name, msg.frm, n, exc
-            )
+        """Count a message the core refused; the log line is rate-limited (ratelog),
+        so that a peer cannot make this node write a line per message."""
+        self.stats[f"refused_{type(exc).__name__}"] += 1
+        log.warning("refused a %s from node %d: %s", msg.type.name, msg.frm, exc)
 
     async def _handle_ready(self) -> None:
         rd = self.core.ready()
@@ -687,12 +684,9 @@ class Driver:
         sealed = guard.seal(snap.meta.index, snap.data)
         if sealed is None:
             self.stats["snapshot_unsealed"] += 1
-            n = self.stats["snapshot_unsealed"]
-            if n & (n - 1) == 0:
-                log.warning(
-                    "snapshot at %d to node %d is not certified yet: not sent (%d so far)",
-                    snap.meta.index, m.to, n,
-                )  # fmt: skip
+            log.warning(
+                "snapshot at %d to node %d is not certified yet: not sent", snap.meta.index, m.to
+            )
             return None
         self.stats["snapshots_sealed"] += 1
         return dataclasses.replace(m, snapshot=Snapshot(snap.meta, sealed))
