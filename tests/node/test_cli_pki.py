@@ -169,21 +169,21 @@ def test_show_without_pki_is_a_clear_error(tmp_path: Path, capsys: pytest.Captur
 def test_cli_modules_are_discovered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """A later ``node/cli_<name>.py`` adds a subcommand without editing node/cli.py."""
-    import node
+    """A later ``node/cli/<name>.py`` adds a subcommand without editing node/cli/__init__.py."""
+    import node.cli as cli_pkg
 
-    plugin = tmp_path / "cli_echo_test_plugin.py"
+    plugin = tmp_path / "echo_test_plugin.py"
     plugin.write_text(
         "def register(sub):\n"
         "    p = sub.add_parser('echo-test')\n"
         "    p.add_argument('word')\n"
         "    p.set_defaults(func=lambda a: print(a.word) or 7)\n"
     )
-    monkeypatch.setattr(node, "__path__", [*node.__path__, str(tmp_path)])
-    monkeypatch.delitem(sys.modules, "node.cli_echo_test_plugin", raising=False)
+    monkeypatch.setattr(cli_pkg, "__path__", [*cli_pkg.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "node.cli.echo_test_plugin", raising=False)
     assert main(["echo-test", "hi"]) == 7
     assert capsys.readouterr().out == "hi\n"
-    sys.modules.pop("node.cli_echo_test_plugin", None)
+    sys.modules.pop("node.cli.echo_test_plugin", None)
 
 
 def test_ca_key_out_alias(tmp_path: Path) -> None:

@@ -2,9 +2,8 @@
 
 A subcommand module exposes ``register(subparsers) -> None``; it adds its parser
 and sets ``func`` (``args -> int`` exit code) as a default. Built-in modules are
-listed in ``BUILTIN_COMMANDS``; any module ``node/cli_<name>.py`` is found
-automatically, so later commands (``serve``, ``demo``, ``request`` ...) need not
-edit this file. Keep such modules' top-level imports light: they are imported
+listed in ``BUILTIN_COMMANDS``; any module ``node/cli/<name>.py`` (name not
+starting with ``_``) is found automatically, so a new command needs no edit here. Keep such modules' top-level imports light: they are imported
 on every invocation; import heavy things inside the handler.
 
 Handlers raise ``ValueError`` (``PkiError`` is one) for bad input: it is printed
@@ -20,17 +19,14 @@ import sys
 from collections.abc import Sequence
 
 BUILTIN_COMMANDS: tuple[str, ...] = ("node.pki.cli",)
-PLUGIN_PREFIX = "cli_"
 EXIT_USAGE = 2
 
 
 def _command_modules() -> list[str]:
-    import node
-
     found = sorted(
-        f"node.{m.name}"
-        for m in pkgutil.iter_modules(node.__path__)
-        if m.name.startswith(PLUGIN_PREFIX) and not m.ispkg
+        f"{__name__}.{m.name}"
+        for m in pkgutil.iter_modules(__path__)
+        if not m.name.startswith("_") and not m.ispkg
     )
     return [*BUILTIN_COMMANDS, *found]
 
