@@ -39,6 +39,7 @@ MAX_MEMBERS = 15
 MAX_PRINCIPALS = 256
 MAX_APPROVERS = 64
 MAX_CHECKPOINTS = 4  # newest checkpoints kept per member (checkpoint.py)
+MAX_DKG_PACKAGE_BYTES = 16 * 1024  # one member's DKG round-1 package (opaque to the machine)
 U32 = (1 << 32) - 1
 U62 = (1 << 62) - 1
 # Epochs stay far inside the schema: the largest epoch plus the largest waiting or grace
@@ -515,6 +516,23 @@ class RecordDkgResult(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class PostDkgRound1(Command):
+    """A member broadcasts its DKG round-1 package (commitments, proofs of knowledge, an
+    ephemeral X25519 key) for an approved create/rotate request, through the log, so
+    that every member sees the same packages. Opaque bytes to the machine."""
+
+    request: str
+    package: bytes
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "dkg_round1"
+    SCHEMA: ClassVar = (
+        ("request", REF),
+        ("package", Bytes(min_len=1, max_len=MAX_DKG_PACKAGE_BYTES)),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RecordResult(Command):
     request: str
     # sign: the 64-byte Ed25519 signature (verified on apply with the group key over the
@@ -580,6 +598,7 @@ COMMANDS: dict[str, type[Command]] = {
         RequestRevoke,
         RequestDestroy,
         Approve,
+        PostDkgRound1,
         RecordDkgResult,
         RecordResult,
         RecordFailure,

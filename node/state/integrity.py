@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import hmac
 
-from .commands import MAX_CHECKPOINTS, MAX_EPOCH, MAX_TIME_LOCK_EPOCHS, U62, decode_change
+from .commands import (
+    MAX_CHECKPOINTS,
+    MAX_DKG_PACKAGE_BYTES,
+    MAX_EPOCH,
+    MAX_TIME_LOCK_EPOCHS,
+    U62,
+    decode_change,
+)
 from .digest import digest_of, payload_hash
 from .errors import DecodeError
 from .model import Governance, Key, Request, RequestKind, RequestState, Role, State, VersionState
@@ -169,6 +176,13 @@ def _check_request(state: State, rid: str, req: Request) -> None:
         state.removed_members
     ):
         _fail(f"{where}: a report by a non-member")
+    if req.dkg_round1:
+        if req.kind not in DKG_KINDS or req.state is not RequestState.APPROVED:
+            _fail(f"{where}: DKG round-1 packages on a request that runs no DKG")
+        if not set(req.dkg_round1) <= set(state.members):
+            _fail(f"{where}: a DKG round-1 package by someone who is not a member")
+        if any(not 1 <= len(p) <= MAX_DKG_PACKAGE_BYTES for p in req.dkg_round1.values()):
+            _fail(f"{where}: a DKG round-1 package of impossible size")
     if req.kind in GOVERNANCE_KINDS:
         _check_governance_request(state, where, req)
     elif req.effective_epoch:

@@ -47,6 +47,7 @@ from .commands import (
     Command,
     CreateKey,
     PostCheckpoint,
+    PostDkgRound1,
     RecordDkgResult,
     RecordFailure,
     RecordResult,
@@ -185,6 +186,7 @@ class Machine:
             RequestRevoke: self._request_revoke,
             RequestDestroy: self._request_destroy,
             Approve: self._approve,
+            PostDkgRound1: self._dkg_round1,
             RecordDkgResult: self._record_dkg_result,
             RecordResult: self._record_result,
             RecordFailure: self._record_failure,
@@ -445,6 +447,7 @@ class Machine:
         self.state.open.pop(req.ref, None)
         req.failure = failure
         req.payload = b""
+        req.dkg_round1 = {}  # round-1 packages serve only the DKG under way
         req.decided_epoch = req.decided_epoch or self.state.epoch
         key = self.state.keys.get(req.key_id)
         if key is not None and key.lifecycle_request == req.ref:
@@ -589,21 +592,36 @@ class Machine:
             self._set_version_state(key, old, "retire")
 
     def _create_key(self, cmd: CreateKey) -> _Effect:
-        if cmd.key_id in self.state.keys:
+        """Reserve a new key, or retry the creation of one whose DKG never produced a
+        usable version (`_may_retry`): the request then works like a first create_key
+        (on approval, a new pending version numbered highest + 1)."""
+        existing = self.state.keys.get(cmd.key_id)
+        if existing is not None and not self._may_retry(existing, cmd):
             raise Rejected(Reason.KEY_EXISTS, f"key {cmd.key_id!r} exists")
         policy = self.state.policies.get(cmd.policy_id)
         if policy is None:
             raise Rejected(Reason.UNKNOWN_POLICY, f"no policy {cmd.policy_id!r}")
-        if len(self.state.keys) >= MAX_KEYS:
+        if existing is None and len(self.state.keys) >= MAX_KEYS:
             raise Rejected(Reason.LIMIT_REACHED, "too many keys")
-        key = Key(cmd.key_id, Purpose(cmd.purpose), cmd.policy_id)
+        key = existing
+        if key is None:
+            key = Key(cmd.key_id, Purpose(cmd.purpose), cmd.policy_id)
         req = self._new_request(
             cmd, RequestKind.CREATE_KEY, key, 0, policy=policy, activate_epoch=cmd.activate_epoch
         )
         key.lifecycle_request = req.ref
         self.state.keys[key.key_id] = key
         self._register(req)
-        return _Effect(req.state.value, key_id=key.key_id, digest=req.digest)
+        detail = "retry" if existing is not None else ""
+        return _Effect(req.state.value, key_id=key.key_id, digest=req.digest, detail=detail)
+
+    @staticmethod
+    def _may_retry(key: Key, cmd: CreateKey) -> bool:
+        """A create_key for an existing key is a retry only with the same purpose and
+        policy, no open create/rotate request, and no version that was ever active (all
+        destroyed: aborted or revoked before activation, `rules.may_retry_create`)."""
+        same = key.purpose.value == cmd.purpose and key.policy_id == cmd.policy_id
+        return same and not key.lifecycle_request and rules.may_retry_create(key.versions.values())
 
     def _request_use(self, cmd: RequestSign | RequestDecrypt, op: Op, payload: bytes) -> _Effect:
         key = self._key(cmd.key_id)
@@ -717,6 +735,22 @@ class Machine:
             raise Rejected(Reason.WRONG_REQUEST_KIND, f"request is a {req.kind.value} request")
         rules.request_step(req.state, "complete")  # raises NOT_APPROVED / REQUEST_DECIDED
         return req
+
+    def _dkg_round1(self, cmd: PostDkgRound1) -> _Effect:
+        """A member's DKG round-1 package for an approved create/rotate request whose
+        pending version exists: stored (one per member per request) so that every member
+        reads the same packages from its replica (`dkg_round1()`). Opaque bytes; never in
+        the audit chain. Dropped when the request is decided or the member removed."""
+        req = self._executing(cmd.request, DKG_KINDS)  # unknown / wrong kind / not approved
+        key = self.state.keys[req.key_id]
+        version = key.versions.get(req.version)
+        if version is None or version.state is not VS.PENDING:
+            raise Rejected(Reason.VERSION_NOT_USABLE, "the request has no pending version")
+        if cmd.author in req.dkg_round1:
+            raise Rejected(Reason.DUPLICATE_POST, f"{cmd.author!r} already posted round 1")
+        req.dkg_round1[cmd.author] = cmd.package
+        detail = f"round1 {len(req.dkg_round1)}/{len(self.state.members)}"
+        return self._request_effect(req, code="ok", detail=detail)
 
     def _record_dkg_result(self, cmd: RecordDkgResult) -> _Effect:
         req = self._executing(cmd.request, DKG_KINDS)
@@ -1103,6 +1137,7 @@ class Machine:
         for r in sorted(st.open):
             st.requests[r].confirmations.pop(cmd.name, None)
             st.requests[r].reports.pop(cmd.name, None)
+            st.requests[r].dkg_round1.pop(cmd.name, None)
         self._membership_changed()
 
     def _membership_changed(self) -> None:
@@ -1159,6 +1194,12 @@ class Machine:
         )
         by_use = policy.max_uses > 0 and v.uses >= policy.max_uses
         return by_time or by_use
+
+    def dkg_round1(self, ref: str) -> dict[str, bytes]:
+        """The DKG round-1 packages posted for request `ref` (member -> package, in
+        member-name order; a copy). Empty if the request is unknown or decided."""
+        req = self.state.requests.get(ref)
+        return {m: req.dkg_round1[m] for m in sorted(req.dkg_round1)} if req else {}
 
     def open_requests(self, kind: RequestKind | str | None = None) -> list[Request]:
         """Requests still pending approval or waiting for execution, in request-id order."""

@@ -168,6 +168,8 @@ class Request:
     result: bytes = b""  # sign: the verified signature; decrypt: the t-th confirmation
     confirmations: dict[str, bytes] = field(default_factory=dict)  # decrypt: member -> digest
     reports: dict[str, str] = field(default_factory=dict)  # member -> failure it reported
+    # create/rotate, while approved: member -> its DKG round-1 package (cleared when decided)
+    dkg_round1: dict[str, bytes] = field(default_factory=dict)
     failure: str = ""
     decided_epoch: int = 0
 

@@ -6,7 +6,7 @@ rules can be read (and reviewed) in one place. Pure data plus tiny lookups.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import Reason, Rejected
@@ -61,6 +61,7 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "request_revoke": frozenset({Role.OPERATOR}),
     "request_destroy": frozenset({Role.OPERATOR}),
     "approve": frozenset({Role.APPROVER}),
+    "dkg_round1": frozenset({Role.NODE}),  # a member's DKG round-1 package, broadcast
     "record_dkg_result": frozenset({Role.NODE}),
     "record_result": frozenset({Role.NODE}),
     "record_failure": frozenset({Role.NODE}),
@@ -193,3 +194,28 @@ def version_state_at(v: Version, epoch: int) -> VersionState:
 def may_use(purpose: Purpose, v: Version, op: Op, epoch: int) -> bool:
     """May version `v` of a key with `purpose` be used for `op` at `epoch`?"""
     return op in PURPOSE_OPS[purpose] and op in VERSION_USES[version_state_at(v, epoch)]
+
+
+def never_active(v: Version) -> bool:
+    """Was version `v` never active (never usable for anything)?
+
+    A version becomes active only on entering its `activation_epoch`, which is set when
+    its DKG completes (so 0 = the DKG never completed: aborted, or revoked while its DKG
+    ran). A version whose DKG completed can still be revoked while pending: it is revoked
+    at the current epoch, which is then before its activation epoch. A version that was
+    active is revoked, if ever, at or after its activation epoch, and only an active
+    version retires. (`activated_at` is the voters' wall clock, possibly 0: not used.)
+    """
+    if v.retired_epoch:
+        return False
+    if not v.activation_epoch:
+        return True
+    return 0 < v.revoked_epoch < v.activation_epoch
+
+
+def may_retry_create(versions: Iterable[Version]) -> bool:
+    """May a `create_key` for an existing key start over (its purpose, policy and the
+    absence of an open lifecycle request are checked by the caller)? Only if every
+    version is destroyed and none was ever active: nothing was ever signed, encrypted
+    to or decrypted with this key id, so a new first version changes no one's view."""
+    return all(v.state is VS.DESTROYED and never_active(v) for v in versions)

@@ -29,7 +29,9 @@ from .errors import ChainError, DecodeError
 from .integrity import check_integrity
 from .model import RequestState, State
 
-SNAPSHOT_VERSION = 3  # 2: governance, removed identities, time locks; 3: checkpoints
+# 2: governance, removed identities, time locks; 3: checkpoints; 4: requests' DKG round-1
+# packages (`Request.dkg_round1`). Any other version is refused.
+SNAPSHOT_VERSION = 4
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 

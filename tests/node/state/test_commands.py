@@ -16,6 +16,7 @@ from node.state import (
     DecodeError,
     Machine,
     PostCheckpoint,
+    PostDkgRound1,
     RecordDkgResult,
     RecordFailure,
     RecordResult,
@@ -33,7 +34,7 @@ from node.state import (
     decode_outcome,
     encode_command,
 )
-from node.state.commands import MAX_COMMAND_BYTES, MAX_PAYLOAD_BYTES
+from node.state.commands import MAX_COMMAND_BYTES, MAX_DKG_PACKAGE_BYTES, MAX_PAYLOAD_BYTES
 
 
 def samples(world):
@@ -64,6 +65,7 @@ def _samples(world):
         RemoveMember("r18", "ops", "node-3"),
         CancelRequest("r19", "alice", "ops:r15"),
         PostCheckpoint("checkpoint-20", "node-2", 20, bytes(64), bytes(64)),
+        PostDkgRound1("r21", "node-1", "ops:r3", b"\x02" * 300),
     ]
 
 
@@ -225,3 +227,25 @@ def test_text_rule_does_not_depend_on_unicode_tables():
     with pytest.raises(DecodeError, match="ASCII"):
         decode_command(pack(raw_of(RequestSign("r", "app", "k1", 0, "ok", b"m")) | {
             "context": "wireless \U0001f6dc"}))  # fmt: skip
+
+
+def test_dkg_round1_package_bounds(world):
+    """A round-1 package is 1..16384 opaque bytes; a signature is required."""
+    ok = world.signed(PostDkgRound1("r", "node-1", "ops:ck", b"p" * MAX_DKG_PACKAGE_BYTES))
+    assert decode_command(encode_command(ok)) == ok
+    raw = raw_of(ok)
+    for bad, message in (
+        (b"", "length"),
+        (b"p" * (MAX_DKG_PACKAGE_BYTES + 1), "length"),
+        ("text", "bytes"),
+    ):
+        with pytest.raises(DecodeError, match=message):
+            decode_command(pack({**raw, "package": bad}))
+    for mutate, message in (
+        (lambda r: r.pop("signature"), "missing field"),
+        (lambda r: r.update(request="no-author"), "request reference"),
+    ):
+        broken = dict(raw)
+        mutate(broken)
+        with pytest.raises(DecodeError, match=message):
+            decode_command(pack(broken))

@@ -18,6 +18,7 @@ from node.state import (
     CreateKey,
     Machine,
     PostCheckpoint,
+    PostDkgRound1,
     RecordDkgResult,
     RecordFailure,
     RecordResult,
@@ -58,6 +59,8 @@ KIND_WEIGHTS += (FLOW, FLOW, APPROVE_ALL, APPROVE_ALL, APPROVE_ALL, USE, USE, US
 KIND_WEIGHTS += (GOVERN,) * 4
 CHECKPOINT = 18  # a member signs the state hash at some index (sometimes wrongly)
 KIND_WEIGHTS += (CHECKPOINT,) * 2
+ROUND1 = 19  # a member's DKG round-1 package (mostly to an approved create/rotate request)
+KIND_WEIGHTS += (ROUND1,) * 2
 
 action = st.tuples(
     st.sampled_from(KIND_WEIGHTS),  # what to do
@@ -89,8 +92,8 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
     requests = sorted(m.state.requests)
     open_ = [r for r in requests if m.state.requests[r].state.value in ("pending", "approved")]
     pool = requests if x & 32 or not open_ else open_  # mostly open requests
-    if kind in (9, 10, 11):  # results go to requests of the right kind, unless "wrong"
-        want = ("create_key", "rotate") if kind == 9 else ("sign", "decrypt")
+    if kind in (9, 10, 11, ROUND1):  # results go to requests of the right kind, unless "wrong"
+        want = ("create_key", "rotate") if kind in (9, ROUND1) else ("sign", "decrypt")
         pool = [r for r in pool if m.state.requests[r].kind.value in want] or pool
         ready = [r for r in pool if m.state.requests[r].state.value == "approved"]
         pool = ready if ready and not wrong else pool
@@ -149,6 +152,10 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
     elif kind == 11:
         usual = MEMBERS[x % 3]
         make = lambda au: RecordFailure(rid, au, target, "boom")  # noqa: E731
+    elif kind == ROUND1:
+        usual = MEMBERS[x % 3]
+        package = bytes([x]) * (1 + 37 * x)
+        make = lambda au: PostDkgRound1(rid, au, target, package)  # noqa: E731
     else:
         usual = "ops"
         name = f"extra{x % 5}"
@@ -252,10 +259,12 @@ def flow(world, m: Machine, key_id: str, purpose: str, step: int | str) -> list:
             for n in APPROVERS
         ]
 
+    round1 = [PostDkgRound1(f"{rid}-p{n}", n, ref, n.encode() * 20) for n in MEMBERS]
     posts = [RecordDkgResult(f"{rid}-d{n}", n, ref, world.GPK, world.VSHARES) for n in MEMBERS]
     return [
         first,
         approvals,
+        *round1,
         *posts,
         lambda: [AdvanceEpoch(f"{rid}-e{n}", n, m.state.epoch + 1, 7) for n in MEMBERS[:2]],
     ]
@@ -408,6 +417,10 @@ def test_every_step_keeps_the_invariants(world, actions):
             rid for rid, r in m.state.requests.items() if r.state.value in ("pending", "approved")
         }
         assert set(m.state.open) == open_now
+        for r in m.state.requests.values():  # round-1 packages only while a DKG runs
+            if r.dkg_round1:
+                assert r.state.value == "approved" and r.kind.value in ("create_key", "rotate")
+                assert set(r.dkg_round1) <= set(m.state.members)
 
     for step, act in enumerate(actions):
         run(world, m, act, step, apply_checked)
