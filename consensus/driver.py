@@ -44,6 +44,7 @@ import heapq
 import itertools
 import logging
 import os
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -929,8 +930,9 @@ async def open_node(
     node_id: int,
     peers: Mapping[int, tuple[str, int]],
     data_dir: Path,
-    cert_dir: Path,
+    cert_dir: Path | None = None,
     machine: StateMachine,
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     config: DriverConfig | None = None,
     join: bool = False,
     max_frame: int | None = None,
@@ -941,7 +943,9 @@ async def open_node(
     `peers` maps every node id (this one included) to its Raft address; unless
     `join`, they are also the founding voters. A joining node starts empty and
     waits to be added by the leader (`Driver.change_membership`).
-    `snapshot_guard` authenticates snapshots (see `SnapshotGuard`).
+    `snapshot_guard` authenticates snapshots (see `SnapshotGuard`). TLS: the
+    (server, client) contexts in `tls_contexts`, or those built from the files
+    of `cert_dir` (`certs.write_cluster`); certificates must name `node-<id>`.
     """
     from . import tls
     from .filestore import FileStorage
@@ -964,7 +968,12 @@ async def open_node(
     driver = Driver(
         node_id, storage, machine, voters=voters, config=config, snapshot_guard=snapshot_guard
     )
-    server_ctx, client_ctx = tls.contexts_from_dir(cert_dir, node_id)
+    if tls_contexts is not None:
+        server_ctx, client_ctx = tls_contexts
+    elif cert_dir is not None:
+        server_ctx, client_ctx = tls.contexts_from_dir(cert_dir, node_id)
+    else:
+        raise ValueError("open_node needs cert_dir or tls_contexts")
     driver.transport = Transport(
         node_id,
         peers[node_id],

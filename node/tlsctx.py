@@ -13,6 +13,7 @@ import ssl
 from pathlib import Path
 from typing import Protocol
 
+from consensus import tls as _tls
 from node.pki.identity import identity_from_der
 from node.pki.manifest import Pki
 from node.pki.names import NODE_ROLE, Identity, PkiError
@@ -22,21 +23,9 @@ class _HasPeerCert(Protocol):
     def getpeercert(self, binary_form: bool = ...) -> object: ...
 
 
-def _base(purpose: int, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(purpose)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=str(ca))
-    ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
-    return ctx
-
-
 def server_context(ca: str | Path, cert: str | Path, key: str | Path) -> ssl.SSLContext:
     """Server side: TLS 1.3 only, a client certificate from ``ca`` is required."""
-    ctx = _base(ssl.PROTOCOL_TLS_SERVER, Path(ca), Path(cert), Path(key))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return _tls.server_context(ca, cert, key)
 
 
 def client_context(ca: str | Path, cert: str | Path, key: str | Path) -> ssl.SSLContext:
@@ -44,9 +33,7 @@ def client_context(ca: str | Path, cert: str | Path, key: str | Path) -> ssl.SSL
 
     Pass the node's host (one of its SANs) as ``server_hostname`` when connecting.
     """
-    ctx = _base(ssl.PROTOCOL_TLS_CLIENT, Path(ca), Path(cert), Path(key))
-    ctx.check_hostname = True
-    return ctx
+    return _tls.client_context(ca, cert, key, check_hostname=True)
 
 
 def node_server_context(pki: Pki, node: str) -> ssl.SSLContext:

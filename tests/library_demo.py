@@ -1,6 +1,6 @@
-"""`make demo`: the threshold cryptography of the custody cluster, end to end.
+"""The threshold cryptography of the custody cluster in one process, end to end (a test).
 
-For now (before the networked cluster lands) this runs the library among three
+This runs the library among three
 participants in one process, on the system CSPRNG:
 
 1. distributed key generation (no dealer: the group secret never exists anywhere),

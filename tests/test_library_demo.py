@@ -1,10 +1,10 @@
-"""`make demo` runs the library end to end and never prints secret material."""
+"""The library-only walk-through (FROST, DKG, TDH2 in one process) runs end to end and never prints secret material."""
 
 from __future__ import annotations
 
 import pytest
 
-from node import demo
+from tests import library_demo as demo
 from shares.rng import SeededRNG
 
 
