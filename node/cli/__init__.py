@@ -31,11 +31,21 @@ def _command_modules() -> list[str]:
     return [*BUILTIN_COMMANDS, *found]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("custody-cluster")
+    except PackageNotFoundError:
+        return "0.1.0 (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="custody",
         description="Threshold-cryptography key custody cluster.",
     )
+    parser.add_argument("--version", action="version", version=f"custody {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _command_modules():
         importlib.import_module(name).register(sub)

@@ -1,0 +1,207 @@
+"""`custody keys create|list|show`, `custody sign`, `custody policy set`,
+`custody epoch advance`, `custody status`: the operator's and client's commands.
+
+Operator commands are signed here, with the operator's own approval key from
+the profile; no node ever holds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from node.cli._common import add_client_args, emit, progress, run_client, table
+from node.client.http import Client, new_request_id
+from node.client.profile import Profile
+
+MAX_MESSAGE = 64 * 1024
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    keys = subparsers.add_parser("keys", help="create, list and show keys")
+    sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    c = sub.add_parser("create", help="request a new key (DKG once approved; operator)")
+    c.add_argument("key_id")
+    c.add_argument("--purpose", choices=("sign", "encrypt"), default="sign")
+    c.add_argument("--policy", required=True, help="policy id deciding the key's requests")
+    c.add_argument("--activate-epoch", type=int, default=0, help="earliest activation epoch")
+    c.add_argument("--request-id", help="reuse to retry a create safely")
+    add_client_args(c)
+    c.set_defaults(func=_create)
+    ls = sub.add_parser("list", help="list keys")
+    add_client_args(ls)
+    ls.add_argument("--stale", action="store_true", help="read this node's replica as is")
+    ls.set_defaults(func=_list)
+    sh = sub.add_parser("show", help="a key's versions, states, epochs and public keys")
+    sh.add_argument("key_id")
+    sh.add_argument("--pem", action="store_true", help="print the primary public key as PEM")
+    add_client_args(sh)
+    sh.set_defaults(func=_show)
+
+    s = subparsers.add_parser("sign", help="submit a sign request (client)")
+    s.add_argument("--key", required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--message-file", type=Path)
+    g.add_argument("--message-hex")
+    s.add_argument("--context", default="", help="printable ASCII, bound into the approval")
+    s.add_argument("--version", type=int, default=0, help="key version (default: primary)")
+    s.add_argument("--wait", action="store_true", help="wait for approvals and the signature")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (--wait)")
+    s.add_argument("--out", type=Path, help="write the 64-byte signature here")
+    s.add_argument("--request-id", help="reuse to retry a submission safely")
+    add_client_args(s)
+    s.set_defaults(func=_sign)
+
+    e = subparsers.add_parser("epoch", help="epochs")
+    esub = e.add_subparsers(dest="epoch_command", metavar="ACTION", required=True)
+    adv = esub.add_parser("advance", help="ask every member to vote the next epoch now")
+    add_client_args(adv)
+    adv.set_defaults(func=_epoch_advance)
+
+    st = subparsers.add_parser("status", help="the cluster as the profile's nodes see it")
+    add_client_args(st)
+    st.set_defaults(func=_status)
+
+
+async def signed_command(profile: Profile, cmd: Any) -> str:
+    """Sign `cmd` with the profile's approval key; base64 of its canonical bytes."""
+    from node.pki.store import read_private_key
+    from node.state import encode_command, sign_command
+
+    if profile.approval_key is None:
+        raise ValueError(f"profile of {profile.principal} has no approval key")
+    key = read_private_key(profile.approval_key)
+    signed = sign_command(key, cmd, profile.cluster_id)
+    return base64.b64encode(encode_command(signed)).decode()
+
+
+def _create(args: argparse.Namespace) -> int:
+    from node.state import CreateKey
+
+    async def body(client: Client, profile: Profile) -> int:
+        rid = args.request_id or new_request_id("create")
+        cmd = CreateKey(
+            request_id=rid, author=profile.principal, key_id=args.key_id,
+            purpose=args.purpose, policy_id=args.policy, activate_epoch=args.activate_epoch,
+        )  # fmt: skip
+        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        emit(args, out, lambda o: f"request {o['request']}: {o['code']} "
+             f"(needs approvals: custody approve {o['request']})")  # fmt: skip
+        return 0
+
+    return run_client(args, body)
+
+
+def _versions_line(k: dict[str, Any]) -> str:
+    return ", ".join(f"v{v['version']}:{v['state']}@{v['activation_epoch']}" for v in k["versions"])
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def body(client: Client, _p: Profile) -> int:
+        out = await client.get("/v1/keys", **({"stale": "true"} if args.stale else {}))
+        rows = [[k["key_id"], k["purpose"], k["policy_id"], str(k["primary"] or "-"),
+                 _versions_line(k)] for k in out["keys"]]  # fmt: skip
+        emit(args, out, lambda _o: table(rows, ["KEY", "PURPOSE", "POLICY", "PRIMARY", "VERSIONS"]))
+        return 0
+
+    return run_client(args, body)
+
+
+def _show(args: argparse.Namespace) -> int:
+    async def body(client: Client, _p: Profile) -> int:
+        k = await client.get(f"/v1/keys/{args.key_id}")
+        if args.pem:
+            primary = [v for v in k["versions"] if v["version"] == k["primary"]]
+            if not primary or not primary[0]["group_public_key_pem"]:
+                raise ValueError(f"key {args.key_id} has no active version yet")
+            print(primary[0]["group_public_key_pem"], end="")
+            return 0
+        rows = [[str(v["version"]), v["state"], str(v["activation_epoch"]), str(v["uses"]),
+                 v["group_public_key"] or "-"] for v in k["versions"]]  # fmt: skip
+        emit(args, k, lambda o: f"key {o['key_id']} ({o['purpose']}, policy {o['policy_id']}, "
+             f"primary v{o['primary']})\n" + table(rows, ["V", "STATE", "ACTIVATES", "USES",
+                                                         "GROUP PUBLIC KEY"]))  # fmt: skip
+        return 0
+
+    return run_client(args, body)
+
+
+def _message(args: argparse.Namespace) -> bytes:
+    if args.message_file is not None:
+        data = args.message_file.read_bytes()
+    else:
+        try:
+            data = bytes.fromhex(args.message_hex)
+        except ValueError:
+            raise ValueError("--message-hex must be hex") from None
+    if not 1 <= len(data) <= MAX_MESSAGE:
+        raise ValueError(f"the message must be 1..{MAX_MESSAGE} bytes")
+    return data
+
+
+def _sign(args: argparse.Namespace) -> int:
+    message = _message(args)
+
+    async def body(client: Client, _p: Profile) -> int:
+        rid = args.request_id or new_request_id("sign")
+        out = await client.post(
+            f"/v1/keys/{args.key}/sign",
+            {"request_id": rid, "message_b64": base64.b64encode(message).decode(),
+             "context": args.context, "version": args.version},
+        )  # fmt: skip
+        ref = out["request"]
+        progress(args, f"request {ref} submitted ({out['code']}); "
+                 f"message sha256 {hashlib.sha256(message).hexdigest()}")  # fmt: skip
+        if not args.wait:
+            emit(args, out, lambda o: f"{ref} {o['code']}: approve with `custody approve {ref}`")
+            return 0
+        r = await wait_request(client, ref, args.timeout, lambda s: progress(args, s))
+        if r["state"] != "executed":
+            print(f"custody: error: request {ref} {r['state']}: {r.get('failure')}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        if args.out:
+            args.out.write_bytes(bytes.fromhex(r["signature"]))
+        emit(args, r, lambda o: o["signature"])
+        return 0
+
+    return run_client(args, body)
+
+
+async def wait_request(client: Client, ref: str, timeout: float, say: Any) -> dict[str, Any]:
+    """Long-poll a request until it is executed or failed (or `timeout` passes)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        left = deadline - time.monotonic()
+        r = await client.get(f"/v1/requests/{ref}", wait=str(max(0.0, min(20.0, left))))
+        if r["state"] != last:
+            say(f"  {ref}: {r['state']} ({len(r['approvals'])}/{r['k']} approvals)")
+            last = r["state"]
+        if r["state"] in ("executed", "failed") or left <= 0:
+            return r
+
+
+def _epoch_advance(args: argparse.Namespace) -> int:
+    async def body(client: Client, _p: Profile) -> int:
+        out = await client.post("/v1/epoch/advance", {})
+        emit(args, out, lambda o: f"epoch {o['epoch_before']} -> {o['epoch']} "
+             f"(votes from {', '.join(o['voted']) or 'nobody'})")  # fmt: skip
+        return 0 if out["epoch"] > out["epoch_before"] else 1
+
+    return run_client(args, body)
+
+
+def _status(args: argparse.Namespace) -> int:
+    async def body(client: Client, _p: Profile) -> int:
+        st = await client.get("/v1/sys/status")
+        emit(args, st, lambda s: "\n".join(f"{k}: {v}" for k, v in sorted(s.items())))
+        return 0
+
+    return run_client(args, body)

@@ -1,0 +1,418 @@
+"""The node runtime: the custody `Machine` replicated by the Raft `Driver`, the HSM
+slot, and the background duties every member performs on its own replica.
+
+Everything a member does for the cluster starts from its own replica's state:
+it proposes the bootstrap (leader, once), votes epochs on its own clock,
+signs checkpoints of its own snapshots, erases the shares of destroyed versions,
+takes part in DKGs (`dkg.py`) and, as leader, coordinates approved signatures
+(`signer.py`). Those duties are reconciliations (look at the state, do what is
+missing), so a member that was down when a command committed catches up by
+itself when it starts again.
+
+Blocking PKCS#11 calls run in worker threads (`asyncio.to_thread`); the slot
+serialises them internally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from consensus import tls as ctls
+from consensus.driver import (
+    Driver,
+    DriverConfig,
+    NodeStopped,
+    NotLeader,
+    Overloaded,
+    ProposalDropped,
+    open_node,
+)
+from node.hsm.pkcs11_slot import Pkcs11Slot, SlotConfig
+from node.hsm.slot import ShareId
+from node.protocols.signing import NonceStock
+from node.server.config import NodeConfig
+from node.state import (
+    AdvanceEpoch,
+    Command,
+    Machine,
+    Outcome,
+    PostCheckpoint,
+    SnapshotGuard,
+    decode_outcome,
+    encode_command,
+    signing_message,
+    with_signature,
+)
+from node.state.checkpoint import checkpoint_message
+from node.state.model import VersionState
+
+log = logging.getLogger("custody.node")
+
+PROPOSE_TIMEOUT_S = 5.0
+PEER_TIMEOUT_S = 5.0
+MSGPACK = "application/msgpack"
+
+
+class NoLeader(Exception):
+    """No leader is known or reachable: the API answers 503 with Retry-After."""
+
+
+class Observed:
+    """What the Driver applies: the Machine, plus a wake-up for everyone waiting on it."""
+
+    def __init__(self, machine: Machine, notify: Callable[[], None]) -> None:
+        self.machine = machine
+        self.notify = notify
+
+    def apply(self, data: bytes) -> bytes:
+        result = self.machine.apply(data)
+        self.notify()
+        return result
+
+    def snapshot(self) -> bytes:
+        return self.machine.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.machine.restore(data)
+        self.notify()
+
+
+def open_slot(cfg: NodeConfig) -> Pkcs11Slot:
+    """Open this node's token (blocking: run it in a thread)."""
+    sync_dir = None
+    if cfg.hsm_softhsm_conf is not None:
+        sync_dir = str(cfg.hsm_softhsm_conf.parent / "tokens")
+    return Pkcs11Slot.open(
+        SlotConfig(
+            token_label=cfg.hsm_token_label,
+            cluster_id=cfg.cluster_id,
+            pin_file=str(cfg.hsm_pin_file) if cfg.hsm_pin_file else None,
+            pin_env=cfg.hsm_pin_env,
+            module_path=cfg.hsm_module,
+            softhsm_conf=str(cfg.hsm_softhsm_conf) if cfg.hsm_softhsm_conf else None,
+            sync_dir=sync_dir,
+        )
+    )
+
+
+class Runtime:
+    """One custody node. `await start()`, then serve the API; `await stop()` to leave."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.index = cfg.index
+        self.machine = Machine(genesis=cfg.genesis)
+        self.slot: Any = None
+        self.driver: Driver | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.stock = NonceStock()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._epoch_seen = (0, time.monotonic())  # (epoch, when this node saw it start)
+        self._last_vote = 0
+        self._last_nudge = 0.0
+        self._checkpoints: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize=64)
+        self.dkg: Any = None  # node.server.dkg.DkgDuty
+        self.signer: Any = None  # node.server.signer.Signer
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.slot = await asyncio.to_thread(open_slot, cfg)
+        member = {m.name: m for m in cfg.bootstrap_command.members}.get(cfg.name)
+        own = self.slot.identity_public_key()
+        if member is None or member.public_key != own:
+            raise RuntimeError(
+                f"the identity key in token {cfg.hsm_token_label!r} is not {cfg.name}'s "
+                "key in the bootstrap command"
+            )
+        guard = SnapshotGuard(
+            self.machine, on_checkpoint=self._queue_checkpoint, bootstrap=cfg.bootstrap_command
+        )
+        ctx = (
+            ctls.server_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key),
+            ctls.client_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key),
+        )
+        peer_ctx = ctls.client_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key, check_hostname=True)
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=peer_ctx, limit=256),
+            timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S),
+        )
+        self.driver = await open_node(
+            node_id=cfg.index,
+            peers=cfg.raft_peers,
+            data_dir=cfg.data_dir,
+            machine=Observed(self.machine, self._notify),
+            tls_contexts=ctx,
+            snapshot_guard=guard,
+            config=DriverConfig(
+                tick_interval=cfg.tick_ms / 1000,
+                election_ticks=cfg.election_ticks,
+                snapshot_every=cfg.snapshot_every,
+                keep_entries=min(1000, cfg.snapshot_every),
+            ),
+        )
+        from node.server.dkg import DkgDuty
+        from node.server.signer import Signer
+
+        self.dkg = DkgDuty(self)
+        self.signer = Signer(self)
+        await asyncio.to_thread(self._erase_destroyed)  # reconcile before serving
+        for name, coro in (
+            ("duties", self._duties()),
+            ("checkpoints", self._post_checkpoints()),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"{cfg.name}-{name}"))
+        log.info("started: member %s, raft %s, api %s", cfg.name, cfg.raft_listen, cfg.api_listen)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.dkg is not None:
+            self.dkg.abort_all()
+        self.stock.clear()  # nonces never outlive the process
+        if self.driver is not None:
+            await self.driver.stop()
+        if self.http is not None:
+            await self.http.close()
+        if self.slot is not None:
+            await asyncio.to_thread(self.slot.close)
+        log.info("stopped")
+
+    # ------------------------------------------------------------ state watching
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until the machine applies something (or `timeout` passes)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+
+    @property
+    def applied(self) -> int:
+        assert self.driver is not None
+        return self.driver.applied_index
+
+    async def wait_applied(self, index: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.applied < index:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await self.changed(left)
+        return True
+
+    def is_leader(self) -> bool:
+        return self.driver is not None and self.driver.status().leader == self.index
+
+    def leader_name(self) -> str | None:
+        lead = self.driver.status().leader if self.driver else 0
+        return f"node-{lead}" if lead else None
+
+    async def read_index(self) -> None:
+        """Linearizable read barrier (ReadIndex through the leader)."""
+        assert self.driver is not None
+        try:
+            await self.driver.read_index(timeout=PROPOSE_TIMEOUT_S)
+        except NotLeader:
+            raise NoLeader("no leader to confirm the read") from None
+        except (TimeoutError, Overloaded):
+            raise NoLeader("the leader did not confirm the read in time") from None
+
+    # ------------------------------------------------------------ proposing
+
+    async def sign_command(self, cmd: Command) -> Command:
+        """Attach this member's identity-key signature (HSM) to a signed command."""
+        msg = signing_message(cmd, self.cfg.cluster_id)
+        sig = await asyncio.to_thread(self.slot.sign, msg)
+        return with_signature(cmd, sig)
+
+    async def propose(self, cmd: Command) -> Outcome:
+        return await self.propose_bytes(encode_command(cmd))
+
+    async def propose_bytes(self, data: bytes) -> Outcome:
+        """Commit one encoded command (forwarded to the leader if need be); its outcome.
+
+        TimeoutError / ProposalDropped / NodeStopped mean the outcome is unknown:
+        the caller retries with the same request id, which never executes twice.
+        """
+        assert self.driver is not None
+        try:
+            raw = await self.driver.propose(data, timeout=PROPOSE_TIMEOUT_S)
+        except NotLeader as exc:
+            raw = await self._forward(exc.leader_id, data)
+        except Overloaded:
+            raise NoLeader("overloaded; retry") from None
+        return decode_outcome(raw)
+
+    async def _forward(self, leader: int, data: bytes) -> bytes:
+        peer = self.cfg.peers.get(f"node-{leader}") if leader else None
+        if peer is None or leader == self.index:
+            raise NoLeader("no leader known")
+        url = f"https://{peer.api[0]}:{peer.api[1]}/v1/peer/propose"
+        assert self.http is not None
+        try:
+            async with self.http.post(url, data=data, headers={"Content-Type": MSGPACK}) as resp:
+                body = await resp.read()
+                if resp.status == 200:
+                    return body
+                if resp.status == 504:
+                    raise TimeoutError("the leader timed out: outcome unknown")
+                raise NoLeader(f"leader answered {resp.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            raise NoLeader(f"leader unreachable ({exc.__class__.__name__})") from None
+
+    async def propose_quietly(self, cmd: Command, what: str) -> Outcome | None:
+        """Propose a duty's command; log (never raise) when it cannot be done now."""
+        try:
+            out = await self.propose(cmd)
+        except (NoLeader, TimeoutError, ProposalDropped, NodeStopped) as exc:
+            log.info("%s: not proposed now (%s)", what, exc.__class__.__name__)
+            return None
+        if not out.ok and out.code not in ("duplicate_post", "request_decided"):
+            log.warning("%s: rejected: %s %s", what, out.code, out.detail[:200])
+        return out
+
+    # ------------------------------------------------------------ duties
+
+    async def _duties(self) -> None:
+        """Reconcile on every change of the replica, and at least every 200 ms."""
+        while True:
+            try:
+                await self._bootstrap_if_needed()
+                if self.machine.state.bootstrapped:
+                    await self._vote_epoch_if_due()
+                    await self.dkg.reconcile()
+                    if self.is_leader():
+                        await self.signer.reconcile()
+                    await asyncio.to_thread(self._erase_destroyed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("duty round failed; retrying")
+                await asyncio.sleep(0.5)
+            await self.changed(0.2)
+
+    async def _bootstrap_if_needed(self) -> None:
+        if self.machine.state.bootstrapped or not self.is_leader():
+            return
+        out = await self.propose_quietly(self.cfg.bootstrap_command, "bootstrap")
+        if out is not None and out.ok:
+            log.info("cluster %s bootstrapped", self.cfg.cluster_id)
+
+    async def _vote_epoch_if_due(self, *, nudge: bool = False) -> None:
+        st = self.machine.state
+        seen_epoch, since = self._epoch_seen
+        now = time.monotonic()
+        if st.epoch != seen_epoch:
+            self._epoch_seen = (st.epoch, now)
+            since = now
+        interval = self.cfg.epoch_interval_s
+        due = nudge or (interval > 0 and now - since >= interval)
+        if not due or self._last_vote == st.epoch + 1:
+            return
+        if self.name not in st.members:
+            return
+        cmd = AdvanceEpoch(
+            request_id=f"epoch-{st.epoch + 1}", author=self.name, epoch=st.epoch + 1,
+            at=int(time.time()),
+        )  # fmt: skip
+        out = await self.propose_quietly(await self.sign_command(cmd), "epoch vote")
+        if out is not None and (out.ok or out.code in ("duplicate_post", "request_id_conflict")):
+            self._last_vote = st.epoch + 1  # voted (or a retry of an earlier vote landed)
+
+    async def nudge_epoch(self) -> bool:
+        """An operator asked for the next epoch: vote for it now, at most once per
+        `epoch_min_interval_s` (members still decide: the epoch moves on t votes)."""
+        now = time.monotonic()
+        if now - self._last_nudge < self.cfg.epoch_min_interval_s:
+            return False
+        self._last_nudge = now
+        await self._vote_epoch_if_due(nudge=True)
+        return True
+
+    def _queue_checkpoint(self, index: int, state_hash: bytes) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # the next snapshot will do
+            self._checkpoints.put_nowait((index, state_hash))
+
+    async def _post_checkpoints(self) -> None:
+        """Sign each own deterministic snapshot's state hash with the HSM identity key."""
+        while True:
+            index, state_hash = await self._checkpoints.get()
+            if self.name not in self.machine.state.members:
+                continue
+            msg = checkpoint_message(self.cfg.genesis, index, state_hash)
+            sig = await asyncio.to_thread(self.slot.sign, msg)
+            cmd = PostCheckpoint(
+                request_id=f"checkpoint-{index}", author=self.name, index=index,
+                state_hash=state_hash, signature=sig,
+            )  # fmt: skip
+            for _ in range(20):
+                out = await self.propose_quietly(cmd, f"checkpoint {index}")
+                if out is not None:
+                    break
+                await asyncio.sleep(0.5)
+
+    def _erase_destroyed(self) -> None:
+        """Crypto-erase this member's shares of destroyed versions (idempotent)."""
+        keys = self.machine.state.keys
+        for sid in self.slot.list_shares():
+            key = keys.get(sid.key_id)
+            version = key.versions.get(sid.version) if key else None
+            if version is not None and version.state is VersionState.DESTROYED:
+                self.slot.destroy_share(sid)
+                log.info("erased share of %s v%d (version destroyed)", sid.key_id, sid.version)
+
+    # ------------------------------------------------------------ shares
+
+    def share_id(self, key_id: str, version: int) -> ShareId:
+        return ShareId(key_id, version, self.index, 0)
+
+    def status(self) -> dict[str, Any]:
+        assert self.driver is not None
+        st = self.driver.status()
+        state = self.machine.state
+        failed = self.driver.failure is not None
+        healthy = not failed and bool(st.leader) and state.bootstrapped
+        return {
+            "node": self.name,
+            "cluster_id": self.cfg.cluster_id,
+            "role": st.role,
+            "term": st.term,
+            "leader": f"node-{st.leader}" if st.leader else None,
+            "commit": st.commit,
+            "applied": st.applied,
+            "snapshot_index": st.snapshot_index,
+            "epoch": state.epoch,
+            "bootstrapped": state.bootstrapped,
+            "audit_seq": len(state.audit),
+            "health": "failed" if failed else ("ok" if healthy else "degraded"),
+            "error": st.error,
+        }
+
+
+def result_request_id(kind: str, ref: str) -> str:
+    """A deterministic request id for a member's post about request `ref`: a retry, or
+    another leader's attempt, reuses it, so the post is never recorded twice."""
+    return f"{kind}-{hashlib.sha256(ref.encode()).hexdigest()[:40]}"

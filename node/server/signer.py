@@ -1,0 +1,254 @@
+"""Quorum-approved signing: the leader coordinates, every member decides for itself.
+
+Coordinator (the leader): for each sign request its replica shows approved, it
+picks `t` members, takes one stocked commitment of each (members pre-generate
+nonces in memory, `NonceStock`; the coordinator refills its pool of their
+commitments in the background), asks each for its signature share, aggregates
+(the aggregate is verified first; shares are checked one by one only if it
+fails, and a bad share names its member, who is left out of the next attempt),
+and records the signature through the log (`record_result`, verified again on
+apply by every replica). A new leader finds the approved, unexecuted requests
+in its replica and does the same; the result's request id is derived from the
+request, so a second attempt can never be recorded twice.
+
+Member (`share`): waits (bounded) until its own replica has applied the log
+index the coordinator names, checks `executable()` on its own replica, takes
+key, version and message from its replica (the coordinator sends none of them
+that matter), checks its own commitment is in the list unchanged, and signs
+once with nonces that are consumed whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from node.protocols.signing import BadShares, SigningRefused, aggregate_or_blame, member_sign_share
+from node.protocols.wire import CommitRequest, CommitResponse, ShareRequest, ShareResponse
+from node.state import Op, RecordResult
+from node.state.errors import Rejected
+from node.state.model import Request, RequestKind, RequestState
+
+if TYPE_CHECKING:
+    from node.server.runtime import Runtime
+
+log = logging.getLogger("custody.sign")
+
+POOL_LOW = 8  # refill a member's commitment pool below this
+POOL_BATCH = 32
+MAX_SHARES_PER_REQUEST = 8  # shares one member gives for one request (retries included)
+MAX_ATTEMPTS = 4
+
+
+class ShareRefused(ValueError):
+    """This member will not contribute a share (HTTP 403/409 with the reason)."""
+
+
+def _zero(buf: bytearray) -> None:
+    for i in range(len(buf)):
+        buf[i] = 0
+
+
+class Signer:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+        # coordinator's pool of members' commitments: (member, key, version) -> deque
+        self.pool: dict[tuple[str, str, int], deque[tuple[int, bytes, bytes]]] = {}
+        self.refilling: set[tuple[str, str, int]] = set()
+        self.given: dict[str, int] = {}  # member side: shares given per request
+        self.timings: deque[dict[str, float]] = deque(maxlen=4096)  # for benchmarks
+
+    # ------------------------------------------------------------ coordinator
+
+    async def reconcile(self) -> None:
+        for req in self.rt.machine.open_requests(RequestKind.SIGN):
+            if req.state is RequestState.APPROVED and req.ref not in self.inflight:
+                seen = self.rt.applied
+                task = asyncio.create_task(self._execute(req.ref, seen))
+                self.inflight[req.ref] = task
+                task.add_done_callback(lambda _t, r=req.ref: self.inflight.pop(r, None))
+
+    async def _execute(self, ref: str, index: int) -> None:
+        rt = self.rt
+        excluded: set[int] = set()
+        t0 = time.perf_counter()
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                req = rt.machine.executable(ref)
+            except Rejected:
+                return  # executed, failed or no longer usable meanwhile
+            st = rt.machine.state
+            version = st.keys[req.key_id].versions[req.version]
+            members = {m.index: m.name for m in st.members.values()}
+            candidates = [rt.index, *sorted(i for i in members if i != rt.index)]
+            chosen = [i for i in candidates if i not in excluded][: st.threshold]
+            if len(chosen) < st.threshold:
+                log.warning("sign %s: fewer than t members left to ask", ref)
+                return
+            t1 = time.perf_counter()
+            commitments = await asyncio.gather(
+                *(self._commitment(members[i], req.key_id, req.version) for i in chosen),
+                return_exceptions=True,
+            )
+            bad = [i for i, c in zip(chosen, commitments, strict=True) if isinstance(c, Exception)]
+            if bad:
+                excluded.update(bad)
+                log.info("sign %s: no commitment from %s", ref, _names(bad))
+                continue
+            clist = sorted((i, c[1], c[2]) for i, c in zip(chosen, commitments, strict=True))
+            ids = {i: c[0] for i, c in zip(chosen, commitments, strict=True)}
+            t2 = time.perf_counter()
+            replies = await asyncio.gather(
+                *(
+                    self._ask_share(members[i], ShareRequest(
+                        ref, index, req.key_id, req.version, clist, ids[i]))
+                    for i in chosen
+                ),
+                return_exceptions=True,
+            )  # fmt: skip
+            failed = [i for i, r in zip(chosen, replies, strict=True) if isinstance(r, Exception)]
+            if failed:
+                excluded.update(failed)
+                log.info("sign %s: no share from %s (attempt %d)", ref, _names(failed), attempt + 1)
+                continue
+            t3 = time.perf_counter()
+            vshares = {i + 1: s for i, s in enumerate(version.verification_shares)}
+            try:
+                sig = aggregate_or_blame(
+                    clist, req.payload, version.group_public_key,
+                    {i: r for i, r in zip(chosen, replies, strict=True)}, vshares,
+                )  # fmt: skip
+            except BadShares as exc:
+                excluded.update(exc.culprits)
+                log.warning("sign %s: bad signature share from %s", ref, _names(exc.culprits))
+                continue
+            t4 = time.perf_counter()
+            await self._record(ref, sig)
+            t5 = time.perf_counter()
+            self.timings.append({"pick": t1 - t0, "commit": t2 - t1, "shares": t3 - t2,
+                                 "aggregate": t4 - t3, "record": t5 - t4})  # fmt: skip
+            return
+
+    async def _record(self, ref: str, sig: bytes) -> None:
+        from node.server.runtime import result_request_id
+
+        rt = self.rt
+        cmd = RecordResult(
+            request_id=result_request_id("sig", ref), author=rt.name, request=ref, result=sig
+        )
+        signed = await rt.sign_command(cmd)
+        for _ in range(20):
+            out = await rt.propose_quietly(signed, f"sign result {ref}")
+            if out is not None:
+                log.info("sign %s: signature recorded (%s)", ref, out.code)
+                return
+            await asyncio.sleep(0.2)
+
+    async def _commitment(self, member: str, key_id: str, version: int) -> tuple[int, bytes, bytes]:
+        slot = (member, key_id, version)
+        pool = self.pool.setdefault(slot, deque())
+        if not pool:
+            await self._refill(slot)
+        if len(pool) < POOL_LOW and slot not in self.refilling:
+            self.refilling.add(slot)
+            task = asyncio.create_task(self._refill(slot))
+            task.add_done_callback(lambda _t: self.refilling.discard(slot))
+        if not pool:
+            raise ShareRefused(f"{member} gave no commitments")
+        return pool.popleft()
+
+    async def _refill(self, slot: tuple[str, str, int]) -> None:
+        member, key_id, version = slot
+        req = CommitRequest(key_id, version, POOL_BATCH)
+        if member == self.rt.name:
+            got = await self.commit(req, member)
+        else:
+            body = await self._peer(member, "/v1/peer/sign/commit", req.encode())
+            got = CommitResponse.decode(body)
+        self.pool.setdefault(slot, deque()).extend(got.commitments)
+
+    async def _ask_share(self, member: str, req: ShareRequest) -> bytes:
+        if member == self.rt.name:
+            return (await self.share(req, member)).share
+        body = await self._peer(member, "/v1/peer/sign/share", req.encode())
+        resp = ShareResponse.decode(body)
+        if resp.identifier != int(member.removeprefix("node-")):
+            raise ShareRefused("share from the wrong member")
+        return resp.share
+
+    async def _peer(self, member: str, path: str, body: bytes) -> bytes:
+        rt = self.rt
+        cfg = rt.cfg.peers[member]
+        assert rt.http is not None
+        try:
+            async with rt.http.post(f"https://{cfg.api[0]}:{cfg.api[1]}{path}", data=body) as r:
+                data = await r.read()
+                if r.status != 200:
+                    raise ShareRefused(f"{member} answered {r.status}: {data[:200]!r}")
+                return data
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ShareRefused(f"{member} unreachable ({exc.__class__.__name__})") from None
+
+    # ------------------------------------------------------------ member side
+
+    async def commit(self, req: CommitRequest, caller: str) -> CommitResponse:
+        """Fresh commitments for `caller` (a member) on a version this replica may sign
+        with. The nonces stay in this process's memory only."""
+        rt = self.rt
+        if not rt.machine.may_use(req.key_id, req.version, Op.SIGN):
+            raise ShareRefused("that key version may not sign now")
+        share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(req.key_id, req.version))
+        try:
+            items = rt.stock.issue(req.key_id, req.version, bytes(share), req.count, os.urandom)
+        finally:
+            _zero(share)
+        return CommitResponse(items)
+
+    async def share(self, req: ShareRequest, caller: str) -> ShareResponse:
+        """This member's signature share for an approved request, decided on its own
+        replica (see the module docstring). Raises ShareRefused with the reason."""
+        rt = self.rt
+        if not await rt.wait_applied(req.log_index, rt.cfg.sign_timeout_s):
+            raise ShareRefused(f"this replica has not applied index {req.log_index} yet")
+        try:
+            r: Request = rt.machine.executable(req.request_ref)
+        except Rejected as exc:
+            raise ShareRefused(f"not executable here: {exc.reason.value}") from None
+        if r.kind is not RequestKind.SIGN:
+            raise ShareRefused("not a sign request")
+        if (r.key_id, r.version) != (req.key_id, req.version):
+            raise ShareRefused("the request is for another key version")
+        n = self.given.get(r.ref, 0)
+        if n >= MAX_SHARES_PER_REQUEST:
+            raise ShareRefused("share limit for this request reached")
+        self.given[r.ref] = n + 1
+        if len(self.given) > 10_000:
+            self.given.pop(next(iter(self.given)))
+        st = rt.machine.state
+        version = st.keys[r.key_id].versions[r.version]
+        members = [m.index for m in st.members.values()]
+        share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(r.key_id, r.version))
+        try:
+            z = member_sign_share(
+                me=rt.index, signing_share=bytes(share), group_public_key=version.group_public_key,
+                message=r.payload, commitment_list=req.commitment_list,
+                my_commitment_id=req.my_commitment_id, stock=rt.stock, key_id=r.key_id,
+                version=r.version, threshold=st.threshold, members=members,
+            )  # fmt: skip
+        except SigningRefused as exc:
+            raise ShareRefused(str(exc)) from None
+        finally:
+            _zero(share)
+        log.info("sign %s: share given to %s", r.ref, caller)
+        return ShareResponse(rt.index, z)
+
+
+def _names(indexes: object) -> str:
+    return ", ".join(f"node-{i}" for i in sorted(indexes))  # type: ignore[call-overload]
