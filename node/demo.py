@@ -61,7 +61,7 @@ def run(*argv: str, profile: str | None = None, quiet: bool = False) -> str:
 
 
 def request_ref(out: str) -> str:
-    m = re.search(r"request (\S+:\S+)", out) or re.search(r"(\S+:\S+) ", out)
+    m = re.search(r"\b([a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._@-]*)", out)
     if not m:
         raise DemoFailed(f"no request reference in {out!r}")
     return m.group(1)
@@ -115,8 +115,8 @@ def node_pid(name: str) -> int:
 def leader() -> str:
     st = json.loads(run("cluster", "status", "--dir", str(CLUSTER), "--json", quiet=True))
     for row in st:
-        if row.get("role") == "leader":
-            return row["node"]
+        if (row.get("status") or {}).get("role") == "leader":
+            return row["name"]
     raise DemoFailed("no leader")
 
 
@@ -162,7 +162,7 @@ def main() -> int:
         deadline = time.monotonic() + 30
         while True:
             st = json.loads(run("cluster", "status", "--dir", str(CLUSTER), "--json", quiet=True))
-            applied = {r["node"]: r.get("applied") for r in st}
+            applied = {r["name"]: (r.get("status") or {}).get("applied") for r in st}
             if len(set(applied.values())) == 1 and None not in applied.values():
                 break
             if time.monotonic() > deadline:

@@ -8,6 +8,7 @@ VENV="${VENV:-.venv}"
 
 need_apt=()
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # make demo verifies signatures with it
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv python3-dev)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     need_apt+=(python3-venv)

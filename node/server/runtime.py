@@ -290,7 +290,8 @@ class Runtime:
         except (NoLeader, TimeoutError, ProposalDropped, NodeStopped) as exc:
             log.info("%s: not proposed now (%s)", what, exc.__class__.__name__)
             return None
-        if not out.ok and out.code not in ("duplicate_post", "request_decided"):
+        benign = ("duplicate_post", "request_decided", "epoch_not_forward", "request_id_conflict")
+        if not out.ok and out.code not in benign:
             log.warning("%s: rejected: %s %s", what, out.code, out.detail[:200])
         return out
 
