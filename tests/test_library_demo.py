@@ -1,11 +1,11 @@
-"""The library-only walk-through (FROST, DKG, TDH2 in one process) runs end to end and never prints secret material."""
+"""The library-only walk-through (FROST, DKG, TDH2 in one process) never prints secrets."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests import library_demo as demo
 from shares.rng import SeededRNG
+from tests import library_demo as demo
 
 
 def test_demo_passes_and_prints_no_secret_share(capsys: pytest.CaptureFixture[str]) -> None:

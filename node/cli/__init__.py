@@ -3,8 +3,9 @@
 A subcommand module exposes ``register(subparsers) -> None``; it adds its parser
 and sets ``func`` (``args -> int`` exit code) as a default. Built-in modules are
 listed in ``BUILTIN_COMMANDS``; any module ``node/cli/<name>.py`` (name not
-starting with ``_``) is found automatically, so a new command needs no edit here. Keep such modules' top-level imports light: they are imported
-on every invocation; import heavy things inside the handler.
+starting with ``_``) is found automatically, so a new command needs no edit
+here. Keep such modules' top-level imports light: they are imported on every
+invocation; import heavy things inside the handler.
 
 Handlers raise ``ValueError`` (``PkiError`` is one) for bad input: it is printed
 as ``custody: error: ...`` with exit status 2, without a traceback.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import logging
 import time
@@ -44,6 +45,7 @@ from node.state import (
     decode_command,
     encode_command,
 )
+from node.state.digest import command_digest
 from node.state.model import RequestState, Role
 
 log = logging.getLogger("custody.api")
@@ -175,6 +177,11 @@ def _outcome_response(out: Outcome, **extra: Any) -> web.Response:
 async def _submit(request: web.Request, cmd: Command, **extra: Any) -> web.Response:
     rt = request.app[RUNTIME]
     data = _checked(cmd)
+    prior = rt.machine.state.outcomes.get(f"{cmd.author}:{cmd.request_id}")
+    if prior is not None and not hmac.compare_digest(prior.command_digest, command_digest(data)):
+        # Refused here, before the log: a failed call changes nothing (not even the audit).
+        # The replica may lag; the state machine makes the same check on apply.
+        raise ApiError(409, "request_id_conflict", "request id already used by another command")
     out = await rt.propose_bytes(data)
     return _outcome_response(out, request=f"{cmd.author}:{cmd.request_id}", **extra)
 
@@ -188,7 +195,7 @@ async def post_command(request: web.Request) -> web.StreamResponse:
     try:
         raw = base64.b64decode(_field(body, "command_b64", str), validate=True)
         cmd = decode_command(raw)
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, DecodeError) as exc:
         raise ApiError(400, "bad_request", f"command_b64: {exc}") from None
     if cmd.author != ident.name:
         raise ApiError(403, "forbidden", "a command's author must be the caller")
@@ -462,6 +469,9 @@ async def errors(
         if exc.status >= 400:
             return _err(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
         raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _err(500, "internal", "internal error (logged on the node)")
 
 
 def create_app(rt: Runtime) -> web.Application:

@@ -21,6 +21,7 @@ once with nonces that are consumed whatever happens.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -43,7 +44,7 @@ log = logging.getLogger("custody.sign")
 POOL_LOW = 8  # refill a member's commitment pool below this
 POOL_BATCH = 32
 MAX_SHARES_PER_REQUEST = 8  # shares one member gives for one request (retries included)
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 6
 
 
 class ShareRefused(ValueError):
@@ -63,35 +64,58 @@ class Signer:
         self.pool: dict[tuple[str, str, int], deque[tuple[int, bytes, bytes]]] = {}
         self.refilling: set[tuple[str, str, int]] = set()
         self.given: dict[str, int] = {}  # member side: shares given per request
+        self.backoff: dict[str, tuple[float, float]] = {}  # ref -> (not before, last delay)
         self.timings: deque[dict[str, float]] = deque(maxlen=4096)  # for benchmarks
 
     # ------------------------------------------------------------ coordinator
 
     async def reconcile(self) -> None:
+        now = time.monotonic()
         for req in self.rt.machine.open_requests(RequestKind.SIGN):
-            if req.state is RequestState.APPROVED and req.ref not in self.inflight:
-                seen = self.rt.applied
-                task = asyncio.create_task(self._execute(req.ref, seen))
-                self.inflight[req.ref] = task
-                task.add_done_callback(lambda _t, r=req.ref: self.inflight.pop(r, None))
+            if req.state is not RequestState.APPROVED or req.ref in self.inflight:
+                continue
+            if self.backoff.get(req.ref, (0.0, 0.0))[0] > now:
+                continue
+            task = asyncio.create_task(self._attempt(req.ref, self.rt.applied))
+            self.inflight[req.ref] = task
+            task.add_done_callback(lambda _t, r=req.ref: self.inflight.pop(r, None))
 
-    async def _execute(self, ref: str, index: int) -> None:
+    async def _attempt(self, ref: str, index: int) -> None:
+        """One round of attempts; if it cannot finish (members down, refusing), wait
+        before the next round, longer each time (0.25 s doubling up to 5 s)."""
+        if await self._execute(ref, index):
+            self.backoff.pop(ref, None)
+            return
+        _, delay = self.backoff.get(ref, (0.0, 0.125))
+        delay = min(delay * 2, 5.0)
+        self.backoff[ref] = (time.monotonic() + delay, delay)
+        if len(self.backoff) > 10_000:
+            self.backoff.pop(next(iter(self.backoff)))
+
+    def _forget(self, member: str) -> None:
+        """Drop the pooled commitments of a member that failed: it may have restarted
+        (its nonces died with the old process) or evicted them."""
+        for slot in [s for s in self.pool if s[0] == member]:
+            del self.pool[slot]
+
+    async def _execute(self, ref: str, index: int) -> bool:
         rt = self.rt
         excluded: set[int] = set()
+        strikes: dict[int, int] = {}
         t0 = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
             try:
                 req = rt.machine.executable(ref)
             except Rejected:
-                return  # executed, failed or no longer usable meanwhile
+                return True  # executed, failed or no longer usable meanwhile
             st = rt.machine.state
             version = st.keys[req.key_id].versions[req.version]
             members = {m.index: m.name for m in st.members.values()}
             candidates = [rt.index, *sorted(i for i in members if i != rt.index)]
             chosen = [i for i in candidates if i not in excluded][: st.threshold]
             if len(chosen) < st.threshold:
-                log.warning("sign %s: fewer than t members left to ask", ref)
-                return
+                log.warning("sign %s: fewer than t members answer; will retry", ref)
+                return False
             t1 = time.perf_counter()
             commitments = await asyncio.gather(
                 *(self._commitment(members[i], req.key_id, req.version) for i in chosen),
@@ -99,8 +123,9 @@ class Signer:
             )
             bad = [i for i, c in zip(chosen, commitments, strict=True) if isinstance(c, Exception)]
             if bad:
-                excluded.update(bad)
-                log.info("sign %s: no commitment from %s", ref, _names(bad))
+                self._strike(bad, strikes, excluded, members)
+                log.info("sign %s: no commitment from %s: %s", ref, _names(bad),
+                         _first_error(commitments))  # fmt: skip
                 continue
             clist = sorted((i, c[1], c[2]) for i, c in zip(chosen, commitments, strict=True))
             ids = {i: c[0] for i, c in zip(chosen, commitments, strict=True)}
@@ -108,15 +133,16 @@ class Signer:
             replies = await asyncio.gather(
                 *(
                     self._ask_share(members[i], ShareRequest(
-                        ref, index, req.key_id, req.version, clist, ids[i]))
+                        ref, index, req.key_id, req.version, clist, ids[i], req.payload_hash))
                     for i in chosen
                 ),
                 return_exceptions=True,
             )  # fmt: skip
             failed = [i for i, r in zip(chosen, replies, strict=True) if isinstance(r, Exception)]
             if failed:
-                excluded.update(failed)
-                log.info("sign %s: no share from %s (attempt %d)", ref, _names(failed), attempt + 1)
+                self._strike(failed, strikes, excluded, members)
+                log.info("sign %s: no share from %s (attempt %d): %s", ref, _names(failed),
+                         attempt + 1, _first_error(replies))  # fmt: skip
                 continue
             t3 = time.perf_counter()
             vshares = {i + 1: s for i, s in enumerate(version.verification_shares)}
@@ -126,7 +152,7 @@ class Signer:
                     {i: r for i, r in zip(chosen, replies, strict=True)}, vshares,
                 )  # fmt: skip
             except BadShares as exc:
-                excluded.update(exc.culprits)
+                excluded.update(exc.culprits)  # a bad share: never asked again this round
                 log.warning("sign %s: bad signature share from %s", ref, _names(exc.culprits))
                 continue
             t4 = time.perf_counter()
@@ -134,7 +160,20 @@ class Signer:
             t5 = time.perf_counter()
             self.timings.append({"pick": t1 - t0, "commit": t2 - t1, "shares": t3 - t2,
                                  "aggregate": t4 - t3, "record": t5 - t4})  # fmt: skip
-            return
+            return True
+        return False
+
+    def _strike(
+        self, failed: list[int], strikes: dict[int, int], excluded: set[int],
+        members: dict[int, str],
+    ) -> None:  # fmt: skip
+        """A member that fails once is asked again with fresh commitments; twice, it is
+        left out of this round."""
+        for i in failed:
+            self._forget(members[i])
+            strikes[i] = strikes.get(i, 0) + 1
+            if strikes[i] >= 2:
+                excluded.add(i)
 
     async def _record(self, ref: str, sig: bytes) -> None:
         from node.server.runtime import result_request_id
@@ -215,16 +254,26 @@ class Signer:
         """This member's signature share for an approved request, decided on its own
         replica (see the module docstring). Raises ShareRefused with the reason."""
         rt = self.rt
+        known = rt.machine.state.requests.get(req.request_ref)
+        if known is None or known.kind is not RequestKind.SIGN:
+            raise ShareRefused("no such sign request on this replica")
+        if (known.key_id, known.version) != (req.key_id, req.version):
+            raise ShareRefused("the request is for another key version")
+        if not hmac.compare_digest(known.payload_hash, req.message_digest):
+            raise ShareRefused("the request's message is not the one asked for")
+        mine = next((row for row in req.commitment_list if row[0] == rt.index), None)
+        stocked = rt.stock.commitment_of(req.key_id, req.version, req.my_commitment_id)
+        if mine is None or stocked is None or not (
+            hmac.compare_digest(mine[1], bytes(stocked.hiding))
+            and hmac.compare_digest(mine[2], bytes(stocked.binding))
+        ):
+            raise ShareRefused("this member's commitment is missing, unknown or altered")
         if not await rt.wait_applied(req.log_index, rt.cfg.sign_timeout_s):
             raise ShareRefused(f"this replica has not applied index {req.log_index} yet")
         try:
             r: Request = rt.machine.executable(req.request_ref)
         except Rejected as exc:
             raise ShareRefused(f"not executable here: {exc.reason.value}") from None
-        if r.kind is not RequestKind.SIGN:
-            raise ShareRefused("not a sign request")
-        if (r.key_id, r.version) != (req.key_id, req.version):
-            raise ShareRefused("the request is for another key version")
         n = self.given.get(r.ref, 0)
         if n >= MAX_SHARES_PER_REQUEST:
             raise ShareRefused("share limit for this request reached")
@@ -248,6 +297,11 @@ class Signer:
             _zero(share)
         log.info("sign %s: share given to %s", r.ref, caller)
         return ShareResponse(rt.index, z)
+
+
+def _first_error(results: list[object]) -> str:
+    exc = next((r for r in results if isinstance(r, Exception)), None)
+    return f"{exc.__class__.__name__}: {str(exc)[:160]}" if exc else ""
 
 
 def _names(indexes: object) -> str:

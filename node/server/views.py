@@ -35,6 +35,7 @@ def version_view(v: Version) -> dict[str, Any]:
         "dkg_posts": sorted(v.dkg_posts),
         "group_public_key": v.group_public_key.hex() or None,
         "group_public_key_pem": pem_of(v.group_public_key) if v.group_public_key else None,
+        "verification_shares": [s.hex() for s in v.verification_shares],
     }
     return out
 

@@ -1,0 +1,1 @@
+"""Principal-side tools: client profiles and (later) the API client."""

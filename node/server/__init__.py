@@ -1,0 +1,1 @@
+"""The custody node process: its configuration, runtime and HTTP API."""

@@ -1,0 +1,207 @@
+"""A real local cluster for tests: `custody cluster init/up/down` in a temporary
+directory, node processes with their own SoftHSM2 tokens, loopback mTLS.
+
+Tests drive it through the CLI (in process) and through raw HTTPS calls made
+with any identity's certificate (a principal's or a node's), so that they can
+also play a malicious insider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from node import tlsctx
+from node.cli import main as custody
+
+REF = re.compile(r"\b([a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._@-]*)")
+
+
+class CliFailed(AssertionError):
+    pass
+
+
+class Live:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cluster = json.loads((root / "cluster.json").read_text())
+        self.api = {n["name"]: n["api"] for n in self.cluster["nodes"]}
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def init(cls, root: Path, *, schedule: dict[str, float] | None = None, nodes: int = 3) -> Live:
+        cli("cluster", "init", "--dir", str(root), "--nodes", str(nodes), "--threshold", "2",
+            "--approvers", "alice,bob,carol", "--clients", "app1,app2", "--operators", "ops",
+            "--auditors", "audit")  # fmt: skip
+        for i in range(1, nodes + 1):
+            toml = root / f"node-{i}" / "node.toml"
+            text = toml.read_text()
+            for key, value in (schedule or {}).items():
+                text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+                if n == 0:
+                    text = text.replace("[schedule]\n", f"[schedule]\n{key} = {value}\n")
+            toml.write_text(text)
+        return cls(root)
+
+    def up(self) -> None:
+        cli("cluster", "up", "--dir", str(self.root))
+
+    def down(self) -> None:
+        with contextlib.suppress(CliFailed):
+            cli("cluster", "down", "--dir", str(self.root))
+
+    def pid(self, node: str) -> int | None:
+        f = self.root / node / "node.pid"
+        return int(f.read_text()) if f.exists() else None
+
+    def kill(self, node: str, sig: int = signal.SIGKILL) -> None:
+        pid = self.pid(node)
+        assert pid is not None
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+
+    def status(self) -> list[dict[str, Any]]:
+        return json.loads(cli("cluster", "status", "--dir", str(self.root), "--json"))
+
+    def leader(self, timeout: float = 15) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            for row in self.status():
+                st = row.get("status") or {}
+                if st.get("role") == "leader" and st.get("health") == "ok":
+                    return row["name"]
+            if time.monotonic() > deadline:
+                raise AssertionError("no leader")
+            time.sleep(0.2)
+
+    def profile(self, name: str) -> str:
+        return str(self.root / "profiles" / f"{name}.toml")
+
+    # ------------------------------------------------------------ CLI
+
+    def cli(self, *args: str, who: str | None = None) -> str:
+        extra = ["--profile", self.profile(who)] if who else []
+        return cli(*args, *extra)
+
+    def submit_ref(self, *args: str, who: str) -> str:
+        m = REF.search(self.cli(*args, who=who))
+        assert m, args
+        return m.group(1)
+
+    def approve(self, ref: str, *who: str) -> None:
+        for name in who:
+            self.cli("approve", ref, "--yes", who=name)
+
+    def policy(self, policy_id: str = "p1", requesters: str = "app1") -> None:
+        ref = self.submit_ref("policy", "set", policy_id, "--requesters", requesters,
+                              "--approvers", "alice,bob,carol", "--k", "2", who="ops")  # fmt: skip
+        self.approve(ref, "alice", "bob")
+
+    def key(self, key_id: str, policy_id: str = "p1", *, activate: bool = True) -> str:
+        """Create a key by DKG (two approvals) and activate it; its create request ref."""
+        ref = self.submit_ref("keys", "create", key_id, "--policy", policy_id, who="ops")
+        self.approve(ref, "alice", "bob")
+        req = self.wait_request(ref, timeout=30)
+        assert req["state"] == "executed", req
+        if activate:
+            self.cli("epoch", "advance", who="ops")
+            assert self.key_view(key_id)["primary"] >= 1
+        return ref
+
+    def key_view(self, key_id: str) -> dict[str, Any]:
+        return json.loads(self.cli("keys", "show", key_id, "--json", who="audit"))
+
+    def group_key(self, key_id: str) -> Ed25519PublicKey:
+        k = self.key_view(key_id)
+        v = next(x for x in k["versions"] if x["version"] == k["primary"])
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(v["group_public_key"]))
+
+    def request(self, ref: str, who: str = "audit") -> dict[str, Any]:
+        return json.loads(self.cli("requests", "show", ref, "--json", who=who))
+
+    def wait_request(self, ref: str, timeout: float = 20, who: str = "audit") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.request(ref, who)
+            if r["state"] in ("executed", "failed") or time.monotonic() > deadline:
+                return r
+            time.sleep(0.1)
+
+    def sign_request(self, key_id: str, message: bytes, who: str = "app1") -> str:
+        return self.submit_ref("sign", "--key", key_id, "--message-hex", message.hex(), who=who)
+
+    def sign(self, key_id: str, message: bytes, timeout: float = 30) -> bytes:
+        ref = self.sign_request(key_id, message)
+        self.approve(ref, "alice", "bob")
+        r = self.wait_request(ref, timeout)
+        assert r["state"] == "executed", r
+        return bytes.fromhex(r["signature"])
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The whole audit chain, from the first node that answers."""
+        for node in sorted(self.api):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                status, out = asyncio.run(
+                    self.http("audit", "GET", node, "/v1/audit?limit=1000&after=-1")
+                )
+                if status == 200:
+                    return out["records"]
+        raise AssertionError("no node served the audit chain")
+
+    # ------------------------------------------------------------ raw HTTPS
+
+    def creds(self, who: str) -> tuple[Path, Path, Path]:
+        pki = self.root / "pki"
+        base = pki / ("nodes" if who.startswith("node-") else "principals") / who
+        return pki / "ca" / "ca.crt", base / "tls.crt", base / "tls.key"
+
+    async def http(
+        self, who: str, method: str, node: str, path: str, *, json_body: Any = None,
+        data: bytes | None = None, timeout: float = 10,
+    ) -> tuple[int, Any]:  # fmt: skip
+        """One HTTPS call to `node` with `who`'s certificate: (status, JSON or bytes)."""
+        ctx = tlsctx.client_context(*self.creds(who))
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ctx),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as s, s.request(method, f"https://{self.api[node]}{path}", json=json_body,
+                          data=data) as r:  # fmt: skip
+            body = await r.read()
+            try:
+                return r.status, json.loads(body)
+            except ValueError:
+                return r.status, body
+
+
+def cli(*args: str) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = custody(list(args))
+    if code != 0:
+        raise CliFailed(f"custody {' '.join(args)} -> {code}: {err.getvalue()[-800:]}")
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
