@@ -410,6 +410,8 @@ class Runtime:
             "audit_seq": len(state.audit),
             "health": "failed" if failed else ("ok" if healthy else "degraded"),
             "error": st.error,
+            "signing": self.signer.summary() if self.signer is not None else {"count": 0},
+            "stocked_nonces": self.stock.outstanding(),
         }
 
 

@@ -67,6 +67,18 @@ class Signer:
         self.backoff: dict[str, tuple[float, float]] = {}  # ref -> (not before, last delay)
         self.timings: deque[dict[str, float]] = deque(maxlen=4096)  # for benchmarks
 
+    def summary(self) -> dict[str, object]:
+        """Median milliseconds per coordinator phase over the recent signatures."""
+        import statistics
+
+        rows = list(self.timings)
+        if not rows:
+            return {"count": 0}
+        out: dict[str, object] = {"count": len(rows)}
+        for phase in rows[0]:
+            out[f"{phase}_ms"] = round(1000 * statistics.median(r[phase] for r in rows), 3)
+        return out
+
     # ------------------------------------------------------------ coordinator
 
     async def reconcile(self) -> None:
