@@ -9,6 +9,7 @@ node they meant (``require_peer``).
 
 from __future__ import annotations
 
+import functools
 import ssl
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +64,13 @@ def peer_identity_from_der(der: bytes | None) -> Identity:
     """Map a peer's DER certificate to ``Identity(name, role)``; ``PkiError`` if not ours."""
     if der is None:
         raise PkiError("peer presented no certificate")
+    return _identity_of(der)
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity_of(der: bytes) -> Identity:
+    """Parsing a certificate costs ~140 µs; the API asks on every request of a
+    connection, so the answer for the same DER bytes is kept (failures are not)."""
     return identity_from_der(der)
 
 

@@ -1,12 +1,19 @@
-"""``custody pki init | show | verify``: argument parsing and printing only."""
+"""``custody pki init | show | verify``: argument parsing and printing only.
+
+``show --json`` and ``verify --json`` print one JSON document on stdout for
+scripts; the exit statuses do not change (verify: 0 all good, 1 problems found;
+both: 2 for an unusable directory, reported on stderr).
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
-from node.pki.manifest import load_pki
+from node.pki.manifest import Pki, load_pki
 from node.pki.names import MAX_NODES, MIN_NODES
 from node.pki.store import (
     DEFAULT_CA_DAYS,
@@ -95,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     show = sub.add_parser("show", help="print the identities in a PKI directory")
     show.add_argument("--dir", required=True, type=Path)
+    show.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     show.set_defaults(func=cmd_show)
 
     verify = sub.add_parser(
@@ -102,6 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     verify.add_argument("--dir", required=True, type=Path)
     verify.add_argument("--ca-key", type=Path, help="also check an offline CA key")
+    verify.add_argument(
+        "--json", action="store_true", help='print {"ok": bool, "problems": [...]} as JSON'
+    )
     verify.set_defaults(func=cmd_verify)
 
 
@@ -137,8 +148,34 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(doc: object) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def show_summary(pki: Pki) -> dict[str, Any]:
+    """What ``pki show --json`` prints: the manifest's identities, public values only."""
+    m = pki.manifest
+    ca = read_certificate(pki.ca_cert_path)
+    return {
+        "ca": {
+            "sha256": m.ca_sha256,
+            "not_valid_after": ca.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "key": m.ca_key,  # None: kept outside the directory
+        },
+        "validity_days": {"ca": m.ca_days, "leaf": m.leaf_days},
+        "nodes": [{"id": n.id, "index": n.index, "hosts": list(n.hosts)} for n in m.nodes],
+        "principals": [
+            {"name": p.name, "role": p.role, "approval_public_key_hex": p.approval_public_key_hex}
+            for p in m.principals
+        ],
+    }
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     pki = load_pki(args.dir)
+    if args.json:
+        _print_json(show_summary(pki))
+        return 0
     m = pki.manifest
     ca = read_certificate(pki.ca_cert_path)
     ca_key = m.ca_key if m.ca_key is not None else "(kept outside the directory)"
@@ -154,6 +191,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     pki = load_pki(args.dir)
     problems = verify_pki(pki, now=_now(), ca_key_path=args.ca_key)
+    if args.json:
+        _print_json({"ok": not problems, "problems": problems})
+        return 1 if problems else 0
     if problems:
         for problem in problems:
             print(f"FAIL {problem}")
@@ -163,4 +203,4 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["cmd_init", "cmd_show", "cmd_verify", "register"]
+__all__ = ["cmd_init", "cmd_show", "cmd_verify", "register", "show_summary"]

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -55,6 +55,8 @@ class _Run:
     phase: str = "round1"  # round1 -> round2 -> storing -> done
     buffered: dict[int, bytes] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    post: Any = None  # the signed dkg_round1 command, re-proposed until the log has it
+    posted_at: float = 0.0
 
 
 class DkgDuty:
@@ -111,6 +113,11 @@ class DkgDuty:
             await self._start(req)
             return
         members = self._members()
+        if run.phase == "round1" and rt.name not in posts and run.post is not None:
+            if time.monotonic() - run.posted_at > 1.0:  # outcome unknown: same bytes again
+                run.posted_at = time.monotonic()
+                await rt.propose_quietly(run.post, f"dkg round 1 {req.ref} (again)")
+            return
         if run.phase == "round1" and len(posts) == len(members):
             await self._round2(req, run, {idx: posts[name] for name, idx in members})
 
@@ -127,15 +134,18 @@ class DkgDuty:
         session, post = DkgSession.start(
             ctx, rt.index, len(members), rt.machine.state.threshold, os.urandom
         )
-        self.runs[req.ref] = _Run(session, time.monotonic())
+        run = self.runs[req.ref] = _Run(session, time.monotonic())
         cmd = PostDkgRound1(
             request_id=_rid("dkg1", req.ref), author=rt.name, request=req.ref, package=post
         )
-        out = await rt.propose_quietly(await rt.sign_command(cmd), f"dkg round 1 {req.ref}")
-        if out is None:  # not proposed: forget the session; the next round starts again
-            self._drop(req.ref)
+        run.post, run.posted_at = await rt.sign_command(cmd), time.monotonic()
+        # If the outcome is unknown (no leader, timeout) the session is kept and the
+        # same signed bytes are proposed again (`_step`): one id, so one post at most.
+        out = await rt.propose_quietly(run.post, f"dkg round 1 {req.ref}")
+        if out is not None and not out.ok:
+            self._drop(req.ref)  # refused (e.g. no longer approved): nothing to continue
             return
-        log.info("dkg %s (%s v%d): round 1 posted", req.ref, req.key_id, req.version)
+        log.info("dkg %s (%s v%d): round 1 proposed", req.ref, req.key_id, req.version)
 
     async def _round2(self, req: Request, run: _Run, posts: dict[int, bytes]) -> None:
         rt = self.rt

@@ -82,6 +82,7 @@ class Observed:
 
     def restore(self, data: bytes) -> None:
         self.machine.restore(data)
+        log.info("state restored from a snapshot (audit length %d)", len(self.machine.state.audit))
         self.notify()
 
 
@@ -116,10 +117,12 @@ class Runtime:
         self.http: aiohttp.ClientSession | None = None
         self.stock = NonceStock()
         self._waiters: list[asyncio.Future[None]] = []
+        self.generation = 0  # counts applies: a level-triggered "something changed"
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch_seen = (0, time.monotonic())  # (epoch, when this node saw it start)
         self._last_vote = 0
         self._last_nudge = 0.0
+        self._erased: frozenset[tuple[str, int]] = frozenset()  # versions already erased
         self._checkpoints: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize=64)
         self.dkg: Any = None  # node.server.dkg.DkgDuty
         self.signer: Any = None  # node.server.signer.Signer
@@ -168,6 +171,7 @@ class Runtime:
         self.dkg = DkgDuty(self)
         self.signer = Signer(self)
         await asyncio.to_thread(self._erase_destroyed)  # reconcile before serving
+        self._erased = self._destroyed_versions()
         for name, coro in (
             ("duties", self._duties()),
             ("checkpoints", self._post_checkpoints()),
@@ -195,13 +199,18 @@ class Runtime:
     # ------------------------------------------------------------ state watching
 
     def _notify(self) -> None:
+        self.generation += 1
         waiters, self._waiters = self._waiters, []
         for f in waiters:
             if not f.done():
                 f.set_result(None)
 
-    async def changed(self, timeout: float) -> None:
-        """Wait until the machine applies something (or `timeout` passes)."""
+    async def changed(self, timeout: float, since: int | None = None) -> None:
+        """Wait until the machine applies something (or `timeout` passes). With `since`
+        (a `generation` read earlier), return at once if anything was applied since then:
+        no wake-up is lost while the caller was busy."""
+        if since is not None and since != self.generation:
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         with contextlib.suppress(TimeoutError):
@@ -300,6 +309,7 @@ class Runtime:
     async def _duties(self) -> None:
         """Reconcile on every change of the replica, and at least every 200 ms."""
         while True:
+            seen = self.generation
             try:
                 await self._bootstrap_if_needed()
                 if self.machine.state.bootstrapped:
@@ -307,13 +317,16 @@ class Runtime:
                     await self.dkg.reconcile()
                     if self.is_leader():
                         await self.signer.reconcile()
-                    await asyncio.to_thread(self._erase_destroyed)
+                    destroyed = self._destroyed_versions()
+                    if destroyed != self._erased:
+                        await asyncio.to_thread(self._erase_destroyed)
+                        self._erased = destroyed
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("duty round failed; retrying")
                 await asyncio.sleep(0.5)
-            await self.changed(0.2)
+            await self.changed(0.2, since=seen)
 
     async def _bootstrap_if_needed(self) -> None:
         if self.machine.state.bootstrapped or not self.is_leader():
@@ -375,6 +388,12 @@ class Runtime:
                     break
                 await asyncio.sleep(0.5)
 
+    def _destroyed_versions(self) -> frozenset[tuple[str, int]]:
+        return frozenset(
+            (k.key_id, v.number) for k in self.machine.state.keys.values()
+            for v in k.versions.values() if v.state is VersionState.DESTROYED
+        )  # fmt: skip
+
     def _erase_destroyed(self) -> None:
         """Crypto-erase this member's shares of destroyed versions (idempotent)."""
         keys = self.machine.state.keys
@@ -405,12 +424,17 @@ class Runtime:
             "commit": st.commit,
             "applied": st.applied,
             "snapshot_index": st.snapshot_index,
+            "log_first_index": self.driver.storage.first_index(),
             "epoch": state.epoch,
             "bootstrapped": state.bootstrapped,
             "audit_seq": len(state.audit),
             "health": "failed" if failed else ("ok" if healthy else "degraded"),
             "error": st.error,
             "signing": self.signer.summary() if self.signer is not None else {"count": 0},
+            "snapshots": {
+                k: v for k, v in sorted(self.driver.stats.items())
+                if k.startswith(("snapshot", "refused"))
+            },
             "stocked_nonces": self.stock.outstanding(),
         }
 

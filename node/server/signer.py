@@ -62,7 +62,7 @@ class Signer:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         # coordinator's pool of members' commitments: (member, key, version) -> deque
         self.pool: dict[tuple[str, str, int], deque[tuple[int, bytes, bytes]]] = {}
-        self.refilling: set[tuple[str, str, int]] = set()
+        self.refills: dict[tuple[str, str, int], asyncio.Future[None]] = {}
         self.given: dict[str, int] = {}  # member side: shares given per request
         self.backoff: dict[str, tuple[float, float]] = {}  # ref -> (not before, last delay)
         self.timings: deque[dict[str, float]] = deque(maxlen=4096)  # for benchmarks
@@ -203,17 +203,30 @@ class Signer:
             await asyncio.sleep(0.2)
 
     async def _commitment(self, member: str, key_id: str, version: int) -> tuple[int, bytes, bytes]:
+        """One of `member`'s stocked commitments. One refill per (member, version) is in
+        flight at a time, so concurrent requests never make a member issue more nonces
+        than its stock keeps (it would evict the oldest, which this pool still holds)."""
         slot = (member, key_id, version)
-        pool = self.pool.setdefault(slot, deque())
-        if not pool:
-            await self._refill(slot)
-        if len(pool) < POOL_LOW and slot not in self.refilling:
-            self.refilling.add(slot)
-            task = asyncio.create_task(self._refill(slot))
-            task.add_done_callback(lambda _t: self.refilling.discard(slot))
-        if not pool:
-            raise ShareRefused(f"{member} gave no commitments")
-        return pool.popleft()
+        for _ in range(3):
+            pool = self.pool.setdefault(slot, deque())
+            if pool:
+                item = pool.popleft()
+                if len(pool) < POOL_LOW:
+                    self._start_refill(slot)
+                return item
+            try:
+                await asyncio.shield(self._start_refill(slot))
+            except Exception as exc:
+                raise ShareRefused(f"{member} gave no commitments: {exc}") from None
+        raise ShareRefused(f"{member} gave no commitments")
+
+    def _start_refill(self, slot: tuple[str, str, int]) -> asyncio.Future[None]:
+        fut = self.refills.get(slot)
+        if fut is None or fut.done():
+            fut = asyncio.ensure_future(self._refill(slot))
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+            self.refills[slot] = fut
+        return fut
 
     async def _refill(self, slot: tuple[str, str, int]) -> None:
         member, key_id, version = slot

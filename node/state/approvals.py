@@ -11,6 +11,7 @@ domain-separated by its own context string (see `digest.py`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -32,11 +33,24 @@ def verify_approval(public_key: bytes, digest: bytes, signature: bytes) -> None:
         raise Rejected(Reason.NOT_AN_APPROVER, "approver has no signing key")
     if len(digest) != DIGEST_LEN or len(signature) != SIGNATURE_LEN:
         raise Rejected(Reason.BAD_SIGNATURE, "wrong digest or signature length")
-    _strict(public_key, signature)
+    if not _verifies(bytes(public_key), bytes(digest), bytes(signature)):
+        _strict(public_key, signature)
+        raise Rejected(Reason.BAD_SIGNATURE, "approval signature does not verify")
+
+
+@functools.lru_cache(maxsize=8192)
+def _verifies(public_key: bytes, digest: bytes, signature: bytes) -> bool:
+    """Strict Ed25519 verification, memoised. `executable()` re-verifies every stored
+    approval each time a member is asked to act (it trusts nothing stored); the answer
+    for the same (key, digest, signature) never changes, so it is computed once. The
+    cache holds public values only and is keyed by all three of them."""
+    if not (is_strict_public_key(public_key) and is_strict_signature(signature)):
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, digest)
     except (InvalidSignature, ValueError):
-        raise Rejected(Reason.BAD_SIGNATURE, "approval signature does not verify") from None
+        return False
+    return True
 
 
 def _strict(public_key: bytes, signature: bytes) -> None:

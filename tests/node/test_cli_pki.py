@@ -198,3 +198,57 @@ def test_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(_init(target)) == 2
     assert "not a directory" in capsys.readouterr().err
     assert target.read_text() == "x"
+
+
+def test_show_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "pki"
+    assert main(_init(root)) == 0
+    capsys.readouterr()
+    assert main(["pki", "show", "--dir", str(root), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    m = load_pki(root).manifest
+    assert set(doc) == {"ca", "validity_days", "nodes", "principals"}
+    assert doc["ca"]["sha256"] == m.ca_sha256 and doc["ca"]["key"] == "ca/ca.key"
+    assert doc["ca"]["not_valid_after"].endswith("Z")
+    assert doc["validity_days"] == {"ca": m.ca_days, "leaf": m.leaf_days}
+    assert doc["nodes"] == [
+        {"id": f"node-{i}", "index": i, "hosts": ["127.0.0.1", "localhost"]} for i in (1, 2, 3)
+    ]
+    roles = {p["name"]: p["role"] for p in doc["principals"]}
+    assert roles == {"alice": "approver", "bob": "approver", "carol": "approver",
+                     "app1": "client", "ops": "operator", "audit": "auditor"}  # fmt: skip
+    keys = {p["name"]: p["approval_public_key_hex"] for p in doc["principals"]}
+    assert keys["app1"] is None and keys["audit"] is None
+    assert keys["alice"] == m.principal("alice").approval_public_key_hex
+    assert "PRIVATE" not in json.dumps(doc)  # public values only
+
+
+def test_show_json_offline_ca_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "pki"
+    assert main(_init(root, "--ca-key", str(tmp_path / "offline.key"))) == 0
+    capsys.readouterr()
+    assert main(["pki", "show", "--dir", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ca"]["key"] is None
+
+
+def test_verify_json_ok_and_problems(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "pki"
+    assert main(_init(root)) == 0
+    capsys.readouterr()
+    assert main(["pki", "verify", "--dir", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "problems": []}
+    (root / "nodes/node-1/tls.key").chmod(0o644)
+    assert main(["pki", "verify", "--dir", str(root), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and doc["problems"]
+    assert all(isinstance(p, str) for p in doc["problems"])
+    assert any("node-1" in p for p in doc["problems"])
+
+
+def test_json_unusable_dir_keeps_exit_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for action in ("show", "verify"):
+        assert main(["pki", action, "--dir", str(tmp_path), "--json"]) == 2
+        out = capsys.readouterr()
+        assert out.out == "" and "no pki.json" in out.err

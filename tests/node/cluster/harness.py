@@ -42,7 +42,10 @@ class Live:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def init(cls, root: Path, *, schedule: dict[str, float] | None = None, nodes: int = 3) -> Live:
+    def init(
+        cls, root: Path, *, schedule: dict[str, float] | None = None, nodes: int = 3,
+        raft: dict[str, int] | None = None,
+    ) -> Live:  # fmt: skip
         cli("cluster", "init", "--dir", str(root), "--nodes", str(nodes), "--threshold", "2",
             "--approvers", "alice,bob,carol", "--clients", "app1,app2", "--operators", "ops",
             "--auditors", "audit")  # fmt: skip
@@ -53,6 +56,8 @@ class Live:
                 text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
                 if n == 0:
                     text = text.replace("[schedule]\n", f"[schedule]\n{key} = {value}\n")
+            for key, value in (raft or {}).items():
+                text = text.replace("[raft]\n", f"[raft]\n{key} = {value}\n")
             toml.write_text(text)
         return cls(root)
 
@@ -82,7 +87,11 @@ class Live:
             time.sleep(0.05)
 
     def status(self) -> list[dict[str, Any]]:
-        return json.loads(cli("cluster", "status", "--dir", str(self.root), "--json"))
+        """Every node's status row (a node that is down has `"status": None`)."""
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            custody(["cluster", "status", "--dir", str(self.root), "--json"])  # 1 if one is down
+        return json.loads(out.getvalue())
 
     def leader(self, timeout: float = 15) -> str:
         deadline = time.monotonic() + timeout
