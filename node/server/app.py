@@ -334,7 +334,11 @@ async def list_requests(request: web.Request) -> web.StreamResponse:
     if want_state is not None and want_state not in {s.value for s in RequestState}:
         raise ApiError(400, "bad_request", "state must be pending|approved|executed|failed")
     found = []
-    for ref in sorted(st.requests, reverse=True):
+    def submitted(ref: str) -> int:
+        dedup = st.outcomes.get(ref)
+        return dedup.outcome.seq if dedup is not None else -1
+
+    for ref in sorted(st.requests, key=submitted, reverse=True):
         r = st.requests[ref]
         if (want_state and r.state.value != want_state) or (want_key and r.key_id != want_key):
             continue
@@ -459,8 +463,10 @@ async def errors(
         return _err(503, "no_leader", str(exc), **{"Retry-After": "1"})
     except (TimeoutError, ProposalDropped, NodeStopped):
         return _err(504, "timeout", "outcome unknown: retry with the same request id")
-    except (ShareRefused, DkgRefused) as exc:
+    except ShareRefused as exc:
         return _err(403, "refused", str(exc))
+    except DkgRefused as exc:
+        return _err(409, "refused", str(exc))
     except WireError as exc:
         return _err(400, "bad_request", str(exc))
     except web.HTTPRequestEntityTooLarge:

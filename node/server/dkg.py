@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from node.protocols.dkg_session import DkgCulprits, DkgSession, dkg_context
+from node.protocols.dkg_session import DkgCulprits, DkgError, DkgSession, dkg_context
 from node.protocols.wire import Round2Delivery
 from node.state import PostDkgRound1, RecordDkgResult, RecordFailure
 from node.state.errors import Rejected
@@ -100,9 +100,14 @@ class DkgDuty:
         posts = rt.machine.dkg_round1(ref)
         run = self.runs.get(ref)
         if run is None:
-            if rt.name in posts or rt.name in self._version(req).dkg_posts:
-                # This member posted round 1 in an earlier life: its secret is gone.
-                await self._report(ref, f"{rt.name} restarted during the DKG (round-1 secret lost)")
+            if rt.name in self._version(req).dkg_posts:
+                return  # done here: stored and posted in an earlier life; others finish
+            if rt.name in posts:
+                # This member posted round 1 in an earlier life: its secret is gone. Only
+                # said once the replica is current (a stale one may not know the outcome).
+                if rt.caught_up:
+                    await self._report(ref, f"{rt.name} restarted during the DKG "
+                                       "(round-1 secret lost)")  # fmt: skip
                 return
             if rt.name not in rt.machine.state.members:
                 return
@@ -153,6 +158,10 @@ class DkgDuty:
             outgoing = run.session.on_round1(posts)
         except DkgCulprits as exc:
             await self._blame(req.ref, exc)
+            return
+        except DkgError as exc:  # e.g. the log holds another round-1 post in our name
+            await self._report(req.ref, f"{rt.name} cannot continue: {exc}")
+            self._drop(req.ref)
             return
         run.phase = "round2"
         for idx, message in sorted(outgoing.items()):
@@ -224,6 +233,12 @@ class DkgDuty:
         sid = rt.share_id(req.key_id, req.version)
         try:
             await asyncio.to_thread(rt.slot.store_share, sid, result.signing_share, replace=True)
+        except Exception as exc:  # the share must be in the token, or the DKG is void
+            what = exc.__class__.__name__
+            log.error("dkg %s: storing the share failed: %s", ref, what)
+            await self._report(ref, f"{rt.name} could not store its share ({what})")
+            self._drop(ref)
+            return
         finally:
             result.zeroize()
         cmd = RecordDkgResult(

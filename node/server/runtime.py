@@ -124,6 +124,7 @@ class Runtime:
         self._last_nudge = 0.0
         self._erased: frozenset[tuple[str, int]] = frozenset()  # versions already erased
         self._checkpoints: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize=64)
+        self.caught_up = False  # a read barrier succeeded since start: the replica is current
         self.dkg: Any = None  # node.server.dkg.DkgDuty
         self.signer: Any = None  # node.server.signer.Signer
 
@@ -312,6 +313,10 @@ class Runtime:
             seen = self.generation
             try:
                 await self._bootstrap_if_needed()
+                if not self.caught_up and self.driver is not None and self.driver.status().leader:
+                    with contextlib.suppress(NoLeader):
+                        await self.read_index()
+                        self.caught_up = True
                 if self.machine.state.bootstrapped:
                     await self._vote_epoch_if_due()
                     await self.dkg.reconcile()

@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from node.protocols.signing import BadShares, SigningRefused, aggregate_or_blame, member_sign_share
+from node.protocols.signing import (
+    BadShares,
+    SigningError,
+    SigningRefused,
+    aggregate_or_blame,
+    member_sign_share,
+)
 from node.protocols.wire import CommitRequest, CommitResponse, ShareRequest, ShareResponse
 from node.state import Op, RecordResult
 from node.state.errors import Rejected
@@ -167,6 +173,9 @@ class Signer:
                 excluded.update(exc.culprits)  # a bad share: never asked again this round
                 log.warning("sign %s: bad signature share from %s", ref, _names(exc.culprits))
                 continue
+            except SigningError as exc:  # no culprit named: try again later
+                log.warning("sign %s: aggregation failed: %s", ref, exc)
+                return False
             t4 = time.perf_counter()
             await self._record(ref, sig)
             t5 = time.perf_counter()
@@ -279,6 +288,8 @@ class Signer:
         """This member's signature share for an approved request, decided on its own
         replica (see the module docstring). Raises ShareRefused with the reason."""
         rt = self.rt
+        if not await rt.wait_applied(req.log_index, rt.cfg.sign_timeout_s):
+            raise ShareRefused(f"this replica has not applied index {req.log_index} yet")
         known = rt.machine.state.requests.get(req.request_ref)
         if known is None or known.kind is not RequestKind.SIGN:
             raise ShareRefused("no such sign request on this replica")
@@ -293,8 +304,6 @@ class Signer:
             and hmac.compare_digest(mine[2], bytes(stocked.binding))
         ):
             raise ShareRefused("this member's commitment is missing, unknown or altered")
-        if not await rt.wait_applied(req.log_index, rt.cfg.sign_timeout_s):
-            raise ShareRefused(f"this replica has not applied index {req.log_index} yet")
         try:
             r: Request = rt.machine.executable(req.request_ref)
         except Rejected as exc:
