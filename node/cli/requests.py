@@ -108,6 +108,9 @@ def describe(r: dict[str, Any]) -> str:
     if r.get("payload_sha256"):
         lines.append(f"sha256     {r['payload_sha256']}  (of the message / payload)")
     lines.append(f"context    {r['context']!r}")
+    change = _change(r)
+    if change:
+        lines.append(f"change     {change}")
     lines.append(f"quorum     {r['k']} of {', '.join(r['approvers'])}; approved by "
                  f"{', '.join(r['approvals']) or 'nobody yet'}")  # fmt: skip
     if r.get("signature"):
@@ -115,6 +118,23 @@ def describe(r: dict[str, Any]) -> str:
     if r.get("failure"):
         lines.append(f"failure    {r['failure']}")
     return "\n".join(lines)
+
+
+def _change(r: dict[str, Any]) -> str:
+    """A governance request's change, decoded from its payload (what is approved)."""
+    if "governance" not in r or not r.get("payload_b64"):
+        return ""
+    from node.state import decode_change
+    from node.state.commands import command_fields
+
+    try:
+        cmd = decode_change(base64.b64decode(r["payload_b64"]))
+    except Exception as exc:  # shown, not trusted: the digest check decides
+        return f"(undecodable: {exc})"
+    fields = {k: v for k, v in command_fields(cmd).items()
+              if k not in ("request_id", "author", "signature")}  # fmt: skip
+    shown = ", ".join(f"{k}={v.hex() if isinstance(v, bytes) else v}" for k, v in fields.items())
+    return f"{cmd.KIND}: {shown}"
 
 
 def _show(args: argparse.Namespace) -> int:
