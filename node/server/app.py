@@ -359,14 +359,19 @@ async def show_request(request: web.Request) -> web.StreamResponse:
         wait = min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", "0"))))
     except ValueError:
         raise ApiError(400, "bad_request", "wait must be a number of seconds") from None
-    await _read(request)
+    final = (RequestState.EXECUTED, RequestState.FAILED)
+    r = rt.machine.state.requests.get(ref)
+    if r is None or r.state not in final:
+        # A final state is a committed fact, final for ever: it needs no read barrier.
+        # Anything else might be stale here, so the answer waits for one.
+        await _read(request)
     deadline = time.monotonic() + wait
     while True:
         r = rt.machine.state.requests.get(ref)
         if r is None or not _visible(ident, r.author):
             raise ApiError(404, "unknown_request", "no such request")
         left = deadline - time.monotonic()
-        if r.state in (RequestState.EXECUTED, RequestState.FAILED) or left <= 0:
+        if r.state in final or left <= 0:
             break
         await rt.changed(left)
     show = ident.role == "approver" or r.author == ident.name

@@ -87,6 +87,13 @@ class Signer:
 
     # ------------------------------------------------------------ coordinator
 
+    def kick(self, ref: str) -> None:
+        """Start executing `ref` now (its approval was just applied here, the leader)."""
+        if ref not in self.inflight:
+            task = asyncio.get_running_loop().create_task(self._attempt(ref, self.rt.applied))
+            self.inflight[ref] = task
+            task.add_done_callback(lambda _t, r=ref: self.inflight.pop(r, None))
+
     async def reconcile(self) -> None:
         now = time.monotonic()
         for req in self.rt.machine.open_requests(RequestKind.SIGN):
