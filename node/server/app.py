@@ -511,4 +511,8 @@ def create_app(rt: Runtime) -> web.Application:
             web.post("/v1/peer/epoch/nudge", peer_epoch_nudge),
         ]
     )
+    from node.server import routes_envelope, routes_lifecycle, routes_metrics
+
+    for module in (routes_envelope, routes_lifecycle, routes_metrics):
+        module.register(app)
     return app
