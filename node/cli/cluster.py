@@ -365,22 +365,9 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` through a temporary file and rename, with exactly ``mode``."""
-    import os
+    from node.pki.store import write_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
+    write_atomic(path, data, mode)
 
 def _mkdir(path: Path, mode: int) -> None:
     import os

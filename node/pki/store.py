@@ -203,7 +203,9 @@ def write_secret(path: Path, data: bytes) -> None:
     _write_new(path, data, 0o600)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` through a fresh temporary file (exact ``mode``, fsynced) and a
+    rename, then fsync the directory: readers see the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     _write_new(tmp, data, mode)
@@ -473,7 +475,7 @@ def _issue_and_commit(
         if d.is_dir():
             _fsync_dir(d)
     manifest = replace(pki.manifest, nodes=tuple(nodes), principals=tuple(principals))
-    _write_atomic(root / MANIFEST_NAME, manifest.to_json().encode())
+    write_atomic(root / MANIFEST_NAME, manifest.to_json().encode())
     return InitResult(action, tuple(issued), Pki(root, manifest))
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,26 @@ class Live:
                 return r.status, json.loads(body)
             except ValueError:
                 return r.status, body
+
+
+@contextlib.contextmanager
+def running(
+    root: Path, *, schedule: dict[str, float] | None = None, raft: dict[str, int] | None = None,
+    key: str | None = "k1",
+) -> Iterator[Live]:  # fmt: skip
+    """A started cluster with policy `p1` (requester app1) and, unless `key` is None, a
+    signing key made by DKG and active; stopped afterwards, no node process left."""
+    c = Live.init(root, schedule=schedule, raft=raft)
+    c.up()
+    try:
+        c.policy("p1", requesters="app1")
+        if key is not None:
+            c.key(key)
+        yield c
+    finally:
+        c.down()
+        left = [n for n in c.api if c.pid(n) is not None]
+        assert not left, f"{left} left behind"
 
 
 def cli(*args: str) -> str:

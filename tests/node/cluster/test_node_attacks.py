@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,22 +21,18 @@ from node.protocols.wire import CommitRequest, CommitResponse, ShareRequest, Sha
 from node.state import Approve, encode_command, payload_hash, sign_approval
 from shares import frost
 from shares.errors import InvalidSignatureShare
-from tests.node.cluster.harness import Live
+from tests.node.cluster.harness import Live, running
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    root: Path = tmp_path_factory.mktemp("attacks") / "c"
-    c = Live.init(root, schedule={"epoch_min_interval_s": 0.0})
-    c.up()
-    try:
-        c.policy("p1", requesters="app1")
-        c.key("k1")
+    root = tmp_path_factory.mktemp("attacks") / "c"
+    with running(
+        root, schedule={"epoch_min_interval_s": 0.0}
+    ) as c:
         yield c
-    finally:
-        c.down()
 
 
 Row = tuple[int, bytes, bytes]

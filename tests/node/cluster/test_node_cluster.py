@@ -10,28 +10,21 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.node.cluster.harness import Live, b64
+from tests.node.cluster.harness import Live, b64, running
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    root: Path = tmp_path_factory.mktemp("cluster") / "c"
-    c = Live.init(root, schedule={"dkg_timeout_s": 4.0, "epoch_min_interval_s": 0.0})
-    c.up()
-    try:
-        c.policy("p1", requesters="app1")
-        c.key("k1")
+    root = tmp_path_factory.mktemp("cluster") / "c"
+    with running(
+        root, schedule={"dkg_timeout_s": 4.0, "epoch_min_interval_s": 0.0}
+    ) as c:
         yield c
-    finally:
-        c.down()
-        for node in ("node-1", "node-2", "node-3"):
-            assert c.pid(node) is None, f"{node} left behind"
 
 
 def _verify(live: Live, key: str, message: bytes, sig: bytes) -> None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.node.cluster.harness import Live
+from tests.node.cluster.harness import Live, running
 
 pytestmark = pytest.mark.slow
 
@@ -20,15 +19,11 @@ EVERY = 16
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    root: Path = tmp_path_factory.mktemp("snap") / "c"
-    c = Live.init(root, schedule={"epoch_min_interval_s": 0.0}, raft={"snapshot_every": EVERY})
-    c.up()
-    try:
-        c.policy("p1", requesters="app1")
-        c.key("k1")
+    root = tmp_path_factory.mktemp("snap") / "c"
+    with running(
+        root, schedule={"epoch_min_interval_s": 0.0}, raft={"snapshot_every": EVERY}
+    ) as c:
         yield c
-    finally:
-        c.down()
 
 
 def test_a_member_that_lost_its_disk_installs_a_certified_snapshot_and_signs(live: Live) -> None:
