@@ -457,7 +457,8 @@ async def errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     rt = request.app[RUNTIME]
-    if rt.driver is not None and rt.driver.failure is not None and request.path != "/v1/sys/status":
+    failed = rt.driver is not None and rt.driver.failure is not None
+    if failed and request.path not in ("/v1/sys/status", "/metrics"):
         return _err(503, "node_failed", "this node stopped after a storage failure",
                     **{"Retry-After": "1"})  # fmt: skip
     try:
