@@ -1,4 +1,4 @@
-"""`custody keys create|list|show`, `custody sign`, `custody policy set`,
+"""`custody keys create|rotate|revoke|destroy|list|show`, `custody sign`, `custody policy set`,
 `custody epoch advance`, `custody status`: the operator's and client's commands.
 
 Operator commands are signed here, with the operator's own approval key from
@@ -32,6 +32,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--request-id", help="reuse to retry a create safely")
     add_client_args(c)
     c.set_defaults(func=_create)
+    r = sub.add_parser("rotate", help="request a new version (DKG once approved; operator)")
+    r.add_argument("key_id")
+    r.add_argument("--activate-epoch", type=int, default=0, help="earliest activation epoch")
+    r.add_argument("--request-id", help="reuse to retry a rotation request safely")
+    add_client_args(r)
+    r.set_defaults(func=_rotate)
+    for action, what in (
+        ("revoke", "revoke a version: it can do nothing any more (operator; approvals)"),
+        ("destroy", "destroy a revoked, or retired past its grace, version (operator; "
+                    "approvals); members erase their shares"),
+    ):  # fmt: skip
+        e = sub.add_parser(action, help=what)
+        e.add_argument("key_id")
+        e.add_argument("--version", type=int, required=True)
+        e.add_argument("--request-id", help=f"reuse to retry a {action} request safely")
+        add_client_args(e)
+        e.set_defaults(func=_end_version, action=action)
     ls = sub.add_parser("list", help="list keys")
     add_client_args(ls)
     ls.add_argument("--stale", action="store_true", help="read this node's replica as is")
@@ -96,6 +113,53 @@ def _create(args: argparse.Namespace) -> int:
     return run_client(args, body)
 
 
+async def _post_lifecycle(args: argparse.Namespace, client: Client, profile: Profile,
+                          cmd: Any) -> int:  # fmt: skip
+    out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+    emit(args, out, lambda o: f"request {o['request']}: {o['code']} "
+         f"(needs approvals: custody approve {o['request']})")  # fmt: skip
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    import time
+
+    from node.state import RequestRotate
+
+    async def body(client: Client, profile: Profile) -> int:
+        cmd = RequestRotate(
+            request_id=args.request_id or new_request_id("rotate"), author=profile.principal,
+            key_id=args.key_id, at=int(time.time()), activate_epoch=args.activate_epoch,
+        )  # fmt: skip
+        return await _post_lifecycle(args, client, profile, cmd)
+
+    return run_client(args, body)
+
+
+def _end_version(args: argparse.Namespace) -> int:
+    from node.state import RequestDestroy, RequestRevoke
+
+    kind = RequestRevoke if args.action == "revoke" else RequestDestroy
+
+    async def body(client: Client, profile: Profile) -> int:
+        cmd = kind(
+            request_id=args.request_id or new_request_id(args.action), author=profile.principal,
+            key_id=args.key_id, version=args.version,
+        )  # fmt: skip
+        return await _post_lifecycle(args, client, profile, cmd)
+
+    return run_client(args, body)
+
+
+def _erased(v: dict[str, Any]) -> str:
+    """Who confirmed erasing their shares of a destroyed version (`record_erasure`)."""
+    if v["state"] != "destroyed":
+        return ""
+    if "erased_by" not in v:
+        return "?"  # a node without erasure confirmations in its key view
+    return ",".join(v["erased_by"]) or "none yet"
+
+
 def _versions_line(k: dict[str, Any]) -> str:
     return ", ".join(f"v{v['version']}:{v['state']}@{v['activation_epoch']}" for v in k["versions"])
 
@@ -121,10 +185,11 @@ def _show(args: argparse.Namespace) -> int:
             print(primary[0]["group_public_key_pem"], end="")
             return 0
         rows = [[str(v["version"]), v["state"], str(v["activation_epoch"]), str(v["uses"]),
-                 v["group_public_key"] or "-"] for v in k["versions"]]  # fmt: skip
+                 _erased(v) or "-", v["group_public_key"] or "-"]
+                for v in k["versions"]]  # fmt: skip
+        header = ["V", "STATE", "ACTIVATES", "USES", "ERASED BY", "GROUP PUBLIC KEY"]
         emit(args, k, lambda o: f"key {o['key_id']} ({o['purpose']}, policy {o['policy_id']}, "
-             f"primary v{o['primary']})\n" + table(rows, ["V", "STATE", "ACTIVATES", "USES",
-                                                         "GROUP PUBLIC KEY"]))  # fmt: skip
+             f"primary v{o['primary']})\n" + table(rows, header))  # fmt: skip
         return 0
 
     return run_client(args, body)

@@ -187,6 +187,12 @@ class Runtime:
 
         self.dkg = DkgDuty(self)
         self.signer = Signer(self)
+        # --- lifecycle duty (node/server/lifecycle.py): erasure confirmations, scheduled
+        # rotations, nonces of versions that can no longer sign.
+        from node.server.lifecycle import LifecycleDuty
+
+        self.lifecycle = LifecycleDuty(self)
+        # --- end lifecycle duty
         await asyncio.to_thread(self._erase_destroyed)  # reconcile before serving
         self._erased = self._destroyed_versions()
         for name, coro in (
@@ -342,6 +348,7 @@ class Runtime:
                 if self.machine.state.bootstrapped:
                     await self._vote_epoch_if_due()
                     await self.dkg.reconcile()
+                    await self.lifecycle.reconcile()  # lifecycle duty (lifecycle.py)
                     if self.is_leader():
                         await self.signer.reconcile()
                     destroyed = self._destroyed_versions()

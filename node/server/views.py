@@ -32,6 +32,7 @@ def version_view(v: Version) -> dict[str, Any]:
         "revoked_epoch": v.revoked_epoch,
         "destroyed_epoch": v.destroyed_epoch,
         "uses": v.uses,
+        "erased_by": list(v.erased_by),
         "dkg_posts": sorted(v.dkg_posts),
         "group_public_key": v.group_public_key.hex() or None,
         "group_public_key_pem": pem_of(v.group_public_key) if v.group_public_key else None,

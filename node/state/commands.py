@@ -558,6 +558,32 @@ class RecordFailure(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class RecordErasure(Command):
+    """A member confirms that it crypto-erased its share objects of a destroyed version.
+
+    The request id must be `erasure_request_id(key_id, version)`: one confirmation per
+    member and version (ids are scoped by author), and a retry is the same command."""
+
+    key_id: str
+    version: int
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "record_erasure"
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", VERSION),
+        ("signature", SIGNATURE),
+    )
+
+
+def erasure_request_id(key_id: str, version: int) -> str:
+    """The request id of a member's `record_erasure` for `key_id` version `version`.
+
+    Key ids use the request-id charset and are at most 64 characters, so the id always
+    matches the request-id rule (at most 6 + 64 + 1 + 10 characters)."""
+    return f"erase-{key_id}-{version}"
+
+
+@dataclass(frozen=True, slots=True)
 class PostCheckpoint(Command):
     """A member (the author) vouches for the runner snapshot at log `index`.
 
@@ -602,6 +628,7 @@ COMMANDS: dict[str, type[Command]] = {
         RecordDkgResult,
         RecordResult,
         RecordFailure,
+        RecordErasure,
         PostCheckpoint,
     )
 }

@@ -49,6 +49,7 @@ class Reason(StrEnum):
     LIMIT_REACHED = "limit_reached"
     BAD_RESULT = "bad_result"
     SELF_APPROVAL = "self_approval"
+    NOT_DESTROYED = "not_destroyed"  # an erasure confirmation for a version not destroyed
 
 
 class StateError(Exception):

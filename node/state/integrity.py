@@ -137,6 +137,12 @@ def _check_key(state: State, key: Key) -> None:
             _fail(f"{where} version {number}: more verification shares than members ever")
         if any(not 0 <= e <= MAX_EPOCH + (1 << 33) for e in _epochs(v)):
             _fail(f"{where} version {number}: epoch outside the schema")
+        if v.erased_by:
+            ever = set(state.members) | set(state.removed_members)
+            if v.state is not VersionState.DESTROYED:
+                _fail(f"{where} version {number}: erasure confirmations on a live version")
+            if list(v.erased_by) != sorted(set(v.erased_by)) or not set(v.erased_by) <= ever:
+                _fail(f"{where} version {number}: erasure confirmations not sorted members")
     if key.lifecycle_request:
         req = state.requests.get(key.lifecycle_request)
         if req is None or req.key_id != key.key_id or req.kind not in DKG_KINDS:

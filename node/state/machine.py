@@ -49,6 +49,7 @@ from .commands import (
     PostCheckpoint,
     PostDkgRound1,
     RecordDkgResult,
+    RecordErasure,
     RecordFailure,
     RecordResult,
     RekeyPrincipal,
@@ -65,6 +66,7 @@ from .commands import (
     decode_change,
     decode_command,
     encode_command,
+    erasure_request_id,
     signing_bytes,
 )
 from .digest import (
@@ -190,6 +192,7 @@ class Machine:
             RecordDkgResult: self._record_dkg_result,
             RecordResult: self._record_result,
             RecordFailure: self._record_failure,
+            RecordErasure: self._record_erasure,
             PostCheckpoint: self._checkpoint,
         }
         # Governance changes: (check against the state now, apply). Submitting one only
@@ -821,6 +824,31 @@ class Machine:
             return self._request_effect(req, detail=f"failure reports {len(req.reports)}")
         self._fail_request(req, cmd.reason)
         return self._request_effect(req)
+
+    def _record_erasure(self, cmd: RecordErasure) -> _Effect:
+        """A member confirms it crypto-erased its share objects of a destroyed version.
+        Only for a destroyed version, once per member (its id is fixed by key and version,
+        so a retry is the same command); kept, sorted, in `Version.erased_by`."""
+        if cmd.request_id != erasure_request_id(cmd.key_id, cmd.version):
+            raise Rejected(
+                Reason.INVALID_ARGUMENT,
+                f"an erasure's id is {erasure_request_id(cmd.key_id, cmd.version)}",
+            )
+        key = self._key(cmd.key_id)
+        version = self._version(key, cmd.version)
+        if version.state is not VS.DESTROYED:
+            raise Rejected(
+                Reason.NOT_DESTROYED, f"version {cmd.version} is {version.state.value}"
+            )
+        if cmd.author in version.erased_by:
+            raise Rejected(Reason.DUPLICATE_POST, f"{cmd.author!r} already confirmed")
+        version.erased_by = tuple(sorted((*version.erased_by, cmd.author)))
+        members = self.state.members
+        done = sum(1 for m in version.erased_by if m in members)
+        return _Effect(
+            "ok", key_id=key.key_id, version=version.number,
+            detail=f"erased by {done}/{len(members)} members",
+        )  # fmt: skip
 
     def _checkpoint(self, cmd: PostCheckpoint) -> _Effect:
         """A member's signature over the state hash of the snapshot at `cmd.index`

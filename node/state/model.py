@@ -130,6 +130,9 @@ class Version:
     revoked_epoch: int = 0
     destroyed_epoch: int = 0
     uses: int = 0
+    # Destroyed versions: the members that confirmed (`record_erasure`) they crypto-erased
+    # their share objects of this version, sorted by name. Empty for any other state.
+    erased_by: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -65,6 +65,7 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "record_dkg_result": frozenset({Role.NODE}),
     "record_result": frozenset({Role.NODE}),
     "record_failure": frozenset({Role.NODE}),
+    "record_erasure": frozenset({Role.NODE}),  # a member erased its shares of a version
     "checkpoint": frozenset({Role.NODE}),  # a member's signature over a snapshot's state hash
 }
 

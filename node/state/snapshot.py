@@ -30,8 +30,9 @@ from .integrity import check_integrity
 from .model import RequestState, State
 
 # 2: governance, removed identities, time locks; 3: checkpoints; 4: requests' DKG round-1
-# packages (`Request.dkg_round1`). Any other version is refused.
-SNAPSHOT_VERSION = 4
+# packages (`Request.dkg_round1`); 5: members' erasure confirmations (`Version.erased_by`).
+# Any other version is refused.
+SNAPSHOT_VERSION = 5
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 

@@ -18,6 +18,7 @@ from node.state import (
     PostCheckpoint,
     PostDkgRound1,
     RecordDkgResult,
+    RecordErasure,
     RecordFailure,
     RecordResult,
     RekeyPrincipal,
@@ -66,6 +67,7 @@ def _samples(world):
         CancelRequest("r19", "alice", "ops:r15"),
         PostCheckpoint("checkpoint-20", "node-2", 20, bytes(64), bytes(64)),
         PostDkgRound1("r21", "node-1", "ops:r3", b"\x02" * 300),
+        RecordErasure("erase-k1-1", "node-3", "k1", 1),
     ]
 
 

@@ -20,6 +20,7 @@ from node.state import (
     PostCheckpoint,
     PostDkgRound1,
     RecordDkgResult,
+    RecordErasure,
     RecordFailure,
     RecordResult,
     RekeyPrincipal,
@@ -41,7 +42,7 @@ from node.state import (
 )
 from node.state.approvals import sign_approval
 from node.state.checkpoint import sign_checkpoint
-from node.state.commands import GOVERNANCE_KINDS
+from node.state.commands import GOVERNANCE_KINDS, erasure_request_id
 from node.state.snapshot import state_hash
 
 NAMES = ("ops", "alice", "bob", "carol", "app", "aud", "node-1", "node-2", "node-3", "eve")
@@ -61,6 +62,8 @@ CHECKPOINT = 18  # a member signs the state hash at some index (sometimes wrongl
 KIND_WEIGHTS += (CHECKPOINT,) * 2
 ROUND1 = 19  # a member's DKG round-1 package (mostly to an approved create/rotate request)
 KIND_WEIGHTS += (ROUND1,) * 2
+ERASE = 20  # a member confirms erasing a version (mostly a destroyed one)
+KIND_WEIGHTS += (ERASE,) * 2
 
 action = st.tuples(
     st.sampled_from(KIND_WEIGHTS),  # what to do
@@ -152,6 +155,15 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
     elif kind == 11:
         usual = MEMBERS[x % 3]
         make = lambda au: RecordFailure(rid, au, target, "boom")  # noqa: E731
+    elif kind == ERASE:
+        usual = MEMBERS[x % 3]
+        versions = sorted(
+            (k.key_id, n) for k in m.state.keys.values() for n, v in k.versions.items()
+            if v.state.value == "destroyed" or wrong
+        )  # fmt: skip
+        kid, num = versions[x % len(versions)] if versions else (key, 1 + x % 3)
+        erid = erasure_request_id(kid, num) if not (wrong and x & 1) else rid
+        make = lambda au: RecordErasure(erid, au, kid, num)  # noqa: E731
     elif kind == ROUND1:
         usual = MEMBERS[x % 3]
         package = bytes([x]) * (1 + 37 * x)
