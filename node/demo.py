@@ -5,7 +5,11 @@ loopback mTLS: a policy approved by the governance quorum, a signing key made
 by DKG and approved by two approvers, a signature requested by `app1`,
 approved by two approvers and checked by `openssl pkeyutl -verify`, a node
 SIGKILLed and a second signature made by the other two, the node restarted and
-caught up, the audit chain exported and verified, the cluster stopped.
+caught up; then envelope encryption: a key-encryption key by DKG, a file
+encrypted locally and decrypted with a 2-of-3 threshold unwrap after two
+approvals, the key rotated and the envelope rewrapped to the new version; a
+revoked version refused; the audit chain exported and verified, the cluster
+stopped.
 
 Evidence for anyone to re-check with their own tools goes to `demo-out/`:
 the group public key (PEM), the messages, the signatures, the audit export and
@@ -31,6 +35,7 @@ from node.cli import main as custody
 OUT = Path("demo-out")
 CLUSTER = OUT / "cluster"
 KEY = "release-signing"
+KEK = "data-kek"
 POLICY = "release"
 
 
@@ -72,12 +77,15 @@ def approve(ref: str, *who: str) -> None:
         run("approve", ref, "--yes", profile=name)
 
 
-def wait_key_version(version: int, state: str, timeout: float = 30) -> dict:
+def wait_key_version(
+    version: int, state: str, timeout: float = 30, *, key: str = KEY,
+    with_public_key: bool = False,
+) -> dict:  # fmt: skip
     deadline = time.monotonic() + timeout
     while True:
-        k = json.loads(run("keys", "show", KEY, "--json", profile="audit", quiet=True))
+        k = json.loads(run("keys", "show", key, "--json", profile="audit", quiet=True))
         v = [x for x in k["versions"] if x["version"] == version]
-        if v and v[0]["state"] == state:
+        if v and v[0]["state"] == state and (v[0]["group_public_key"] or not with_public_key):
             return v[0]
         if v and v[0]["state"] in ("destroyed", "revoked"):
             raise DemoFailed(f"version {version} is {v[0]['state']}")
@@ -106,6 +114,63 @@ def sign_and_verify(n: int, pem: Path) -> None:
     print(f"  {(proc.stdout + proc.stderr).strip()}")
     if proc.returncode != 0:
         raise DemoFailed("openssl did not verify the signature")
+
+
+def advance_epoch() -> None:
+    """Members honour an operator's nudge at most once per `epoch_min_interval_s`
+    (1 s by default): try again shortly if this one came too soon."""
+    for _ in range(6):
+        try:
+            run("epoch", "advance", profile="ops")
+            return
+        except DemoFailed:
+            time.sleep(0.5)
+    raise DemoFailed("the epoch did not advance")
+
+
+def decrypt(envelope: Path, out: Path, context: str, verb: str = "decrypt") -> None:
+    """Submit the decrypt request, have two approvers approve it, gather 2 partials."""
+    ref = request_ref(run(verb, "--in", str(envelope), "--out", str(out), "--context", context,
+                          profile="app1"))  # fmt: skip
+    approve(ref, "alice", "bob")
+    run(verb, "--in", str(envelope), "--out", str(out), "--context", context,
+        "--request-id", ref.split(":", 1)[1], "--wait", "--timeout", "30", profile="app1")
+
+
+def envelope_steps() -> None:
+    step("8. envelope encryption: a key-encryption key by DKG; a file encrypted locally")
+    out = run("policy", "set", "vault", "--requesters", "app1", "--operations", "decrypt",
+              "--approvers", "alice,bob,carol", "--k", "2", profile="ops")  # fmt: skip
+    approve(request_ref(out), "alice", "bob")
+    out = run("keys", "create", KEK, "--purpose", "encrypt", "--policy", "vault", profile="ops")
+    approve(request_ref(out), "alice", "bob")
+    wait_key_version(1, "pending", key=KEK, with_public_key=True)
+    advance_epoch()
+    wait_key_version(1, "active", key=KEK)
+    plain = OUT / "payroll.csv"
+    plain.write_text("name,amount\nalice,100\nbob,200\n")
+    env = OUT / "payroll.csv.env"
+    run("encrypt", "--key", KEK, "--context", "payroll-2026", "--in", str(plain),
+        "--out", str(env), profile="app1")  # fmt: skip
+    step("9. decrypt: approved by two, unwrapped from 2 of 3 partials (DLEQ-checked)")
+    back = OUT / "payroll.decrypted.csv"
+    decrypt(env, back, "payroll-2026")
+    if back.read_bytes() != plain.read_bytes():
+        raise DemoFailed("the decrypted file differs from the original")
+    print("  decrypted file is identical to the original")
+    step("10. rotate the key-encryption key (DKG for v2), then rewrap the envelope to v2")
+    out = run("keys", "rotate", KEK, profile="ops")
+    approve(request_ref(out), "alice", "bob")
+    wait_key_version(2, "pending", key=KEK, with_public_key=True)
+    advance_epoch()
+    wait_key_version(2, "active", key=KEK)
+    env2 = OUT / "payroll.csv.v2.env"
+    decrypt(env, env2, "payroll-2026", verb="rewrap")
+    back2 = OUT / "payroll.decrypted-v2.csv"
+    decrypt(env2, back2, "payroll-2026")
+    if back2.read_bytes() != plain.read_bytes():
+        raise DemoFailed("the rewrapped envelope does not decrypt to the original")
+    print("  the rewrapped envelope (payload untouched) decrypts under version 2")
 
 
 def node_pid(name: str) -> int:
@@ -139,13 +204,8 @@ def main() -> int:
         step("4. a signing key by DKG among the three members (the key never exists whole)")
         out = run("keys", "create", KEY, "--policy", POLICY, profile="ops")
         approve(request_ref(out), "alice", "bob")
-        wait_key_version(1, "pending")
-        deadline = time.monotonic() + 30
-        while not wait_key_version(1, "pending")["group_public_key"]:
-            if time.monotonic() > deadline:
-                raise DemoFailed("DKG did not complete")
-            time.sleep(0.2)
-        run("epoch", "advance", profile="ops")
+        wait_key_version(1, "pending", with_public_key=True)
+        advance_epoch()
         wait_key_version(1, "active")
         run("keys", "show", KEY, profile="ops")
         pem = OUT / "group-public-key.pem"
@@ -170,7 +230,16 @@ def main() -> int:
             time.sleep(0.3)
         run("cluster", "status", "--dir", str(CLUSTER))
         (OUT / "status.json").write_text(json.dumps(st, indent=2) + "\n")
-        step("8. the audit chain, exported and verified offline")
+        envelope_steps()
+        step("11. revoke the signing key's version 1: the next sign request is refused")
+        out = run("keys", "revoke", KEY, "--version", "1", profile="ops")
+        approve(request_ref(out), "alice", "bob")
+        refused = custody(["sign", "--key", KEY, "--message-hex", "00",
+                           "--profile", str(CLUSTER / "profiles" / "app1.toml")])  # fmt: skip
+        print(f"$ custody sign --key {KEY} --message-hex 00   (as app1)  -> exit {refused}")
+        if refused == 0:
+            raise DemoFailed("a revoked version still accepted a sign request")
+        step("12. the audit chain, exported and verified offline")
         run("audit", "export", "--out", str(OUT / "audit.msgpack"), profile="audit")
         run("audit", "tail", "-n", "8", profile="audit")
     except DemoFailed as exc:
@@ -179,7 +248,7 @@ def main() -> int:
             run("cluster", "logs", "--dir", str(CLUSTER), "-n", "15")
         return 1
     finally:
-        step("9. cluster down")
+        step("13. cluster down")
         with contextlib.suppress(Exception):
             run("cluster", "down", "--dir", str(CLUSTER))
     print(f"\ndemo complete: all checks passed in {time.monotonic() - started:.1f} s; "

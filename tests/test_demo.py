@@ -57,3 +57,11 @@ def test_make_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> N
         assert pin.read_text().strip().encode() not in logs
     for n in (1, 2):
         assert (ev / f"message-{n}.txt").read_bytes().strip() not in logs
+    # Envelope encryption: both decryptions gave the original back; the plaintext never
+    # reached a node's log or the audit chain.
+    plain = (ev / "payroll.csv").read_bytes()
+    assert (ev / "payroll.decrypted.csv").read_bytes() == plain
+    assert (ev / "payroll.decrypted-v2.csv").read_bytes() == plain
+    for line in plain.splitlines()[1:]:
+        assert line not in logs
+        assert line not in (ev / "audit.msgpack").read_bytes()

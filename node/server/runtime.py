@@ -143,6 +143,7 @@ class Runtime:
         self.caught_up = False  # a read barrier succeeded since start: the replica is current
         self.dkg: Any = None  # node.server.dkg.DkgDuty
         self.signer: Any = None  # node.server.signer.Signer
+        self.lifecycle: Any = None  # node.server.lifecycle.LifecycleDuty
 
     # ------------------------------------------------------------ lifecycle
 
