@@ -26,6 +26,7 @@ bench: setup
 	$(PY) benchmarks/hsm_ops.py
 	$(PY) benchmarks/consensus_vs_etcd.py
 	$(PY) benchmarks/cluster_sign.py
+	$(PY) benchmarks/envelope.py
 
 # The consensus simulator over SEEDS seeds from START, in every mode or in
 # MODE (base, planned, planned-torn, conservative, conservative-torn), on JOBS

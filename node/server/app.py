@@ -63,7 +63,8 @@ _STATUS = {
     "self_approval": 403, "operation_not_allowed": 403, "unknown_key": 404,
     "unknown_request": 404, "unknown_policy": 404, "unknown_principal": 404,
     "unknown_version": 404, "request_id_conflict": 409, "limit_reached": 429,
-    "not_bootstrapped": 503,
+    "not_bootstrapped": 503, "outside_grant": 403, "unknown_grant": 404,
+    "grant_exhausted": 429,
 }  # fmt: skip
 
 
@@ -512,8 +513,17 @@ def create_app(rt: Runtime) -> web.Application:
             web.post("/v1/peer/epoch/nudge", peer_epoch_nudge),
         ]
     )
-    from node.server import routes_envelope, routes_lifecycle, routes_metrics
+    from node.server import (
+        routes_envelope,
+        routes_events,
+        routes_grants,
+        routes_lifecycle,
+        routes_metrics,
+    )
 
-    for module in (routes_envelope, routes_lifecycle, routes_metrics):
+    for module in (routes_envelope, routes_lifecycle, routes_metrics, routes_events, routes_grants):
         module.register(app)
+    from node.server.openapi import get_openapi
+
+    app.router.add_routes([web.get("/v1/openapi.json", get_openapi)])
     return app

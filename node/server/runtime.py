@@ -47,6 +47,7 @@ from node.state import (
     Machine,
     Outcome,
     PostCheckpoint,
+    RequestSign,
     SnapshotGuard,
     decode_command,
     decode_outcome,
@@ -90,6 +91,8 @@ class Observed:
                     cmd = decode_command(data)
                     if isinstance(cmd, Approve):
                         self.on_approved(cmd.request)
+                    elif isinstance(cmd, RequestSign):  # approved at once under a grant
+                        self.on_approved(f"{cmd.author}:{cmd.request_id}")
         self.notify()
         return result
 

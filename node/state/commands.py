@@ -50,6 +50,10 @@ MAX_EPOCH = 1 << 48
 # The governance time lock: at least one epoch (a weakening change is never immediate) and
 # at most 4096 (a quorum cannot make every later weakening change wait forever).
 MAX_TIME_LOCK_EPOCHS = 4096
+# Grants (docs/grants.md): at most this many uses, and an expiry at most this many epochs
+# after the epoch the grant is submitted in.
+MAX_GRANT_USES = 1_000_000
+MAX_GRANT_EPOCHS = 65_536
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 # Text is printable ASCII, spelled out: `str.isprintable()` follows the interpreter's
@@ -186,15 +190,23 @@ class Struct(Spec):
         return {name: spec.dump(getattr(value, name)) for name, spec in value.SCHEMA}
 
 
-def _check_fields(raw: dict[Any, Any], schema: tuple[tuple[str, Spec], ...], path: str):
+def _check_fields(
+    raw: dict[Any, Any],
+    schema: tuple[tuple[str, Spec], ...],
+    path: str,
+    optional: frozenset[str] = frozenset(),
+):
+    """Check every field of `schema`. An `optional` field may be absent (it then keeps its
+    default); when present it must pass its spec, whose values never include the default,
+    so each command still has exactly one encoding."""
     names = {name for name, _ in schema}
     extra = sorted(str(k) for k in raw if k not in names)
     if extra:
         raise DecodeError(f"{path}: unknown field(s) {extra}")
-    missing = [name for name, _ in schema if name not in raw]
+    missing = [name for name, _ in schema if name not in raw and name not in optional]
     if missing:
         raise DecodeError(f"{path}: missing field(s) {missing}")
-    return {name: spec.check(raw[name], f"{path}.{name}") for name, spec in schema}
+    return {name: spec.check(raw[name], f"{path}.{name}") for name, spec in schema if name in raw}
 
 
 # ------------------------------------------------------------ nested values
@@ -247,6 +259,8 @@ class Command:
     author: str
     KIND: ClassVar[str] = ""
     SCHEMA: ClassVar[tuple[tuple[str, Spec], ...]] = ()
+    # Fields that are left out of the encoding when they hold their default (empty) value.
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
 
 TIME_LOCK = Int(1, MAX_TIME_LOCK_EPOCHS)
@@ -421,19 +435,30 @@ class CreateKey(Command):
     )
 
 
+# A sign/decrypt request may be made under a grant (docs/grants.md): it then names the
+# grant and carries the grantee's own Ed25519 signature over `signing_digest` of its
+# `signing_bytes` (the command without `signature`, `grant` included). Both fields are
+# optional and go together: absent (and not encoded) for an ordinary request.
+GRANT_FIELDS = (("grant", Name()), ("signature", SIGNATURE))
+
+
 @dataclass(frozen=True, slots=True)
 class RequestSign(Command):
     key_id: str
     version: int  # 0 = the primary version at submission
     context: str
     message: bytes
+    grant: str = ""  # a grant id: approved at once if the grant allows it (signed then)
+    signature: bytes = b""  # under a grant: Ed25519 by the grantee (the author)
     KIND: ClassVar[str] = "request_sign"
     SCHEMA: ClassVar = (
         ("key_id", Name()),
         ("version", Int(0, U32)),
         ("context", Text()),
         ("message", PAYLOAD),
+        *GRANT_FIELDS,
     )
+    OPTIONAL: ClassVar = frozenset({"grant", "signature"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,13 +467,55 @@ class RequestDecrypt(Command):
     version: int
     context: str
     ciphertext: bytes
+    grant: str = ""  # a grant id: approved at once if the grant allows it (signed then)
+    signature: bytes = b""  # under a grant: Ed25519 by the grantee (the author)
     KIND: ClassVar[str] = "request_decrypt"
     SCHEMA: ClassVar = (
         ("key_id", Name()),
         ("version", VERSION),
         ("context", Text()),
         ("ciphertext", PAYLOAD),
+        *GRANT_FIELDS,
     )
+    OPTIONAL: ClassVar = frozenset({"grant", "signature"})
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGrant(Command):
+    """Propose a grant: decided by the key policy's quorum (a `grant` request whose
+    payload is this command's `signing_bytes`, so an approval covers every field)."""
+
+    grant_id: str
+    grantee: str  # a client with a registered Ed25519 key, a requester of the key's policy
+    key_id: str
+    operations: tuple[str, ...]  # within the key's purpose and its policy's operations
+    context: str
+    context_match: str  # "exact": the request's context equals `context`; "prefix"
+    max_uses: int
+    expires_epoch: int  # usable while the epoch is below it
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "create_grant"
+    SCHEMA: ClassVar = (
+        ("grant_id", Name()),
+        ("grantee", PRINCIPAL),
+        ("key_id", Name()),
+        ("operations", ListOf(OneOf("sign", "decrypt"), 2, unique=True)),
+        ("context", Text()),
+        ("context_match", OneOf("exact", "prefix")),
+        ("max_uses", Int(1, MAX_GRANT_USES)),
+        ("expires_epoch", Int(1, MAX_EPOCH)),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeGrant(Command):
+    """Revoke a grant at once (no quorum: taking power away needs none)."""
+
+    grant_id: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "revoke_grant"
+    SCHEMA: ClassVar = (("grant_id", Name()), ("signature", SIGNATURE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,6 +697,8 @@ COMMANDS: dict[str, type[Command]] = {
         RecordFailure,
         RecordErasure,
         PostCheckpoint,
+        CreateGrant,
+        RevokeGrant,
     )
 }
 
@@ -652,6 +721,8 @@ def encode_command(cmd: Command) -> bytes:
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": cls.KIND}
     for name, spec in (*_HEADER, *cls.SCHEMA):
         value = getattr(cmd, name)
+        if name in cls.OPTIONAL and not value:
+            continue  # an optional field at its default is not encoded (one encoding only)
         body[name] = spec.dump(value)
     data = msgpack.packb(body, use_bin_type=True)
     decode_command(data)  # the encoder never produces what the decoder refuses
@@ -661,7 +732,8 @@ def encode_command(cmd: Command) -> bytes:
 # Every command an operator or a node issues carries the author's Ed25519 signature,
 # so that a malicious leader or node cannot forge it in someone else's name
 # (approvals are signed over the request digest for the same reason; client
-# submissions are not signed: they do nothing without the approvers' signatures).
+# submissions are not signed: they do nothing without the approvers' signatures; one made
+# under a grant is signed by the grantee, see `GRANTABLE_KINDS`).
 SIGNED_KINDS: frozenset[str] = frozenset(COMMANDS) - {
     "request_sign",
     "request_decrypt",
@@ -670,22 +742,35 @@ SIGNED_KINDS: frozenset[str] = frozenset(COMMANDS) - {
 }
 
 
+# Client requests that may be made under a grant; then they are signed by the grantee.
+GRANTABLE_KINDS: frozenset[str] = frozenset({"request_sign", "request_decrypt"})
+
+
+def is_signed(cmd: Command) -> bool:
+    """Does `cmd` carry its author's signature over `signing_bytes`? (Signed kinds always;
+    a sign/decrypt request when it is made under a grant.)"""
+    return cmd.KIND in SIGNED_KINDS or (cmd.KIND in GRANTABLE_KINDS and bool(cmd.grant))
+
+
 def signing_bytes(cmd: Command) -> bytes:
     """The canonical encoding of a signed command without its `signature` field."""
     cls = type(cmd)
-    if cls.KIND not in SIGNED_KINDS:
+    if not is_signed(cmd):
         raise TypeError(f"{cls.KIND} is not a signed command")
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": cls.KIND}
     for name, spec in (*_HEADER, *cls.SCHEMA):
-        if name != "signature":
-            body[name] = spec.dump(getattr(cmd, name))
+        value = getattr(cmd, name)
+        if name != "signature" and not (name in cls.OPTIONAL and not value):
+            body[name] = spec.dump(value)
     return msgpack.packb(body, use_bin_type=True)
 
 
 def decode_command(data: bytes) -> Command:
     """Strictly decode one command; raises `DecodeError` and nothing else."""
     cls, rest = _unpack(data)
-    values = _check_fields(rest, (*_HEADER, *cls.SCHEMA), cls.KIND)
+    values = _check_fields(rest, (*_HEADER, *cls.SCHEMA), cls.KIND, cls.OPTIONAL)
+    if cls.KIND in GRANTABLE_KINDS and ("grant" in values) != ("signature" in values):
+        raise DecodeError(f"{cls.KIND}: a grant and the grantee's signature go together")
     return cls(**values)
 
 

@@ -50,6 +50,12 @@ class Reason(StrEnum):
     BAD_RESULT = "bad_result"
     SELF_APPROVAL = "self_approval"
     NOT_DESTROYED = "not_destroyed"  # an erasure confirmation for a version not destroyed
+    # Grants (capabilities a key's quorum approved in advance; docs/grants.md)
+    UNKNOWN_GRANT = "unknown_grant"
+    GRANT_NOT_ACTIVE = "grant_not_active"  # pending (not approved yet), revoked or failed
+    GRANT_EXPIRED = "grant_expired"  # the epoch reached the grant's expiry epoch
+    GRANT_EXHAUSTED = "grant_exhausted"  # every use of the grant was taken
+    OUTSIDE_GRANT = "outside_grant"  # another grantee, key, operation or context
 
 
 class StateError(Exception):

@@ -19,19 +19,37 @@ from .commands import (
     MAX_CHECKPOINTS,
     MAX_DKG_PACKAGE_BYTES,
     MAX_EPOCH,
+    MAX_GRANT_USES,
     MAX_TIME_LOCK_EPOCHS,
     U62,
     decode_change,
 )
 from .digest import digest_of, payload_hash
 from .errors import DecodeError
-from .model import Governance, Key, Request, RequestKind, RequestState, Role, State, VersionState
+from .grants import grant_payload
+from .model import (
+    Governance,
+    Grant,
+    GrantState,
+    Key,
+    Request,
+    RequestKind,
+    RequestState,
+    Role,
+    State,
+    VersionState,
+)
 from .names import is_principal_name, member_index
 from .rules import GOVERNANCE_KINDS
 
 RK = RequestKind
-KEY_KINDS = frozenset({RK.CREATE_KEY, RK.SIGN, RK.DECRYPT, RK.ROTATE, RK.REVOKE, RK.DESTROY})
+KEY_KINDS = frozenset(
+    {RK.CREATE_KEY, RK.SIGN, RK.DECRYPT, RK.ROTATE, RK.REVOKE, RK.DESTROY, RK.GRANT}
+)
 DKG_KINDS = frozenset({RK.CREATE_KEY, RK.ROTATE})
+UNVERSIONED_KINDS = DKG_KINDS | {RK.GRANT}  # no version named (create/rotate: not yet)
+RS = RequestState
+GS = GrantState
 
 
 def _fail(message: str) -> None:
@@ -43,7 +61,7 @@ def check_integrity(state: State) -> None:
     if not state.bootstrapped:
         empty = (
             state.members, state.principals, state.policies, state.keys, state.requests,
-            state.removed_members, state.removed_principals, state.checkpoints,
+            state.removed_members, state.removed_principals, state.checkpoints, state.grants,
         )  # fmt: skip
         if any(empty) or state.epoch or state.threshold or state.genesis:
             _fail("an un-bootstrapped state must be empty")
@@ -65,6 +83,7 @@ def check_integrity(state: State) -> None:
         _check_key(state, key)
     for rid, req in state.requests.items():
         _check_request(state, rid, req)
+    _check_grants(state)
     for member, vote in state.epoch_votes.items():
         if member not in state.members or vote.epoch != state.epoch + 1:
             _fail(f"epoch vote of {member!r} is not a member's vote for the next epoch")
@@ -167,7 +186,7 @@ def _check_request(state: State, rid: str, req: Request) -> None:
             return
         if req.version and req.version not in key.versions:
             _fail(f"{where} names missing version {req.version}")
-        if req.kind not in DKG_KINDS and not req.version:
+        if req.kind not in UNVERSIONED_KINDS and not req.version:
             _fail(f"{where} names no version")
         if req.purpose != key.purpose.value:
             _fail(f"{where}: purpose differs from its key's")
@@ -220,3 +239,88 @@ def _check_governance_request(state: State, where: str, req: Request) -> None:
         _fail(f"{where}: time lock inconsistent with its state")
     if req.effective_epoch > MAX_EPOCH + MAX_TIME_LOCK_EPOCHS:
         _fail(f"{where}: time lock outside the schema")
+
+
+# Grant state <-> the state of the `grant` request that decides it.
+_GRANT_REQUEST_STATES: dict[GrantState, frozenset[RequestState]] = {
+    GS.PENDING: frozenset({RS.PENDING}),
+    GS.ACTIVE: frozenset({RS.EXECUTED}),
+    GS.REVOKED: frozenset({RS.EXECUTED, RS.FAILED}),  # revoked after or before approval
+    GS.FAILED: frozenset({RS.FAILED}),
+}
+
+
+def _check_grants(state: State) -> None:
+    """Grants and the requests tied to them: each grant's fields are the ones its quorum
+    approved (its request's payload hash is the hash of the grant's own encoding), its
+    state agrees with its request's, and its use count is the number of requests made
+    under it, each with its own use number. (Authorisation is re-checked anyway by
+    `Machine.executable`; this keeps a broken snapshot from being installed.)"""
+    used: dict[str, set[int]] = {g: set() for g in state.grants}
+    for rid, req in state.requests.items():
+        where = f"request {rid!r}"
+        if not req.grant:
+            if req.grant_use or req.grant_version or req.grant_signature:
+                _fail(f"{where}: grant details without a grant")
+            continue
+        grant = state.grants.get(req.grant)
+        if grant is None:
+            _fail(f"{where} names missing grant {req.grant!r}")
+            return
+        if req.kind is RK.GRANT:
+            if grant.request != rid or req.grant_use or req.grant_version or req.grant_signature:
+                _fail(f"{where}: not the request of grant {req.grant!r}")
+            continue
+        if req.kind not in (RK.SIGN, RK.DECRYPT):
+            _fail(f"{where}: a {req.kind.value} request is never made under a grant")
+        if req.author != grant.grantee or req.key_id != grant.key_id:
+            _fail(f"{where}: not its grant's grantee or key")
+        if len(req.grant_signature) != 64 or req.state is RS.PENDING:
+            _fail(f"{where}: made under a grant without a signature, or still pending")
+        if req.grant_version and req.grant_version != req.version:
+            _fail(f"{where}: the version named differs from the one resolved")
+        if not 1 <= req.grant_use <= grant.uses or req.grant_use in used[req.grant]:
+            _fail(f"{where}: use {req.grant_use} of grant {req.grant!r} impossible or repeated")
+        used[req.grant].add(req.grant_use)
+    for gid, grant in state.grants.items():
+        _check_grant(state, gid, grant, len(used[gid]))
+
+
+def _check_grant(state: State, gid: str, g: Grant, uses: int) -> None:
+    where = f"grant {gid!r}"
+    if g.grantee not in state.principals and g.grantee not in state.removed_principals:
+        _fail(f"{where}: grantee {g.grantee!r} is not a principal")
+    key = state.keys.get(g.key_id)
+    if key is None:
+        _fail(f"{where} names missing key {g.key_id!r}")
+        return
+    allowed = "sign" if key.purpose.value == "sign" else "decrypt"
+    if not g.operations or any(op != allowed for op in g.operations):
+        _fail(f"{where}: operations outside its key's purpose")
+    if g.context_match not in ("exact", "prefix") or len(g.operations) != len(set(g.operations)):
+        _fail(f"{where}: bad context match or repeated operations")
+    if not 1 <= g.max_uses <= MAX_GRANT_USES or g.uses != uses or g.uses > g.max_uses:
+        _fail(f"{where}: uses {g.uses} (requests under it: {uses}) of {g.max_uses}")
+    if not 1 <= g.expires_epoch <= MAX_EPOCH:
+        _fail(f"{where}: expiry outside the schema")
+    req = state.requests.get(g.request)
+    if req is None or req.kind is not RK.GRANT or req.grant != gid or req.key_id != g.key_id:
+        _fail(f"{where}: its request {g.request!r} is not its own")
+        return
+    try:
+        encoded = grant_payload(g)
+    except (DecodeError, ValueError, TypeError) as exc:
+        _fail(f"{where} does not encode ({exc})")
+        return
+    if not hmac.compare_digest(payload_hash(encoded), req.payload_hash):
+        _fail(f"{where}: its fields are not the ones its request's approvers saw")
+    if req.state not in _GRANT_REQUEST_STATES[g.state]:
+        _fail(f"{where} is {g.state.value} but its request is {req.state.value}")
+    if (g.state is GS.REVOKED) != bool(g.revoked_epoch) or (g.state is GS.REVOKED) != bool(
+        g.revoked_by
+    ):
+        _fail(f"{where}: revocation details inconsistent with its state")
+    if bool(g.activated_epoch) != (req.state is RS.EXECUTED):
+        _fail(f"{where}: activation epoch inconsistent with its request")
+    if g.uses and not g.activated_epoch:
+        _fail(f"{where}: used but never active")

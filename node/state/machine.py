@@ -36,8 +36,8 @@ from .audit import GENESIS, make_record
 from .checkpoint import verify_checkpoint
 from .commands import (
     MAX_CHECKPOINTS,
+    MAX_GRANT_EPOCHS,
     MAX_MEMBERS,
-    SIGNED_KINDS,
     AddMember,
     AddPrincipal,
     AdvanceEpoch,
@@ -45,6 +45,7 @@ from .commands import (
     Bootstrap,
     CancelRequest,
     Command,
+    CreateGrant,
     CreateKey,
     PostCheckpoint,
     PostDkgRound1,
@@ -60,6 +61,7 @@ from .commands import (
     RequestRevoke,
     RequestRotate,
     RequestSign,
+    RevokeGrant,
     SetGovernance,
     SetPolicy,
     SetThreshold,
@@ -67,6 +69,7 @@ from .commands import (
     decode_command,
     encode_command,
     erasure_request_id,
+    is_signed,
     signing_bytes,
 )
 from .digest import (
@@ -79,11 +82,14 @@ from .digest import (
     policy_hash_of,
 )
 from .errors import DecodeError, Reason, Rejected
+from .grants import context_matches, grant_command, grant_payload, grantee_command, op_of
 from .model import (
     Checkpoint,
     Dedup,
     EpochVote,
     Governance,
+    Grant,
+    GrantState,
     Key,
     Member,
     Op,
@@ -107,6 +113,7 @@ MAX_POLICIES = 256
 MAX_KEYS = 4096
 MAX_OPEN_REQUESTS = 10_000  # pending or approved, cluster-wide (payloads live in the state)
 MAX_OPEN_PER_AUTHOR = 1_000  # so that one client cannot fill the cluster's share
+MAX_LIVE_GRANTS = 1_024  # pending or active and not expired, cluster-wide
 OUTCOME_VERSION = 1
 # Rejections that leave the author unproven (unknown, removed, wrong role, forged
 # signature, no cluster yet): audited, but never remembered in the exactly-once table.
@@ -194,6 +201,8 @@ class Machine:
             RecordFailure: self._record_failure,
             RecordErasure: self._record_erasure,
             PostCheckpoint: self._checkpoint,
+            CreateGrant: self._create_grant,
+            RevokeGrant: self._revoke_grant,
         }
         # Governance changes: (check against the state now, apply). Submitting one only
         # opens a request; `apply` runs when the governance quorum approved it and, for a
@@ -323,7 +332,7 @@ class Machine:
         role = self._role_of(cmd.author)
         if role not in rules.COMMAND_ROLES[cmd.KIND]:
             raise Rejected(Reason.UNAUTHORIZED, f"role {role.value} may not {cmd.KIND}")
-        if cmd.KIND in SIGNED_KINDS:
+        if is_signed(cmd):  # signed kinds, and sign/decrypt requests under a grant
             who = self.state.members.get(cmd.author) or self.state.principals[cmd.author]
             verify_command_signature(who.public_key, cmd, self.state.cluster_id)
 
@@ -579,6 +588,7 @@ class Machine:
                 if v.state is VS.PENDING and v.activation_epoch and v.activation_epoch <= epoch:
                     self._activate(key, v, at)
                     activated.append(f"{key_id}@{number}")
+        self._expire_grants(epoch)
         changed = self._apply_time_locked(epoch)
         detail = ",".join(activated)
         if changed:
@@ -640,10 +650,168 @@ class Machine:
         version = self._version(key, number)
         if not rules.may_use(key.purpose, version, op, self.state.epoch):
             raise Rejected(Reason.VERSION_NOT_USABLE, f"version {number} is {version.state.value}")
+        grant = self._usable_grant(cmd, op) if cmd.grant else None
         kind = RequestKind.SIGN if op is Op.SIGN else RequestKind.DECRYPT
         req = self._new_request(cmd, kind, key, number, cmd.context, payload)
+        detail = ""
+        if grant is not None:
+            # The grant is the approval (its quorum approved it in advance; the grantee's
+            # signature was verified in `_authorize`). Stored so that `executable()` can
+            # re-check both on every replica.
+            grant.uses += 1
+            req.grant, req.grant_use = grant.grant_id, grant.uses
+            req.grant_version, req.grant_signature = cmd.version, cmd.signature
+            req.state = rules.request_step(req.state, "quorum")
+            req.decided_epoch = self.state.epoch
+            detail = f"grant {grant.grant_id}: use {grant.uses}/{grant.max_uses}"
         self._register(req)
-        return _Effect(req.state.value, key_id=key.key_id, version=number, digest=req.digest)
+        return _Effect(
+            req.state.value, key_id=key.key_id, version=number, digest=req.digest, detail=detail
+        )
+
+    def _usable_grant(self, cmd: RequestSign | RequestDecrypt, op: Op) -> Grant:
+        """The grant `cmd` names, if its author may use it for this request now."""
+        grant = self.state.grants.get(cmd.grant)
+        if grant is None:
+            raise Rejected(Reason.UNKNOWN_GRANT, f"no grant {cmd.grant!r}")
+        if grant.grantee != cmd.author:
+            raise Rejected(
+                Reason.OUTSIDE_GRANT, f"grant {grant.grant_id!r} is not {cmd.author!r}'s"
+            )
+        if grant.state is not GrantState.ACTIVE:
+            raise Rejected(
+                Reason.GRANT_NOT_ACTIVE, f"grant {grant.grant_id!r} is {grant.state.value}"
+            )
+        if self.state.epoch >= grant.expires_epoch:
+            raise Rejected(Reason.GRANT_EXPIRED, f"grant expired at epoch {grant.expires_epoch}")
+        if grant.uses >= grant.max_uses:
+            raise Rejected(Reason.GRANT_EXHAUSTED, f"all {grant.max_uses} uses taken")
+        if grant.key_id != cmd.key_id or op.value not in grant.operations:
+            raise Rejected(Reason.OUTSIDE_GRANT, "the grant is for another key or operation")
+        if not context_matches(grant, cmd.context):
+            raise Rejected(Reason.OUTSIDE_GRANT, "the context is outside the grant's")
+        return grant
+
+    # ------------------------------------------------------------------ grants
+
+    def _check_grant_terms(self, cmd: CreateGrant, key: Key) -> None:
+        """What a grant may allow: no more than its grantee could request (a registered
+        client with an Ed25519 key, a requester of the key's policy, operations within
+        the key's purpose and the policy's operations), an explicit context, an expiry
+        in the future. Checked at submission and again when the quorum approves."""
+        grantee = self.state.principals.get(cmd.grantee)
+        if grantee is None:
+            raise Rejected(Reason.UNKNOWN_PRINCIPAL, f"no principal {cmd.grantee!r}")
+        if grantee.role is not Role.CLIENT:
+            raise Rejected(Reason.INVALID_PRINCIPAL, f"{cmd.grantee!r} is not a client")
+        if not valid_public_key(grantee.public_key):
+            raise Rejected(
+                Reason.INVALID_PRINCIPAL, f"{cmd.grantee!r} has no registered Ed25519 key"
+            )
+        if not cmd.operations:
+            raise Rejected(Reason.INVALID_ARGUMENT, "a grant allows at least one operation")
+        allowed = {Purpose.SIGN: "sign", Purpose.ENCRYPT: "decrypt"}[key.purpose]
+        if any(op != allowed for op in cmd.operations):
+            raise Rejected(Reason.WRONG_PURPOSE, f"key {key.key_id!r} allows only {allowed}")
+        policy = self.state.policies[key.policy_id]
+        if cmd.grantee not in policy.requesters or allowed not in policy.operations:
+            raise Rejected(Reason.OPERATION_NOT_ALLOWED, f"policy {policy.policy_id!r} forbids it")
+        if cmd.context_match == "prefix" and not cmd.context:
+            raise Rejected(Reason.INVALID_ARGUMENT, "a prefix grant needs a non-empty prefix")
+        if cmd.expires_epoch <= self.state.epoch:
+            raise Rejected(Reason.GRANT_EXPIRED, f"expiry must be > epoch {self.state.epoch}")
+
+    def _live_grants(self, grantee: str | None = None) -> list[Grant]:
+        st = self.state
+        return [
+            g for g in st.grants.values()
+            if g.state in (GrantState.PENDING, GrantState.ACTIVE) and st.epoch < g.expires_epoch
+            and (grantee is None or g.grantee == grantee)
+        ]  # fmt: skip
+
+    def _create_grant(self, cmd: CreateGrant) -> _Effect:
+        """Open a `grant` request decided by the key policy's quorum (k approvals, like
+        any key request); its payload is the grant's canonical encoding."""
+        st = self.state
+        if cmd.grant_id in st.grants:
+            raise Rejected(Reason.DUPLICATE_NAME, f"grant id {cmd.grant_id!r} is taken")
+        key = self._key(cmd.key_id)
+        self._check_grant_terms(cmd, key)
+        if cmd.expires_epoch > st.epoch + MAX_GRANT_EPOCHS:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, f"expiry at most {MAX_GRANT_EPOCHS} epochs ahead"
+            )
+        if len(self._live_grants()) >= MAX_LIVE_GRANTS:
+            raise Rejected(Reason.LIMIT_REACHED, "too many live grants")
+        grant = Grant(
+            grant_id=cmd.grant_id, grantee=cmd.grantee, key_id=key.key_id,
+            operations=tuple(cmd.operations), context=cmd.context,
+            context_match=cmd.context_match, max_uses=cmd.max_uses,
+            expires_epoch=cmd.expires_epoch, request=ref(cmd.author, cmd.request_id),
+        )  # fmt: skip
+        req = self._new_request(cmd, RequestKind.GRANT, key, 0, payload=grant_payload(grant))
+        req.grant = grant.grant_id
+        self._register(req)
+        st.grants[grant.grant_id] = grant
+        return self._request_effect(req, detail=f"grant {grant.grant_id}")
+
+    def _grant_approved(self, req: Request) -> None:
+        """The quorum approved a grant: it becomes active, unless it no longer could."""
+        grant = self.state.grants[req.grant]
+        key = self.state.keys[grant.key_id]
+        try:
+            self._check_grant_terms(grant_command(grant), key)
+        except Rejected as rej:
+            grant.state = GrantState.FAILED
+            self._fail_request(req, rej.reason.value)
+            return
+        grant.state = GrantState.ACTIVE
+        grant.activated_epoch = self.state.epoch
+        self._finish(req, rules.request_step(req.state, "complete"))
+
+    def _revoke_grant(self, cmd: RevokeGrant) -> _Effect:
+        """At once, by an operator or any one approver of the grant's quorum. Its pending
+        request fails; so do the requests made under it that are not executed yet."""
+        st = self.state
+        grant = st.grants.get(cmd.grant_id)
+        if grant is None:
+            raise Rejected(Reason.UNKNOWN_GRANT, f"no grant {cmd.grant_id!r}")
+        greq = st.requests[grant.request]
+        if self._role_of(cmd.author) is Role.APPROVER and cmd.author not in greq.approvers:
+            raise Rejected(Reason.NOT_AN_APPROVER, f"{cmd.author!r} is not in the grant's quorum")
+        if grant.state not in (GrantState.PENDING, GrantState.ACTIVE):
+            raise Rejected(Reason.GRANT_NOT_ACTIVE, f"grant is {grant.state.value}")
+        grant.state = GrantState.REVOKED
+        grant.revoked_epoch, grant.revoked_by = st.epoch, cmd.author
+        if greq.state is RS.PENDING:
+            self._fail_request(greq, "revoked")
+        failed = self._fail_grant_requests(lambda g: g.grant_id == cmd.grant_id, "grant_revoked")
+        return _Effect(
+            "ok", subject=greq.ref, key_id=grant.key_id, digest=greq.digest,
+            detail=f"grant {grant.grant_id} revoked; {failed} open request(s) failed",
+        )  # fmt: skip
+
+    def _fail_grant_requests(self, which: Callable[[Grant], bool], failure: str) -> int:
+        """Fail the open sign/decrypt requests made under grants `which` selects."""
+        st = self.state
+        n = 0
+        for r in sorted(st.open):
+            req = st.requests[r]
+            if req.grant and req.kind is not RequestKind.GRANT and which(st.grants[req.grant]):
+                self._fail_request(req, failure)
+                n += 1
+        return n
+
+    def _expire_grants(self, epoch: int) -> None:
+        """On entering `epoch`: grants whose expiry came fail if still pending, and the
+        open requests made under them fail (expiry stops use, like revocation)."""
+        st = self.state
+        for r in sorted(st.open):
+            req = st.requests[r]
+            if req.kind is RequestKind.GRANT and st.grants[req.grant].expires_epoch <= epoch:
+                st.grants[req.grant].state = GrantState.FAILED
+                self._fail_request(req, "grant_expired")
+        self._fail_grant_requests(lambda g: g.expires_epoch <= epoch, "grant_expired")
 
     def _request_sign(self, cmd: RequestSign) -> _Effect:
         return self._request_use(cmd, Op.SIGN, cmd.message)
@@ -723,7 +891,9 @@ class Machine:
 
     def _on_approved(self, req: Request) -> None:
         key = self.state.keys[req.key_id]
-        if req.kind in DKG_KINDS:
+        if req.kind is RequestKind.GRANT:
+            self._grant_approved(req)
+        elif req.kind in DKG_KINDS:
             self._new_version(key, req)
         elif req.kind in (RequestKind.REVOKE, RequestKind.DESTROY):
             # Effective at the epoch this approval commits in; the nodes erase on seeing it.
@@ -837,9 +1007,7 @@ class Machine:
         key = self._key(cmd.key_id)
         version = self._version(key, cmd.version)
         if version.state is not VS.DESTROYED:
-            raise Rejected(
-                Reason.NOT_DESTROYED, f"version {cmd.version} is {version.state.value}"
-            )
+            raise Rejected(Reason.NOT_DESTROYED, f"version {cmd.version} is {version.state.value}")
         if cmd.author in version.erased_by:
             raise Rejected(Reason.DUPLICATE_POST, f"{cmd.author!r} already confirmed")
         version.erased_by = tuple(sorted((*version.erased_by, cmd.author)))
@@ -878,9 +1046,9 @@ class Machine:
                 Reason.INVALID_ARGUMENT,
                 f"checkpoints move forward: {cmd.author!r} signed {mine[-1].index} already",
             )
-        st.checkpoints[cmd.author] = (
-            *mine, Checkpoint(cmd.index, cmd.state_hash, cmd.signature)
-        )[-MAX_CHECKPOINTS:]
+        st.checkpoints[cmd.author] = (*mine, Checkpoint(cmd.index, cmd.state_hash, cmd.signature))[
+            -MAX_CHECKPOINTS:
+        ]
         agree, other = [], []
         for name in sorted(st.checkpoints):
             for c in st.checkpoints[name]:
@@ -962,6 +1130,8 @@ class Machine:
         kind = RequestKind(change.KIND)
         if kind in rules.ALWAYS_WEAKENING:
             return ["membership"]
+        if kind is RK.REKEY_PRINCIPAL and self._live_grants(change.name):
+            return [f"grantee {change.name}"]  # a new holder of the grants' capability
         if kind in rules.APPROVER_WEAKENING:
             who = st.principals.get(change.name)
             role = change.role if isinstance(change, AddPrincipal) else who.role if who else ""
@@ -1246,8 +1416,10 @@ class Machine:
         by policy, has none).
         """
         req = self._request(request_id)
-        if req.kind in rules.GOVERNANCE_KINDS:
-            raise Rejected(Reason.WRONG_REQUEST_KIND, "a governance request is not for members")
+        if req.kind in rules.GOVERNANCE_KINDS or req.kind is RequestKind.GRANT:
+            raise Rejected(
+                Reason.WRONG_REQUEST_KIND, f"a {req.kind.value} request is not for members"
+            )
         if req.state is not RS.APPROVED:
             raise Rejected(Reason.NOT_APPROVED, f"request is {req.state.value}")
         key = self.state.keys.get(req.key_id)
@@ -1258,21 +1430,66 @@ class Machine:
         if req.kind in (RequestKind.SIGN, RequestKind.DECRYPT) and not req.payload:
             raise Rejected(Reason.NOT_APPROVED, "request has no payload to execute")
         scheduled = req.kind is RequestKind.ROTATE and req.author in self.state.members
-        if not scheduled:
+        if req.grant:
+            self._require_grant(req)
+        elif not scheduled:
             self._require_quorum(req)
         return req
+
+    def _require_grant(self, req: Request) -> None:
+        """A request made under a grant, re-checked from scratch on this replica: the grant
+        is active, not expired (now, and at submission), covers this grantee, key,
+        operation and context, this use is within its uses; its own quorum's approvals
+        verify over the digest rebuilt from the grant's fields; and the grantee's
+        signature verifies over the command rebuilt from the request."""
+        st = self.state
+        grant = st.grants.get(req.grant)
+        if grant is None:
+            raise Rejected(Reason.UNKNOWN_GRANT, f"no grant {req.grant!r}")
+        if grant.state is not GrantState.ACTIVE:
+            raise Rejected(Reason.GRANT_NOT_ACTIVE, f"grant is {grant.state.value}")
+        if max(st.epoch, req.submitted_epoch) >= grant.expires_epoch:
+            raise Rejected(Reason.GRANT_EXPIRED, f"grant expired at epoch {grant.expires_epoch}")
+        within = (
+            grant.grantee == req.author and grant.key_id == req.key_id
+            and op_of(req.kind) in grant.operations and context_matches(grant, req.context)
+            and 1 <= req.grant_use <= grant.max_uses
+        )  # fmt: skip
+        if not within:
+            raise Rejected(Reason.OUTSIDE_GRANT, "the request is outside its grant")
+        greq = st.requests.get(grant.request)
+        own = greq is not None and greq.kind is RequestKind.GRANT and greq.grant == grant.grant_id
+        if not own or greq.state is not RS.EXECUTED or greq.key_id != grant.key_id:
+            raise Rejected(Reason.NOT_APPROVED, "the grant's own request is not approved")
+        try:
+            digest = digest_of(greq, st.cluster_id, payload_hash(grant_payload(grant)))
+        except (DecodeError, ValueError, TypeError):
+            raise Rejected(Reason.NOT_APPROVED, "the grant does not encode") from None
+        valid = self._valid_approvers(greq, digest)
+        if greq.k < 1 or not quorum_met(len(valid), greq.k):
+            raise Rejected(
+                Reason.NOT_APPROVED, f"grant: {len(valid)} valid approvals, {greq.k} required"
+            )
+        grantee = st.principals.get(req.author)
+        if grantee is None or grantee.role is not Role.CLIENT:
+            raise Rejected(Reason.UNKNOWN_AUTHOR, "the grantee is not a registered client")
+        try:
+            verify_command_signature(grantee.public_key, grantee_command(req), st.cluster_id)
+        except (DecodeError, ValueError, TypeError):
+            raise Rejected(Reason.BAD_SIGNATURE, "the grantee's command does not encode") from None
 
     def _fresh_digest(self, req: Request) -> bytes:
         """The request's digest from its own fields and payload, never from `req.digest`."""
         phash = payload_hash(req.payload) if req.payload else req.payload_hash
         return digest_of(req, self.state.cluster_id, phash)
 
-    def _valid_approvers(self, req: Request) -> list[str]:
+    def _valid_approvers(self, req: Request, digest: bytes | None = None) -> list[str]:
         """Approvers whose stored approval verifies now: named in the request's quorum,
         registered (not removed) as approvers, not the subject of the change, over the
         recomputed digest with their current key (an approval made with a replaced key
-        no longer counts)."""
-        digest = self._fresh_digest(req)
+        no longer counts). `digest`: one recomputed by the caller (a grant's, from its
+        fields)."""
+        digest = digest if digest is not None else self._fresh_digest(req)
         subjects = self._subjects(req)
         valid = []
         for name in sorted(req.approvals):

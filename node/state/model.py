@@ -61,6 +61,8 @@ class RequestKind(StrEnum):
     ADD_MEMBER = "add_member"
     REMOVE_MEMBER = "remove_member"
     CANCEL = "cancel"
+    # A grant: decided by the key's policy quorum like a key request (docs/grants.md).
+    GRANT = "grant"
 
 
 class RequestState(StrEnum):
@@ -68,6 +70,36 @@ class RequestState(StrEnum):
     APPROVED = "approved"  # quorum met; the cluster may execute it
     EXECUTED = "executed"  # result recorded
     FAILED = "failed"  # execution failed or became impossible
+
+
+class GrantState(StrEnum):
+    PENDING = "pending"  # its request waits for the key policy's quorum
+    ACTIVE = "active"  # approved; usable until its expiry epoch or its last use
+    REVOKED = "revoked"  # revoked by an operator or one approver of its quorum
+    FAILED = "failed"  # its request failed before approval (expired, no longer allowed)
+
+
+@dataclass(slots=True)
+class Grant:
+    """A capability the key policy's quorum approved in advance: `grantee` may submit
+    requests for `operations` on `key_id` whose context matches, signed with its own
+    registered Ed25519 key, without further approvals, `max_uses` times, while the
+    epoch is below `expires_epoch` (docs/grants.md)."""
+
+    grant_id: str
+    grantee: str  # a client principal with a registered Ed25519 key
+    key_id: str
+    operations: tuple[str, ...]  # as the create_grant command named them (within sign/decrypt)
+    context: str
+    context_match: str  # "exact" | "prefix"
+    max_uses: int
+    expires_epoch: int  # usable while epoch < expires_epoch
+    request: str  # the `grant` request (`<author>:<id>`) whose quorum decides it
+    state: GrantState = GrantState.PENDING
+    uses: int = 0  # requests accepted under it (each takes one use, whatever its fate)
+    activated_epoch: int = 0
+    revoked_epoch: int = 0
+    revoked_by: str = ""
 
 
 @dataclass(slots=True)
@@ -175,6 +207,14 @@ class Request:
     dkg_round1: dict[str, bytes] = field(default_factory=dict)
     failure: str = ""
     decided_epoch: int = 0
+    # Grants. A `grant` request: the grant it decides. A sign/decrypt request made under a
+    # grant: that grant, which use of it this was (1..max_uses), the version as the grantee
+    # named it (0 = primary) and the grantee's signature over its command, so that every
+    # replica (and a restored one) can re-check it in `executable()`.
+    grant: str = ""
+    grant_use: int = 0
+    grant_version: int = 0
+    grant_signature: bytes = b""
 
     @property
     def ref(self) -> str:
@@ -253,6 +293,7 @@ class State:
     removed_principals: dict[str, Principal] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
     keys: dict[str, Key] = field(default_factory=dict)
+    grants: dict[str, Grant] = field(default_factory=dict)
     requests: dict[str, Request] = field(default_factory=dict)
     open: dict[str, str] = field(default_factory=dict)  # open request id -> author (an index)
     outcomes: dict[str, Dedup] = field(default_factory=dict)

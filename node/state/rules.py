@@ -67,6 +67,10 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "record_failure": frozenset({Role.NODE}),
     "record_erasure": frozenset({Role.NODE}),  # a member erased its shares of a version
     "checkpoint": frozenset({Role.NODE}),  # a member's signature over a snapshot's state hash
+    # Grants: an operator proposes (the key policy's quorum decides); taking power away
+    # needs no quorum: an operator, or any one approver of the grant's quorum, revokes.
+    "create_grant": frozenset({Role.OPERATOR}),
+    "revoke_grant": frozenset({Role.OPERATOR, Role.APPROVER}),
 }
 
 # What a version in a given state may be used for (before the purpose filter).

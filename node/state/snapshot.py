@@ -30,9 +30,10 @@ from .integrity import check_integrity
 from .model import RequestState, State
 
 # 2: governance, removed identities, time locks; 3: checkpoints; 4: requests' DKG round-1
-# packages (`Request.dkg_round1`); 5: members' erasure confirmations (`Version.erased_by`).
-# Any other version is refused.
-SNAPSHOT_VERSION = 5
+# packages (`Request.dkg_round1`); 5: members' erasure confirmations (`Version.erased_by`);
+# 6: grants (`State.grants`; `Request.grant`, `grant_use`, `grant_version`,
+# `grant_signature`). Any other version is refused.
+SNAPSHOT_VERSION = 6
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 
@@ -181,6 +182,7 @@ def _check_consistency(state: State) -> None:
         (state.removed_principals, "name"),
         (state.policies, "policy_id"),
         (state.keys, "key_id"),
+        (state.grants, "grant_id"),
         (state.requests, "ref"),
     )
     for table, attr in named:

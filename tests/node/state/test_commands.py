@@ -12,6 +12,7 @@ from node.state import (
     AdvanceEpoch,
     Approve,
     CancelRequest,
+    CreateGrant,
     CreateKey,
     DecodeError,
     Machine,
@@ -29,6 +30,7 @@ from node.state import (
     RequestRevoke,
     RequestRotate,
     RequestSign,
+    RevokeGrant,
     SetGovernance,
     SetThreshold,
     decode_command,
@@ -68,6 +70,10 @@ def _samples(world):
         PostCheckpoint("checkpoint-20", "node-2", 20, bytes(64), bytes(64)),
         PostDkgRound1("r21", "node-1", "ops:r3", b"\x02" * 300),
         RecordErasure("erase-k1-1", "node-3", "k1", 1),
+        CreateGrant("r22", "ops", "g1", "app", "k1", ("sign",), "ci/", "prefix", 10, 40),
+        RevokeGrant("r23", "alice", "g1"),
+        RequestSign("r24", "app", "k1", 0, "ci/x", b"m", grant="g1", signature=bytes(64)),
+        RequestDecrypt("r25", "app", "k1", 1, "c", b"ct", grant="g1", signature=bytes(64)),
     ]
 
 
