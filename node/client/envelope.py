@@ -30,6 +30,7 @@ replaces those two (the DEK stays the same, so the payload stays valid).
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import hmac
@@ -39,10 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from node.client.http import ApiError, Client, Unreachable, new_request_id
+from node import tlsctx
+from node.client.http import Client, new_request_id
 from node.client.profile import Profile
 from shares import tdec
 from shares.errors import SharesError
@@ -288,31 +291,34 @@ async def submit_decrypt(
 async def wait_approved(
     client: Client, ref: str, timeout: float, say: Callable[[str], None] = lambda _s: None
 ) -> dict[str, Any]:
-    """Poll until the request is approved (or decided, or `timeout` passes)."""
+    """Long-poll until the request is approved (or decided, or `timeout` passes)."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
-        r: dict[str, Any] = await client.get(f"/v1/requests/{ref}")
+        left = max(0.0, min(20.0, deadline - time.monotonic()))
+        r: dict[str, Any] = await client.get(
+            f"/v1/requests/{ref}", wait=f"{left:.3f}", until="approved"
+        )
         if r["state"] != last:
             say(f"  {ref}: {r['state']} ({len(r['approvals'])}/{r['k']} approvals)")
             last = r["state"]
         if r["state"] != "pending" or time.monotonic() >= deadline:
             return r
-        await asyncio.sleep(0.25)
 
 
 async def collect_partials(
     profile: Profile, ref: str, wrapped: bytes, key: dict[str, Any], version: int,
     say: Callable[[str], None] = lambda _s: None,
+    session: aiohttp.ClientSession | None = None,
 ) -> tuple[list[tdec.PartialDecryption], dict[int, bytes], int]:  # fmt: skip
-    """Ask the profile's nodes, one by one, for partials until `t` verify.
+    """Ask the profile's nodes for partials until `t` verify: `t` nodes at once, then
+    more, wave after wave, if some refuse, are down or send a partial that fails.
 
     Returns (partials, verification shares by index, t). Each partial's DLEQ
     proof is checked against the member's verification share from the key view
-    before it counts; a bad one is dropped and its node named.
+    before it counts; a bad one is dropped and its node named. `session` (mTLS
+    with the profile's certificate) is reused across calls when given.
     """
-    import base64
-
     from shares import vss
 
     v = key_version(key, version)
@@ -325,33 +331,58 @@ async def collect_partials(
     request = partial_request(ref)
     got: dict[int, tdec.PartialDecryption] = {}
     refusals: list[str] = []
-    for url in profile.nodes:
-        if len(got) >= t:
-            break
-        one = dataclasses.replace(profile, nodes=(url,))
-        try:
-            async with Client(one, attempts=3) as c:
-                out = await c.post(f"/v1/requests/{ref}/partial", {})
-        except (ApiError, Unreachable) as exc:
-            refusals.append(f"{url}: {exc}")
-            say(f"  {url} gave no partial: {exc}")
-            continue
-        try:
-            partial = tdec.PartialDecryption.from_bytes(base64.b64decode(out["partial_b64"]))
-            index = out["index"]
-            if partial.identifier != index or index not in vshares:
-                raise EnvelopeError("partial from an unexpected member index")
-            tdec.verify_partial(partial, wrapped, vshares[index], request)
-        except (SharesError, EnvelopeError, KeyError, TypeError, ValueError) as exc:
-            refusals.append(f"{url}: bad partial ({exc.__class__.__name__})")
-            say(f"  {url}: its partial does not verify: dropped")
-            continue
-        got[index] = partial
-        say(f"  partial from {out.get('member', url)} (index {index}) verified")
+    own = session is None
+    if session is None:
+        ctx = tlsctx.client_context(profile.ca, profile.cert, profile.key)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ctx),
+            timeout=aiohttp.ClientTimeout(total=15),
+        )
+    try:
+        pending = list(profile.nodes)
+        while pending and len(got) < t:
+            wave, pending = pending[: t - len(got)], pending[t - len(got) :]
+            answers = await asyncio.gather(
+                *(_ask_partial(session, url, ref) for url in wave), return_exceptions=True
+            )
+            for url, out in zip(wave, answers, strict=True):
+                if isinstance(out, BaseException):
+                    refusals.append(f"{url}: {out}")
+                    say(f"  {url} gave no partial: {out}")
+                    continue
+                try:
+                    partial = tdec.PartialDecryption.from_bytes(
+                        base64.b64decode(out["partial_b64"])
+                    )
+                    index = out["index"]
+                    if partial.identifier != index or index not in vshares or index in got:
+                        raise EnvelopeError("partial from an unexpected member index")
+                    tdec.verify_partial(partial, wrapped, vshares[index], request)
+                except (SharesError, EnvelopeError, KeyError, TypeError, ValueError) as exc:
+                    refusals.append(f"{url}: bad partial ({exc.__class__.__name__})")
+                    say(f"  {url}: its partial does not verify: dropped")
+                    continue
+                got[index] = partial
+                say(f"  partial from {out.get('member', url)} (index {index}) verified")
+    finally:
+        if own:
+            await session.close()
     if len(got) < t:
         detail = "; ".join(refusals) or "no node answered"
         raise EnvelopeError(f"only {len(got)} of the {t} partial decryptions needed: {detail}")
-    return list(got.values()), vshares, t
+    return list(got.values())[:t], vshares, t
+
+
+async def _ask_partial(session: aiohttp.ClientSession, url: str, ref: str) -> dict[str, Any]:
+    async with session.post(f"{url}/v1/requests/{ref}/partial", json={}) as resp:
+        body = await resp.json(content_type=None)
+        if resp.status != 200:
+            code = body.get("error", resp.status) if isinstance(body, dict) else resp.status
+            msg = body.get("message", "") if isinstance(body, dict) else ""
+            raise EnvelopeError(f"{resp.status} {code}: {msg}")
+        if not isinstance(body, dict):
+            raise EnvelopeError("not a JSON object")
+        return body
 
 
 async def recover_dek(
@@ -360,7 +391,11 @@ async def recover_dek(
 ) -> bytearray:  # fmt: skip
     """Wait for the request's approval, gather t verified partials, open the DEK."""
     env.check_context(context)
-    r = await wait_approved(client, ref, timeout, say)
+    # The key view (verification shares, public and fixed once the version exists) is
+    # read while the approval is awaited.
+    r, key = await asyncio.gather(
+        wait_approved(client, ref, timeout, say), client.get(f"/v1/keys/{env.key_id}")
+    )
     if r["state"] != "approved":
         why = r.get("failure") or ""
         if r["state"] == "executed":
@@ -368,8 +403,9 @@ async def recover_dek(
         raise EnvelopeError(f"request {ref} is {r['state']}" + (f": {why}" if why else ""))
     if (r["key_id"], r["version"], r["context"]) != (env.key_id, env.version, context):
         raise EnvelopeError(f"request {ref} is not for this file's key, version and context")
-    key = await client.get(f"/v1/keys/{env.key_id}")
-    partials, vshares, t = await collect_partials(profile, ref, env.wrapped, key, env.version, say)
+    partials, vshares, t = await collect_partials(
+        profile, ref, env.wrapped, key, env.version, say, session=client.session
+    )
     gpk = bytes.fromhex(key_version(key, env.version)["group_public_key"])
     label = label_for(profile.cluster_id, env.key_id, env.version, context)
     try:

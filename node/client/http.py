@@ -61,6 +61,12 @@ class Client:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled mTLS session (the profile's certificate), for calls to one node."""
+        assert self._session is not None, "use `async with Client(...)`"
+        return self._session
+
     async def call(
         self,
         method: str,

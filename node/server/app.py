@@ -352,7 +352,8 @@ async def list_requests(request: web.Request) -> web.StreamResponse:
 
 
 async def show_request(request: web.Request) -> web.StreamResponse:
-    """One request; `wait=S` long-polls (≤ 30 s) until it is executed or failed."""
+    """One request; `wait=S` long-polls (≤ 30 s) until it is executed or failed, or with
+    `until=approved` until it is no longer pending (a decrypt requester's cue)."""
     ident = _require(request, READ_ROLES)
     rt = request.app[RUNTIME]
     ref = request.match_info["ref"]
@@ -361,6 +362,10 @@ async def show_request(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise ApiError(400, "bad_request", "wait must be a number of seconds") from None
     final = (RequestState.EXECUTED, RequestState.FAILED)
+    until = request.query.get("until", "decided")
+    if until not in ("decided", "approved"):
+        raise ApiError(400, "bad_request", "until must be decided or approved")
+    enough = final if until == "decided" else (*final, RequestState.APPROVED)
     r = rt.machine.state.requests.get(ref)
     if r is None or r.state not in final:
         # A final state is a committed fact, final for ever: it needs no read barrier.
@@ -372,7 +377,7 @@ async def show_request(request: web.Request) -> web.StreamResponse:
         if r is None or not _visible(ident, r.author):
             raise ApiError(404, "unknown_request", "no such request")
         left = deadline - time.monotonic()
-        if r.state in final or left <= 0:
+        if r.state in enough or left <= 0:
             break
         await rt.changed(left)
     show = ident.role == "approver" or r.author == ident.name

@@ -474,6 +474,11 @@ PATHS: dict[str, dict[str, Any]] = {
             {"name": "wait", "in": "query", "required": False,
              "schema": {"type": "number", "default": 0},
              "description": f"seconds, clamped to 0..{MAX_WAIT_S:g}"},
+            {"name": "until", "in": "query", "required": False,
+             "schema": {"type": "string", "enum": ["decided", "approved"],
+                        "default": "decided"},
+             "description": "what `wait` waits for: executed or failed (`decided`), or "
+                            "no longer pending (`approved`)"},
             _STALE,
         ],
         responses={"200": _json(_ref("Request"), "the request"),
