@@ -369,6 +369,7 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
 
     write_atomic(path, data, mode)
 
+
 def _mkdir(path: Path, mode: int) -> None:
     import os
 
@@ -456,6 +457,8 @@ def _build(plan: _InitPlan) -> dict[str, Any]:
         envs[peer.name] = env
         _mkdir(node_dir / "data", 0o700)
 
+    # Every principal with a signing key is registered with it: approvers and operators
+    # (approvals, commands) and clients (requests under a grant); auditors have none.
     principals = tuple(
         PrincipalSpec(
             p.name,

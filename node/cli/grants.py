@@ -3,8 +3,10 @@ grants, capabilities a key's quorum approves in advance for services that cannot
 for people (docs/grants.md).
 
 Operators and approvers sign their commands here with the profile's approval key; a
-client signs its requests under a grant with its own grant key (`--signing-key`, or
-`$CUSTODY_SIGNING_KEY`): client profiles carry no signing key.
+client signs its requests under a grant with its own signing key: the profile's
+`approval_key` (issued by `pki init`, registered at bootstrap), unless `--signing-key`
+or `$CUSTODY_SIGNING_KEY` names another (one made by `grants keygen` and registered by
+`grants client-key`, to rotate it).
 """
 
 from __future__ import annotations
@@ -52,12 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rv.add_argument("--request-id", help="reuse to retry safely")
     add_client_args(rv)
     rv.set_defaults(func=_revoke)
-    kg = sub.add_parser("keygen", help="make a client's grant key (Ed25519, PKCS#8 PEM, 0600)")
+    kg = sub.add_parser("keygen", help="make a new client signing key (Ed25519, PKCS#8, 0600)")
     kg.add_argument("--out", type=Path, required=True)
     kg.set_defaults(func=_keygen)
     ck = sub.add_parser(
         "client-key",
-        help="register a client's grant key (operator; governance rekey_principal)",
+        help="register a client's new signing key (operator; governance rekey_principal)",
     )
     ck.add_argument("client")
     ck.add_argument("--public-key-hex", required=True, help="32-byte Ed25519 public key")
@@ -73,7 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--message-hex")
     s.add_argument("--context", default="", help="must fall within the grant's context")
     s.add_argument("--version", type=int, default=0, help="key version (default: primary)")
-    s.add_argument("--signing-key", help="the client's grant key (default: $CUSTODY_SIGNING_KEY)")
+    s.add_argument(
+        "--signing-key",
+        help="the client's signing key, if not the profile's approval_key "
+        "(default: $CUSTODY_SIGNING_KEY, else the profile's)",
+    )
     s.add_argument("--wait", action="store_true", help="wait for the signature")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (--wait)")
     s.add_argument("--out", type=Path, help="write the 64-byte signature here")
@@ -209,9 +215,9 @@ def _grant_sign(args: argparse.Namespace) -> int:
     from node.client.grants import load_signing_key, signed_request
 
     message = _message(args)
-    key = load_signing_key(args.signing_key)
 
     async def body(client: Client, profile: Profile) -> int:
+        key = load_signing_key(args.signing_key, profile.approval_key)
         b64 = signed_request(
             key, profile.cluster_id, request_id=args.request_id or new_request_id("gsign"),
             author=profile.principal, grant=args.grant, key_id=args.key, op="sign",

@@ -1,5 +1,10 @@
 """`custody requests list|show`, `custody approve`, `custody policy set`, `custody audit`.
 
+`custody audit export` writes the chain and, beside it, its audit checkpoints (the
+threshold signatures by the cluster's audit key found in the chain, the audit key's
+group public keys and the cluster id); `custody audit verify` checks both offline
+(docs/audit.md).
+
 `approve` never signs a digest a node hands it: it recomputes the canonical
 request digest from the fields and payload it shows the approver (and the
 policy's content, whose hash it checks against the one the request was
@@ -69,8 +74,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tail.set_defaults(func=_audit_tail)
     ex = asub.add_parser("export", help="export the whole chain and verify it offline")
     ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--checkpoints-out", type=Path, default=None,
+                    help="where to write the checkpoints file (default: OUT.checkpoints)")
     add_client_args(ex)
     ex.set_defaults(func=_audit_export)
+    ve = asub.add_parser("verify", help="verify an export and its checkpoints offline")
+    ve.add_argument("--in", dest="inp", type=Path, required=True, help="an audit export")
+    ve.add_argument("--checkpoints", type=Path, default=None,
+                    help="a checkpoints file (default: IN.checkpoints if it exists)")
+    ve.add_argument("--public-key", default=None,
+                    help="the audit group public key to pin (hex, or a PEM file)")
+    ve.add_argument("--cluster-id", default=None,
+                    help="the cluster id (default: the checkpoints file's)")
+    ve.add_argument("--json", action="store_true")
+    ve.set_defaults(func=_audit_verify)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -260,16 +277,114 @@ def _audit_tail(args: argparse.Namespace) -> int:
 
 def _audit_export(args: argparse.Namespace) -> int:
     from node.state import decode_records, verify_export
+    from node.state.audit_checkpoint import (
+        AUDIT_KEY_ID,
+        checkpoints_in_chain,
+        encode_checkpoints,
+    )
 
     async def body(client: Client, _p: Profile) -> int:
         data, headers = await client.call("GET", "/v1/audit/export", raw=True)
         head = bytes.fromhex(headers.get("X-Audit-Head", ""))
         verify_export(data, head or None)
+        records = decode_records(data)
+        cluster_id = (await client.get("/v1/sys/status"))["cluster_id"]
+        key = await client.get(f"/v1/keys/{AUDIT_KEY_ID}")
+        keys = {v["version"]: bytes.fromhex(v["group_public_key"])
+                for v in key.get("versions", []) if v.get("group_public_key")}  # fmt: skip
+        cps = checkpoints_in_chain(records)
+        cp_out = args.checkpoints_out or args.out.with_name(args.out.name + ".checkpoints")
         args.out.write_bytes(data)
-        n = len(decode_records(data))
-        emit(args, {"records": n, "head": head.hex(), "out": str(args.out), "verified": True},
+        cp_out.write_bytes(encode_checkpoints(cluster_id, cps, keys))
+        out = {"records": len(records), "head": head.hex(), "out": str(args.out),
+               "verified": True, "checkpoints": len(cps), "checkpoints_out": str(cp_out),
+               "last_checkpoint": max((c.seq for c in cps), default=None)}  # fmt: skip
+        emit(args, out,
              lambda o: f"{o['records']} records, chain verified, head {o['head'][:16]}…, "
-             f"written to {o['out']}")  # fmt: skip
+             f"written to {o['out']}; {o['checkpoints']} checkpoint(s) (last at seq "
+             f"{o['last_checkpoint']}) written to {o['checkpoints_out']}")  # fmt: skip
         return 0
 
     return run_client(args, body)
+
+
+def _public_key_arg(value: str) -> bytes:
+    """A pinned audit group public key: 64 hex digits, or a PEM file (SubjectPublicKeyInfo)."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_public_key,
+    )
+
+    text = value.strip()
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return bytes.fromhex(text)
+    pem = Path(value).read_bytes() if "BEGIN" not in value else value.encode()
+    return load_pem_public_key(pem).public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    """Offline: no node is contacted. Exit 0 only if the chain and every checkpoint
+    verify; 1 otherwise (the report says what failed)."""
+    import json
+
+    from node.state.audit_checkpoint import decode_checkpoints, verify_audit
+    from node.state.errors import DecodeError
+
+    try:
+        export = args.inp.read_bytes()
+        cp_path = args.checkpoints
+        if cp_path is None:
+            default = args.inp.with_name(args.inp.name + ".checkpoints")
+            cp_path = default if default.exists() else None
+        cluster_id, keys, extra = "", {}, []
+        if cp_path is not None:
+            cluster_id, keys, extra = decode_checkpoints(cp_path.read_bytes())
+        pinned = _public_key_arg(args.public_key) if args.public_key else None
+    except (OSError, ValueError, DecodeError) as exc:
+        print(f"custody audit verify: {exc}", file=sys.stderr)
+        return 2
+    cluster_id = args.cluster_id or cluster_id
+    if not cluster_id:
+        print("custody audit verify: no cluster id (give --cluster-id or a checkpoints file)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    rep = verify_audit(export, cluster_id=cluster_id, public_keys=keys, pinned=pinned,
+                       extra_checkpoints=extra)  # fmt: skip
+    out = {
+        "ok": rep.ok,
+        "cluster_id": cluster_id,
+        "records": rep.records,
+        "head": rep.head.hex(),
+        "chain": "ok" if rep.chain_ok else rep.chain_error,
+        "key_source": rep.key_source if (pinned is not None or keys) else "none",
+        "checkpoints": [
+            {"seq": c.seq, "version": c.version, "source": c.source, "ok": c.ok,
+             "problem": c.problem or None} for c in rep.checkpoints
+        ],
+        "last_checkpointed_seq": rep.last_checkpointed,
+        "uncovered_records": rep.uncovered,
+        "problems": rep.problems,
+        "warnings": rep.warnings,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0 if rep.ok else 1
+    lines = [f"cluster {cluster_id}: {rep.records} records, "
+             f"hash chain {'verified' if rep.chain_ok else 'BROKEN: ' + rep.chain_error}"
+             + (f", head {rep.head.hex()[:16]}…" if rep.chain_ok else "")]  # fmt: skip
+    src = {"pinned": "the pinned public key", "file": "the keys in the checkpoints file "
+           "(not pinned: give --public-key to pin the audit key)"}.get(out["key_source"],
+                                                                      "no public key")
+    lines.append(f"{len(rep.checkpoints)} checkpoint(s), checked against {src}:")
+    for c in rep.checkpoints:
+        state = "ok" if c.ok else f"FAILED: {c.problem}"
+        lines.append(f"  seq {c.seq} (audit key v{c.version}, from {c.source}): {state}")
+    last = rep.last_checkpointed
+    lines.append(f"last checkpointed seq: {last if last is not None else 'none'}; "
+                 f"{rep.uncovered} record(s) after it are NOT covered by a checkpoint")
+    lines += [f"WARNING: {w}" for w in rep.warnings]
+    lines += [f"PROBLEM: {p}" for p in rep.problems]
+    lines.append("VERIFIED" if rep.ok else "VERIFICATION FAILED")
+    print("\n".join(lines))
+    return 0 if rep.ok else 1

@@ -1,10 +1,11 @@
 """Client side of grants (docs/grants.md): a service's own Ed25519 key, and the
 sign/decrypt commands it signs itself to use a grant.
 
-A client profile carries no signing key (docs/pki.md gives approval keys to approvers
-and operators only), so a service keeps its grant key in a separate PKCS#8 PEM file
-(`custody grants keygen`), whose public half an operator registers with a governance
-`rekey_principal` (`custody grants client-key`).
+`custody pki init` (and so `cluster init`) gives every client an Ed25519 signing key,
+`principals/<client>/approval.key`, named by its profile's `approval_key` and registered
+at bootstrap: that is the key used by default. A separate PKCS#8 PEM file
+(`custody grants keygen`, registered by a governance `rekey_principal`: `custody grants
+client-key`) rotates it, or gives one to a client of an older PKI that has none.
 """
 
 from __future__ import annotations
@@ -42,12 +43,20 @@ def public_bytes(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def load_signing_key(path: str | os.PathLike[str] | None) -> Ed25519PrivateKey:
-    """The grant key from `path` (else `$CUSTODY_SIGNING_KEY`); it must be an Ed25519
-    PKCS#8 PEM file that group and others cannot read."""
+def load_signing_key(
+    path: str | os.PathLike[str] | None, default: str | os.PathLike[str] | None = None
+) -> Ed25519PrivateKey:
+    """The client's signing key from `path` (`--signing-key`), else `$CUSTODY_SIGNING_KEY`,
+    else `default` (the profile's `approval_key`); it must be an Ed25519 PKCS#8 PEM file
+    that group and others cannot read."""
     chosen = str(path) if path else os.environ.get(SIGNING_KEY_ENV, "")
+    if not chosen and default:
+        chosen = str(default)
     if not chosen:
-        raise ValueError(f"no signing key: pass --signing-key FILE or set {SIGNING_KEY_ENV}")
+        raise ValueError(
+            "no signing key: the profile names no approval_key; pass --signing-key FILE "
+            f"or set {SIGNING_KEY_ENV}"
+        )
     file = Path(chosen)
     if file.stat().st_mode & 0o077:
         raise ValueError(f"{file}: a private key must not be group/other accessible")

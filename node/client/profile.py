@@ -29,7 +29,9 @@ from node.server.config import (
 
 PROFILE_ENV = "CUSTODY_PROFILE"
 ROLES = ("operator", "approver", "client", "auditor")
-SIGNING_ROLES = frozenset({"operator", "approver"})
+# Roles whose profile may name an Ed25519 signing key (`approval_key`): operators sign
+# commands, approvers approvals, clients their requests under a grant (docs/grants.md).
+SIGNING_ROLES = frozenset({"operator", "approver", "client"})
 MAX_NODES = 15
 PRINCIPAL_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -50,7 +52,7 @@ class Profile:
     ca: Path
     cert: Path
     key: Path
-    approval_key: Path | None  # operators and approvers only
+    approval_key: Path | None  # operators, approvers and clients; never auditors
 
 
 def find_profile(explicit: str | os.PathLike[str] | None) -> Path:

@@ -17,6 +17,7 @@ from node.pki.names import (
     MAX_NODES,
     MAX_PRINCIPALS,
     NODE_ROLE,
+    OPTIONAL_KEY_ROLES,
     SIGNING_ROLES,
     Identity,
     PkiError,
@@ -78,7 +79,7 @@ class PrincipalEntry:
     role: str
     cert: str
     key: str
-    approval_key: str | None
+    approval_key: str | None  # the signing key's file; None for auditors (and old clients)
     approval_public_key_hex: str | None
 
     @property
@@ -139,10 +140,15 @@ def node_entry(index: int, hosts: tuple[str, ...]) -> NodeEntry:
 
 
 def principal_entry(name: str, role: str, approval_public_key_hex: str | None) -> PrincipalEntry:
+    """A principal's manifest entry: approvers, operators and clients have a signing key
+    (``approval.key``), auditors none; a client without one (a manifest written before
+    clients had keys) is accepted."""
     check_principal_name(name)
     check_role(role)
-    signing = role in SIGNING_ROLES
-    if signing != (approval_public_key_hex is not None):
+    signing = approval_public_key_hex is not None
+    if signing and role not in SIGNING_ROLES:
+        raise PkiError(f"{role} {name!r}: approval key presence does not match the role")
+    if not signing and role in SIGNING_ROLES and role not in OPTIONAL_KEY_ROLES:
         raise PkiError(f"{role} {name!r}: approval key presence does not match the role")
     if approval_public_key_hex is not None:
         _check_hex(approval_public_key_hex, 32, f"approval public key of {name!r}")

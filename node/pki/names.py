@@ -15,8 +15,12 @@ from dataclasses import dataclass
 PRINCIPAL_ROLES: tuple[str, ...] = ("approver", "client", "operator", "auditor")
 NODE_ROLE = "node"
 ALL_ROLES: tuple[str, ...] = (NODE_ROLE, *PRINCIPAL_ROLES)
-# Roles that also get an Ed25519 key to sign approvals / operator commands.
-SIGNING_ROLES: frozenset[str] = frozenset({"approver", "operator"})
+# Roles that also get an Ed25519 signing key (files ``approval.key``/``.pub``): approvers
+# sign approvals, operators their commands, clients their requests under a grant.
+SIGNING_ROLES: frozenset[str] = frozenset({"approver", "client", "operator"})
+# Of those, roles whose key may be absent from a manifest: ``pki init`` gave clients no key
+# before, and such a manifest still loads (the client registers one through governance).
+OPTIONAL_KEY_ROLES: frozenset[str] = frozenset({"client"})
 
 MIN_NODES = 1
 MAX_NODES = 15

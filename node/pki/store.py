@@ -578,7 +578,8 @@ def _check_approval(pki: Pki, p: PrincipalEntry, problems: list[str]) -> None:
 
 
 def load_approval_key(pki: Pki, name: str) -> ed25519.Ed25519PrivateKey:
-    """Principal ``name``'s Ed25519 approval signing key (approvers and operators only)."""
+    """Principal ``name``'s Ed25519 signing key, ``approval.key`` (approvers, operators and
+    clients; not auditors, nor clients of a PKI made before clients had keys)."""
     key = read_private_key(pki.approval_key_path(name))
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise PkiError(f"approval key of {name!r} is not Ed25519")
@@ -588,7 +589,8 @@ def load_approval_key(pki: Pki, name: str) -> ed25519.Ed25519PrivateKey:
 
 
 def approval_public_keys(manifest: Manifest) -> dict[str, tuple[str, bytes]]:
-    """``name -> (role, raw 32-byte Ed25519 public key)`` for every principal that signs."""
+    """``name -> (role, raw 32-byte Ed25519 public key)`` for every principal with a signing
+    key: approvers, operators and clients."""
     return {
         p.name: (p.role, bytes.fromhex(p.approval_public_key_hex))
         for p in manifest.principals

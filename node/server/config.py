@@ -65,6 +65,8 @@ EPOCH_MIN_INTERVAL_RANGE = (0.0, 86400.0)
 DEFAULT_DKG_TIMEOUT_S = 30.0
 DKG_TIMEOUT_RANGE = (0.1, 86400.0)
 DEFAULT_SIGN_TIMEOUT_S = 5.0
+DEFAULT_AUDIT_CHECKPOINT_EVERY = 64
+AUDIT_CHECKPOINT_EVERY_RANGE = (1, 1_000_000)
 SIGN_TIMEOUT_RANGE = (0.1, 86400.0)
 DEFAULT_LOG_FORMAT = "text"
 DEFAULT_LOG_LEVEL = "info"
@@ -335,6 +337,7 @@ class NodeConfig:
     epoch_min_interval_s: float
     dkg_timeout_s: float
     sign_timeout_s: float
+    audit_checkpoint_every: int
     log_format: str
     log_level: str
 
@@ -425,6 +428,9 @@ def load_config(path: str | os.PathLike[str], *, create_data_dir: bool = True) -
     )
     dkg_timeout = sched.number("dkg_timeout_s", *DKG_TIMEOUT_RANGE, DEFAULT_DKG_TIMEOUT_S)
     sign_timeout = sched.number("sign_timeout_s", *SIGN_TIMEOUT_RANGE, DEFAULT_SIGN_TIMEOUT_S)
+    checkpoint_every = sched.integer(
+        "audit_checkpoint_every", *AUDIT_CHECKPOINT_EVERY_RANGE, DEFAULT_AUDIT_CHECKPOINT_EVERY
+    )
     sched.finish()
 
     log = Table(file, "[log]", doc.get("log", {}))
@@ -461,6 +467,7 @@ def load_config(path: str | os.PathLike[str], *, create_data_dir: bool = True) -
         epoch_min_interval_s=epoch_min,
         dkg_timeout_s=dkg_timeout,
         sign_timeout_s=sign_timeout,
+        audit_checkpoint_every=checkpoint_every,
         log_format=log_format,
         log_level=log_level,
     )
@@ -683,10 +690,13 @@ def render_config(
             "epoch_min_interval_s",
             "dkg_timeout_s",
             "sign_timeout_s",
+            "audit_checkpoint_every",
         }
         if unknown:
             raise ConfigError(f"render_config: unknown [schedule] key(s) {sorted(unknown)}")
-        parts.append(_table("[schedule]", [(k, float(v)) for k, v in schedule.items()]))
+        rows = [(k, int(v) if k == "audit_checkpoint_every" else float(v))
+                for k, v in schedule.items()]  # fmt: skip
+        parts.append(_table("[schedule]", rows))
     if log_format is not None or log_level is not None:
         parts.append(_table("[log]", [("format", log_format), ("level", log_level)]))
     return "\n".join(parts)

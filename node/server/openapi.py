@@ -167,7 +167,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "Key": _obj(
         {
-            "key_id": _ref("Name"), "purpose": _str(enum=["sign", "encrypt"]),
+            "key_id": _ref("Name"),
+            "purpose": _str(enum=["sign", "encrypt", "audit"],
+                            description="audit: the reserved cluster-audit key"),
             "policy_id": _str(), "primary": _int(description="0: none yet"),
             "lifecycle_request": _nullable(_str()),
             "versions": _list(_ref("Version")),

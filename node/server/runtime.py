@@ -197,6 +197,12 @@ class Runtime:
 
         self.lifecycle = LifecycleDuty(self)
         # --- end lifecycle duty
+        # --- audit checkpoint duty (node/server/audit_checkpoints.py): the leader has the
+        # audit chain threshold-signed every N records.
+        from node.server.audit_checkpoints import AuditCheckpointDuty
+
+        self.audit_checkpoints = AuditCheckpointDuty(self)
+        # --- end audit checkpoint duty
         await asyncio.to_thread(self._erase_destroyed)  # reconcile before serving
         self._erased = self._destroyed_versions()
         for name, coro in (
@@ -353,6 +359,7 @@ class Runtime:
                     await self._vote_epoch_if_due()
                     await self.dkg.reconcile()
                     await self.lifecycle.reconcile()  # lifecycle duty (lifecycle.py)
+                    await self.audit_checkpoints.reconcile()  # audit_checkpoints.py
                     if self.is_leader():
                         await self.signer.reconcile()
                     destroyed = self._destroyed_versions()

@@ -16,6 +16,13 @@ index the coordinator names, checks `executable()` on its own replica, takes
 key, version and message from its replica (the coordinator sends none of them
 that matter), checks its own commitment is in the list unchanged, and signs
 once with nonces that are consumed whatever happens.
+
+Audit checkpoints (`audit_checkpoints.py`, docs/audit.md) use the same rounds with
+the cluster's audit key: the coordinator's `sign_audit_checkpoint` runs them over
+the checkpoint message, and a member asked for a share on the audit key (the only
+thing that key signs) does not look for a request: it recomputes the checkpoint
+message from its OWN chain (record `seq`'s hash and epoch) and signs only if it is
+exactly the message it was asked for.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -39,6 +47,7 @@ from node.protocols.signing import (
 )
 from node.protocols.wire import CommitRequest, CommitResponse, ShareRequest, ShareResponse
 from node.state import Op, RecordResult
+from node.state.audit_checkpoint import AUDIT_KEY_ID, own_message, seq_of_share_ref, share_ref
 from node.state.errors import Rejected
 from node.state.model import Request, RequestKind, RequestState
 
@@ -124,17 +133,58 @@ class Signer:
             del self.pool[slot]
 
     async def _execute(self, ref: str, index: int) -> bool:
+        def target() -> tuple[str, int, bytes, bytes] | None:
+            try:
+                req = self.rt.machine.executable(ref)
+            except Rejected:
+                return None  # executed, failed or no longer usable meanwhile
+            return req.key_id, req.version, req.payload, req.payload_hash
+
+        phases: dict[str, float] = {}
+        sig = await self._rounds(ref, index, target, phases)
+        if sig is None:
+            return True
+        if sig is False:
+            return False
+        t4 = time.perf_counter()
+        await self._record(ref, sig)
+        phases["record"] = time.perf_counter() - t4
+        self.timings.append(phases)
+        return True
+
+    async def sign_audit_checkpoint(
+        self, seq: int, message: bytes, version: int, index: int
+    ) -> bytes | None:
+        """Coordinate a FROST signature by the audit key (`version`) over the checkpoint
+        `message` for record `seq` (members check it against their own chains). None if
+        it cannot be done now (fewer than t members agree or answer)."""
+
+        def target() -> tuple[str, int, bytes, bytes] | None:
+            if not self.rt.machine.may_use(AUDIT_KEY_ID, version, Op.AUDIT):
+                return None
+            return AUDIT_KEY_ID, version, message, message
+
+        sig = await self._rounds(share_ref(seq), index, target, {})
+        return sig if isinstance(sig, bytes) else None
+
+    async def _rounds(
+        self, ref: str, index: int, target: Callable[[], tuple[str, int, bytes, bytes] | None],
+        phases: dict[str, float],
+    ) -> bytes | bool | None:  # fmt: skip
+        """FROST rounds for `ref`: the signature, None if `target()` (key id, version,
+        message, the digest members compare) says it is no longer wanted, or False if it
+        could not be done now (retry later). `phases` gets the seconds per phase."""
         rt = self.rt
         excluded: set[int] = set()
         strikes: dict[int, int] = {}
         t0 = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
-            try:
-                req = rt.machine.executable(ref)
-            except Rejected:
-                return True  # executed, failed or no longer usable meanwhile
+            want = target()
+            if want is None:
+                return None
+            key_id, version_no, message, digest = want
             st = rt.machine.state
-            version = st.keys[req.key_id].versions[req.version]
+            version = st.keys[key_id].versions[version_no]
             members = {m.index: m.name for m in st.members.values()}
             candidates = [rt.index, *sorted(i for i in members if i != rt.index)]
             chosen = [i for i in candidates if i not in excluded][: st.threshold]
@@ -143,7 +193,7 @@ class Signer:
                 return False
             t1 = time.perf_counter()
             commitments = await asyncio.gather(
-                *(self._commitment(members[i], req.key_id, req.version) for i in chosen),
+                *(self._commitment(members[i], key_id, version_no) for i in chosen),
                 return_exceptions=True,
             )
             bad = [i for i, c in zip(chosen, commitments, strict=True) if isinstance(c, Exception)]
@@ -158,7 +208,7 @@ class Signer:
             replies = await asyncio.gather(
                 *(
                     self._ask_share(members[i], ShareRequest(
-                        ref, index, req.key_id, req.version, clist, ids[i], req.payload_hash))
+                        ref, index, key_id, version_no, clist, ids[i], digest))
                     for i in chosen
                 ),
                 return_exceptions=True,
@@ -173,7 +223,7 @@ class Signer:
             vshares = {i + 1: s for i, s in enumerate(version.verification_shares)}
             try:
                 sig = aggregate_or_blame(
-                    clist, req.payload, version.group_public_key,
+                    clist, message, version.group_public_key,
                     {i: r for i, r in zip(chosen, replies, strict=True)}, vshares,
                 )  # fmt: skip
             except BadShares as exc:
@@ -183,12 +233,9 @@ class Signer:
             except SigningError as exc:  # no culprit named: try again later
                 log.warning("sign %s: aggregation failed: %s", ref, exc)
                 return False
-            t4 = time.perf_counter()
-            await self._record(ref, sig)
-            t5 = time.perf_counter()
-            self.timings.append({"pick": t1 - t0, "commit": t2 - t1, "shares": t3 - t2,
-                                 "aggregate": t4 - t3, "record": t5 - t4})  # fmt: skip
-            return True
+            phases.update(pick=t1 - t0, commit=t2 - t1, shares=t3 - t2,
+                          aggregate=time.perf_counter() - t3)  # fmt: skip
+            return sig
         return False
 
     def _strike(
@@ -282,7 +329,8 @@ class Signer:
         """Fresh commitments for `caller` (a member) on a version this replica may sign
         with. The nonces stay in this process's memory only."""
         rt = self.rt
-        if not rt.machine.may_use(req.key_id, req.version, Op.SIGN):
+        op = Op.AUDIT if req.key_id == AUDIT_KEY_ID else Op.SIGN
+        if not rt.machine.may_use(req.key_id, req.version, op):
             raise ShareRefused("that key version may not sign now")
         share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(req.key_id, req.version))
         try:
@@ -297,6 +345,8 @@ class Signer:
         rt = self.rt
         if not await rt.wait_applied(req.log_index, rt.cfg.sign_timeout_s):
             raise ShareRefused(f"this replica has not applied index {req.log_index} yet")
+        if req.key_id == AUDIT_KEY_ID:  # the audit key signs checkpoints, never requests
+            return await self._checkpoint_share(req, caller)
         known = rt.machine.state.requests.get(req.request_ref)
         if known is None or known.kind is not RequestKind.SIGN:
             raise ShareRefused("no such sign request on this replica")
@@ -304,23 +354,12 @@ class Signer:
             raise ShareRefused("the request is for another key version")
         if not hmac.compare_digest(known.payload_hash, req.message_digest):
             raise ShareRefused("the request's message is not the one asked for")
-        mine = next((row for row in req.commitment_list if row[0] == rt.index), None)
-        stocked = rt.stock.commitment_of(req.key_id, req.version, req.my_commitment_id)
-        if mine is None or stocked is None or not (
-            hmac.compare_digest(mine[1], bytes(stocked.hiding))
-            and hmac.compare_digest(mine[2], bytes(stocked.binding))
-        ):
-            raise ShareRefused("this member's commitment is missing, unknown or altered")
+        self._check_commitment(req)
         try:
             r: Request = rt.machine.executable(req.request_ref)
         except Rejected as exc:
             raise ShareRefused(f"not executable here: {exc.reason.value}") from None
-        n = self.given.get(r.ref, 0)
-        if n >= MAX_SHARES_PER_REQUEST:
-            raise ShareRefused("share limit for this request reached")
-        self.given[r.ref] = n + 1
-        if len(self.given) > 10_000:
-            self.given.pop(next(iter(self.given)))
+        self._count_share(r.ref)
         st = rt.machine.state
         version = st.keys[r.key_id].versions[r.version]
         members = [m.index for m in st.members.values()]
@@ -337,6 +376,59 @@ class Signer:
         finally:
             _zero(share)
         log.info("sign %s: share given to %s", r.ref, caller)
+        return ShareResponse(rt.index, z)
+
+
+    def _check_commitment(self, req: ShareRequest) -> None:
+        rt = self.rt
+        mine = next((row for row in req.commitment_list if row[0] == rt.index), None)
+        stocked = rt.stock.commitment_of(req.key_id, req.version, req.my_commitment_id)
+        if mine is None or stocked is None or not (
+            hmac.compare_digest(mine[1], bytes(stocked.hiding))
+            and hmac.compare_digest(mine[2], bytes(stocked.binding))
+        ):
+            raise ShareRefused("this member's commitment is missing, unknown or altered")
+
+    def _count_share(self, ref: str) -> None:
+        n = self.given.get(ref, 0)
+        if n >= MAX_SHARES_PER_REQUEST:
+            raise ShareRefused("share limit for this request reached")
+        self.given[ref] = n + 1
+        if len(self.given) > 10_000:
+            self.given.pop(next(iter(self.given)))
+
+    async def _checkpoint_share(self, req: ShareRequest, caller: str) -> ShareResponse:
+        """A share of the audit key's signature over an audit checkpoint: only over the
+        message this member computes from its own chain at the named seq."""
+        rt = self.rt
+        seq = seq_of_share_ref(req.request_ref)
+        if seq is None:
+            raise ShareRefused("the audit key signs only audit checkpoints")
+        st = rt.machine.state
+        message = own_message(st.cluster_id, st.audit, seq)
+        if message is None:
+            raise ShareRefused(f"this replica has no audit record {seq}")
+        if not hmac.compare_digest(message, req.message_digest):
+            raise ShareRefused(f"the checkpoint at seq {seq} is not over this member's chain")
+        if not rt.machine.may_use(AUDIT_KEY_ID, req.version, Op.AUDIT):
+            raise ShareRefused("that audit key version may not sign now")
+        self._check_commitment(req)
+        self._count_share(req.request_ref)
+        version = st.keys[AUDIT_KEY_ID].versions[req.version]
+        members = [m.index for m in st.members.values()]
+        share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(AUDIT_KEY_ID, req.version))
+        try:
+            z = member_sign_share(
+                me=rt.index, signing_share=bytes(share), group_public_key=version.group_public_key,
+                message=message, commitment_list=req.commitment_list,
+                my_commitment_id=req.my_commitment_id, stock=rt.stock, key_id=AUDIT_KEY_ID,
+                version=req.version, threshold=st.threshold, members=members,
+            )  # fmt: skip
+        except SigningRefused as exc:
+            raise ShareRefused(str(exc)) from None
+        finally:
+            _zero(share)
+        log.info("audit checkpoint %d: share given to %s", seq, caller)
         return ShareResponse(rt.index, z)
 
 

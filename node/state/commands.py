@@ -670,6 +670,29 @@ class PostCheckpoint(Command):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PostAuditCheckpoint(Command):
+    """The leader posts a threshold (FROST) signature by the audit key over the audit
+    chain at `seq` (`audit_checkpoint.checkpoint_message`). Signed by the author's
+    identity key like other node commands; the request id is `audit-checkpoint-<seq>`."""
+
+    seq: int
+    head: bytes  # hash of audit record `seq`
+    epoch: int  # that record's epoch
+    version: int  # the audit key version that signed
+    frost_signature: bytes  # 64-byte Ed25519 signature by that version's group key
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "audit_checkpoint"
+    SCHEMA: ClassVar = (
+        ("seq", Int(0, U62)),
+        ("head", Bytes(lengths=(64,))),
+        ("epoch", Int(1, MAX_EPOCH)),
+        ("version", VERSION),
+        ("frost_signature", SIGNATURE),
+        ("signature", SIGNATURE),
+    )
+
+
 COMMANDS: dict[str, type[Command]] = {
     cls.KIND: cls
     for cls in (
@@ -699,6 +722,7 @@ COMMANDS: dict[str, type[Command]] = {
         PostCheckpoint,
         CreateGrant,
         RevokeGrant,
+        PostAuditCheckpoint,
     )
 }
 

@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import hmac
 
+from .audit_checkpoint import (
+    AUDIT_KEY_ID,
+    MAX_AUDIT_CHECKPOINTS,
+    checkpoint_message,
+    signature_valid,
+)
 from .commands import (
     MAX_CHECKPOINTS,
     MAX_DKG_PACKAGE_BYTES,
@@ -32,6 +38,7 @@ from .model import (
     Grant,
     GrantState,
     Key,
+    Purpose,
     Request,
     RequestKind,
     RequestState,
@@ -62,6 +69,7 @@ def check_integrity(state: State) -> None:
         empty = (
             state.members, state.principals, state.policies, state.keys, state.requests,
             state.removed_members, state.removed_principals, state.checkpoints, state.grants,
+            state.audit_checkpoints, state.audit_checkpoint_count,
         )  # fmt: skip
         if any(empty) or state.epoch or state.threshold or state.genesis:
             _fail("an un-bootstrapped state must be empty")
@@ -84,6 +92,7 @@ def check_integrity(state: State) -> None:
     for rid, req in state.requests.items():
         _check_request(state, rid, req)
     _check_grants(state)
+    _check_audit_checkpoints(state)
     for member, vote in state.epoch_votes.items():
         if member not in state.members or vote.epoch != state.epoch + 1:
             _fail(f"epoch vote of {member!r} is not a member's vote for the next epoch")
@@ -141,7 +150,12 @@ def _need_role(state: State, name: str, role: Role, where: str) -> None:
 
 def _check_key(state: State, key: Key) -> None:
     where = f"key {key.key_id!r}"
-    if key.policy_id not in state.policies:
+    if (key.purpose is Purpose.AUDIT) != (key.key_id == AUDIT_KEY_ID):
+        _fail(f"{where}: only {AUDIT_KEY_ID!r} is the audit key, and it is for audit")
+    if key.purpose is Purpose.AUDIT:
+        if key.policy_id:
+            _fail(f"{where}: the audit key has no policy")
+    elif key.policy_id not in state.policies:
         _fail(f"{where} names missing policy {key.policy_id!r}")
     active = [n for n, v in key.versions.items() if v.state is VersionState.ACTIVE]
     if active != ([key.primary] if key.primary else []):
@@ -168,6 +182,34 @@ def _check_key(state: State, key: Key) -> None:
             _fail(f"{where}: lifecycle request {key.lifecycle_request!r} is not its own")
         elif req.state not in (RequestState.PENDING, RequestState.APPROVED):
             _fail(f"{where}: lifecycle request {key.lifecycle_request!r} is decided")
+
+
+def _check_audit_checkpoints(state: State) -> None:
+    """Audit checkpoints: the audit key exists (every bootstrapped state has it), at most
+    `MAX_AUDIT_CHECKPOINTS`, strictly increasing seq, each over a record of this chain
+    with exactly its head and epoch, by a version of the audit key whose group key
+    verifies the signature (re-checked: a snapshot carries no authority)."""
+    key = state.keys.get(AUDIT_KEY_ID)
+    if key is None or key.purpose is not Purpose.AUDIT:
+        _fail(f"the audit key {AUDIT_KEY_ID!r} is missing")
+        return
+    cps = state.audit_checkpoints
+    if len(cps) > MAX_AUDIT_CHECKPOINTS or state.audit_checkpoint_count < len(cps):
+        _fail("too many audit checkpoints, or fewer counted than kept")
+    seqs = [c.seq for c in cps]
+    if seqs != sorted(set(seqs)):
+        _fail("audit checkpoints are not in strictly increasing seq order")
+    for c in cps:
+        where = f"audit checkpoint at seq {c.seq}"
+        if c.seq >= len(state.audit):
+            _fail(f"{where}: no such record")
+        rec = state.audit[c.seq]
+        if not hmac.compare_digest(rec.hash, c.head) or rec.epoch != c.epoch:
+            _fail(f"{where}: head or epoch differs from the chain's")
+        v = key.versions.get(c.version)
+        message = checkpoint_message(state.cluster_id, c.seq, c.head, c.epoch)
+        if v is None or not signature_valid(v.group_public_key, message, c.signature):
+            _fail(f"{where}: not signed by audit key version {c.version}")
 
 
 def _epochs(v) -> tuple[int, ...]:

@@ -33,6 +33,15 @@ from .approvals import (
     verify_result,
 )
 from .audit import GENESIS, make_record
+from .audit_checkpoint import (
+    AUDIT_KEY_ID,
+    MAX_AUDIT_CHECKPOINTS,
+    checkpoint_message,
+    signature_valid,
+)
+from .audit_checkpoint import (
+    request_id as audit_checkpoint_request_id,
+)
 from .checkpoint import verify_checkpoint
 from .commands import (
     MAX_CHECKPOINTS,
@@ -47,6 +56,7 @@ from .commands import (
     Command,
     CreateGrant,
     CreateKey,
+    PostAuditCheckpoint,
     PostCheckpoint,
     PostDkgRound1,
     RecordDkgResult,
@@ -84,6 +94,7 @@ from .digest import (
 from .errors import DecodeError, Reason, Rejected
 from .grants import context_matches, grant_command, grant_payload, grantee_command, op_of
 from .model import (
+    AuditCheckpoint,
     Checkpoint,
     Dedup,
     EpochVote,
@@ -203,6 +214,7 @@ class Machine:
             PostCheckpoint: self._checkpoint,
             CreateGrant: self._create_grant,
             RevokeGrant: self._revoke_grant,
+            PostAuditCheckpoint: self._audit_checkpoint,
         }
         # Governance changes: (check against the state now, apply). Submitting one only
         # opens a request; `apply` runs when the governance quorum approved it and, for a
@@ -269,11 +281,15 @@ class Machine:
             effect = self._handlers[type(cmd)](cmd)
         except Rejected as rej:
             outcome = self._audit_rejection(cmd, rej, cdig)
-            if rej.reason in UNAUTHENTICATED or isinstance(cmd, Bootstrap | PostCheckpoint):
+            if rej.reason in UNAUTHENTICATED or isinstance(
+                cmd, Bootstrap | PostCheckpoint | PostAuditCheckpoint
+            ):
                 # Nobody proved they sent it: remembering it would let anyone fill the
                 # table, or take a real author's request id with a forgery. (A checkpoint's
                 # signature does not cover its request id, so a replayed genuine one under
-                # another id proves nothing about who sent it either.)
+                # another id proves nothing about who sent it either. A refused audit
+                # checkpoint is not remembered so that the leader may post a good one
+                # under the same id.)
                 return outcome
         else:
             rec = self._append_audit(
@@ -343,6 +359,20 @@ class Machine:
         if key is None:
             raise Rejected(Reason.UNKNOWN_KEY, f"no key {key_id!r}")
         return key
+
+    def _client_key(self, key_id: str) -> Key:
+        """A key an operator or client may act on: the audit key is the cluster's own
+        (created by the bootstrap, used for audit checkpoints only)."""
+        key = self._key(key_id)
+        if key.purpose is Purpose.AUDIT:
+            raise Rejected(
+                Reason.WRONG_PURPOSE, f"key {key_id!r} is the cluster's audit key (reserved)"
+            )
+        return key
+
+    def _waiting_epochs(self, key: Key) -> int:
+        policy = self.state.policies.get(key.policy_id)
+        return policy.waiting_epochs if policy is not None else 1  # the audit key: none
 
     def _version(self, key: Key, number: int) -> Version:
         version = key.versions.get(number)
@@ -547,9 +577,29 @@ class Machine:
         st.governance = Governance(
             tuple(sorted(cmd.governance_approvers)), cmd.governance_k, cmd.time_lock_epochs
         )
+        self._create_audit_key(cmd)
         if cmd.unsafe:
             return _Effect("ok", detail="UNSAFE: single-party rules allowed", flag="unsafe")
         return _Effect("ok")
+
+    def _create_audit_key(self, cmd: Bootstrap) -> None:
+        """The cluster's audit key: reserved id, purpose `audit`, no policy. Its version 1
+        comes from a `create_key` request under the bootstrap's own id (so no later command
+        can take that id), approved at once: the bootstrap is the authority, as a policy
+        is for a scheduled rotation. The members' DKG duty then runs its DKG, and the
+        version activates at an epoch step like any other."""
+        gov = self.state.governance
+        key = Key(AUDIT_KEY_ID, Purpose.AUDIT, "")
+        req = self._open_request(
+            cmd, RequestKind.CREATE_KEY, key_id=AUDIT_KEY_ID, purpose=Purpose.AUDIT.value,
+            policy_id="", policy_hash=governance_hash_of(gov), approvers=gov.approvers, k=gov.k,
+        )  # fmt: skip
+        req.state = rules.request_step(req.state, "quorum")
+        req.decided_epoch = self.state.epoch
+        self.state.keys[AUDIT_KEY_ID] = key
+        self._register(req)
+        key.lifecycle_request = req.ref
+        self._new_version(key, req)
 
     def _advance_epoch(self, cmd: AdvanceEpoch) -> _Effect:
         """A member's vote for the next epoch; `threshold` votes move it by one step.
@@ -637,7 +687,7 @@ class Machine:
         return same and not key.lifecycle_request and rules.may_retry_create(key.versions.values())
 
     def _request_use(self, cmd: RequestSign | RequestDecrypt, op: Op, payload: bytes) -> _Effect:
-        key = self._key(cmd.key_id)
+        key = self._client_key(cmd.key_id)
         needed = Purpose.SIGN if op is Op.SIGN else Purpose.ENCRYPT
         if key.purpose is not needed:
             raise Rejected(Reason.WRONG_PURPOSE, f"key {key.key_id!r} is for {key.purpose.value}")
@@ -735,7 +785,7 @@ class Machine:
         st = self.state
         if cmd.grant_id in st.grants:
             raise Rejected(Reason.DUPLICATE_NAME, f"grant id {cmd.grant_id!r} is taken")
-        key = self._key(cmd.key_id)
+        key = self._client_key(cmd.key_id)
         self._check_grant_terms(cmd, key)
         if cmd.expires_epoch > st.epoch + MAX_GRANT_EPOCHS:
             raise Rejected(
@@ -820,7 +870,7 @@ class Machine:
         return self._request_use(cmd, Op.DECRYPT, cmd.ciphertext)
 
     def _request_rotate(self, cmd: RequestRotate) -> _Effect:
-        key = self._key(cmd.key_id)
+        key = self._client_key(cmd.key_id)
         if key.lifecycle_request or any(v.state is VS.PENDING for v in key.versions.values()):
             raise Rejected(Reason.ROTATION_IN_PROGRESS, "a new version is already on its way")
         scheduled = cmd.author in self.state.members
@@ -836,7 +886,7 @@ class Machine:
         return _Effect(req.state.value, key_id=key.key_id, version=req.version, digest=req.digest)
 
     def _request_end(self, cmd: RequestRevoke | RequestDestroy, kind: RequestKind) -> _Effect:
-        key = self._key(cmd.key_id)
+        key = self._client_key(cmd.key_id)
         version = self._version(key, cmd.version)
         event = "revoke" if kind is RequestKind.REVOKE else "destroy"
         rules.version_step(version.state, event)  # raises INVALID_TRANSITION
@@ -942,7 +992,7 @@ class Machine:
         if len(version.dkg_posts) == len(self.state.members):
             first = dkg_post_digest(version.group_public_key, version.verification_shares)
             if all(hmac.compare_digest(p, first) for p in version.dkg_posts.values()):
-                waiting = self.state.policies[key.policy_id].waiting_epochs
+                waiting = self._waiting_epochs(key)
                 earliest = self.state.epoch + max(1, waiting)
                 version.activation_epoch = max(earliest, req.activate_epoch)
                 self._finish(req, rules.request_step(req.state, "complete"))
@@ -1061,6 +1111,44 @@ class Machine:
             detail += f"{len(agree)} agree"
             return _Effect("ok", detail=detail, flag="fork")
         return _Effect("ok", detail=detail)
+
+    def _audit_checkpoint(self, cmd: PostAuditCheckpoint) -> _Effect:
+        """A threshold signature by the audit key over this replica's own chain at
+        `cmd.seq`: record `seq` must exist here with exactly `head` and `epoch`, the
+        version must be the audit key's and usable for audit checkpoints now, the seq
+        beyond the last checkpoint, and the signature must verify over the message
+        computed from those fields. Kept (newest `MAX_AUDIT_CHECKPOINTS`); the audit
+        record carries the signature in its `digest` field, so exports hold it."""
+        st = self.state
+        if cmd.request_id != audit_checkpoint_request_id(cmd.seq):
+            raise Rejected(Reason.INVALID_ARGUMENT, "an audit checkpoint's id is "
+                           f"{audit_checkpoint_request_id(cmd.seq)}")  # fmt: skip
+        key = self._key(AUDIT_KEY_ID)
+        version = self._version(key, cmd.version)
+        if not rules.may_use(key.purpose, version, Op.AUDIT, st.epoch):
+            raise Rejected(
+                Reason.VERSION_NOT_USABLE, f"audit key version {cmd.version} may not sign now"
+            )
+        last = st.audit_checkpoints[-1].seq if st.audit_checkpoints else -1
+        if cmd.seq <= last:
+            raise Rejected(Reason.DUPLICATE_POST, f"the chain is checkpointed up to seq {last}")
+        if cmd.seq >= len(st.audit):
+            raise Rejected(Reason.INVALID_ARGUMENT, f"no audit record {cmd.seq} yet")
+        rec = st.audit[cmd.seq]
+        if not hmac.compare_digest(rec.hash, cmd.head) or rec.epoch != cmd.epoch:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, f"head or epoch differs from this chain's at {cmd.seq}"
+            )
+        message = checkpoint_message(st.cluster_id, cmd.seq, cmd.head, cmd.epoch)
+        if not signature_valid(version.group_public_key, message, cmd.frost_signature):
+            raise Rejected(Reason.BAD_RESULT, "not the audit key's signature over that head")
+        cp = AuditCheckpoint(cmd.seq, cmd.head, cmd.epoch, cmd.version, cmd.frost_signature)
+        st.audit_checkpoints = (*st.audit_checkpoints, cp)[-MAX_AUDIT_CHECKPOINTS:]
+        st.audit_checkpoint_count += 1
+        return _Effect(
+            "ok", key_id=AUDIT_KEY_ID, version=cmd.version, digest=cmd.frost_signature,
+            detail=f"audit chain checkpointed at seq {cmd.seq}",
+        )  # fmt: skip
 
     def _fail_request(self, req: Request, failure: str) -> None:
         """Fail an open request; a create/rotate request's unfinished version is aborted."""
@@ -1383,8 +1471,8 @@ class Machine:
     def rotation_due(self, key_id: str, now: int) -> bool:
         """Does the key's policy call for a new version at wall-clock `now` (seconds)?"""
         key = self.state.keys.get(key_id)
-        if key is None or key.primary == 0:
-            return False
+        if key is None or key.primary == 0 or key.policy_id not in self.state.policies:
+            return False  # (the audit key has no policy: it never rotates by schedule)
         policy = self.state.policies[key.policy_id]
         v = key.versions[key.primary]
         by_time = (
@@ -1430,6 +1518,9 @@ class Machine:
         if req.kind in (RequestKind.SIGN, RequestKind.DECRYPT) and not req.payload:
             raise Rejected(Reason.NOT_APPROVED, "request has no payload to execute")
         scheduled = req.kind is RequestKind.ROTATE and req.author in self.state.members
+        # The audit key's creation is approved by the bootstrap itself (no approvals): a
+        # forged state could at most make a new audit key version, which exposes nothing.
+        scheduled = scheduled or (req.kind in DKG_KINDS and key.purpose is Purpose.AUDIT)
         if req.grant:
             self._require_grant(req)
         elif not scheduled:

@@ -25,6 +25,9 @@ class Role(StrEnum):
 class Purpose(StrEnum):
     SIGN = "sign"
     ENCRYPT = "encrypt"
+    # The cluster's own audit key (`audit_checkpoint.AUDIT_KEY_ID`), created by the
+    # bootstrap: it signs audit checkpoints and nothing else; no client can use it.
+    AUDIT = "audit"
 
 
 class Op(StrEnum):
@@ -34,6 +37,7 @@ class Op(StrEnum):
     VERIFY = "verify"
     ENCRYPT = "encrypt"
     DECRYPT = "decrypt"
+    AUDIT = "audit"  # sign an audit checkpoint (the audit key's only use)
 
 
 class VersionState(StrEnum):
@@ -277,6 +281,19 @@ class Checkpoint:
     signature: bytes  # Ed25519 by the member's identity key
 
 
+@dataclass(frozen=True, slots=True)
+class AuditCheckpoint:
+    """A threshold (FROST) signature by the audit key over the audit chain at `seq`
+    (`audit_checkpoint.checkpoint_message`): `head` is the hash of record `seq` and
+    `epoch` that record's epoch."""
+
+    seq: int
+    head: bytes  # 64 bytes
+    epoch: int
+    version: int  # the audit key version that signed
+    signature: bytes  # 64-byte Ed25519 signature by that version's group key
+
+
 @dataclass(slots=True)
 class State:
     cluster_id: str = ""
@@ -300,6 +317,10 @@ class State:
     epoch_votes: dict[str, EpochVote] = field(default_factory=dict)  # member -> vote for epoch+1
     # member -> its newest checkpoints (ascending index, at most MAX_CHECKPOINTS each)
     checkpoints: dict[str, tuple[Checkpoint, ...]] = field(default_factory=dict)
+    # Audit checkpoints (threshold-signed chain heads): the newest MAX_AUDIT_CHECKPOINTS,
+    # ascending seq, and how many were ever accepted.
+    audit_checkpoints: tuple[AuditCheckpoint, ...] = ()
+    audit_checkpoint_count: int = 0
     audit: list[AuditRecord] = field(default_factory=list)
 
     @property

@@ -67,6 +67,7 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "record_failure": frozenset({Role.NODE}),
     "record_erasure": frozenset({Role.NODE}),  # a member erased its shares of a version
     "checkpoint": frozenset({Role.NODE}),  # a member's signature over a snapshot's state hash
+    "audit_checkpoint": frozenset({Role.NODE}),  # the leader posts a threshold-signed head
     # Grants: an operator proposes (the key policy's quorum decides); taking power away
     # needs no quorum: an operator, or any one approver of the grant's quorum, revokes.
     "create_grant": frozenset({Role.OPERATOR}),
@@ -76,7 +77,7 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
 # What a version in a given state may be used for (before the purpose filter).
 VERSION_USES: dict[VersionState, frozenset[Op]] = {
     VS.PENDING: frozenset(),
-    VS.ACTIVE: frozenset({Op.SIGN, Op.VERIFY, Op.ENCRYPT, Op.DECRYPT}),
+    VS.ACTIVE: frozenset({Op.SIGN, Op.VERIFY, Op.ENCRYPT, Op.DECRYPT, Op.AUDIT}),
     VS.RETIRED: frozenset({Op.VERIFY, Op.DECRYPT}),
     VS.REVOKED: frozenset(),
     VS.DESTROYED: frozenset(),
@@ -86,6 +87,7 @@ VERSION_USES: dict[VersionState, frozenset[Op]] = {
 PURPOSE_OPS: dict[Purpose, frozenset[Op]] = {
     Purpose.SIGN: frozenset({Op.SIGN, Op.VERIFY}),
     Purpose.ENCRYPT: frozenset({Op.ENCRYPT, Op.DECRYPT}),
+    Purpose.AUDIT: frozenset({Op.AUDIT, Op.VERIFY}),  # audit checkpoints only
 }
 
 # How far one advance moves the epoch. One step: every epoch is visited, so no

@@ -32,8 +32,9 @@ from .model import RequestState, State
 # 2: governance, removed identities, time locks; 3: checkpoints; 4: requests' DKG round-1
 # packages (`Request.dkg_round1`); 5: members' erasure confirmations (`Version.erased_by`);
 # 6: grants (`State.grants`; `Request.grant`, `grant_use`, `grant_version`,
-# `grant_signature`). Any other version is refused.
-SNAPSHOT_VERSION = 6
+# `grant_signature`); 7: the audit key (`Purpose.AUDIT`) and audit checkpoints
+# (`State.audit_checkpoints`, `audit_checkpoint_count`). Any other version is refused.
+SNAPSHOT_VERSION = 7
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 

@@ -218,7 +218,9 @@ def test_show_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert roles == {"alice": "approver", "bob": "approver", "carol": "approver",
                      "app1": "client", "ops": "operator", "audit": "auditor"}  # fmt: skip
     keys = {p["name"]: p["approval_public_key_hex"] for p in doc["principals"]}
-    assert keys["app1"] is None and keys["audit"] is None
+    assert keys["audit"] is None
+    assert keys["app1"] == m.principal("app1").approval_public_key_hex  # clients sign too
+    assert len(keys["app1"]) == 64
     assert keys["alice"] == m.principal("alice").approval_public_key_hex
     assert "PRIVATE" not in json.dumps(doc)  # public values only
 

@@ -119,8 +119,9 @@ def test_key_files_are_0600_and_created_so(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     keys = sorted((tmp_path / "p").rglob("*.key"))
-    # CA + 3 nodes + 6 principal TLS keys + 4 approval keys (3 approvers, 1 operator)
-    assert len(keys) == 1 + 3 + 6 + 4
+    # CA + 3 nodes + 6 principal TLS keys + 5 signing keys (3 approvers, 1 client,
+    # 1 operator; the auditor has none)
+    assert len(keys) == 1 + 3 + 6 + 5
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
     for crt in (tmp_path / "p").rglob("*.crt"):
@@ -185,7 +186,7 @@ def test_manifest_and_approval_keys(made: Path) -> None:
         "audit": "auditor",
     }
     for p in doc["principals"]:
-        if p["role"] in ("approver", "operator"):
+        if p["role"] in ("approver", "operator", "client"):  # clients sign under grants
             key = serialization.load_pem_private_key((made / p["approval_key"]).read_bytes(), None)
             assert isinstance(key, ed25519.Ed25519PrivateKey)
             pub = ed25519.Ed25519PublicKey.from_public_bytes(
@@ -223,7 +224,8 @@ def test_adding_a_principal_issues_only_it(made: Path) -> None:
         if rel != "pki.json":
             assert after[rel] == content, rel
     assert "principals/dave/approval.key" in after
-    assert "principals/app2/approval.key" not in after
+    assert "principals/app2/approval.key" in after  # a client gets a signing key too
+    assert "principals/app2/approval.pub" in after
     pki = load_pki(made)
     assert pki.manifest.principal("dave").role == "approver"
     assert verify_pki(pki, now=NOW) == []
@@ -416,7 +418,16 @@ def _doc(made: Path) -> dict:
         (lambda d: d["validity_days"].update(ca="10"), "validity_days"),
         (lambda d: d["ca"].update(key="elsewhere/ca.key"), "canonical"),
         (lambda d: d["nodes"][0].update(hosts=["*"]), "invalid host"),
-        (lambda d: d["principals"][3].update(approval_public_key_hex="00" * 32), "presence"),
+        (lambda d: d["principals"][5].update(approval_public_key_hex="00" * 32), "presence"),
+        (
+            lambda d: d["principals"][0].update(approval_key=None, approval_public_key_hex=None),
+            "presence",
+        ),
+        (
+            lambda d: d["principals"][4].update(approval_key=None, approval_public_key_hex=None),
+            "presence",
+        ),
+        (lambda d: d["principals"][3].update(approval_public_key_hex=None), "canonical"),
     ],
 )
 def test_manifest_parsing_is_strict(made: Path, mutate: object, message: str) -> None:
@@ -457,17 +468,50 @@ def test_approval_key_helpers(made: Path) -> None:
 
     pki = load_pki(made)
     keys = approval_public_keys(pki.manifest)
-    assert sorted(keys) == ["alice", "bob", "carol", "ops"]
+    assert sorted(keys) == ["alice", "app1", "bob", "carol", "ops"]
     role, raw = keys["alice"]
     signature = load_approval_key(pki, "alice").sign(b"request digest")
     assert role == "approver" and len(raw) == 32
     ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(signature, b"request digest")
+    role, raw = keys["app1"]
+    signature = load_approval_key(pki, "app1").sign(b"grant request")
+    assert role == "client" and len(raw) == 32
+    ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(signature, b"grant request")
+    assert len({raw for _role, raw in keys.values()}) == len(keys)  # one key per principal
     with pytest.raises(PkiError, match="has no approval key"):
-        load_approval_key(pki, "app1")
+        load_approval_key(pki, "audit")
     (made / "principals/alice/approval.key").unlink()
     (made / "principals/alice/approval.key").symlink_to(made / "principals/bob/approval.key")
     with pytest.raises(PkiError):
         load_approval_key(pki, "alice")
+
+
+def test_manifest_from_before_client_keys_still_loads(made: Path) -> None:
+    """A manifest written when clients had no signing key: the client loads without one,
+    verifies, and a re-run with the same arguments leaves it as it is."""
+    from node.pki import approval_public_keys
+
+    doc = _doc(made)
+    app1 = next(p for p in doc["principals"] if p["name"] == "app1")
+    app1.update(approval_key=None, approval_public_key_hex=None)
+    (made / "principals/app1/approval.key").unlink()
+    (made / "principals/app1/approval.pub").unlink()
+    (made / "pki.json").write_text(json.dumps(doc, indent=2) + "\n")
+    pki = load_pki(made)
+    entry = pki.manifest.principal("app1")
+    assert entry.approval_key is None and entry.approval_public_key_hex is None
+    assert "app1" not in approval_public_keys(pki.manifest)
+    assert verify_pki(pki, now=NOW) == []
+    with pytest.raises(PkiError, match="has no approval key"):
+        pki.approval_key_path("app1")
+    before = _snapshot(made)
+    assert init_pki(made, _request(), now=NOW).action == "noop"
+    assert _snapshot(made) == before
+
+
+def test_verify_detects_tampered_client_key(made: Path) -> None:
+    (made / "principals/app1/approval.pub").write_text("00" * 32 + "\n")
+    assert any("app1: approval.pub" in p for p in verify_pki(load_pki(made), now=NOW))
 
 
 def test_corrupt_manifest_is_refused_then_forced(made: Path) -> None:

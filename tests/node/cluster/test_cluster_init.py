@@ -177,7 +177,13 @@ def test_configs_and_bootstrap_are_consistent(cluster: Path) -> None:
         assert cfg.epoch_interval_s == 0.0
         assert cfg.raft_peers == configs[0].raft_peers
     roles = {p.name: p for p in cmd.principals}
-    assert len(roles["alice"].public_key) == 32 and roles["app1"].public_key == b""
+    # every principal with a signing key is registered with it, clients included (grants);
+    # the auditor has none
+    manifest = json.loads((cluster / "pki" / "pki.json").read_text())
+    for entry in manifest["principals"]:
+        expected = bytes.fromhex(entry["approval_public_key_hex"] or "")
+        assert roles[entry["name"]].public_key == expected, entry["name"]
+    assert len(roles["app1"].public_key) == 32 and roles["audit"].public_key == b""
 
 
 def test_member_keys_are_the_token_identity_keys(cluster: Path) -> None:
@@ -208,7 +214,8 @@ def test_profiles_load(cluster: Path) -> None:
         p = load_profile(cluster / "profiles" / f"{name}.toml")
         assert (p.principal, p.role, p.cluster_id, p.nodes) == (name, role, "demo", urls)
         assert p.key == cluster.resolve() / "pki" / "principals" / name / "tls.key"
-        assert (p.approval_key is None) == (role == "client")
+        # clients have a signing key too (requests under a grant)
+        assert p.approval_key == cluster.resolve() / "pki" / "principals" / name / "approval.key"
 
 
 def test_init_refuses_existing_dir(

@@ -156,6 +156,7 @@ def test_valid_config_loads_with_defaults(env: Env) -> None:
     )
     assert (cfg.epoch_interval_s, cfg.epoch_min_interval_s) == (30.0, 1.0)
     assert (cfg.dkg_timeout_s, cfg.sign_timeout_s) == (30.0, 5.0)
+    assert cfg.audit_checkpoint_every == 64
     assert (cfg.log_format, cfg.log_level) == ("text", "info")
 
 
@@ -165,7 +166,8 @@ def test_optional_tables_and_pin_env(env: Env, monkeypatch: pytest.MonkeyPatch) 
     doc["hsm"]["pin_env"] = "CUSTODY_PIN"
     doc["api"]["max_body_bytes"] = 4096
     doc["raft"].update(tick_ms=10, election_ticks=5, snapshot_every=7)
-    doc["schedule"] = {"epoch_interval_s": 0, "dkg_timeout_s": 2, "sign_timeout_s": 0.5}
+    doc["schedule"] = {"epoch_interval_s": 0, "dkg_timeout_s": 2, "sign_timeout_s": 0.5,
+                       "audit_checkpoint_every": 8}
     doc["log"] = {"format": "json", "level": "debug"}
     cfg = load_config(env.write(doc))
     assert cfg.hsm_pin_file is None and cfg.hsm_pin_env == "CUSTODY_PIN"
@@ -176,6 +178,7 @@ def test_optional_tables_and_pin_env(env: Env, monkeypatch: pytest.MonkeyPatch) 
         7,
     )
     assert (cfg.epoch_interval_s, cfg.dkg_timeout_s, cfg.sign_timeout_s) == (0.0, 2.0, 0.5)
+    assert cfg.audit_checkpoint_every == 8
     assert (cfg.log_format, cfg.log_level) == ("json", "debug")
 
 
@@ -266,6 +269,10 @@ ERRORS = [
     ("int bound", _set("api", "max_body_bytes", 100), "[api] max_body_bytes", "4096"),
     ("float bound", _set("schedule", "epoch_interval_s", 0.01), "epoch_interval_s", "0 or"),
     ("unknown schedule key", _set("schedule", "epoch", 1), "[schedule]", "epoch"),
+    ("checkpoint every 0", _set("schedule", "audit_checkpoint_every", 0),
+     "[schedule] audit_checkpoint_every", "1"),
+    ("checkpoint every float", _set("schedule", "audit_checkpoint_every", 2.5),
+     "[schedule] audit_checkpoint_every", "integer"),
     ("bad log level", _set("log", "level", "loud"), "[log] level", "loud"),
     ("bad name", _set("node", "name", "node-0"), "[node] name", "node-0"),
     ("bad cluster id", _set("node", "cluster_id", "a/b"), "[node] cluster_id", "a/b"),
@@ -353,7 +360,7 @@ def _profile(root: Path, role: str = "approver", **kwargs: Any) -> Path:
         "ca": "ca.crt",
         "cert": "tls.crt",
         "key": "tls.key",
-        "approval_key": "approval.key" if role in ("approver", "operator") else None,
+        "approval_key": "approval.key" if role in ("approver", "operator", "client") else None,
     }
     args.update(kwargs)
     path = root / "profiles" / "p.toml"
@@ -372,7 +379,14 @@ def test_profile_loads(tmp_path: Path) -> None:
     assert p.key == (tmp_path / "tls.key").resolve()
     assert p.approval_key == (tmp_path / "approval.key").resolve()
     client = load_profile(_profile(tmp_path, role="client"))
-    assert client.role == "client" and client.approval_key is None
+    assert client.role == "client" and client.approval_key == (tmp_path / "approval.key").resolve()
+    # a client profile written before clients had a signing key still loads
+    old = load_profile(_profile(tmp_path, role="client", approval_key=None))
+    assert old.role == "client" and old.approval_key is None
+    with pytest.raises(ProfileError, match="role auditor has no approval key"):
+        render_profile(principal="audit", role="auditor", cluster_id=CLUSTER,
+                       nodes=["https://127.0.0.1:8401"], ca="ca.crt", cert="tls.crt",
+                       key="tls.key", approval_key="approval.key")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -114,11 +114,13 @@ def test_replay_from_zero_shows_the_key_creation(live: Live) -> None:
     assert of_key(events, "k1") == [
         ("key.requested", None), ("version.pending", 1), ("version.published", 1),
     ], of_key(events, "k1")  # fmt: skip
-    published = next(d for _, t, d in events if t == "version.published")
+    published = next(d for _, t, d in events
+                     if t == "version.published" and d["key_id"] == "k1")
     v1 = live.key_view("k1")["versions"][0]
     assert published["group_public_key"] == v1["group_public_key"]
     assert published["activation_epoch"] == v1["activation_epoch"]
-    requested = next(d for _, t, d in events if t == "key.requested")
+    requested = next(d for _, t, d in events
+                     if t == "key.requested" and d["key_id"] == "k1")
     assert (requested["policy_id"], requested["purpose"]) == ("p1", "sign")
     assert requested["author"] == "ops"
     epochs = [d for _, t, d in events if t == "epoch.advanced"]

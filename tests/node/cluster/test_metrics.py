@@ -86,7 +86,9 @@ def test_operator_reads_plausible_metrics(signed: Signed) -> None:
         assert _value(fams, "custody_bootstrapped") == 1
         assert _value(fams, "custody_audit_records") > 0
         assert _value(fams, "custody_keys", purpose="sign") == 1
-        assert _value(fams, "custody_key_versions", state="active") == 1
+        assert _value(fams, "custody_keys", purpose="audit") == 1
+        # k1's version and the reserved cluster-audit key's
+        assert _value(fams, "custody_key_versions", state="active") == 2
         assert _value(fams, "custody_key_versions", state="pending") == 0
         assert _value(fams, "custody_keys_rotation_due") == 0
         assert _value(fams, "custody_key_primary_age_seconds", key="k1") >= 0

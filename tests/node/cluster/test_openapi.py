@@ -189,7 +189,7 @@ def test_sys_and_reads_match_the_document(api: Api, live: Live) -> None:
         api("ops", "GET", "/v1/sys/health", node=node)
         api("app1", "GET", "/v1/sys/status", node=node)
     keys = api("audit", "GET", "/v1/keys")
-    assert [k["key_id"] for k in keys["keys"]] == ["k1"]
+    assert [k["key_id"] for k in keys["keys"]] == ["cluster-audit", "k1"]
     api("app1", "GET", "/v1/keys?stale=true", node="node-3")
     api("alice", "GET", "/v1/keys/{key_id}", "/v1/keys/k1")
     api("audit", "GET", "/v1/keys/{key_id}", "/v1/keys/nope", expect=404)

@@ -16,6 +16,7 @@ from node.state import (
     CreateKey,
     DecodeError,
     Machine,
+    PostAuditCheckpoint,
     PostCheckpoint,
     PostDkgRound1,
     RecordDkgResult,
@@ -72,6 +73,7 @@ def _samples(world):
         RecordErasure("erase-k1-1", "node-3", "k1", 1),
         CreateGrant("r22", "ops", "g1", "app", "k1", ("sign",), "ci/", "prefix", 10, 40),
         RevokeGrant("r23", "alice", "g1"),
+        PostAuditCheckpoint("audit-checkpoint-5", "node-1", 5, bytes(64), 1, 1, bytes(64)),
         RequestSign("r24", "app", "k1", 0, "ci/x", b"m", grant="g1", signature=bytes(64)),
         RequestDecrypt("r25", "app", "k1", 1, "c", b"ct", grant="g1", signature=bytes(64)),
     ]

@@ -602,12 +602,13 @@ def test_open_requests_query(ready):
     ready.active_key("k1")
     ready.ok(RequestSign("s1", "app", "k1", 0, "", b"m"))
     ready.ok(RequestRotate("rot", "ops", "k1", 0))
-    assert [r.request_id for r in ready.m.open_requests()] == ["s1", "rot"]  # by ref
+    # by ref; "ops:boot" is the bootstrap's own create_key of the audit key (approved)
+    assert [r.request_id for r in ready.m.open_requests()] == ["s1", "boot", "rot"]
     assert [r.request_id for r in ready.m.open_requests("sign")] == ["s1"]
     ready.approve("s1", "alice")
     ready.approve("s1", "bob")
     ready.ok(RecordResult("res", "node-1", "s1", ready.result("s1")))
-    assert [r.request_id for r in ready.m.open_requests()] == ["rot"]
+    assert [r.request_id for r in ready.m.open_requests()] == ["boot", "rot"]
 
 
 # ------------------------------------------------- remaining transitions, tables
@@ -785,7 +786,7 @@ def test_open_request_limits(ready, monkeypatch):
     ready.approve("s1", "bob")
     ready.ok(RecordResult("res", "node-1", "s1", ready.result("s1")))  # s1 decided: room again
     ready.ok(RequestSign("s4", "app", "k1", 0, "", b"m"))
-    assert sorted(ready.m.state.open) == ["app:s2", "app:s4", "ops:rv"]
+    assert sorted(ready.m.state.open) == ["app:s2", "app:s4", "ops:boot", "ops:rv"]
     monkeypatch.setattr(machine, "MAX_OPEN_REQUESTS", 3)
     ready.rejects(RequestRotate("rot", "ops", "k1", 0), Reason.LIMIT_REACHED)
 
