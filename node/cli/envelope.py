@@ -56,8 +56,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def _encrypt(args: argparse.Namespace) -> int:
     from node.client import envelope as ev
+    from node.protocols.envelope import check_context
 
-    ev.check_context(args.context)
+    check_context(args.context)
     plaintext = args.infile.read_bytes() if args.infile is not None else None
 
     async def body(client: Client, profile: Profile) -> int:

@@ -32,9 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import hashlib
 import hmac
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +45,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from node import tlsctx
 from node.client.http import Client, new_request_id
 from node.client.profile import Profile
+from node.protocols.envelope import (
+    EnvelopeError,
+    context_digest,
+    label_for,
+    partial_request,
+)
 from shares import tdec
 from shares.errors import SharesError
 from shares.rng import RandomSource, read_random
@@ -58,54 +62,9 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 CONTEXT_DIGEST_SIZE = 32
 MAX_KEY_ID = 255
-MAX_CONTEXT = 255  # a tdec label context is at most 255 bytes
 MAX_PLAINTEXT = 1 << 30  # 1 GiB: files are handled in memory
 MAX_WRAPPED = 64 * 1024  # the state machine's ciphertext bound (a v2 envelope is far smaller)
-LABEL_AAD = b"custody/envelope/v1/label"
 PAYLOAD_AAD = b"custody/envelope/v1/payload"
-PARTIAL_REQUEST = b"custody/envelope/v1/partial/"
-CONFIRMATION = b"custody/envelope/v1/confirmation"
-_CONTEXT_RE = re.compile(r"[\x20-\x7e]*")
-
-
-class EnvelopeError(ValueError):
-    """A malformed envelope file, a wrong context, or a decryption that cannot finish."""
-
-
-# ---------------------------------------------------------------- label
-
-
-def check_context(context: str) -> bytes:
-    """The context as label bytes: printable ASCII, at most 255 characters."""
-    if not isinstance(context, str) or not _CONTEXT_RE.fullmatch(context):
-        raise EnvelopeError("the context must be printable ASCII")
-    if len(context) > MAX_CONTEXT:
-        raise EnvelopeError(f"the context must be at most {MAX_CONTEXT} characters")
-    return context.encode("ascii")
-
-
-def label_aad(cluster_id: str) -> bytes:
-    cid = cluster_id.encode("utf-8")
-    return LABEL_AAD + len(cid).to_bytes(2, "big") + cid
-
-
-def label_for(cluster_id: str, key_id: str, version: int, context: str) -> tdec.Label:
-    """The TDH2 label the members build from their replica for a decrypt request."""
-    return tdec.Label(key_id, version, check_context(context), label_aad(cluster_id))
-
-
-def context_digest(context: str) -> bytes:
-    return hashlib.sha256(check_context(context)).digest()
-
-
-def partial_request(ref: str) -> bytes:
-    """What binds a member's partial decryption (its DLEQ proof) to one request."""
-    return PARTIAL_REQUEST + ref.encode("utf-8")
-
-
-def confirmation_of(partial: bytes) -> bytes:
-    """The 32-byte digest a member records (`record_result`) for a partial it gave."""
-    return hashlib.sha256(CONFIRMATION + partial).digest()
 
 
 # ---------------------------------------------------------------- file format

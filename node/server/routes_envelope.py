@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import logging
 import os
 
 from aiohttp import web
 
+from node.protocols.envelope import confirmation_of, label_for, partial_request
 from node.server.app import RUNTIME, ApiError, _field, _json, _only, _require, _submit
 from node.server.runtime import result_request_id
 from node.state import Op, RecordResult, RequestDecrypt
@@ -41,11 +41,6 @@ MAX_INDEX_WAIT_S = 5.0
 MAX_PARTIALS_PER_REQUEST = 8  # partials one member gives for one request (retries included)
 _given: dict[str, int] = {}
 
-# Kept identical to node.client.envelope (the client verifies with the same values).
-LABEL_AAD = b"custody/envelope/v1/label"
-PARTIAL_REQUEST = b"custody/envelope/v1/partial/"
-CONFIRMATION = b"custody/envelope/v1/confirmation"
-
 
 def _refused(code: str, message: str) -> ApiError:
     return ApiError(403, code, message)
@@ -54,12 +49,6 @@ def _refused(code: str, message: str) -> ApiError:
 def _zero(buf: bytearray) -> None:
     for i in range(len(buf)):
         buf[i] = 0
-
-
-def label_of(cluster_id: str, key_id: str, version: int, context: str) -> tdec.Label:
-    cid = cluster_id.encode("utf-8")
-    aad = LABEL_AAD + len(cid).to_bytes(2, "big") + cid
-    return tdec.Label(key_id, version, context.encode("ascii"), aad)
 
 
 async def decrypt_request(request: web.Request) -> web.StreamResponse:
@@ -126,7 +115,7 @@ async def partial(request: web.Request) -> web.StreamResponse:
     version = key.versions[req.version]
     envelope = req.payload
     try:
-        label = label_of(st.cluster_id, req.key_id, req.version, req.context)
+        label = label_for(st.cluster_id, req.key_id, req.version, req.context)
         tdec.verify_envelope(envelope, version.group_public_key, label)
     except (SharesError, UnicodeEncodeError) as exc:
         raise _refused(
@@ -146,7 +135,7 @@ async def partial(request: web.Request) -> web.StreamResponse:
         try:
             p = tdec.partial_decrypt(
                 SecretShare(rt.index, bytes(share)), envelope, version.group_public_key, label,
-                os.urandom, PARTIAL_REQUEST + ref.encode("utf-8"),
+                os.urandom, partial_request(ref),
             )  # fmt: skip
         finally:
             _zero(share)
@@ -155,7 +144,7 @@ async def partial(request: web.Request) -> web.StreamResponse:
     encoded = await asyncio.to_thread(compute)
     confirm = RecordResult(
         request_id=result_request_id("dec", ref), author=rt.name, request=ref,
-        result=hashlib.sha256(CONFIRMATION + encoded).digest(),
+        result=confirmation_of(encoded),
     )  # fmt: skip
     out = await rt.propose_quietly(await rt.sign_command(confirm), f"decrypt confirmation {ref}")
     if out is None:
