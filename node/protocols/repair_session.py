@@ -1,0 +1,744 @@
+"""Rebuilding one member's shares from t helpers (shares.repair), as sans-I/O state machines.
+
+A member that lost its token (or the node that replaces it) gets back its share
+of every key version without any helper's share, or any key, leaving its owner.
+The node drives two roles; each feeds in what the world delivered and sends
+what comes back:
+
+    target, post = RepairTarget.start(context, request, items, rng)      # post -> the log
+    helper, post = RepairHelper.start(context, me, request, items, shares, rng)  # -> the log
+    boxes = helper.on_posts(helper_posts, target_post)   # boxes[j] -> helper j, point to point
+    helper.on_deltas(j, message)                          # for each other helper j
+    to_target = helper.sigma_message()                    # -> the target, point to point
+    target.on_posts(helper_posts)                         # checks every helper's commitments
+    target.on_sigma(j, message)                           # for each helper j
+    result = target.finish()                              # shares, each checked against Y_r
+
+One run repairs a batch of key versions (`RepairItem`s, at most `MAX_ITEMS`)
+with one post per party and one message per pair, so repairing a member that
+holds hundreds of versions costs a handful of log entries, not hundreds.
+
+Posts go through the replicated log, so every party sees the same commitments
+(the first post per party counts; the caller enforces that). A helper's post
+carries its step-1 commitments for every item and a fresh X25519 key; the
+target's post carries its own fresh X25519 key. Pieces between helpers and the
+sums sent to the target travel sealed with `sealbox` under those keys, with AAD
+= context || kind || sender || recipient || chunk, so a box is bound to one run,
+one direction and one position.
+
+`repair_context` binds cluster, request, participant, helpers, threshold and
+every item's key id, version and public key: a post cannot be replayed into
+another repair, and a helper cannot be talked into using another helper set or
+a lower threshold (shares.repair refuses a threshold that differs from the one
+derived from the key's own verification shares).
+
+Every failure attributable to a party raises `RepairCulprits` naming it and ends
+the session (secrets dropped; bytearrays zeroized). A failed run is not patched
+up: the node starts a new run without the culprit. Sessions are single-use and
+not thread-safe.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from shares import group as g
+from shares import repair
+from shares.errors import InvalidShare, SharesError
+from shares.rng import RandomSource, read_random
+from shares.shamir import SecretShare
+
+from . import sealbox
+from .wire import MAX_MEMBERS, MAX_REF_CHARS, U32, check_key_id, check_token
+
+CONTEXT_DOMAIN = b"custody-cluster/v1/repair-context"
+POST_VERSION = 1
+MESSAGE_VERSION = 1
+#: Key versions one run repairs; the node splits larger repairs into runs.
+MAX_ITEMS = 256
+#: Scalars per sealed box (sealbox.MAX_PLAINTEXT is 1024 bytes).
+CHUNK = sealbox.MAX_PLAINTEXT // 32
+MAX_CLUSTER_ID_CHARS = 128
+#: A helper post: a key and up to MAX_ITEMS x MAX_MEMBERS commitments of 34 encoded bytes.
+MAX_POST_SIZE = 64 + MAX_ITEMS * (3 + MAX_MEMBERS * 34)
+#: A message: at most ceil(MAX_ITEMS / CHUNK) boxes of at most MAX_SEALED bytes.
+MAX_MESSAGE_SIZE = 64 + (-(-MAX_ITEMS // CHUNK)) * (sealbox.MAX_SEALED + 3)
+
+_DELTA = b"delta"
+_SIGMA = b"sigma"
+
+
+class RepairError(ValueError):
+    """Base of the repair session's errors."""
+
+
+class RepairStateError(RepairError):
+    """A method was called out of order, twice, or after the session ended."""
+
+
+class OwnPostMismatch(RepairError):
+    """The log holds a post for this party that is not the one it made."""
+
+
+class RepairCulprits(RepairError):
+    """Parties whose messages are bad (member indexes); the run fails naming them."""
+
+    def __init__(self, culprits: Sequence[int], reason: str) -> None:
+        self.culprits: list[int] = sorted(set(culprits))
+        self.reason = reason
+        super().__init__(f"{reason} (culprits: {', '.join(map(str, self.culprits))})")
+
+
+@dataclass(frozen=True)
+class RepairItem:
+    """One key version to repair, with its public data from the replicated state."""
+
+    key_id: str
+    version: int
+    group_public_key: bytes
+    verification_shares: Mapping[int, bytes]  # member index -> Y_i
+
+
+def _lp(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _zero(buf: bytearray) -> None:
+    buf[:] = bytes(len(buf))
+
+
+def _check_items(items: object) -> tuple[RepairItem, ...]:
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        raise RepairError("items must be a sequence of RepairItem")
+    if not 1 <= len(items) <= MAX_ITEMS:
+        raise RepairError(f"a run repairs 1..{MAX_ITEMS} key versions")
+    seen: set[tuple[str, int]] = set()
+    for it in items:
+        if not isinstance(it, RepairItem):
+            raise RepairError("items must be RepairItem values")
+        check_key_id(it.key_id, RepairError)
+        if type(it.version) is not int or not 1 <= it.version <= U32:
+            raise RepairError(f"version must be an integer in 1..{U32}")
+        if (it.key_id, it.version) in seen:
+            raise RepairError(f"{it.key_id} v{it.version} is listed twice")
+        seen.add((it.key_id, it.version))
+        if not isinstance(it.group_public_key, bytes) or len(it.group_public_key) != 32:
+            raise RepairError("a group public key is 32 bytes")
+        vs = it.verification_shares
+        if not isinstance(vs, Mapping) or not 2 <= len(vs) <= MAX_MEMBERS:
+            raise RepairError(f"verification shares: a map of 2..{MAX_MEMBERS} entries")
+        for i, y in vs.items():
+            if type(i) is not int or not 1 <= i <= MAX_MEMBERS:
+                raise RepairError("verification share indexes are member indexes")
+            if not isinstance(y, bytes) or len(y) != 32:
+                raise RepairError("a verification share is 32 bytes")
+    return tuple(items)
+
+
+def repair_context(
+    cluster_id: str,
+    request_ref: str,
+    request: repair.RepairRequest,
+    items: Sequence[RepairItem],
+) -> bytes:
+    """SHA-512 over everything that identifies one repair run: its `context` (64 bytes)."""
+    check_token(cluster_id, "cluster_id", MAX_CLUSTER_ID_CHARS, RepairError)
+    check_token(request_ref, "request_ref", MAX_REF_CHARS, RepairError)
+    if not isinstance(request, repair.RepairRequest):
+        raise RepairError("request must be a shares.repair.RepairRequest")
+    rows = _check_items(items)
+    body = _lp(CONTEXT_DOMAIN) + _lp(cluster_id.encode()) + _lp(request_ref.encode())
+    body += struct.pack(">BBB", request.participant, request.min_participants,
+                        len(request.helpers))  # fmt: skip
+    body += bytes(request.helpers) + struct.pack(">I", len(rows))
+    for it in rows:
+        body += _lp(it.key_id.encode()) + struct.pack(">I", it.version) + it.group_public_key
+    return hashlib.sha512(body).digest()
+
+
+def _unpack(data: object, bound: int, what: str) -> Any:
+    if not isinstance(data, bytes | bytearray) or not 1 <= len(data) <= bound:
+        raise RepairError(f"{what} must be 1..{bound} bytes")
+    try:
+        return msgpack.unpackb(
+            bytes(data), raw=False, use_list=True, strict_map_key=True,
+            max_str_len=16, max_bin_len=sealbox.MAX_SEALED, max_array_len=MAX_ITEMS,
+            max_map_len=8, max_ext_len=0,
+        )  # fmt: skip
+    except Exception as exc:  # msgpack raises many types; all mean "malformed"
+        raise RepairError(f"{what} is not one msgpack value ({type(exc).__name__})") from None
+
+
+def _check_x25519(value: object) -> bytes:
+    try:
+        return sealbox.check_public_key(value, "x25519 key")
+    except sealbox.SealError as exc:
+        raise RepairError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- posts
+
+
+def _encode_helper_post(x25519: bytes, commitments: Sequence[Sequence[bytes]]) -> bytes:
+    return msgpack.packb(
+        {"v": POST_VERSION, "x25519": x25519, "commitments": [list(c) for c in commitments]},
+        use_bin_type=True,
+    )
+
+
+def _encode_target_post(x25519: bytes) -> bytes:
+    return msgpack.packb({"v": POST_VERSION, "x25519": x25519}, use_bin_type=True)
+
+
+@dataclass(frozen=True)
+class _HelperPost:
+    x25519: bytes
+    packages: tuple[repair.RepairCommitments, ...]  # one per item, in item order
+
+
+def _decode_helper_post(
+    data: object, sender: int, request: repair.RepairRequest, n_items: int
+) -> _HelperPost:
+    raw = _unpack(data, MAX_POST_SIZE, "a helper post")
+    if type(raw) is not dict or set(raw) != {"v", "x25519", "commitments"}:
+        raise RepairError("helper post fields must be exactly v, x25519, commitments")
+    if type(raw["v"]) is not int or raw["v"] != POST_VERSION:
+        raise RepairError("unsupported helper post version")
+    key = _check_x25519(raw["x25519"])
+    rows = raw["commitments"]
+    ids = request.helpers
+    if type(rows) is not list or len(rows) != n_items:
+        raise RepairError(f"a helper post commits to exactly {n_items} items")
+    packages = []
+    for row in rows:
+        if type(row) is not list or len(row) != len(ids):
+            raise RepairError(f"each item has exactly {len(ids)} commitments")
+        if any(type(c) is not bytes or len(c) != 32 for c in row):
+            raise RepairError("a commitment is 32 bytes")
+        packages.append(repair.RepairCommitments(
+            helper=sender, participant=request.participant, helpers=ids,
+            commitments=dict(zip(ids, row, strict=True)),
+        ))  # fmt: skip
+    if _encode_helper_post(key, rows) != bytes(data):  # type: ignore[arg-type]
+        raise RepairError("helper post is not in canonical encoding")
+    return _HelperPost(key, tuple(packages))
+
+
+def _decode_target_post(data: object) -> bytes:
+    raw = _unpack(data, 128, "the target's post")
+    if type(raw) is not dict or set(raw) != {"v", "x25519"}:
+        raise RepairError("target post fields must be exactly v, x25519")
+    if type(raw["v"]) is not int or raw["v"] != POST_VERSION:
+        raise RepairError("unsupported target post version")
+    key = _check_x25519(raw["x25519"])
+    if _encode_target_post(key) != bytes(data):  # type: ignore[arg-type]
+        raise RepairError("target post is not in canonical encoding")
+    return key
+
+
+# ---------------------------------------------------------------- sealed messages
+
+
+def _aad(context: bytes, kind: bytes, sender: int, recipient: int, chunk: int) -> bytes:
+    return context + kind + struct.pack(">HHH", sender, recipient, chunk)
+
+
+def _seal_scalars(
+    private: X25519PrivateKey, public: bytes, peer: bytes, scalars: Sequence[bytes],
+    context: bytes, kind: bytes, sender: int, recipient: int, rng: RandomSource,
+) -> bytes:  # fmt: skip
+    boxes = []
+    for c, start in enumerate(range(0, len(scalars), CHUNK)):
+        plain = bytearray(b"".join(scalars[start : start + CHUNK]))
+        try:
+            boxes.append(sealbox.seal(private, public, peer, bytes(plain),
+                                      _aad(context, kind, sender, recipient, c), rng))  # fmt: skip
+        finally:
+            _zero(plain)
+    return msgpack.packb(
+        {"v": MESSAGE_VERSION, "kind": kind.decode(), "sender": sender, "recipient": recipient,
+         "boxes": boxes},
+        use_bin_type=True,
+    )  # fmt: skip
+
+
+def _open_scalars(
+    private: X25519PrivateKey, public: bytes, peer: bytes, message: object, context: bytes,
+    kind: bytes, sender: int, recipient: int, count: int,
+) -> list[bytearray]:  # fmt: skip
+    """The `count` 32-byte values in a message from `sender`; RepairError if anything is off."""
+    raw = _unpack(message, MAX_MESSAGE_SIZE, "a repair message")
+    if type(raw) is not dict or set(raw) != {"v", "kind", "sender", "recipient", "boxes"}:
+        raise RepairError("message fields must be exactly v, kind, sender, recipient, boxes")
+    if type(raw["v"]) is not int or raw["v"] != MESSAGE_VERSION:
+        raise RepairError("unsupported repair message version")
+    if raw["kind"] != kind.decode() or raw["sender"] != sender or raw["recipient"] != recipient:
+        raise RepairError("the message is not of this kind, from this sender to this party")
+    boxes = raw["boxes"]
+    chunks = -(-count // CHUNK)
+    if type(boxes) is not list or len(boxes) != chunks or any(type(b) is not bytes for b in boxes):
+        raise RepairError(f"the message must hold exactly {chunks} boxes")
+    out: list[bytearray] = []
+    for c, box in enumerate(boxes):
+        try:
+            plain = bytearray(sealbox.open_(private, public, peer, box,
+                                            _aad(context, kind, sender, recipient, c)))  # fmt: skip
+        except sealbox.SealError:
+            for v in out:
+                _zero(v)
+            raise RepairError("a box does not open") from None
+        want = min(CHUNK, count - c * CHUNK)
+        if len(plain) != 32 * want:
+            _zero(plain)
+            for v in out:
+                _zero(v)
+            raise RepairError("a box holds the wrong number of values")
+        out += [bytearray(plain[k * 32 : (k + 1) * 32]) for k in range(want)]
+        _zero(plain)
+    return out
+
+
+# ---------------------------------------------------------------- sessions
+
+
+class _State(enum.Enum):
+    POSTED = "waiting for the posts"
+    EXCHANGE = "exchanging pieces"
+    DONE = "finished"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+def _new_x25519(rng: RandomSource) -> tuple[X25519PrivateKey, bytes]:
+    try:
+        seed = bytearray(read_random(rng, 32))
+    except SharesError as exc:
+        raise RepairError(f"random source failed: {exc}") from None
+    private = X25519PrivateKey.from_private_bytes(bytes(seed))
+    _zero(seed)
+    return private, sealbox.public_bytes(private)
+
+
+def _check_request(request: object, items: Sequence[RepairItem]) -> repair.RepairRequest:
+    if not isinstance(request, repair.RepairRequest):
+        raise RepairError("request must be a shares.repair.RepairRequest")
+    for it in items:
+        try:
+            repair.check_request(request, it.verification_shares, it.group_public_key)
+        except SharesError as exc:
+            raise RepairError(f"{it.key_id} v{it.version}: {exc}") from None
+    return request
+
+
+def _check_context(context: object) -> bytes:
+    if not isinstance(context, bytes | bytearray) or len(context) != 64:
+        raise RepairError("context must be the 64-byte repair_context")
+    return bytes(context)
+
+
+class _Session:
+    __slots__ = ("_context", "_items", "_private", "_public", "_request", "_rng", "_state")
+
+    _context: bytes
+    _items: tuple[RepairItem, ...]
+    _private: X25519PrivateKey | None
+    _public: bytes
+    _request: repair.RepairRequest
+    _rng: RandomSource
+    _state: _State
+
+    def __init__(self) -> None:
+        raise TypeError("use start(...)")
+
+    def _require(self, state: _State, what: str) -> None:
+        if self._state is not state:
+            raise RepairStateError(f"{what} not allowed: session is {self._state.value}")
+
+    def _fail(self, culprits: Sequence[int], reason: str) -> RepairCulprits:
+        self._wipe()
+        self._state = _State.FAILED
+        return RepairCulprits(culprits, reason)
+
+    def _wipe(self) -> None:
+        self._private = None  # OpenSSL frees the key
+
+    def _check_helper_posts(
+        self, posts: Mapping[int, bytes], skip: int = 0
+    ) -> dict[int, _HelperPost]:
+        """Decode every helper's post but `skip`'s and check its commitments for every
+        item; one verdict names every bad helper."""
+        ids = self._request.helpers
+        if not isinstance(posts, Mapping) or set(posts) != set(ids):
+            raise RepairError(f"need exactly the posts of helpers {list(ids)}")
+        decoded: dict[int, _HelperPost] = {}
+        culprits: list[int] = []
+        reasons: list[str] = []
+        for j in ids:
+            if j == skip:
+                continue
+            try:
+                decoded[j] = _decode_helper_post(posts[j], j, self._request, len(self._items))
+            except RepairError as exc:
+                culprits.append(j)
+                reasons.append(f"{j}: {exc}")
+                continue
+            if hmac.compare_digest(decoded[j].x25519, self._public):
+                del decoded[j]
+                culprits.append(j)
+                reasons.append(f"{j}: x25519 key copied from this party")
+        if culprits:
+            raise self._fail(culprits, "bad repair posts [" + "; ".join(reasons) + "]")
+        return decoded
+
+    def _check_commitments(self, packages: Mapping[int, _HelperPost]) -> None:
+        culprits: set[int] = set()
+        for k, it in enumerate(self._items):
+            try:
+                repair.check_commitments(
+                    self._request, [p.packages[k] for p in packages.values()],
+                    it.verification_shares, it.group_public_key,
+                )  # fmt: skip
+            except InvalidShare as exc:
+                culprits.update(exc.culprits)
+        if culprits:
+            raise self._fail(sorted(culprits), "repair commitments do not split the helpers' "
+                             "shares (sum of pieces != lambda_i * Y_i)")  # fmt: skip
+
+    def abort(self) -> None:
+        """Drop every secret and end the session (idempotent)."""
+        self._wipe()
+        if self._state in (_State.POSTED, _State.EXCHANGE):
+            self._state = _State.ABORTED
+
+    @property
+    def state(self) -> str:
+        return self._state.name.lower()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("a repair session holds secrets and must not be pickled")
+
+
+class RepairHelper(_Session):
+    """Helper `me`: deal pieces of lambda_me * s_me, check the pieces it gets, sum them."""
+
+    __slots__ = ("_deltas", "_in", "_my_post", "_posts", "_target_key", "me")
+
+    @classmethod
+    def start(
+        cls, context: bytes, me: int, request: repair.RepairRequest,
+        items: Sequence[RepairItem], shares: Sequence[bytes | bytearray], rng: RandomSource,
+    ) -> tuple[RepairHelper, bytes]:  # fmt: skip
+        """Begin as helper `me` with its share of each item (same order); returns (session,
+        post). Refuses a request that does not fit an item's key, and a share that does not
+        match the helper's verification share (shares.repair.repair_step1)."""
+        rows = _check_items(items)
+        req = _check_request(request, rows)
+        if type(me) is not int or me not in req.helpers:
+            raise RepairError("me must be one of the request's helpers")
+        if not isinstance(shares, Sequence) or len(shares) != len(rows):
+            raise RepairError("one share per item, in item order")
+        self = object.__new__(cls)
+        self._context, self._items, self._request, self._rng = (
+            _check_context(context), rows, req, rng)  # fmt: skip
+        self.me = me
+        self._private, self._public = _new_x25519(rng)
+        self._deltas: list[dict[int, bytes]] = []  # per item: recipient -> piece (secret)
+        commitments: list[list[bytes]] = []
+        try:
+            for it, share in zip(rows, shares, strict=True):
+                public, deltas = repair.repair_step1(
+                    SecretShare(me, bytes(share)), req, it.verification_shares,
+                    it.group_public_key, rng,
+                )  # fmt: skip
+                self._deltas.append({j: d.value for j, d in deltas.items()})
+                commitments.append([public.commitments[j] for j in req.helpers])
+        except SharesError as exc:
+            self._wipe()
+            raise RepairError(f"cannot deal: {exc}") from None
+        self._my_post = _encode_helper_post(self._public, commitments)
+        self._posts: dict[int, _HelperPost] = {}
+        self._in: dict[int, list[bytearray]] = {}
+        self._target_key = b""
+        self._state = _State.POSTED
+        return self, self._my_post
+
+    def _wipe(self) -> None:
+        super()._wipe()
+        self._deltas = []
+        for values in getattr(self, "_in", {}).values():
+            for v in values:
+                _zero(v)
+        self._in = {}
+
+    def on_posts(self, posts: Mapping[int, bytes], target_post: bytes) -> dict[int, bytes]:
+        """Every helper's post (mine included) and the target's, from the log -> the
+        sealed pieces for each other helper."""
+        self._require(_State.POSTED, "on_posts")
+        mine = posts.get(self.me) if isinstance(posts, Mapping) else None
+        if not isinstance(mine, bytes | bytearray) or not hmac.compare_digest(
+            bytes(mine), self._my_post
+        ):
+            self._wipe()
+            self._state = _State.FAILED
+            raise OwnPostMismatch(f"the log's post for helper {self.me} is not mine")
+        try:
+            target_key = _decode_target_post(target_post)
+        except RepairError as exc:
+            raise self._fail([self._request.participant], f"bad target post: {exc}") from None
+        others = self._check_helper_posts(posts, skip=self.me)
+        everyone = dict(others)
+        everyone[self.me] = _decode_helper_post(mine, self.me, self._request, len(self._items))
+        self._check_commitments(everyone)
+        self._posts, self._target_key = everyone, target_key
+        assert self._private is not None
+        out = {}
+        for j in others:
+            try:
+                out[j] = _seal_scalars(
+                    self._private, self._public, others[j].x25519,
+                    [d[j] for d in self._deltas], self._context, _DELTA, self.me, j, self._rng,
+                )  # fmt: skip
+            except sealbox.SealError as exc:
+                self._wipe()
+                self._state = _State.FAILED
+                raise RepairError(f"cannot seal pieces: {exc}") from None
+        self._in[self.me] = [bytearray(d[self.me]) for d in self._deltas]
+        self._state = _State.EXCHANGE
+        return out
+
+    def on_deltas(self, sender: int, message: bytes) -> None:
+        """The pieces helper `sender` (the transport-authenticated peer) dealt to me."""
+        self._require(_State.EXCHANGE, "on_deltas")
+        if sender == self.me or sender not in self._request.helpers:
+            raise RepairError("sender must be another helper of this run")
+        if sender in self._in:
+            raise self._fail([sender], "a second message with pieces")
+        assert self._private is not None
+        try:
+            values = _open_scalars(
+                self._private, self._public, self._posts[sender].x25519, message,
+                self._context, _DELTA, sender, self.me, len(self._items),
+            )  # fmt: skip
+        except RepairError as exc:
+            raise self._fail([sender], f"bad pieces: {exc}") from None
+        for k, v in enumerate(values):  # blame the dealer now rather than at the sum
+            try:
+                ok = g.element_eq(g.base_mult(g.decode_scalar(bytes(v))),
+                                  self._posts[sender].packages[k].commitments[self.me])
+            except SharesError:
+                ok = False
+            if not ok:
+                for w in values:
+                    _zero(w)
+                raise self._fail([sender], "a piece does not match its commitment")
+        self._in[sender] = values
+
+    @property
+    def complete(self) -> bool:
+        """Every helper's pieces are in: `sigma_message()` may be called."""
+        return self._state is _State.EXCHANGE and len(self._in) == len(self._request.helpers)
+
+    def sigma_message(self) -> bytes:
+        """The sums for the target, sealed to its key; the session ends either way."""
+        self._require(_State.EXCHANGE, "sigma_message")
+        if not self.complete:
+            raise RepairStateError("sigma_message needs every helper's pieces")
+        assert self._private is not None
+        sigmas: list[bytes] = []
+        try:
+            for k, it in enumerate(self._items):
+                deltas = [repair.RepairDelta(i, self.me, self._request.participant,
+                                             bytes(self._in[i][k]))
+                          for i in self._request.helpers]  # fmt: skip
+                sigma = repair.repair_step2(
+                    self.me, self._request, deltas, [p.packages[k] for p in self._posts.values()],
+                    it.verification_shares, it.group_public_key,
+                )  # fmt: skip
+                sigmas.append(sigma.value)
+            message = _seal_scalars(
+                self._private, self._public, self._target_key, sigmas, self._context, _SIGMA,
+                self.me, self._request.participant, self._rng,
+            )  # fmt: skip
+        except InvalidShare as exc:
+            raise self._fail(exc.culprits, "pieces do not verify") from None
+        except (SharesError, sealbox.SealError) as exc:
+            self._wipe()
+            self._state = _State.FAILED
+            raise RepairError(f"cannot finish: {type(exc).__name__}") from None
+        self._wipe()
+        self._state = _State.DONE
+        return message
+
+    def __repr__(self) -> str:
+        return (f"RepairHelper(me={self.me}, participant={self._request.participant}, "
+                f"items={len(self._items)}, state={self.state}, <secrets redacted>)")  # fmt: skip
+
+    __str__ = __repr__
+
+
+@dataclass(repr=False, eq=False)
+class RepairResult:
+    """The repaired shares, item order; each was checked against its verification share.
+    The caller stores them (HSM) and zeroizes (`zeroize()`)."""
+
+    participant: int
+    items: tuple[RepairItem, ...]
+    shares: tuple[bytearray, ...]
+    _zeroized: bool = field(default=False, init=False)
+
+    def zeroize(self) -> None:
+        for s in self.shares:
+            _zero(s)
+        self._zeroized = True
+
+    def __repr__(self) -> str:
+        return (f"RepairResult(participant={self.participant}, items={len(self.items)}, "
+                "shares=<redacted>)")  # fmt: skip
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("RepairResult holds secret shares and must not be pickled")
+
+
+class RepairTarget(_Session):
+    """The member being repaired: publish a key, collect t sums, check, keep the shares."""
+
+    __slots__ = ("_my_post", "_posts", "_sigmas")
+
+    @classmethod
+    def start(
+        cls, context: bytes, request: repair.RepairRequest, items: Sequence[RepairItem],
+        rng: RandomSource,
+    ) -> tuple[RepairTarget, bytes]:  # fmt: skip
+        rows = _check_items(items)
+        req = _check_request(request, rows)
+        self = object.__new__(cls)
+        self._context, self._items, self._request, self._rng = (
+            _check_context(context), rows, req, rng)  # fmt: skip
+        self._private, self._public = _new_x25519(rng)
+        self._my_post = _encode_target_post(self._public)
+        self._posts: dict[int, _HelperPost] = {}
+        self._sigmas: dict[int, list[bytearray]] = {}
+        self._state = _State.POSTED
+        return self, self._my_post
+
+    @property
+    def post(self) -> bytes:
+        return self._my_post
+
+    def _wipe(self) -> None:
+        super()._wipe()
+        for values in getattr(self, "_sigmas", {}).values():
+            for v in values:
+                _zero(v)
+        self._sigmas = {}
+
+    def on_posts(self, posts: Mapping[int, bytes], target_post: bytes | None = None) -> None:
+        """Every helper's post from the log (and, if given, the log's target post, which
+        must be mine); checks every helper's commitments at once."""
+        self._require(_State.POSTED, "on_posts")
+        if target_post is not None and not (
+            isinstance(target_post, bytes | bytearray)
+            and hmac.compare_digest(bytes(target_post), self._my_post)
+        ):
+            self._wipe()
+            self._state = _State.FAILED
+            raise OwnPostMismatch("the log's target post is not mine")
+        decoded = self._check_helper_posts(posts)
+        self._check_commitments(decoded)
+        self._posts = decoded
+        self._state = _State.EXCHANGE
+
+    def on_sigma(self, sender: int, message: bytes) -> None:
+        """Helper `sender`'s sums (the transport-authenticated peer)."""
+        self._require(_State.EXCHANGE, "on_sigma")
+        if sender not in self._request.helpers:
+            raise RepairError("sender must be a helper of this run")
+        if sender in self._sigmas:
+            raise self._fail([sender], "a second message with sums")
+        assert self._private is not None
+        try:
+            values = _open_scalars(
+                self._private, self._public, self._posts[sender].x25519, message,
+                self._context, _SIGMA, sender, self._request.participant, len(self._items),
+            )  # fmt: skip
+        except RepairError as exc:
+            raise self._fail([sender], f"bad sums: {exc}") from None
+        for k, v in enumerate(values):
+            expected = g.IDENTITY
+            for p in self._posts.values():
+                expected = g.element_add(expected, p.packages[k].commitments[sender])
+            try:
+                ok = g.element_eq(g.base_mult(g.decode_scalar(bytes(v))), expected)
+            except SharesError:
+                ok = False
+            if not ok:
+                for w in values:
+                    _zero(w)
+                raise self._fail([sender], "a sum does not match the helpers' commitments")
+        self._sigmas[sender] = values
+
+    @property
+    def complete(self) -> bool:
+        return self._state is _State.EXCHANGE and len(self._sigmas) == len(self._request.helpers)
+
+    def finish(self) -> RepairResult:
+        """Sum the sigmas of each item and check the share against Y_participant."""
+        self._require(_State.EXCHANGE, "finish")
+        if not self.complete:
+            raise RepairStateError("finish needs every helper's sums")
+        out: list[bytearray] = []
+        try:
+            for k, it in enumerate(self._items):
+                sigmas = [repair.RepairSigma(j, self._request.participant,
+                                             bytes(self._sigmas[j][k]))
+                          for j in self._request.helpers]  # fmt: skip
+                share = repair.repair_step3(
+                    self._request, sigmas, [p.packages[k] for p in self._posts.values()],
+                    it.verification_shares, it.group_public_key,
+                )  # fmt: skip
+                out.append(bytearray(share.value))
+        except InvalidShare as exc:
+            for s in out:
+                _zero(s)
+            raise self._fail(exc.culprits or [], f"repaired share does not verify: {exc}") from None
+        except SharesError as exc:
+            for s in out:
+                _zero(s)
+            self._wipe()
+            self._state = _State.FAILED
+            raise RepairError(f"cannot finish: {type(exc).__name__}") from None
+        self._wipe()
+        self._state = _State.DONE
+        return RepairResult(self._request.participant, self._items, tuple(out))
+
+    def __repr__(self) -> str:
+        return (f"RepairTarget(participant={self._request.participant}, "
+                f"items={len(self._items)}, state={self.state}, <secrets redacted>)")  # fmt: skip
+
+    __str__ = __repr__
+
+
+__all__ = [
+    "CONTEXT_DOMAIN",
+    "MAX_ITEMS",
+    "OwnPostMismatch",
+    "RepairCulprits",
+    "RepairError",
+    "RepairHelper",
+    "RepairItem",
+    "RepairResult",
+    "RepairStateError",
+    "RepairTarget",
+    "repair_context",
+]
