@@ -54,24 +54,31 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from shares import group as g
 from shares import repair
 from shares.errors import InvalidShare, SharesError
-from shares.rng import RandomSource, read_random
+from shares.rng import RandomSource
 from shares.shamir import SecretShare
 
 from . import sealbox
-from .wire import MAX_MEMBERS, MAX_REF_CHARS, U32, check_key_id, check_token
+from .batch import (
+    MAX_ITEMS,
+    check_items,
+    check_x25519,
+    items_digest_input,
+    lp,
+    new_x25519,
+    open_scalars,
+    seal_scalars,
+    unpack,
+    zero,
+)
+from .batch import KeyVersion as RepairItem
+from .wire import MAX_MEMBERS, MAX_REF_CHARS, check_token
 
 CONTEXT_DOMAIN = b"custody-cluster/v1/repair-context"
 POST_VERSION = 1
 MESSAGE_VERSION = 1
-#: Key versions one run repairs; the node splits larger repairs into runs.
-MAX_ITEMS = 256
-#: Scalars per sealed box (sealbox.MAX_PLAINTEXT is 1024 bytes).
-CHUNK = sealbox.MAX_PLAINTEXT // 32
 MAX_CLUSTER_ID_CHARS = 128
 #: A helper post: a key and up to MAX_ITEMS x MAX_MEMBERS commitments of 34 encoded bytes.
 MAX_POST_SIZE = 64 + MAX_ITEMS * (3 + MAX_MEMBERS * 34)
-#: A message: at most ceil(MAX_ITEMS / CHUNK) boxes of at most MAX_SEALED bytes.
-MAX_MESSAGE_SIZE = 64 + (-(-MAX_ITEMS // CHUNK)) * (sealbox.MAX_SEALED + 3)
 
 _DELTA = b"delta"
 _SIGMA = b"sigma"
@@ -98,52 +105,6 @@ class RepairCulprits(RepairError):
         super().__init__(f"{reason} (culprits: {', '.join(map(str, self.culprits))})")
 
 
-@dataclass(frozen=True)
-class RepairItem:
-    """One key version to repair, with its public data from the replicated state."""
-
-    key_id: str
-    version: int
-    group_public_key: bytes
-    verification_shares: Mapping[int, bytes]  # member index -> Y_i
-
-
-def _lp(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-def _zero(buf: bytearray) -> None:
-    buf[:] = bytes(len(buf))
-
-
-def _check_items(items: object) -> tuple[RepairItem, ...]:
-    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
-        raise RepairError("items must be a sequence of RepairItem")
-    if not 1 <= len(items) <= MAX_ITEMS:
-        raise RepairError(f"a run repairs 1..{MAX_ITEMS} key versions")
-    seen: set[tuple[str, int]] = set()
-    for it in items:
-        if not isinstance(it, RepairItem):
-            raise RepairError("items must be RepairItem values")
-        check_key_id(it.key_id, RepairError)
-        if type(it.version) is not int or not 1 <= it.version <= U32:
-            raise RepairError(f"version must be an integer in 1..{U32}")
-        if (it.key_id, it.version) in seen:
-            raise RepairError(f"{it.key_id} v{it.version} is listed twice")
-        seen.add((it.key_id, it.version))
-        if not isinstance(it.group_public_key, bytes) or len(it.group_public_key) != 32:
-            raise RepairError("a group public key is 32 bytes")
-        vs = it.verification_shares
-        if not isinstance(vs, Mapping) or not 2 <= len(vs) <= MAX_MEMBERS:
-            raise RepairError(f"verification shares: a map of 2..{MAX_MEMBERS} entries")
-        for i, y in vs.items():
-            if type(i) is not int or not 1 <= i <= MAX_MEMBERS:
-                raise RepairError("verification share indexes are member indexes")
-            if not isinstance(y, bytes) or len(y) != 32:
-                raise RepairError("a verification share is 32 bytes")
-    return tuple(items)
-
-
 def repair_context(
     cluster_id: str,
     request_ref: str,
@@ -155,34 +116,12 @@ def repair_context(
     check_token(request_ref, "request_ref", MAX_REF_CHARS, RepairError)
     if not isinstance(request, repair.RepairRequest):
         raise RepairError("request must be a shares.repair.RepairRequest")
-    rows = _check_items(items)
-    body = _lp(CONTEXT_DOMAIN) + _lp(cluster_id.encode()) + _lp(request_ref.encode())
+    rows = check_items(items, RepairError)
+    body = lp(CONTEXT_DOMAIN) + lp(cluster_id.encode()) + lp(request_ref.encode())
     body += struct.pack(">BBB", request.participant, request.min_participants,
                         len(request.helpers))  # fmt: skip
-    body += bytes(request.helpers) + struct.pack(">I", len(rows))
-    for it in rows:
-        body += _lp(it.key_id.encode()) + struct.pack(">I", it.version) + it.group_public_key
+    body += bytes(request.helpers) + items_digest_input(rows)
     return hashlib.sha512(body).digest()
-
-
-def _unpack(data: object, bound: int, what: str) -> Any:
-    if not isinstance(data, bytes | bytearray) or not 1 <= len(data) <= bound:
-        raise RepairError(f"{what} must be 1..{bound} bytes")
-    try:
-        return msgpack.unpackb(
-            bytes(data), raw=False, use_list=True, strict_map_key=True,
-            max_str_len=16, max_bin_len=sealbox.MAX_SEALED, max_array_len=MAX_ITEMS,
-            max_map_len=8, max_ext_len=0,
-        )  # fmt: skip
-    except Exception as exc:  # msgpack raises many types; all mean "malformed"
-        raise RepairError(f"{what} is not one msgpack value ({type(exc).__name__})") from None
-
-
-def _check_x25519(value: object) -> bytes:
-    try:
-        return sealbox.check_public_key(value, "x25519 key")
-    except sealbox.SealError as exc:
-        raise RepairError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- posts
@@ -208,12 +147,12 @@ class _HelperPost:
 def _decode_helper_post(
     data: object, sender: int, request: repair.RepairRequest, n_items: int
 ) -> _HelperPost:
-    raw = _unpack(data, MAX_POST_SIZE, "a helper post")
+    raw = unpack(data, MAX_POST_SIZE, "a helper post", RepairError)
     if type(raw) is not dict or set(raw) != {"v", "x25519", "commitments"}:
         raise RepairError("helper post fields must be exactly v, x25519, commitments")
     if type(raw["v"]) is not int or raw["v"] != POST_VERSION:
         raise RepairError("unsupported helper post version")
-    key = _check_x25519(raw["x25519"])
+    key = check_x25519(raw["x25519"], RepairError)
     rows = raw["commitments"]
     ids = request.helpers
     if type(rows) is not list or len(rows) != n_items:
@@ -234,77 +173,18 @@ def _decode_helper_post(
 
 
 def _decode_target_post(data: object) -> bytes:
-    raw = _unpack(data, 128, "the target's post")
+    raw = unpack(data, 128, "the target's post", RepairError)
     if type(raw) is not dict or set(raw) != {"v", "x25519"}:
         raise RepairError("target post fields must be exactly v, x25519")
     if type(raw["v"]) is not int or raw["v"] != POST_VERSION:
         raise RepairError("unsupported target post version")
-    key = _check_x25519(raw["x25519"])
+    key = check_x25519(raw["x25519"], RepairError)
     if _encode_target_post(key) != bytes(data):  # type: ignore[arg-type]
         raise RepairError("target post is not in canonical encoding")
     return key
 
 
 # ---------------------------------------------------------------- sealed messages
-
-
-def _aad(context: bytes, kind: bytes, sender: int, recipient: int, chunk: int) -> bytes:
-    return context + kind + struct.pack(">HHH", sender, recipient, chunk)
-
-
-def _seal_scalars(
-    private: X25519PrivateKey, public: bytes, peer: bytes, scalars: Sequence[bytes],
-    context: bytes, kind: bytes, sender: int, recipient: int, rng: RandomSource,
-) -> bytes:  # fmt: skip
-    boxes = []
-    for c, start in enumerate(range(0, len(scalars), CHUNK)):
-        plain = bytearray(b"".join(scalars[start : start + CHUNK]))
-        try:
-            boxes.append(sealbox.seal(private, public, peer, bytes(plain),
-                                      _aad(context, kind, sender, recipient, c), rng))  # fmt: skip
-        finally:
-            _zero(plain)
-    return msgpack.packb(
-        {"v": MESSAGE_VERSION, "kind": kind.decode(), "sender": sender, "recipient": recipient,
-         "boxes": boxes},
-        use_bin_type=True,
-    )  # fmt: skip
-
-
-def _open_scalars(
-    private: X25519PrivateKey, public: bytes, peer: bytes, message: object, context: bytes,
-    kind: bytes, sender: int, recipient: int, count: int,
-) -> list[bytearray]:  # fmt: skip
-    """The `count` 32-byte values in a message from `sender`; RepairError if anything is off."""
-    raw = _unpack(message, MAX_MESSAGE_SIZE, "a repair message")
-    if type(raw) is not dict or set(raw) != {"v", "kind", "sender", "recipient", "boxes"}:
-        raise RepairError("message fields must be exactly v, kind, sender, recipient, boxes")
-    if type(raw["v"]) is not int or raw["v"] != MESSAGE_VERSION:
-        raise RepairError("unsupported repair message version")
-    if raw["kind"] != kind.decode() or raw["sender"] != sender or raw["recipient"] != recipient:
-        raise RepairError("the message is not of this kind, from this sender to this party")
-    boxes = raw["boxes"]
-    chunks = -(-count // CHUNK)
-    if type(boxes) is not list or len(boxes) != chunks or any(type(b) is not bytes for b in boxes):
-        raise RepairError(f"the message must hold exactly {chunks} boxes")
-    out: list[bytearray] = []
-    for c, box in enumerate(boxes):
-        try:
-            plain = bytearray(sealbox.open_(private, public, peer, box,
-                                            _aad(context, kind, sender, recipient, c)))  # fmt: skip
-        except sealbox.SealError:
-            for v in out:
-                _zero(v)
-            raise RepairError("a box does not open") from None
-        want = min(CHUNK, count - c * CHUNK)
-        if len(plain) != 32 * want:
-            _zero(plain)
-            for v in out:
-                _zero(v)
-            raise RepairError("a box holds the wrong number of values")
-        out += [bytearray(plain[k * 32 : (k + 1) * 32]) for k in range(want)]
-        _zero(plain)
-    return out
 
 
 # ---------------------------------------------------------------- sessions
@@ -316,16 +196,6 @@ class _State(enum.Enum):
     DONE = "finished"
     FAILED = "failed"
     ABORTED = "aborted"
-
-
-def _new_x25519(rng: RandomSource) -> tuple[X25519PrivateKey, bytes]:
-    try:
-        seed = bytearray(read_random(rng, 32))
-    except SharesError as exc:
-        raise RepairError(f"random source failed: {exc}") from None
-    private = X25519PrivateKey.from_private_bytes(bytes(seed))
-    _zero(seed)
-    return private, sealbox.public_bytes(private)
 
 
 def _check_request(request: object, items: Sequence[RepairItem]) -> repair.RepairRequest:
@@ -440,7 +310,7 @@ class RepairHelper(_Session):
         """Begin as helper `me` with its share of each item (same order); returns (session,
         post). Refuses a request that does not fit an item's key, and a share that does not
         match the helper's verification share (shares.repair.repair_step1)."""
-        rows = _check_items(items)
+        rows = check_items(items, RepairError)
         req = _check_request(request, rows)
         if type(me) is not int or me not in req.helpers:
             raise RepairError("me must be one of the request's helpers")
@@ -450,7 +320,7 @@ class RepairHelper(_Session):
         self._context, self._items, self._request, self._rng = (
             _check_context(context), rows, req, rng)  # fmt: skip
         self.me = me
-        self._private, self._public = _new_x25519(rng)
+        self._private, self._public = new_x25519(rng, RepairError)
         self._deltas: list[dict[int, bytes]] = []  # per item: recipient -> piece (secret)
         commitments: list[list[bytes]] = []
         try:
@@ -476,7 +346,7 @@ class RepairHelper(_Session):
         self._deltas = []
         for values in getattr(self, "_in", {}).values():
             for v in values:
-                _zero(v)
+                zero(v)
         self._in = {}
 
     def on_posts(self, posts: Mapping[int, bytes], target_post: bytes) -> dict[int, bytes]:
@@ -503,7 +373,7 @@ class RepairHelper(_Session):
         out = {}
         for j in others:
             try:
-                out[j] = _seal_scalars(
+                out[j] = seal_scalars(
                     self._private, self._public, others[j].x25519,
                     [d[j] for d in self._deltas], self._context, _DELTA, self.me, j, self._rng,
                 )  # fmt: skip
@@ -524,9 +394,9 @@ class RepairHelper(_Session):
             raise self._fail([sender], "a second message with pieces")
         assert self._private is not None
         try:
-            values = _open_scalars(
+            values = open_scalars(
                 self._private, self._public, self._posts[sender].x25519, message,
-                self._context, _DELTA, sender, self.me, len(self._items),
+                self._context, _DELTA, sender, self.me, len(self._items), RepairError,
             )  # fmt: skip
         except RepairError as exc:
             raise self._fail([sender], f"bad pieces: {exc}") from None
@@ -538,7 +408,7 @@ class RepairHelper(_Session):
                 ok = False
             if not ok:
                 for w in values:
-                    _zero(w)
+                    zero(w)
                 raise self._fail([sender], "a piece does not match its commitment")
         self._in[sender] = values
 
@@ -564,7 +434,7 @@ class RepairHelper(_Session):
                     it.verification_shares, it.group_public_key,
                 )  # fmt: skip
                 sigmas.append(sigma.value)
-            message = _seal_scalars(
+            message = seal_scalars(
                 self._private, self._public, self._target_key, sigmas, self._context, _SIGMA,
                 self.me, self._request.participant, self._rng,
             )  # fmt: skip
@@ -597,7 +467,7 @@ class RepairResult:
 
     def zeroize(self) -> None:
         for s in self.shares:
-            _zero(s)
+            zero(s)
         self._zeroized = True
 
     def __repr__(self) -> str:
@@ -620,12 +490,12 @@ class RepairTarget(_Session):
         cls, context: bytes, request: repair.RepairRequest, items: Sequence[RepairItem],
         rng: RandomSource,
     ) -> tuple[RepairTarget, bytes]:  # fmt: skip
-        rows = _check_items(items)
+        rows = check_items(items, RepairError)
         req = _check_request(request, rows)
         self = object.__new__(cls)
         self._context, self._items, self._request, self._rng = (
             _check_context(context), rows, req, rng)  # fmt: skip
-        self._private, self._public = _new_x25519(rng)
+        self._private, self._public = new_x25519(rng, RepairError)
         self._my_post = _encode_target_post(self._public)
         self._posts: dict[int, _HelperPost] = {}
         self._sigmas: dict[int, list[bytearray]] = {}
@@ -640,7 +510,7 @@ class RepairTarget(_Session):
         super()._wipe()
         for values in getattr(self, "_sigmas", {}).values():
             for v in values:
-                _zero(v)
+                zero(v)
         self._sigmas = {}
 
     def on_posts(self, posts: Mapping[int, bytes], target_post: bytes | None = None) -> None:
@@ -668,9 +538,10 @@ class RepairTarget(_Session):
             raise self._fail([sender], "a second message with sums")
         assert self._private is not None
         try:
-            values = _open_scalars(
+            values = open_scalars(
                 self._private, self._public, self._posts[sender].x25519, message,
                 self._context, _SIGMA, sender, self._request.participant, len(self._items),
+                RepairError,
             )  # fmt: skip
         except RepairError as exc:
             raise self._fail([sender], f"bad sums: {exc}") from None
@@ -684,7 +555,7 @@ class RepairTarget(_Session):
                 ok = False
             if not ok:
                 for w in values:
-                    _zero(w)
+                    zero(w)
                 raise self._fail([sender], "a sum does not match the helpers' commitments")
         self._sigmas[sender] = values
 
@@ -710,11 +581,11 @@ class RepairTarget(_Session):
                 out.append(bytearray(share.value))
         except InvalidShare as exc:
             for s in out:
-                _zero(s)
+                zero(s)
             raise self._fail(exc.culprits or [], f"repaired share does not verify: {exc}") from None
         except SharesError as exc:
             for s in out:
-                _zero(s)
+                zero(s)
             self._wipe()
             self._state = _State.FAILED
             raise RepairError(f"cannot finish: {type(exc).__name__}") from None

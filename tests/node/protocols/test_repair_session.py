@@ -8,8 +8,8 @@ import msgpack
 import pytest
 
 from node.protocols import sealbox
+from node.protocols.batch import CHUNK
 from node.protocols.repair_session import (
-    CHUNK,
     OwnPostMismatch,
     RepairCulprits,
     RepairError,
@@ -210,7 +210,8 @@ def test_a_piece_that_does_not_match_its_commitment_names_its_dealer() -> None:
     h3 = run.helpers[3]
     priv, pub = h3._private, h3._public  # the dealer's own keys: it can seal anything
     peer = h3._posts[2].x25519
-    from node.protocols.repair_session import _DELTA, _seal_scalars
+    from node.protocols.batch import seal_scalars as _seal_scalars
+    from node.protocols.repair_session import _DELTA
 
     forged = _seal_scalars(priv, pub, peer, [g.random_scalar(run.rng)], run.context, _DELTA,
                            3, 2, run.rng)  # fmt: skip
@@ -251,7 +252,8 @@ def test_a_wrong_sum_names_its_helper_and_no_share_is_returned() -> None:
     for h in (2, 3):
         run.target.on_sigma(h, run.helpers[h].sigma_message())
     h4 = run.helpers[4]
-    from node.protocols.repair_session import _SIGMA, _seal_scalars
+    from node.protocols.batch import seal_scalars as _seal_scalars
+    from node.protocols.repair_session import _SIGMA
 
     forged = _seal_scalars(h4._private, h4._public, h4._target_key,
                            [g.random_scalar(run.rng) for _ in run.items], run.context, _SIGMA,
