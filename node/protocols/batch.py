@@ -2,8 +2,8 @@
 
 Both protocols run over a batch of key versions at once (one post per party and
 one message per pair, however many versions), and both send each peer a list
-of 32-byte scalars, one per version, sealed with `sealbox` in chunks of `CHUNK`
-under AAD = context || kind || u16 sender || u16 recipient || u16 chunk. Every
+of 32-byte scalars, one per version, sealed with `sealbox` in chunks of 1024 bytes
+(`CHUNK` scalars) under AAD = context || kind || u16 sender || u16 recipient || u16 chunk. Every
 function takes the exception type its caller raises (as `wire` does).
 """
 
@@ -28,8 +28,10 @@ MAX_ITEMS = 256
 #: Scalars per sealed box (sealbox.MAX_PLAINTEXT is 1024 bytes).
 CHUNK = sealbox.MAX_PLAINTEXT // 32
 MESSAGE_VERSION = 1
-#: A message: at most ceil(MAX_ITEMS / CHUNK) boxes of at most MAX_SEALED bytes.
-MAX_MESSAGE_SIZE = 64 + (-(-MAX_ITEMS // CHUNK)) * (sealbox.MAX_SEALED + 3)
+#: Bytes one sealed message carries: MAX_ITEMS scalars, or an escrow piece of them.
+MAX_BLOB = 32 * MAX_ITEMS + 128
+#: A message: at most ceil(MAX_BLOB / 1024) boxes of at most MAX_SEALED bytes.
+MAX_MESSAGE_SIZE = 64 + (-(-MAX_BLOB // sealbox.MAX_PLAINTEXT)) * (sealbox.MAX_SEALED + 3)
 
 
 @dataclass(frozen=True)
@@ -123,14 +125,17 @@ def _aad(context: bytes, kind: bytes, sender: int, recipient: int, chunk: int) -
     return context + kind + struct.pack(">HHH", sender, recipient, chunk)
 
 
-def seal_scalars(
-    private: X25519PrivateKey, public: bytes, peer: bytes, scalars: Sequence[bytes],
+def seal_blob(
+    private: X25519PrivateKey, public: bytes, peer: bytes, blob: bytes | bytearray,
     context: bytes, kind: bytes, sender: int, recipient: int, rng: RandomSource,
 ) -> bytes:  # fmt: skip
-    """`scalars` (32 bytes each) from `sender` to `recipient`, sealed in chunks."""
+    """`blob` from `sender` to `recipient`, sealed in chunks of sealbox.MAX_PLAINTEXT."""
+    if not 1 <= len(blob) <= MAX_BLOB:
+        raise ValueError(f"a sealed blob is 1..{MAX_BLOB} bytes")
+    size = sealbox.MAX_PLAINTEXT
     boxes = []
-    for c, start in enumerate(range(0, len(scalars), CHUNK)):
-        plain = bytearray(b"".join(scalars[start : start + CHUNK]))
+    for c, start in enumerate(range(0, len(blob), size)):
+        plain = bytearray(blob[start : start + size])
         try:
             boxes.append(sealbox.seal(private, public, peer, bytes(plain),
                                       _aad(context, kind, sender, recipient, c), rng))  # fmt: skip
@@ -143,11 +148,14 @@ def seal_scalars(
     )  # fmt: skip
 
 
-def open_scalars(
+def open_blob(
     private: X25519PrivateKey, public: bytes, peer: bytes, message: object, context: bytes,
-    kind: bytes, sender: int, recipient: int, count: int, exc: type[ValueError],
-) -> list[bytearray]:  # fmt: skip
-    """The `count` 32-byte values of a message from `sender`; `exc` if anything is off."""
+    kind: bytes, sender: int, recipient: int, size: int, exc: type[ValueError],
+) -> bytearray:  # fmt: skip
+    """The `size`-byte blob of a message from `sender` (caller zeroizes); `exc` if anything
+    is off: another kind, sender or recipient, a box that does not open, a wrong size."""
+    if not 1 <= size <= MAX_BLOB:
+        raise exc(f"a sealed blob is 1..{MAX_BLOB} bytes")
     raw = unpack(message, MAX_MESSAGE_SIZE, "a sealed message", exc)
     if type(raw) is not dict or set(raw) != {"v", "kind", "sender", "recipient", "boxes"}:
         raise exc("message fields must be exactly v, kind, sender, recipient, boxes")
@@ -156,26 +164,43 @@ def open_scalars(
     if raw["kind"] != kind.decode() or raw["sender"] != sender or raw["recipient"] != recipient:
         raise exc("the message is not of this kind, from this sender to this party")
     boxes = raw["boxes"]
-    chunks = -(-count // CHUNK)
+    chunks = -(-size // sealbox.MAX_PLAINTEXT)
     if type(boxes) is not list or len(boxes) != chunks or any(type(b) is not bytes for b in boxes):
         raise exc(f"the message must hold exactly {chunks} boxes")
-    out: list[bytearray] = []
-
-    def fail(why: str) -> ValueError:
-        for v in out:
-            zero(v)
-        return exc(why)
-
+    out = bytearray()
     for c, box in enumerate(boxes):
         try:
-            plain = bytearray(sealbox.open_(private, public, peer, box,
-                                            _aad(context, kind, sender, recipient, c)))  # fmt: skip
+            out += sealbox.open_(private, public, peer, box,
+                                 _aad(context, kind, sender, recipient, c))  # fmt: skip
         except sealbox.SealError:
-            raise fail("a box does not open") from None
-        want = min(CHUNK, count - c * CHUNK)
-        if len(plain) != 32 * want:
-            zero(plain)
-            raise fail("a box holds the wrong number of values")
-        out += [bytearray(plain[k * 32 : (k + 1) * 32]) for k in range(want)]
-        zero(plain)
+            zero(out)
+            raise exc("a box does not open") from None
+        want = min(sealbox.MAX_PLAINTEXT, size - c * sealbox.MAX_PLAINTEXT)
+        if len(out) != c * sealbox.MAX_PLAINTEXT + want:
+            zero(out)
+            raise exc("a box holds the wrong number of bytes")
+    return out
+
+
+def seal_scalars(
+    private: X25519PrivateKey, public: bytes, peer: bytes, scalars: Sequence[bytes],
+    context: bytes, kind: bytes, sender: int, recipient: int, rng: RandomSource,
+) -> bytes:  # fmt: skip
+    """`scalars` (32 bytes each) from `sender` to `recipient`, sealed in chunks."""
+    blob = bytearray(b"".join(scalars))
+    try:
+        return seal_blob(private, public, peer, blob, context, kind, sender, recipient, rng)
+    finally:
+        zero(blob)
+
+
+def open_scalars(
+    private: X25519PrivateKey, public: bytes, peer: bytes, message: object, context: bytes,
+    kind: bytes, sender: int, recipient: int, count: int, exc: type[ValueError],
+) -> list[bytearray]:  # fmt: skip
+    """The `count` 32-byte values of a message from `sender`; `exc` if anything is off."""
+    blob = open_blob(private, public, peer, message, context, kind, sender, recipient,
+                     32 * count, exc)  # fmt: skip
+    out = [bytearray(blob[k * 32 : (k + 1) * 32]) for k in range(count)]
+    zero(blob)
     return out
