@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from shares import group as g
 from shares.errors import SharesError
 from shares.rng import RandomSource, read_random
 
@@ -42,6 +43,24 @@ class KeyVersion:
     version: int
     group_public_key: bytes
     verification_shares: Mapping[int, bytes]  # member index -> Y_i
+
+
+class Culprits(ValueError):
+    """Mixed into each session's error type: the parties (member or officer indexes)
+    whose messages are bad; the run fails naming them."""
+
+    def __init__(self, culprits: Sequence[int], reason: str) -> None:
+        self.culprits: list[int] = sorted(set(culprits))
+        self.reason = reason
+        super().__init__(f"{reason} (culprits: {', '.join(map(str, self.culprits))})")
+
+
+def matches(share: bytes | bytearray, verification_share: bytes) -> bool:
+    """share * B == verification_share (False for a malformed share)."""
+    try:
+        return g.element_eq(g.base_mult(g.decode_scalar(bytes(share))), verification_share)
+    except SharesError:
+        return False
 
 
 def lp(data: bytes) -> bytes:

@@ -43,7 +43,6 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from shares import gf256
-from shares import group as g
 from shares.errors import SharesError
 from shares.rng import RandomSource
 
@@ -56,6 +55,7 @@ from .batch import (
     check_x25519,
     items_digest_input,
     lp,
+    matches,
     new_x25519,
     open_blob,
     seal_blob,
@@ -146,12 +146,7 @@ def escrow_package(
     if not isinstance(shares, Sequence) or len(shares) != len(rows):
         raise EscrowError("one share per item, in item order")
     for it, share in zip(rows, shares, strict=True):
-        try:
-            ok = g.element_eq(g.base_mult(g.decode_scalar(bytes(share))),
-                              it.verification_shares[member])  # fmt: skip
-        except SharesError:
-            ok = False
-        if not ok:
+        if not matches(share, it.verification_shares[member]):
             raise EscrowError(f"{it.key_id} v{it.version}: the share does not match member "
                               f"{member}'s verification share")  # fmt: skip
     secret = bytearray(b"".join(bytes(s) for s in shares))
@@ -286,12 +281,7 @@ def recover_shares(
             zero(s)
         raise EscrowError("the escrowed secret has the wrong length")
     for it, share in zip(rows, shares, strict=True):
-        try:
-            ok = g.element_eq(g.base_mult(g.decode_scalar(bytes(share))),
-                              it.verification_shares[member])  # fmt: skip
-        except SharesError:
-            ok = False
-        if not ok:
+        if not matches(share, it.verification_shares[member]):
             for s in shares:
                 zero(s)
             raise EscrowError(f"{it.key_id} v{it.version}: the recovered share does not match "

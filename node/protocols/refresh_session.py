@@ -40,7 +40,6 @@ from typing import Any
 
 import msgpack
 
-from shares import group as g
 from shares import refresh, vss
 from shares.errors import InvalidShare, SharesError
 from shares.rng import RandomSource
@@ -48,11 +47,13 @@ from shares.shamir import SecretShare, check_identifiers
 
 from .batch import (
     MAX_ITEMS,
+    Culprits,
     KeyVersion,
     check_items,
     check_x25519,
     items_digest_input,
     lp,
+    matches,
     new_x25519,
     open_scalars,
     seal_scalars,
@@ -81,13 +82,8 @@ class OwnPostMismatch(RefreshError):
     """The log holds a post for this member that is not the one it made."""
 
 
-class RefreshCulprits(RefreshError):
+class RefreshCulprits(RefreshError, Culprits):
     """Members whose messages are bad; the run fails naming them."""
-
-    def __init__(self, culprits: Sequence[int], reason: str) -> None:
-        self.culprits: list[int] = sorted(set(culprits))
-        self.reason = reason
-        super().__init__(f"{reason} (culprits: {', '.join(map(str, self.culprits))})")
 
 
 def _check_set(participants: object, t: object) -> tuple[tuple[int, ...], int]:
@@ -284,12 +280,7 @@ class RefreshSession:
         if not isinstance(shares, Sequence) or len(shares) != len(rows):
             raise RefreshError("one share per item, in item order")
         for it, share in zip(rows, shares, strict=True):
-            try:
-                ok = g.element_eq(g.base_mult(g.decode_scalar(bytes(share))),
-                                  it.verification_shares[me])  # fmt: skip
-            except (SharesError, KeyError):
-                ok = False
-            if not ok:
+            if me not in it.verification_shares or not matches(share, it.verification_shares[me]):
                 raise RefreshError(f"{it.key_id} v{it.version}: this member's share does not "
                                    "match its verification share (stale?)")  # fmt: skip
         self = object.__new__(cls)

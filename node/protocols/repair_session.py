@@ -60,6 +60,7 @@ from shares.shamir import SecretShare
 from . import sealbox
 from .batch import (
     MAX_ITEMS,
+    Culprits,
     check_items,
     check_x25519,
     items_digest_input,
@@ -96,13 +97,8 @@ class OwnPostMismatch(RepairError):
     """The log holds a post for this party that is not the one it made."""
 
 
-class RepairCulprits(RepairError):
+class RepairCulprits(RepairError, Culprits):
     """Parties whose messages are bad (member indexes); the run fails naming them."""
-
-    def __init__(self, culprits: Sequence[int], reason: str) -> None:
-        self.culprits: list[int] = sorted(set(culprits))
-        self.reason = reason
-        super().__init__(f"{reason} (culprits: {', '.join(map(str, self.culprits))})")
 
 
 def repair_context(
