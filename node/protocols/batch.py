@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -61,6 +61,33 @@ def matches(share: bytes | bytearray, verification_share: bytes) -> bool:
         return g.element_eq(g.base_mult(g.decode_scalar(bytes(share))), verification_share)
     except SharesError:
         return False
+
+
+@dataclass(repr=False, eq=False)
+class NewShares:
+    """Shares a run produced for member `identifier` (item order), each already checked
+    against its verification share; after a refresh, also every member's new
+    verification shares per item. The caller stores the shares (HSM) and zeroizes."""
+
+    identifier: int
+    items: tuple[KeyVersion, ...]
+    shares: tuple[bytearray, ...]
+    verification_shares: tuple[dict[int, bytes], ...] = ()
+    _zeroized: bool = field(default=False, init=False)
+
+    def zeroize(self) -> None:
+        for s in self.shares:
+            zero(s)
+        self._zeroized = True
+
+    def __repr__(self) -> str:
+        return (f"NewShares(identifier={self.identifier}, items={len(self.items)}, "
+                "shares=<redacted>)")  # fmt: skip
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("NewShares holds secret shares and must not be pickled")
 
 
 def lp(data: bytes) -> bytes:

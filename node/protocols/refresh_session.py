@@ -35,7 +35,7 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -49,6 +49,7 @@ from .batch import (
     MAX_ITEMS,
     Culprits,
     KeyVersion,
+    NewShares,
     check_items,
     check_x25519,
     items_digest_input,
@@ -226,33 +227,6 @@ class _State(enum.Enum):
     ABORTED = "aborted"
 
 
-@dataclass(repr=False, eq=False)
-class RefreshOutcome:
-    """The next generation of this member's shares (item order), each checked against its
-    new verification share, and every member's new verification shares per item. The
-    caller stores the shares (HSM, next generation) and zeroizes (`zeroize()`)."""
-
-    identifier: int
-    items: tuple[KeyVersion, ...]
-    shares: tuple[bytearray, ...]
-    verification_shares: tuple[dict[int, bytes], ...]
-    _zeroized: bool = field(default=False, init=False)
-
-    def zeroize(self) -> None:
-        for s in self.shares:
-            zero(s)
-        self._zeroized = True
-
-    def __repr__(self) -> str:
-        return (f"RefreshOutcome(identifier={self.identifier}, items={len(self.items)}, "
-                "shares=<redacted>)")  # fmt: skip
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        raise TypeError("RefreshOutcome holds secret shares and must not be pickled")
-
-
 class RefreshSession:
     """One member's refresh run: start -> on_posts -> on_subshares (|P|-1 times) -> finish."""
 
@@ -394,7 +368,7 @@ class RefreshSession:
                 raise self._fail([sender], "a sub-share does not match its commitments") from None
         self._in[sender] = values
 
-    def finish(self) -> RefreshOutcome:
+    def finish(self) -> NewShares:
         """The next generation of shares; the session ends either way."""
         self._require(_State.EXCHANGE, "finish")
         if not self.complete:
@@ -424,7 +398,7 @@ class RefreshSession:
             raise RefreshError(f"cannot finish: {type(exc).__name__}") from None
         self._wipe()
         self._state = _State.DONE
-        return RefreshOutcome(self.me, self._items, tuple(shares), tuple(public))
+        return NewShares(self.me, self._items, tuple(shares), tuple(public))
 
     def abort(self) -> None:
         """Drop every secret and end the session (idempotent)."""
@@ -447,7 +421,6 @@ __all__ = [
     "OwnPostMismatch",
     "RefreshCulprits",
     "RefreshError",
-    "RefreshOutcome",
     "RefreshSession",
     "RefreshStateError",
     "refresh_context",

@@ -45,7 +45,7 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -61,6 +61,7 @@ from . import sealbox
 from .batch import (
     MAX_ITEMS,
     Culprits,
+    NewShares,
     check_items,
     check_x25519,
     items_digest_input,
@@ -451,31 +452,6 @@ class RepairHelper(_Session):
     __str__ = __repr__
 
 
-@dataclass(repr=False, eq=False)
-class RepairResult:
-    """The repaired shares, item order; each was checked against its verification share.
-    The caller stores them (HSM) and zeroizes (`zeroize()`)."""
-
-    participant: int
-    items: tuple[RepairItem, ...]
-    shares: tuple[bytearray, ...]
-    _zeroized: bool = field(default=False, init=False)
-
-    def zeroize(self) -> None:
-        for s in self.shares:
-            zero(s)
-        self._zeroized = True
-
-    def __repr__(self) -> str:
-        return (f"RepairResult(participant={self.participant}, items={len(self.items)}, "
-                "shares=<redacted>)")  # fmt: skip
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        raise TypeError("RepairResult holds secret shares and must not be pickled")
-
-
 class RepairTarget(_Session):
     """The member being repaired: publish a key, collect t sums, check, keep the shares."""
 
@@ -559,7 +535,7 @@ class RepairTarget(_Session):
     def complete(self) -> bool:
         return self._state is _State.EXCHANGE and len(self._sigmas) == len(self._request.helpers)
 
-    def finish(self) -> RepairResult:
+    def finish(self) -> NewShares:
         """Sum the sigmas of each item and check the share against Y_participant."""
         self._require(_State.EXCHANGE, "finish")
         if not self.complete:
@@ -587,7 +563,7 @@ class RepairTarget(_Session):
             raise RepairError(f"cannot finish: {type(exc).__name__}") from None
         self._wipe()
         self._state = _State.DONE
-        return RepairResult(self._request.participant, self._items, tuple(out))
+        return NewShares(self._request.participant, self._items, tuple(out))
 
     def __repr__(self) -> str:
         return (f"RepairTarget(participant={self._request.participant}, "
@@ -604,7 +580,6 @@ __all__ = [
     "RepairError",
     "RepairHelper",
     "RepairItem",
-    "RepairResult",
     "RepairStateError",
     "RepairTarget",
     "repair_context",
