@@ -14,7 +14,8 @@ cluster stopped.
 
 Evidence for anyone to re-check with their own tools goes to `demo-out/`:
 the group public key (PEM), the messages, the signatures, the audit export with
-its checkpoints file and the audit key (PEM), and the cluster status (JSON). No share, nonce, PIN or private key is printed.
+its checkpoints file and the audit key (PEM), and the cluster status (JSON).
+No share, nonce, PIN or private key is printed.
 """
 
 from __future__ import annotations

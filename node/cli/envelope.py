@@ -63,12 +63,14 @@ def _encrypt(args: argparse.Namespace) -> int:
 
     async def body(client: Client, profile: Profile) -> int:
         key = await client.get(f"/v1/keys/{args.key}")
+        # `--key` may be an alias: the label and the file name the key id the view names.
+        key_id = key["key_id"]
         v = ev.primary_version(key)
         gpk = bytes.fromhex(v["group_public_key"])
-        common = {"key_id": args.key, "version": v["version"], "context": args.context,
+        common = {"key_id": key_id, "version": v["version"], "context": args.context,
                   "group_public_key": v["group_public_key"]}  # fmt: skip
         if plaintext is None:
-            dek, wrapped = ev.wrap_only(gpk, profile.cluster_id, args.key, v["version"],
+            dek, wrapped = ev.wrap_only(gpk, profile.cluster_id, key_id, v["version"],
                                         args.context, os.urandom)  # fmt: skip
             try:
                 out = {**common, "dek_b64": base64.b64encode(dek).decode(),
@@ -77,7 +79,7 @@ def _encrypt(args: argparse.Namespace) -> int:
                 ev.zero(dek)
             emit(args, out, lambda o: f"dek_b64 {o['dek_b64']}\nwrapped_b64 {o['wrapped_b64']}")
             return 0
-        data = ev.encrypt_file(gpk, profile.cluster_id, args.key, v["version"], args.context,
+        data = ev.encrypt_file(gpk, profile.cluster_id, key_id, v["version"], args.context,
                                plaintext, os.urandom)  # fmt: skip
         dest = args.out or args.infile.with_name(args.infile.name + ".env")
         dest.write_bytes(data)

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("create", help="propose a grant (operator; the key's quorum approves)")
     c.add_argument("grant_id")
     c.add_argument("--grantee", required=True, help="the client that may use it")
-    c.add_argument("--key", required=True, help="key id")
+    c.add_argument("--key", required=True, help="key id or alias (the grant names the key id)")
     c.add_argument("--operations", default="sign", help="sign and/or decrypt (comma-separated)")
     c.add_argument("--context", required=True, help="the context requests must carry")
     c.add_argument("--prefix", action="store_true", help="--context is a prefix (else exact)")
@@ -99,7 +99,7 @@ HEADER = ["GRANT", "GRANTEE", "KEY", "OPS", "CONTEXT", "USES", "EXPIRES", "STATE
 
 
 def _create(args: argparse.Namespace) -> int:
-    from node.cli.keys import signed_command
+    from node.cli.keys import resolve_key_id, signed_command
     from node.state import CreateGrant
 
     ops = tuple(o.strip() for o in args.operations.split(",") if o.strip())
@@ -107,7 +107,8 @@ def _create(args: argparse.Namespace) -> int:
     async def body(client: Client, profile: Profile) -> int:
         cmd = CreateGrant(
             request_id=args.request_id or new_request_id("grant"), author=profile.principal,
-            grant_id=args.grant_id, grantee=args.grantee, key_id=args.key, operations=ops,
+            grant_id=args.grant_id, grantee=args.grantee,
+            key_id=await resolve_key_id(client, args.key), operations=ops,
             context=args.context, context_match="prefix" if args.prefix else "exact",
             max_uses=args.max_uses, expires_epoch=args.expires_epoch,
         )  # fmt: skip

@@ -1,5 +1,7 @@
-"""`custody keys create|rotate|revoke|destroy|list|show`, `custody sign`, `custody policy set`,
-`custody epoch advance`, `custody status`: the operator's and client's commands.
+"""`custody keys create|rotate|rollback|revoke|destroy|list|show|metadata|alias`,
+`custody sign`,
+`custody policy set`, `custody epoch advance`, `custody status`: the operator's and
+client's commands.
 
 Operator commands are signed here, with the operator's own approval key from
 the profile; no node ever holds it.
@@ -29,15 +31,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--purpose", choices=("sign", "encrypt"), default="sign")
     c.add_argument("--policy", required=True, help="policy id deciding the key's requests")
     c.add_argument("--activate-epoch", type=int, default=0, help="earliest activation epoch")
+    _metadata_args(c)
     c.add_argument("--request-id", help="reuse to retry a create safely")
     add_client_args(c)
     c.set_defaults(func=_create)
+    md = sub.add_parser("metadata", help="change a key's owner, description, tags (operator; "
+                        "at once, audited; labels only: they grant nothing)")  # fmt: skip
+    md.add_argument("key_id", help="a key id or alias")
+    _metadata_args(md)
+    md.add_argument(
+        "--untag", action="append", default=[], metavar="NAME", help="remove this tag (repeatable)"
+    )
+    md.add_argument("--clear", action="store_true", help="start from empty metadata")
+    md.add_argument("--request-id", help="reuse to retry safely")
+    add_client_args(md)
+    md.set_defaults(func=_set_metadata)
+    al = sub.add_parser("alias", help="aliases: names bound to one key for ever")
+    alsub = al.add_subparsers(dest="alias_command", metavar="ACTION", required=True)
+    a_set = alsub.add_parser("set", help="create ALIAS for KEY (operator; never repoints)")
+    a_set.add_argument("alias")
+    a_set.add_argument("key_id", help="the key id (not another alias)")
+    a_set.add_argument("--request-id", help="reuse to retry safely")
+    add_client_args(a_set)
+    a_set.set_defaults(func=_alias_set)
+    a_del = alsub.add_parser("delete", help="delete ALIAS (its name stays reserved for its key)")
+    a_del.add_argument("alias")
+    a_del.add_argument("--request-id", help="reuse to retry safely")
+    add_client_args(a_del)
+    a_del.set_defaults(func=_alias_delete)
+    a_ls = alsub.add_parser("list", help="live aliases")
+    a_ls.add_argument("--key", help="only those naming this key")
+    add_client_args(a_ls)
+    a_ls.set_defaults(func=_alias_list)
     r = sub.add_parser("rotate", help="request a new version (DKG once approved; operator)")
     r.add_argument("key_id")
     r.add_argument("--activate-epoch", type=int, default=0, help="earliest activation epoch")
     r.add_argument("--request-id", help="reuse to retry a rotation request safely")
     add_client_args(r)
     r.set_defaults(func=_rotate)
+    rb = sub.add_parser("rollback", help="make the version the primary replaced the primary "
+                        "again, within the grace period (operator; approvals)")  # fmt: skip
+    rb.add_argument("key_id")
+    rb.add_argument(
+        "--version",
+        type=int,
+        required=True,
+        help="the retired version to restore (the one the primary replaced)",
+    )
+    rb.add_argument("--request-id", help="reuse to retry a rollback request safely")
+    add_client_args(rb)
+    rb.set_defaults(func=_rollback)
     for action, what in (
         ("revoke", "revoke a version: it can do nothing any more (operator; approvals)"),
         ("destroy", "destroy a revoked, or retired past its grace, version (operator; "
@@ -69,6 +112,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--wait", action="store_true", help="wait for approvals and the signature")
     s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (--wait)")
     s.add_argument("--out", type=Path, help="write the 64-byte signature here")
+    s.add_argument(
+        "--out-previous",
+        type=Path,
+        help="dual-sign window: write the previous version's signature here",
+    )
     s.add_argument("--request-id", help="reuse to retry a submission safely")
     add_client_args(s)
     s.set_defaults(func=_sign)
@@ -84,16 +132,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.set_defaults(func=_status)
 
 
+def _metadata_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--owner", help="owning team or contact (printable ASCII, <= 128)")
+    p.add_argument("--description", help="free text (printable ASCII, <= 1024)")
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a tag (repeatable; NAME: [a-z0-9][a-z0-9_.:/-]{0,62})",
+    )
+
+
+def _tag_pairs(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--tag {item!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+async def resolve_key_id(client: Client, name: str) -> str:
+    """The key id `name` (a key id or a live alias) denotes, from the key view: signed
+    commands name key ids (docs/metadata.md)."""
+    view = await client.get(f"/v1/keys/{name}")
+    return str(view["key_id"])
+
+
 async def signed_command(profile: Profile, cmd: Any) -> str:
     """Sign `cmd` with the profile's approval key; base64 of its canonical bytes."""
     from node.pki.store import read_private_key
-    from node.state import encode_command, sign_command
+    from node.state import DecodeError, encode_command, sign_command
 
     if profile.approval_key is None:
         raise ValueError(f"profile of {profile.principal} has no approval key")
     key = read_private_key(profile.approval_key)
-    signed = sign_command(key, cmd, profile.cluster_id)
-    return base64.b64encode(encode_command(signed)).decode()
+    try:
+        signed = sign_command(key, cmd, profile.cluster_id)
+        return base64.b64encode(encode_command(signed)).decode()
+    except DecodeError as exc:  # out of the command's schema: say which field, send nothing
+        raise ValueError(str(exc)) from None
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -104,6 +184,8 @@ def _create(args: argparse.Namespace) -> int:
         cmd = CreateKey(
             request_id=rid, author=profile.principal, key_id=args.key_id,
             purpose=args.purpose, policy_id=args.policy, activate_epoch=args.activate_epoch,
+            owner=args.owner or "", description=args.description or "",
+            tags=tuple(sorted(_tag_pairs(args.tag).items())),
         )  # fmt: skip
         out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
         emit(args, out, lambda o: f"request {o['request']}: {o['code']} "
@@ -129,9 +211,36 @@ def _rotate(args: argparse.Namespace) -> int:
     async def body(client: Client, profile: Profile) -> int:
         cmd = RequestRotate(
             request_id=args.request_id or new_request_id("rotate"), author=profile.principal,
-            key_id=args.key_id, at=int(time.time()), activate_epoch=args.activate_epoch,
+            key_id=await resolve_key_id(client, args.key_id), at=int(time.time()),
+            activate_epoch=args.activate_epoch,
         )  # fmt: skip
         return await _post_lifecycle(args, client, profile, cmd)
+
+    return run_client(args, body)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    """POST /v1/keys/{key}/rollback with this operator's signature over the command."""
+    from node.pki.store import read_private_key
+    from node.state import RequestRollback, sign_command
+
+    async def body(client: Client, profile: Profile) -> int:
+        if profile.approval_key is None:
+            raise ValueError(f"profile of {profile.principal} has no approval key")
+        key_id = await resolve_key_id(client, args.key_id)
+        cmd = RequestRollback(
+            request_id=args.request_id or new_request_id("rollback"), author=profile.principal,
+            key_id=key_id, version=args.version,
+        )  # fmt: skip
+        signed = sign_command(read_private_key(profile.approval_key), cmd, profile.cluster_id)
+        out = await client.post(
+            f"/v1/keys/{key_id}/rollback",
+            {"request_id": cmd.request_id, "version": cmd.version,
+             "signature": signed.signature.hex()},
+        )  # fmt: skip
+        emit(args, out, lambda o: f"request {o['request']}: {o['code']} "
+             f"(needs approvals: custody approve {o['request']})")  # fmt: skip
+        return 0
 
     return run_client(args, body)
 
@@ -144,11 +253,89 @@ def _end_version(args: argparse.Namespace) -> int:
     async def body(client: Client, profile: Profile) -> int:
         cmd = kind(
             request_id=args.request_id or new_request_id(args.action), author=profile.principal,
-            key_id=args.key_id, version=args.version,
+            key_id=await resolve_key_id(client, args.key_id), version=args.version,
         )  # fmt: skip
         return await _post_lifecycle(args, client, profile, cmd)
 
     return run_client(args, body)
+
+
+def _set_metadata(args: argparse.Namespace) -> int:
+    """Read the key (an alias resolves to its id), change what the options name, and
+    submit the whole new metadata (`set_key_metadata` replaces all three fields)."""
+    from node.state.commands import SetKeyMetadata
+
+    async def body(client: Client, profile: Profile) -> int:
+        k = await client.get(f"/v1/keys/{args.key_id}")
+        owner = "" if args.clear else k.get("owner", "")
+        description = "" if args.clear else k.get("description", "")
+        tags = {} if args.clear else dict(k.get("tags", {}))
+        owner = owner if args.owner is None else args.owner
+        description = description if args.description is None else args.description
+        tags.update(_tag_pairs(args.tag))
+        for name in args.untag:
+            tags.pop(name, None)
+        cmd = SetKeyMetadata(
+            request_id=args.request_id or new_request_id("meta"), author=profile.principal,
+            key_id=k["key_id"], owner=owner, description=description,
+            tags=tuple(sorted(tags.items())),
+        )  # fmt: skip
+        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        emit(args, out, lambda o: f"metadata of key {k['key_id']}: {o['code']} "
+             f"(audit record {o['seq']})")  # fmt: skip
+        return 0
+
+    return run_client(args, body)
+
+
+def _alias_set(args: argparse.Namespace) -> int:
+    from node.state.commands import CreateAlias
+
+    async def body(client: Client, profile: Profile) -> int:
+        cmd = CreateAlias(
+            request_id=args.request_id or new_request_id("alias"), author=profile.principal,
+            alias=args.alias, key_id=args.key_id,
+        )  # fmt: skip
+        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        emit(args, out, lambda o: f"alias {args.alias} -> key {args.key_id}: {o['code']}")
+        return 0
+
+    return run_client(args, body)
+
+
+def _alias_delete(args: argparse.Namespace) -> int:
+    from node.state.commands import DeleteAlias
+
+    async def body(client: Client, profile: Profile) -> int:
+        cmd = DeleteAlias(
+            request_id=args.request_id or new_request_id("unalias"), author=profile.principal,
+            alias=args.alias,
+        )  # fmt: skip
+        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        emit(args, out, lambda o: f"alias {args.alias} deleted: {o['code']}")
+        return 0
+
+    return run_client(args, body)
+
+
+def _alias_list(args: argparse.Namespace) -> int:
+    async def body(client: Client, _p: Profile) -> int:
+        out = await client.get("/v1/aliases", **({"key": args.key} if args.key else {}))
+        rows = [[a["alias"], a["key_id"], str(a["created_epoch"])] for a in out["aliases"]]
+        emit(args, out, lambda _o: table(rows, ["ALIAS", "KEY", "SINCE EPOCH"]))
+        return 0
+
+    return run_client(args, body)
+
+
+def _metadata_lines(k: dict[str, Any]) -> str:
+    """The key's labels, marked as such: they carry no authority (docs/metadata.md)."""
+    lines = [f"owner:       {k.get('owner') or '-'}",
+             f"description: {k.get('description') or '-'}",
+             "tags:        " + (", ".join(f"{n}={v}" for n, v in sorted(k.get("tags", {}).items()))
+                                or "-"),
+             f"aliases:     {', '.join(k.get('aliases', [])) or '-'}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _erased(v: dict[str, Any]) -> str:
@@ -189,7 +376,7 @@ def _show(args: argparse.Namespace) -> int:
                 for v in k["versions"]]  # fmt: skip
         header = ["V", "STATE", "ACTIVATES", "USES", "ERASED BY", "GROUP PUBLIC KEY"]
         emit(args, k, lambda o: f"key {o['key_id']} ({o['purpose']}, policy {o['policy_id']}, "
-             f"primary v{o['primary']})\n" + table(rows, header))  # fmt: skip
+             f"primary v{o['primary']})\n" + _metadata_lines(o) + table(rows, header))  # fmt: skip
         return 0
 
     return run_client(args, body)
@@ -231,10 +418,20 @@ def _sign(args: argparse.Namespace) -> int:
             return 1
         if args.out:
             args.out.write_bytes(bytes.fromhex(r["signature"]))
-        emit(args, r, lambda o: o["signature"])
+        if args.out_previous and r.get("previous_signature"):
+            args.out_previous.write_bytes(bytes.fromhex(r["previous_signature"]))
+        emit(args, r, _signatures)
         return 0
 
     return run_client(args, body)
+
+
+def _signatures(r: dict[str, Any]) -> str:
+    """The signature; inside a dual-sign window also the previous version's (labelled)."""
+    if not r.get("previous_signature"):
+        return str(r["signature"])
+    return (f"{r['signature']}  (version {r['version']})\n"
+            f"{r['previous_signature']}  (version {r['previous_version']}, previous)")  # fmt: skip
 
 
 async def wait_request(client: Client, ref: str, timeout: float, say: Any) -> dict[str, Any]:

@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ps.add_argument("--max-uses", type=int, default=0)
     ps.add_argument("--grace-epochs", type=int, default=1)
     ps.add_argument("--waiting-epochs", type=int, default=1)
+    ps.add_argument("--dual-sign-epochs", type=int, default=0,
+                    help="epochs after a rotation in which sign requests on the primary are "
+                    "also signed by the version it replaced (0: off; <= --grace-epochs)")
     ps.add_argument("--request-id")
     add_client_args(ps)
     ps.set_defaults(func=_policy_set)
@@ -122,6 +125,12 @@ def describe(r: dict[str, Any]) -> str:
     ]
     if r.get("key_id"):
         lines.append(f"key        {r['key_id']} version {r['version'] or '(new)'} ({r['purpose']})")
+    if r["kind"] == "rollback":
+        lines.append(f"effect     version {r['version']} becomes the primary again; the current "
+                     "primary retires")  # fmt: skip
+    if r.get("dual_version"):
+        lines.append(f"dual-sign  also signed by version {r['dual_version']} (the version the "
+                     "primary replaced): two signatures")  # fmt: skip
     if r.get("payload_sha256"):
         lines.append(f"sha256     {r['payload_sha256']}  (of the message / payload)")
     lines.append(f"context    {r['context']!r}")
@@ -132,6 +141,8 @@ def describe(r: dict[str, Any]) -> str:
                  f"{', '.join(r['approvals']) or 'nobody yet'}")  # fmt: skip
     if r.get("signature"):
         lines.append(f"signature  {r['signature']}")
+    if r.get("previous_signature"):
+        lines.append(f"previous   {r['previous_signature']}  (version {r['previous_version']})")
     if r.get("failure"):
         lines.append(f"failure    {r['failure']}")
     return "\n".join(lines)
@@ -180,7 +191,7 @@ def recompute_digest(r: dict[str, Any]) -> bytes:
             operations=tuple(p["operations"]), approvers=tuple(p["approvers"]), k=p["k"],
             rotation_interval_s=p["rotation_interval_s"], max_uses=p["max_uses"],
             grace_epochs=p["grace_epochs"], waiting_epochs=p["waiting_epochs"],
-            escrow=p["escrow"],
+            escrow=p["escrow"], dual_sign_epochs=p.get("dual_sign_epochs", 0),
         )  # fmt: skip
     elif "governance" in r:
         g = r["governance"]
@@ -200,7 +211,7 @@ def recompute_digest(r: dict[str, Any]) -> bytes:
         policy_id=r["policy_id"] or "", policy_sha512=ph, approvers=tuple(r["approvers"]),
         k=r["k"], version=r["version"] if r["kind"] in VERSIONED_KINDS else 0,
         context=r["context"], payload_sha512=payload_hash(payload) if payload else b"",
-        activate_epoch=r["activate_epoch"],
+        activate_epoch=r["activate_epoch"], dual_version=r.get("dual_version", 0),
     )  # fmt: skip
 
 
@@ -244,6 +255,7 @@ def _policy_set(args: argparse.Namespace) -> int:
             operations=_names(args.operations), approvers=_names(args.approvers), k=args.k,
             rotation_interval_s=args.rotation_interval_s, max_uses=args.max_uses,
             grace_epochs=args.grace_epochs, waiting_epochs=args.waiting_epochs, escrow=False,
+            dual_sign_epochs=args.dual_sign_epochs,
         )  # fmt: skip
         out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
         emit(args, out, lambda o: f"governance request {o['request']}: {o['code']}")

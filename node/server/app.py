@@ -34,7 +34,14 @@ from node.protocols.wire import CommitRequest, Round2Delivery, ShareRequest, Wir
 from node.server.dkg import DkgRefused
 from node.server.runtime import MSGPACK, NoLeader, Runtime
 from node.server.signer import ShareRefused
-from node.server.views import audit_view, key_view, policy_view, request_view
+from node.server.views import (
+    alias_view,
+    aliases_of,
+    audit_view,
+    key_view,
+    policy_view,
+    request_view,
+)
 from node.state import (
     Approve,
     Command,
@@ -64,7 +71,7 @@ _STATUS = {
     "unknown_request": 404, "unknown_policy": 404, "unknown_principal": 404,
     "unknown_version": 404, "request_id_conflict": 409, "limit_reached": 429,
     "not_bootstrapped": 503, "outside_grant": 403, "unknown_grant": 404,
-    "grant_exhausted": 429,
+    "grant_exhausted": 429, "unknown_alias": 404, "rollback_not_allowed": 409,
 }  # fmt: skip
 
 
@@ -205,17 +212,40 @@ async def post_command(request: web.Request) -> web.StreamResponse:
     return await _submit(request, cmd)
 
 
+def _tags(body: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """`tags`: a JSON object of strings, as the command's sorted (key, value) pairs."""
+    tags = _field(body, "tags", dict, {})
+    if not all(type(v) is str for v in tags.values()):
+        raise ApiError(400, "bad_request", "field 'tags' must map names to strings")
+    return tuple(sorted(tags.items()))
+
+
 async def create_key(request: web.Request) -> web.StreamResponse:
     ident = _require(request, {"operator"})
     b = await _json(request)
-    _only(b, {"request_id", "key_id", "purpose", "policy_id", "activate_epoch", "signature"})
+    _only(b, {"request_id", "key_id", "purpose", "policy_id", "activate_epoch", "signature",
+              "owner", "description", "tags"})  # fmt: skip
     cmd = CreateKey(
         request_id=_field(b, "request_id", str), author=ident.name,
         key_id=_field(b, "key_id", str), purpose=_field(b, "purpose", str),
         policy_id=_field(b, "policy_id", str), activate_epoch=_field(b, "activate_epoch", int, 0),
-        signature=_hex(b, "signature", 64),
+        owner=_field(b, "owner", str, ""), description=_field(b, "description", str, ""),
+        tags=_tags(b), signature=_hex(b, "signature", 64),
     )  # fmt: skip
     return await _submit(request, cmd)
+
+
+async def resolve_key(request: web.Request) -> str:
+    """The key id the `{key_id}` path segment names: a key id, or a live alias resolved
+    against this replica (after a read barrier when it is not a key id here), so that
+    commands, requests and the audit only ever name real key ids (docs/metadata.md).
+    A name that is neither is passed on as is (the state machine refuses it)."""
+    name = request.match_info["key_id"]
+    machine = request.app[RUNTIME].machine
+    if name in machine.state.keys:
+        return name
+    await request.app[RUNTIME].read_index()
+    return machine.resolve(name) or name
 
 
 async def sign_request(request: web.Request) -> web.StreamResponse:
@@ -228,10 +258,10 @@ async def sign_request(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "bad_request", "field 'message_b64' must be base64") from None
     cmd = RequestSign(
         request_id=_field(b, "request_id", str), author=ident.name,
-        key_id=request.match_info["key_id"], version=_field(b, "version", int, 0),
+        key_id=await resolve_key(request), version=_field(b, "version", int, 0),
         context=_field(b, "context", str, ""), message=message,
     )  # fmt: skip
-    return await _submit(request, cmd)
+    return await _submit(request, cmd, key_id=cmd.key_id)
 
 
 async def approve(request: web.Request) -> web.StreamResponse:
@@ -298,16 +328,32 @@ async def list_keys(request: web.Request) -> web.StreamResponse:
     _require(request, READ_ROLES)
     await _read(request)
     st = request.app[RUNTIME].machine.state
-    return web.json_response({"keys": [key_view(st.keys[k]) for k in sorted(st.keys)]})
+    names = aliases_of(st)
+    keys = [key_view(st.keys[k], aliases=names.get(k, ())) for k in sorted(st.keys)]
+    return web.json_response({"keys": keys})
 
 
 async def show_key(request: web.Request) -> web.StreamResponse:
+    """One key, by id or by a live alias (the view names the real key id)."""
     _require(request, READ_ROLES)
     await _read(request)
-    key = request.app[RUNTIME].machine.state.keys.get(request.match_info["key_id"])
-    if key is None:
-        raise ApiError(404, "unknown_key", "no such key")
-    return web.json_response(key_view(key))
+    machine = request.app[RUNTIME].machine
+    key_id = machine.resolve(request.match_info["key_id"])
+    if key_id is None:
+        raise ApiError(404, "unknown_key", "no such key or alias")
+    st = machine.state
+    return web.json_response(key_view(st.keys[key_id], aliases=aliases_of(st).get(key_id, ())))
+
+
+async def list_aliases(request: web.Request) -> web.StreamResponse:
+    """The live aliases, sorted by name (`key=`: those naming that key)."""
+    _require(request, READ_ROLES)
+    await _read(request)
+    st = request.app[RUNTIME].machine.state
+    want = request.query.get("key")
+    found = [alias_view(st.aliases[n]) for n in sorted(st.aliases)
+             if not st.aliases[n].deleted_epoch and want in (None, st.aliases[n].key_id)]
+    return web.json_response({"aliases": found})
 
 
 async def list_policies(request: web.Request) -> web.StreamResponse:
@@ -502,6 +548,7 @@ def create_app(rt: Runtime) -> web.Application:
             web.get("/v1/keys", list_keys),
             web.post("/v1/keys", create_key),
             web.get("/v1/keys/{key_id}", show_key),
+            web.get("/v1/aliases", list_aliases),
             web.post("/v1/keys/{key_id}/sign", sign_request),
             web.get("/v1/policies", list_policies),
             web.get("/v1/requests", list_requests),

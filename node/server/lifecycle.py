@@ -22,7 +22,9 @@ Like every duty, a reconciliation of the member's own replica, run by
   least 5 s), so a member that is down does not cause a DKG every round.
 - **Nonces.** The nonce stock of a version that is no longer active (retired,
   revoked, destroyed) is zeroized (`NonceStock.drop_version`): `may_use` and
-  `executable` already refuse to use them; this frees them early.
+  `executable` already refuse to use them; this frees them early. A retired version
+  that an approved dual-sign request names keeps signing until that request is done,
+  and a version that signs again (rollback) has its stock dropped again when it stops.
 """
 
 from __future__ import annotations
@@ -156,9 +158,16 @@ class LifecycleDuty:
     # ------------------------------------------------------------ nonces
 
     def drop_nonces(self) -> None:
-        for key in self.rt.machine.state.keys.values():
+        machine = self.rt.machine
+        for key in machine.state.keys.values():
             for n, v in key.versions.items():
-                if v.state in (VS.RETIRED, VS.REVOKED, VS.DESTROYED) and (
+                if v.state is VS.ACTIVE or (
+                    v.state is VS.RETIRED and machine.dual_signable(key.key_id, n)
+                ):
+                    # Signing (again: a rollback, or as a dual-sign request's second
+                    # signer): its stock is dropped once more when it stops.
+                    self._dropped.discard((key.key_id, n))
+                elif v.state in (VS.RETIRED, VS.REVOKED, VS.DESTROYED) and (
                     key.key_id, n,
                 ) not in self._dropped:  # fmt: skip
                     self._dropped.add((key.key_id, n))

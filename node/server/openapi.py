@@ -23,7 +23,21 @@ from typing import Any
 from aiohttp import web
 
 from node.server.app import MAX_WAIT_S, _identity
-from node.state.commands import MAX_EPOCH, MAX_PAYLOAD_BYTES, MAX_TEXT_CHARS, U32
+from node.state.commands import (
+    MAX_DUAL_SIGN_EPOCHS,
+    MAX_EPOCH,
+    MAX_PAYLOAD_BYTES,
+    MAX_TEXT_CHARS,
+    U32,
+)
+from node.state.metadata import (
+    ALIAS_RE,
+    MAX_DESCRIPTION_CHARS,
+    MAX_OWNER_CHARS,
+    MAX_TAG_VALUE_CHARS,
+    MAX_TAGS,
+    TAG_KEY_RE,
+)
 
 OPENAPI_PATH = "/v1/openapi.json"
 PRINCIPAL_ROLES = ["operator", "approver", "client", "auditor"]
@@ -99,6 +113,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "seq": _int(-1, description="the audit record the command produced"),
             "request": _str(description="`<author>:<request id>`: the command's reference"),
             "grant": _str(description="the grant id (grant routes only)"),
+            "key_id": _ref("Name") | {"description": "sign/decrypt: the key the path named "
+                                      "(an alias resolved to its key id)"},
         },
         required=["ok", "code", "detail", "seq", "request"],
         description="The outcome of an applied write (docs/api.md, \"Writes: outcomes\").",
@@ -113,6 +129,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "seq": _int(-1, description="the audit record (`rejected:<reason>`), -1 if none"),
             "request": _str(),
             "grant": _str(description="the grant id (grant routes only)"),
+            "key_id": _str(description="sign/decrypt: the key id the path resolved to"),
         },
         required=["error", "message", "ok", "code", "detail", "seq", "request"],
         description="A rejected command: an error body plus the outcome's fields.",
@@ -158,6 +175,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "activation_epoch": _int(description="0: not scheduled yet"),
             "retired_epoch": _int(), "revoked_epoch": _int(), "destroyed_epoch": _int(),
             "uses": _int(),
+            "replaced": _int(description="the version that was primary when this one "
+                             "activated (0: none): what a rollback restores"),
+            "rolled_back_epoch": _int(description="a rollback made it primary again "
+                                      "then (0: never)"),
             "erased_by": _list(_str()),
             "dkg_posts": _list(_str()),
             "group_public_key": _nullable(_str(pattern="^[0-9a-f]{64}$")),
@@ -172,10 +193,26 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                             description="audit: the reserved cluster-audit key"),
             "policy_id": _str(), "primary": _int(description="0: none yet"),
             "lifecycle_request": _nullable(_str()),
+            "owner": _str(maxLength=MAX_OWNER_CHARS, description="metadata (no authority)"),
+            "description": _str(maxLength=MAX_DESCRIPTION_CHARS,
+                                description="metadata (no authority)"),
+            "tags": {"type": "object", "maxProperties": MAX_TAGS,
+                     "propertyNames": {"pattern": f"^{TAG_KEY_RE.pattern}$"},
+                     "additionalProperties": _str(maxLength=MAX_TAG_VALUE_CHARS),
+                     "description": "metadata (no authority)"},
+            "aliases": _list(_ref("AliasName")),
             "versions": _list(_ref("Version")),
         }
     ),
     "KeyList": _obj({"keys": _list(_ref("Key"))}),
+    "AliasName": _str(pattern=f"^{ALIAS_RE.pattern}$"),
+    "Alias": _obj(
+        {
+            "alias": _ref("AliasName"), "key_id": _ref("Name"),
+            "created_epoch": _int(1, description="when this binding was (re)created"),
+        }
+    ),
+    "AliasList": _obj({"aliases": _list(_ref("Alias"))}),
     "Policy": _obj(
         {
             "policy_id": _str(), "requesters": _list(_str()),
@@ -183,6 +220,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "approvers": _list(_str()), "k": _int(1), "rotation_interval_s": _int(),
             "max_uses": _int(), "grace_epochs": _int(), "waiting_epochs": _int(),
             "escrow": {"type": "boolean"},
+            "dual_sign_epochs": _int(0, MAX_DUAL_SIGN_EPOCHS,
+                                     description="epochs after a rotation in which the "
+                                     "replaced version also signs (0: off)"),
         }
     ),
     "PolicyList": _obj({"policies": _list(_ref("Policy"))}),
@@ -192,7 +232,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {
             "ref": _str(), "request_id": _ref("RequestId"),
             "kind": _str(enum=[
-                "create_key", "sign", "decrypt", "rotate", "revoke", "destroy",
+                "create_key", "sign", "decrypt", "rotate", "revoke", "destroy", "rollback",
                 "add_principal", "remove_principal", "rekey_principal", "set_policy",
                 "set_governance", "set_threshold", "add_member", "remove_member", "cancel",
             ]),
@@ -202,6 +242,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "context": _str(), "policy_id": _nullable(_str()),
             "policy_hash": _str(pattern=_HEX), "approvers": _list(_str()), "k": _int(),
             "approvals": _list(_str()), "activate_epoch": _int(), "effective_epoch": _int(),
+            "dual_version": _int(description="a dual-sign request: the replaced version "
+                                 "that signs too (0: none)"),
             "submitted_epoch": _int(), "decided_epoch": _int(),
             "payload_hash": _str(pattern=_HEX),
             "payload_sha256": _nullable(_str(pattern="^[0-9a-f]{64}$")),
@@ -213,14 +255,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "governance": _ref("Governance"),
             "signature": _str(pattern="^[0-9a-f]{128}$",
                               description="an executed sign request's Ed25519 signature"),
+            "previous_version": _int(1, U32, description="a dual-sign request: the "
+                                     "version that made `previous_signature`"),
+            "previous_signature": _str(pattern="^[0-9a-f]{128}$",
+                                       description="a dual-sign request: the same message "
+                                       "signed by `previous_version`"),
             "payload_b64": _str(contentEncoding="base64",
                                 description="for approvers and the author only"),
         },
         required=[
             "ref", "request_id", "kind", "author", "state", "key_id", "purpose", "version",
             "context", "policy_id", "policy_hash", "approvers", "k", "approvals",
-            "activate_epoch", "effective_epoch", "submitted_epoch", "decided_epoch",
-            "payload_hash", "payload_sha256", "digest", "failure", "reports", "cluster_id",
+            "activate_epoch", "dual_version", "effective_epoch", "submitted_epoch",
+            "decided_epoch", "payload_hash", "payload_sha256", "digest", "failure", "reports",
+            "cluster_id",
         ],
     ),
     "RequestList": _obj({"requests": _list(_ref("Request"))},
@@ -276,10 +324,25 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "purpose": _str(enum=["sign", "encrypt"]), "policy_id": _ref("Name"),
             "activate_epoch": _int(0, MAX_EPOCH, default=0,
                                    description="0 or a future epoch"),
+            "owner": _str(maxLength=MAX_OWNER_CHARS, description="optional metadata"),
+            "description": _str(maxLength=MAX_DESCRIPTION_CHARS,
+                                description="optional metadata"),
+            "tags": {"type": "object", "maxProperties": MAX_TAGS,
+                     "additionalProperties": _str(maxLength=MAX_TAG_VALUE_CHARS),
+                     "description": "optional metadata"},
             "signature": {**_ref("Signature"),
                           "description": "over the command's signing digest"},
         },
         required=["request_id", "key_id", "purpose", "policy_id", "signature"],
+    ),
+    "RollbackBody": _obj(
+        {
+            "request_id": _ref("RequestId"),
+            "version": _int(1, U32, description="the retired version the primary replaced"),
+            "signature": {**_ref("Signature"),
+                          "description": "the caller's Ed25519 signature over the "
+                          "request_rollback command (`signing_message`)"},
+        },
     ),
     "SignBody": _obj(
         {
@@ -356,7 +419,7 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
             "schema": _str()}  # fmt: skip
 
 
-_KEY_ID = _path_param("key_id", "a key id")
+_KEY_ID = _path_param("key_id", "a key id, or a live alias (docs/metadata.md)")
 _REF = _path_param("ref", "a request reference `<author>:<request id>`")
 
 
@@ -436,7 +499,8 @@ PATHS: dict[str, dict[str, Any]] = {
                        "CreateKeyBody", tag="keys"),
     },
     "/v1/keys/{key_id}": {"get": _op(
-        "show_key", "One key", READ, tag="keys", parameters=[_KEY_ID, _STALE],
+        "show_key", "One key, by id or live alias", READ, tag="keys",
+        parameters=[_KEY_ID, _STALE],
         responses={"200": _json(_ref("Key"), "the key"),
                    "404": _json(_ref("Error"), "`unknown_key`")},
     )},
@@ -444,9 +508,21 @@ PATHS: dict[str, dict[str, Any]] = {
         "sign_request", "A client's request_sign", ["client"], "SignBody", tag="requests",
         parameters=[_KEY_ID],
     )},
+    "/v1/keys/{key_id}/rollback": {"post": _write(
+        "rollback_request", "An operator's signed request_rollback (the key policy's "
+        "quorum decides; docs/lifecycle.md)", ["operator"], "RollbackBody", tag="keys",
+        parameters=[_KEY_ID],
+    )},
     "/v1/keys/{key_id}/decrypt": {"post": _write(
         "decrypt_request", "A client's request_decrypt (envelope's wrapped data key)",
         ["client"], "DecryptBody", tag="requests", parameters=[_KEY_ID],
+    )},
+    "/v1/aliases": {"get": _op(
+        "list_aliases", "Live aliases, sorted by name (`key=K`: those naming K)", READ,
+        tag="keys",
+        parameters=[{"name": "key", "in": "query", "required": False, "schema": _str()},
+                    _STALE],
+        responses={"200": _json(_ref("AliasList"), "the aliases")},
     )},
     "/v1/policies": {"get": _op(
         "list_policies", "All policies", READ, tag="policies", parameters=[_STALE],

@@ -26,7 +26,16 @@ import os
 from aiohttp import web
 
 from node.protocols.envelope import confirmation_of, label_for, partial_request
-from node.server.app import RUNTIME, ApiError, _field, _json, _only, _require, _submit
+from node.server.app import (
+    RUNTIME,
+    ApiError,
+    _field,
+    _json,
+    _only,
+    _require,
+    _submit,
+    resolve_key,
+)
 from node.server.runtime import result_request_id
 from node.state import Op, RecordResult, RequestDecrypt
 from node.state.errors import Reason, Rejected
@@ -62,10 +71,10 @@ async def decrypt_request(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "bad_request", "field 'ciphertext_b64' must be base64") from None
     cmd = RequestDecrypt(
         request_id=_field(b, "request_id", str), author=ident.name,
-        key_id=request.match_info["key_id"], version=_field(b, "version", int),
+        key_id=await resolve_key(request), version=_field(b, "version", int),
         context=_field(b, "context", str, ""), ciphertext=ciphertext,
     )  # fmt: skip
-    return await _submit(request, cmd)
+    return await _submit(request, cmd, key_id=cmd.key_id)
 
 
 async def _body(request: web.Request) -> dict[str, object]:

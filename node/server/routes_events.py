@@ -60,11 +60,15 @@ EVENT_TYPES = (
     "revocation.requested",
     "destruction.requested",
     "version.revoked",
+    "rollback.requested",
+    "version.rolled_back",
     "version.destroyed",
     "version.erased",
     "policy.changed",
     "governance.scheduled",
     "governance.changed",
+    "key.metadata_changed",
+    "key.alias_changed",
 )
 CLIENT_UNSEEN = frozenset({"governance.scheduled", "governance.changed"})
 
@@ -108,6 +112,8 @@ def event_of(st: State, a: AuditRecord) -> tuple[str, dict[str, Any]] | None:
         return "rotation.requested", base
     if kind == "request_revoke":
         return "revocation.requested", base
+    if kind == "request_rollback":
+        return "rollback.requested", base
     if kind == "request_destroy":
         return "destruction.requested", base
     if kind == "approve" and req is not None:
@@ -125,6 +131,10 @@ def event_of(st: State, a: AuditRecord) -> tuple[str, dict[str, Any]] | None:
         return "version.aborted", {**base, "reason": req.failure or None}
     if kind == "record_erasure":
         return "version.erased", {**base, "member": a.author}
+    if kind == "set_key_metadata":
+        return "key.metadata_changed", {**base, "metadata_sha512": a.digest.hex()}
+    if kind in ("create_alias", "delete_alias"):
+        return "key.alias_changed", {**base, "alias_sha512": a.digest.hex()}
     if kind == "advance_epoch" and outcome == "ok":
         weakening = a.outcome.endswith("!weakening")
         return "epoch.advanced", {**base, **_epoch_changes(st, a.epoch, weakening)}
@@ -143,6 +153,8 @@ def _approval(
         return "version.revoked", base
     if rkind is RequestKind.DESTROY and outcome == "executed":
         return "version.destroyed", base
+    if rkind is RequestKind.ROLLBACK and outcome == "executed":
+        return "version.rolled_back", {**base, "retired": _rolled_back_from(st, a)}
     if rkind in GOVERNANCE_KINDS:
         if outcome == "approved" and a.outcome.endswith("!weakening"):
             return "governance.scheduled", {**base, "effective_epoch": effective_epoch}
@@ -150,6 +162,21 @@ def _approval(
             name = "policy.changed" if rkind is RequestKind.SET_POLICY else "governance.changed"
             return name, base
     return None
+
+
+def _rolled_back_from(st: State, a: AuditRecord) -> int | None:
+    """The version a rollback (approved in record `a`) retired: the primary then, i.e. the
+    newest version that had replaced the restored one and was active by that epoch (any
+    later one activates at a later epoch). Stable: `replaced` and activation epochs
+    never change once set."""
+    key = st.keys.get(a.key_id)
+    if key is None:
+        return None
+    found = [
+        n for n, v in key.versions.items()
+        if v.replaced == a.version and 0 < v.activation_epoch <= a.epoch
+    ]  # fmt: skip
+    return max(found, default=None)
 
 
 def _version(st: State, key_id: str, number: int) -> Any:
@@ -160,7 +187,9 @@ def _version(st: State, key_id: str, number: int) -> Any:
 def _epoch_changes(st: State, epoch: int, weakening: bool) -> dict[str, Any]:
     """What entering `epoch` did to key versions and time-locked changes: versions that
     activated (activation epoch = `epoch`, and it really was active: not revoked while
-    pending), versions that retired for them, governance changes that took effect."""
+    pending), the versions they replaced (retired then: `Version.replaced`, which stays
+    put when a rollback later changes retirement epochs), governance changes that took
+    effect."""
     activated, retired = [], []
     for key_id in sorted(st.keys):
         key = st.keys[key_id]
@@ -168,8 +197,8 @@ def _epoch_changes(st: State, epoch: int, weakening: bool) -> dict[str, Any]:
             v = key.versions[number]
             if v.activation_epoch == epoch and not rules.never_active(v):
                 activated.append({"key_id": key_id, "version": number})
-            if v.retired_epoch == epoch:
-                retired.append({"key_id": key_id, "version": number})
+                if v.replaced:
+                    retired.append({"key_id": key_id, "version": v.replaced})
     changes = []
     if weakening:  # only then did time-locked governance changes take effect
         for ref in sorted(st.requests):

@@ -17,6 +17,13 @@ key, version and message from its replica (the coordinator sends none of them
 that matter), checks its own commitment is in the list unchanged, and signs
 once with nonces that are consumed whatever happens.
 
+Dual-sign requests (a sign request on the primary inside its policy's dual-sign window,
+`Request.dual_version`): the coordinator runs the rounds twice over the same message,
+once with the primary and once with the version it replaced, and records both
+signatures (128 bytes, the primary's first). A member gives commitments and a share on
+the replaced (retired) version only for an approved request that names it as its dual
+version (`Machine.dual_signable`, then the request itself), and nothing else.
+
 Audit checkpoints (`audit_checkpoints.py`, docs/audit.md) use the same rounds with
 the cluster's audit key: the coordinator's `sign_audit_checkpoint` runs them over
 the checkpoint message, and a member asked for a share on the audit key (the only
@@ -133,19 +140,34 @@ class Signer:
             del self.pool[slot]
 
     async def _execute(self, ref: str, index: int) -> bool:
-        def target() -> tuple[str, int, bytes, bytes] | None:
-            try:
-                req = self.rt.machine.executable(ref)
-            except Rejected:
-                return None  # executed, failed or no longer usable meanwhile
-            return req.key_id, req.version, req.payload, req.payload_hash
+        def target(dual: bool) -> Callable[[], tuple[str, int, bytes, bytes] | None]:
+            def want() -> tuple[str, int, bytes, bytes] | None:
+                try:
+                    req = self.rt.machine.executable(ref)
+                except Rejected:
+                    return None  # executed, failed or no longer usable meanwhile
+                if dual and not req.dual_version:
+                    return None
+                version = req.dual_version if dual else req.version
+                return req.key_id, version, req.payload, req.payload_hash
+
+            return want
 
         phases: dict[str, float] = {}
-        sig = await self._rounds(ref, index, target, phases)
+        sig = await self._rounds(ref, index, target(False), phases)
         if sig is None:
             return True
         if sig is False:
             return False
+        req = self.rt.machine.state.requests.get(ref)
+        if req is not None and req.dual_version:
+            # The same message, signed by the version the primary replaced.
+            second = await self._rounds(ref, index, target(True), {})
+            if second is None:
+                return True
+            if second is False:
+                return False
+            sig = sig + second
         t4 = time.perf_counter()
         await self._record(ref, sig)
         phases["record"] = time.perf_counter() - t4
@@ -330,7 +352,9 @@ class Signer:
         with. The nonces stay in this process's memory only."""
         rt = self.rt
         op = Op.AUDIT if req.key_id == AUDIT_KEY_ID else Op.SIGN
-        if not rt.machine.may_use(req.key_id, req.version, op):
+        if not rt.machine.may_use(req.key_id, req.version, op) and not (
+            op is Op.SIGN and rt.machine.dual_signable(req.key_id, req.version)
+        ):
             raise ShareRefused("that key version may not sign now")
         share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(req.key_id, req.version))
         try:
@@ -350,7 +374,9 @@ class Signer:
         known = rt.machine.state.requests.get(req.request_ref)
         if known is None or known.kind is not RequestKind.SIGN:
             raise ShareRefused("no such sign request on this replica")
-        if (known.key_id, known.version) != (req.key_id, req.version):
+        # The request's version, or (a dual-sign request) the version it names to sign too.
+        versions = {known.version, known.dual_version} - {0}
+        if known.key_id != req.key_id or req.version not in versions:
             raise ShareRefused("the request is for another key version")
         if not hmac.compare_digest(known.payload_hash, req.message_digest):
             raise ShareRefused("the request's message is not the one asked for")
@@ -359,17 +385,20 @@ class Signer:
             r: Request = rt.machine.executable(req.request_ref)
         except Rejected as exc:
             raise ShareRefused(f"not executable here: {exc.reason.value}") from None
-        self._count_share(r.ref)
+        if req.version not in {r.version, r.dual_version} - {0}:  # re-read after executable()
+            raise ShareRefused("the request is for another key version")
+        number = req.version
+        self._count_share(r.ref if number == r.version else f"{r.ref}#dual")
         st = rt.machine.state
-        version = st.keys[r.key_id].versions[r.version]
+        version = st.keys[r.key_id].versions[number]
         members = [m.index for m in st.members.values()]
-        share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(r.key_id, r.version))
+        share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(r.key_id, number))
         try:
             z = member_sign_share(
                 me=rt.index, signing_share=bytes(share), group_public_key=version.group_public_key,
                 message=r.payload, commitment_list=req.commitment_list,
                 my_commitment_id=req.my_commitment_id, stock=rt.stock, key_id=r.key_id,
-                version=r.version, threshold=st.threshold, members=members,
+                version=number, threshold=st.threshold, members=members,
             )  # fmt: skip
         except SigningRefused as exc:
             raise ShareRefused(str(exc)) from None

@@ -14,7 +14,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from node.state.model import AuditRecord, Key, Policy, Request, State, Version
+from node.state.model import Alias, AuditRecord, Key, Policy, Request, State, Version
 
 
 def pem_of(group_public_key: bytes) -> str:
@@ -32,6 +32,8 @@ def version_view(v: Version) -> dict[str, Any]:
         "revoked_epoch": v.revoked_epoch,
         "destroyed_epoch": v.destroyed_epoch,
         "uses": v.uses,
+        "replaced": v.replaced,
+        "rolled_back_epoch": v.rolled_back_epoch,
         "erased_by": list(v.erased_by),
         "dkg_posts": sorted(v.dkg_posts),
         "group_public_key": v.group_public_key.hex() or None,
@@ -41,17 +43,39 @@ def version_view(v: Version) -> dict[str, Any]:
     return out
 
 
-def key_view(k: Key, *, versions: bool = True) -> dict[str, Any]:
+def aliases_of(st: State) -> dict[str, list[str]]:
+    """key id -> its live aliases, sorted."""
+    out: dict[str, list[str]] = {}
+    for name in sorted(st.aliases):
+        alias = st.aliases[name]
+        if not alias.deleted_epoch:
+            out.setdefault(alias.key_id, []).append(name)
+    return out
+
+
+def key_view(
+    k: Key, *, versions: bool = True, aliases: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A key; its metadata (labels with no authority, docs/metadata.md) and `aliases`,
+    the live aliases naming it (`aliases_of`)."""
     out: dict[str, Any] = {
         "key_id": k.key_id,
         "purpose": k.purpose.value,
         "policy_id": k.policy_id,
         "primary": k.primary,
         "lifecycle_request": k.lifecycle_request or None,
+        "owner": k.owner,
+        "description": k.description,
+        "tags": {t: k.tags[t] for t in sorted(k.tags)},
+        "aliases": list(aliases),
     }
     if versions:
         out["versions"] = [version_view(k.versions[n]) for n in sorted(k.versions)]
     return out
+
+
+def alias_view(a: Alias) -> dict[str, Any]:
+    return {"alias": a.name, "key_id": a.key_id, "created_epoch": a.created_epoch}
 
 
 def policy_view(p: Policy) -> dict[str, Any]:
@@ -66,6 +90,7 @@ def policy_view(p: Policy) -> dict[str, Any]:
         "grace_epochs": p.grace_epochs,
         "waiting_epochs": p.waiting_epochs,
         "escrow": p.escrow,
+        "dual_sign_epochs": p.dual_sign_epochs,
     }
 
 
@@ -86,6 +111,7 @@ def request_view(st: State, r: Request, *, show_payload: bool) -> dict[str, Any]
         "k": r.k,
         "approvals": sorted(r.approvals),
         "activate_epoch": r.activate_epoch,
+        "dual_version": r.dual_version,
         "effective_epoch": r.effective_epoch,
         "submitted_epoch": r.submitted_epoch,
         "decided_epoch": r.decided_epoch,
@@ -99,7 +125,10 @@ def request_view(st: State, r: Request, *, show_payload: bool) -> dict[str, Any]
     if show_payload and r.payload:
         out["payload_b64"] = base64.b64encode(r.payload).decode()
     if r.kind.value == "sign" and r.result:
-        out["signature"] = r.result.hex()  # signatures are public
+        out["signature"] = r.result[:64].hex()  # signatures are public
+        if r.dual_version and len(r.result) == 128:  # and the replaced version's
+            out["previous_version"] = r.dual_version
+            out["previous_signature"] = r.result[64:].hex()
     policy = st.policies.get(r.policy_id) if r.policy_id else None
     if policy is not None:
         out["policy"] = policy_view(policy)

@@ -29,6 +29,14 @@ from typing import Any, ClassVar
 import msgpack
 
 from .errors import DecodeError
+from .metadata import (
+    ALIAS_RE,
+    MAX_DESCRIPTION_CHARS,
+    MAX_OWNER_CHARS,
+    MAX_TAG_VALUE_CHARS,
+    MAX_TAGS,
+    TAG_KEY_RE,
+)
 from .names import is_author_name, is_member_name, is_principal_name
 
 SCHEMA_VERSION = 1
@@ -54,6 +62,9 @@ MAX_TIME_LOCK_EPOCHS = 4096
 # after the epoch the grant is submitted in.
 MAX_GRANT_USES = 1_000_000
 MAX_GRANT_EPOCHS = 65_536
+# A policy's dual-sign window (epochs after a rotation's activation in which the replaced
+# version also signs): at most this many epochs.
+MAX_DUAL_SIGN_EPOCHS = 65_536
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 # Text is printable ASCII, spelled out: `str.isprintable()` follows the interpreter's
@@ -117,6 +128,48 @@ class Text(Spec):
         if len(value) > self.max_chars or not _TEXT_RE.fullmatch(value):
             raise DecodeError(f"{path}: string too long or not printable ASCII")
         return value
+
+
+class NonEmpty(Spec):
+    """`inner`, but never its empty value (an optional field's default is not encoded)."""
+
+    def __init__(self, inner: Spec) -> None:
+        self.inner = inner
+
+    def check(self, value: Any, path: str) -> Any:
+        out = self.inner.check(value, path)
+        if not out:
+            raise DecodeError(f"{path}: must not be empty when present")
+        return out
+
+    def dump(self, value: Any) -> Any:
+        return self.inner.dump(value)
+
+
+class Tags(Spec):
+    """Key tags: a list of [key, value] pairs in strictly ascending key order (one
+    encoding per set of tags), at most MAX_TAGS; keys by `metadata.TAG_KEY_RE`, values
+    printable ASCII of at most MAX_TAG_VALUE_CHARS."""
+
+    VALUE = Text(MAX_TAG_VALUE_CHARS)
+
+    def check(self, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+        if type(value) is not list or len(value) > MAX_TAGS:
+            raise DecodeError(f"{path}: expected a list of at most {MAX_TAGS} [key, value] pairs")
+        out: list[tuple[str, str]] = []
+        for i, pair in enumerate(value):
+            if type(pair) is not list or len(pair) != 2:
+                raise DecodeError(f"{path}[{i}]: expected a [key, value] pair")
+            k, v = pair
+            if type(k) is not str or not TAG_KEY_RE.fullmatch(k):
+                raise DecodeError(f"{path}[{i}]: tag key must match {TAG_KEY_RE.pattern}")
+            if out and k <= out[-1][0]:
+                raise DecodeError(f"{path}[{i}]: tag keys must be unique and sorted")
+            out.append((k, self.VALUE.check(v, f"{path}[{i}].value")))
+        return tuple(out)
+
+    def dump(self, value: Any) -> Any:
+        return [[k, v] for k, v in value]
 
 
 class Bytes(Spec):
@@ -249,6 +302,11 @@ RID = Name(_RID_RE)
 VERSION = Int(1, U32)
 PAYLOAD = Bytes(min_len=1, max_len=MAX_PAYLOAD_BYTES)
 SIGNATURE = Bytes(lengths=(64,))
+OWNER = Text(MAX_OWNER_CHARS)
+DESCRIPTION = Text(MAX_DESCRIPTION_CHARS)
+TAGS = Tags()
+ALIAS = NameRule(lambda v: type(v) is str and ALIAS_RE.fullmatch(v) is not None,
+                 f"an alias name ({ALIAS_RE.pattern})")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +447,7 @@ class SetPolicy(Command):
     waiting_epochs: int
     escrow: bool
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    dual_sign_epochs: int = 0  # optional: not encoded when 0
     KIND: ClassVar[str] = "set_policy"
     SCHEMA: ClassVar = (
         ("policy_id", Name()),
@@ -401,8 +460,10 @@ class SetPolicy(Command):
         ("grace_epochs", Int(0, U32)),
         ("waiting_epochs", Int(1, U32)),
         ("escrow", Bool()),
+        ("dual_sign_epochs", Int(1, MAX_DUAL_SIGN_EPOCHS)),
         ("signature", SIGNATURE),
     )
+    OPTIONAL: ClassVar = frozenset({"dual_sign_epochs"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +485,10 @@ class CreateKey(Command):
     purpose: str
     policy_id: str
     activate_epoch: int = 0  # earliest epoch for version 1 (0 = as soon as the DKG allows)
+    # Optional metadata (docs/metadata.md); not part of the create request's digest.
+    owner: str = ""
+    description: str = ""
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value), keys strictly ascending
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "create_key"
     SCHEMA: ClassVar = (
@@ -431,8 +496,53 @@ class CreateKey(Command):
         ("purpose", OneOf("sign", "encrypt")),
         ("policy_id", Name()),
         ("activate_epoch", Int(0, MAX_EPOCH)),
+        ("owner", NonEmpty(OWNER)),
+        ("description", NonEmpty(DESCRIPTION)),
+        ("tags", NonEmpty(TAGS)),
         ("signature", SIGNATURE),
     )
+    OPTIONAL: ClassVar = frozenset({"owner", "description", "tags"})
+
+
+@dataclass(frozen=True, slots=True)
+class SetKeyMetadata(Command):
+    """Replace a key's metadata (all three fields; empty clears). Takes effect at once:
+    metadata grants nothing (docs/metadata.md); the audit record carries its hash."""
+
+    key_id: str
+    owner: str
+    description: str
+    tags: tuple[tuple[str, str], ...]
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "set_key_metadata"
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("owner", OWNER),
+        ("description", DESCRIPTION),
+        ("tags", TAGS),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAlias(Command):
+    """Bind a new alias name to a key (or re-create a deleted alias for the same key)."""
+
+    alias: str
+    key_id: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "create_alias"
+    SCHEMA: ClassVar = (("alias", ALIAS), ("key_id", Name()), ("signature", SIGNATURE))
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAlias(Command):
+    """Delete a live alias: its name stays reserved for the key it named."""
+
+    alias: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "delete_alias"
+    SCHEMA: ClassVar = (("alias", ALIAS), ("signature", SIGNATURE))
 
 
 # A sign/decrypt request may be made under a grant (docs/grants.md): it then names the
@@ -547,6 +657,22 @@ class RequestRevoke(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class RequestRollback(Command):
+    """Make `version` (the retired version the primary replaced) the primary again, once
+    the key policy's quorum approves; the primary retires (docs/lifecycle.md)."""
+
+    key_id: str
+    version: int
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "request_rollback"
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", VERSION),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RequestDestroy(Command):
     key_id: str
     version: int
@@ -603,14 +729,15 @@ class PostDkgRound1(Command):
 class RecordResult(Command):
     request: str
     # sign: the 64-byte Ed25519 signature (verified on apply with the group key over the
-    # stored message); decrypt: a 32..64-byte digest of this member's partial and proof.
-    # Never plaintext.
+    # stored message), or for a dual-sign request 128 bytes: the primary's signature then
+    # the replaced version's; decrypt: a 32..64-byte digest of this member's partial and
+    # proof. Never plaintext.
     result: bytes
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
     KIND: ClassVar[str] = "record_result"
     SCHEMA: ClassVar = (
         ("request", REF),
-        ("result", Bytes(min_len=32, max_len=64)),
+        ("result", Bytes(min_len=32, max_len=128)),
         ("signature", SIGNATURE),
     )
 
@@ -712,6 +839,7 @@ COMMANDS: dict[str, type[Command]] = {
         RequestDecrypt,
         RequestRotate,
         RequestRevoke,
+        RequestRollback,
         RequestDestroy,
         Approve,
         PostDkgRound1,
@@ -723,6 +851,9 @@ COMMANDS: dict[str, type[Command]] = {
         CreateGrant,
         RevokeGrant,
         PostAuditCheckpoint,
+        SetKeyMetadata,
+        CreateAlias,
+        DeleteAlias,
     )
 }
 
@@ -806,7 +937,7 @@ def decode_change(data: bytes) -> Command:
     if cls.KIND not in GOVERNANCE_KINDS:
         raise DecodeError(f"{cls.KIND} is not a governance command")
     schema = tuple((name, spec) for name, spec in cls.SCHEMA if name != "signature")
-    cmd = cls(**_check_fields(rest, (*_HEADER, *schema), cls.KIND))
+    cmd = cls(**_check_fields(rest, (*_HEADER, *schema), cls.KIND, cls.OPTIONAL))
     if signing_bytes(cmd) != data:
         raise DecodeError("governance change is not in canonical form")
     return cmd

@@ -13,7 +13,8 @@ Encoding (documented byte by byte in docs/state-machine.md):
                       || lp(key_id) || lp(purpose) || lp(policy_id) || lp(policy_sha512)
                       || lp(names(approvers)) || lp(u64be(k))
                       || lp(u64be(version)) || lp(context)
-                      || lp(payload_sha512) || lp(u64be(activate_epoch)) )
+                      || lp(payload_sha512) || lp(u64be(activate_epoch))
+                      [|| lp(u64be(dual_version))] )   only when dual_version != 0
 
     lp(x) = u32be(len(x)) || x         strings are UTF-8 (ASCII by schema)
     names(xs) = lp(x1) || lp(x2) || ...  (sorted)
@@ -33,10 +34,10 @@ from .model import Governance, Policy, Request
 
 # Kinds whose version is chosen at submission (create/rotate hash 0: their version
 # number is assigned on approval, after the approvers signed).
-VERSIONED_KINDS = frozenset({"sign", "decrypt", "revoke", "destroy"})
+VERSIONED_KINDS = frozenset({"sign", "decrypt", "revoke", "destroy", "rollback"})
 POLICY_FIELDS = (
     "policy_id", "requesters", "operations", "approvers", "k", "rotation_interval_s",
-    "max_uses", "grace_epochs", "waiting_epochs", "escrow",
+    "max_uses", "grace_epochs", "waiting_epochs", "escrow", "dual_sign_epochs",
 )  # fmt: skip
 
 REQUEST_CONTEXT = b"custody-cluster/v2/request-digest"
@@ -88,13 +89,17 @@ def policy_hash(
     grace_epochs: int,
     waiting_epochs: int,
     escrow: bool,
+    dual_sign_epochs: int = 0,
 ) -> bytes:
-    """SHA-512 of a policy's whole content: what a create-key approver agrees to."""
+    """SHA-512 of a policy's whole content: what a create-key approver agrees to.
+    `dual_sign_epochs` is appended (u64) only when non-zero, so a policy without a
+    dual-sign window hashes as before (the fields are fixed-width: still unambiguous)."""
     body = b"".join(
         (
             lp(POLICY_CONTEXT), lp(policy_id), lp(names(requesters)), lp(names(operations)),
             lp(names(approvers)), u64(k), u64(rotation_interval_s), u64(max_uses),
             u64(grace_epochs), u64(waiting_epochs), u64(int(escrow)),
+            u64(dual_sign_epochs) if dual_sign_epochs else b"",
         )
     )  # fmt: skip
     return hashlib.sha512(body).digest()
@@ -116,8 +121,11 @@ def request_digest(
     context: str,
     payload_sha512: bytes,
     activate_epoch: int,
+    dual_version: int = 0,
 ) -> bytes:
-    """The 64-byte canonical digest of a request (see the module docstring)."""
+    """The 64-byte canonical digest of a request (see the module docstring). A dual-sign
+    request's `dual_version` is one more field at the end (absent when 0, so every other
+    request's digest is unchanged; the fields are length-prefixed: still unambiguous)."""
     parts = (
         lp(REQUEST_CONTEXT),
         lp(cluster_id),
@@ -135,6 +143,8 @@ def request_digest(
         lp(payload_sha512),
         lp(u64(activate_epoch)),
     )
+    if dual_version:
+        parts = (*parts, lp(u64(dual_version)))
     return hashlib.sha512(b"".join(parts)).digest()
 
 
@@ -182,6 +192,7 @@ def digest_of(req: Request, cluster_id: str, payload_sha512: bytes) -> bytes:
         context=req.context,
         payload_sha512=payload_sha512,
         activate_epoch=req.activate_epoch,
+        dual_version=req.dual_version,
     )
 
 

@@ -50,12 +50,18 @@ class Reason(StrEnum):
     BAD_RESULT = "bad_result"
     SELF_APPROVAL = "self_approval"
     NOT_DESTROYED = "not_destroyed"  # an erasure confirmation for a version not destroyed
+    # A rollback that is not (or no longer) allowed: not the version the primary replaced,
+    # not retired, outside the grace period, a version pending (docs/lifecycle.md)
+    ROLLBACK_NOT_ALLOWED = "rollback_not_allowed"
     # Grants (capabilities a key's quorum approved in advance; docs/grants.md)
     UNKNOWN_GRANT = "unknown_grant"
     GRANT_NOT_ACTIVE = "grant_not_active"  # pending (not approved yet), revoked or failed
     GRANT_EXPIRED = "grant_expired"  # the epoch reached the grant's expiry epoch
     GRANT_EXHAUSTED = "grant_exhausted"  # every use of the grant was taken
     OUTSIDE_GRANT = "outside_grant"  # another grantee, key, operation or context
+    # Aliases (docs/metadata.md)
+    UNKNOWN_ALIAS = "unknown_alias"  # no live alias of that name
+    ALIAS_EXISTS = "alias_exists"  # the name is bound (live, or deleted: reserved for its key)
 
 
 class StateError(Exception):

@@ -22,17 +22,21 @@ from .audit_checkpoint import (
     signature_valid,
 )
 from .commands import (
+    DESCRIPTION,
     MAX_CHECKPOINTS,
     MAX_DKG_PACKAGE_BYTES,
     MAX_EPOCH,
     MAX_GRANT_USES,
     MAX_TIME_LOCK_EPOCHS,
+    OWNER,
+    TAGS,
     U62,
     decode_change,
 )
 from .digest import digest_of, payload_hash
 from .errors import DecodeError
 from .grants import grant_payload
+from .metadata import MAX_ALIASES, is_alias_name
 from .model import (
     Governance,
     Grant,
@@ -51,8 +55,9 @@ from .rules import GOVERNANCE_KINDS
 
 RK = RequestKind
 KEY_KINDS = frozenset(
-    {RK.CREATE_KEY, RK.SIGN, RK.DECRYPT, RK.ROTATE, RK.REVOKE, RK.DESTROY, RK.GRANT}
-)
+    {RK.CREATE_KEY, RK.SIGN, RK.DECRYPT, RK.ROTATE, RK.REVOKE, RK.DESTROY, RK.GRANT,
+     RK.ROLLBACK}
+)  # fmt: skip
 DKG_KINDS = frozenset({RK.CREATE_KEY, RK.ROTATE})
 UNVERSIONED_KINDS = DKG_KINDS | {RK.GRANT}  # no version named (create/rotate: not yet)
 RS = RequestState
@@ -69,7 +74,7 @@ def check_integrity(state: State) -> None:
         empty = (
             state.members, state.principals, state.policies, state.keys, state.requests,
             state.removed_members, state.removed_principals, state.checkpoints, state.grants,
-            state.audit_checkpoints, state.audit_checkpoint_count,
+            state.audit_checkpoints, state.audit_checkpoint_count, state.aliases,
         )  # fmt: skip
         if any(empty) or state.epoch or state.threshold or state.genesis:
             _fail("an un-bootstrapped state must be empty")
@@ -89,6 +94,8 @@ def check_integrity(state: State) -> None:
             _fail(f"policy {policy.policy_id!r} allows unknown operations")
     for key in state.keys.values():
         _check_key(state, key)
+        _check_metadata(key)
+    _check_aliases(state)
     for rid, req in state.requests.items():
         _check_request(state, rid, req)
     _check_grants(state)
@@ -104,6 +111,39 @@ def check_integrity(state: State) -> None:
             _fail(f"checkpoints of {member!r} are not in strictly increasing index order")
         if any(len(c.state_hash) != 64 or len(c.signature) != 64 for c in cps):
             _fail(f"a checkpoint of {member!r} has a malformed hash or signature")
+
+
+def _check_metadata(key: Key) -> None:
+    """A key's metadata within the bounds `set_key_metadata` accepts; none on the audit key."""
+    where = f"key {key.key_id!r} metadata"
+    try:
+        OWNER.check(key.owner, f"{where}.owner")
+        DESCRIPTION.check(key.description, f"{where}.description")
+        TAGS.check([[k, key.tags[k]] for k in sorted(key.tags)], f"{where}.tags")
+    except DecodeError as exc:
+        _fail(str(exc))
+    if key.purpose is Purpose.AUDIT and (key.owner or key.description or key.tags):
+        _fail(f"{where}: the audit key has no metadata")
+
+
+def _check_aliases(state: State) -> None:
+    """Aliases: bounded in number, well named, never a key id, naming an existing
+    non-audit key, created no later than deleted, neither in the future."""
+    if len(state.aliases) > MAX_ALIASES:
+        _fail(f"{len(state.aliases)} aliases exceed {MAX_ALIASES}")
+    for name, alias in state.aliases.items():
+        where = f"alias {name!r}"
+        if not is_alias_name(name):
+            _fail(f"{where}: not an alias name")
+        if name in state.keys:
+            _fail(f"{where} is also a key id")
+        key = state.keys.get(alias.key_id)
+        if key is None or key.purpose is Purpose.AUDIT:
+            _fail(f"{where} names missing or reserved key {alias.key_id!r}")
+        if not 1 <= alias.created_epoch <= state.epoch or alias.deleted_epoch > state.epoch:
+            _fail(f"{where}: creation or deletion epoch outside 1..{state.epoch}")
+        if alias.deleted_epoch and alias.deleted_epoch < alias.created_epoch:
+            _fail(f"{where}: deleted before it was created")
 
 
 def _check_cluster(state: State) -> None:
@@ -170,6 +210,10 @@ def _check_key(state: State, key: Key) -> None:
             _fail(f"{where} version {number}: more verification shares than members ever")
         if any(not 0 <= e <= MAX_EPOCH + (1 << 33) for e in _epochs(v)):
             _fail(f"{where} version {number}: epoch outside the schema")
+        if v.replaced and (v.replaced >= number or v.replaced not in key.versions):
+            _fail(f"{where} version {number}: replaced a version it cannot have replaced")
+        if (v.rolled_back_epoch and not v.activation_epoch) or v.rollback_uses > v.uses:
+            _fail(f"{where} version {number}: rolled back but never active, or over-used")
         if v.erased_by:
             ever = set(state.members) | set(state.removed_members)
             if v.state is not VersionState.DESTROYED:
@@ -178,7 +222,8 @@ def _check_key(state: State, key: Key) -> None:
                 _fail(f"{where} version {number}: erasure confirmations not sorted members")
     if key.lifecycle_request:
         req = state.requests.get(key.lifecycle_request)
-        if req is None or req.key_id != key.key_id or req.kind not in DKG_KINDS:
+        lifecycle = DKG_KINDS | {RK.ROLLBACK}
+        if req is None or req.key_id != key.key_id or req.kind not in lifecycle:
             _fail(f"{where}: lifecycle request {key.lifecycle_request!r} is not its own")
         elif req.state not in (RequestState.PENDING, RequestState.APPROVED):
             _fail(f"{where}: lifecycle request {key.lifecycle_request!r} is decided")
@@ -213,7 +258,10 @@ def _check_audit_checkpoints(state: State) -> None:
 
 
 def _epochs(v) -> tuple[int, ...]:
-    return (v.activation_epoch, v.retired_epoch, v.revoked_epoch, v.destroyed_epoch)
+    return (
+        v.activation_epoch, v.retired_epoch, v.revoked_epoch, v.destroyed_epoch,
+        v.rolled_back_epoch,
+    )  # fmt: skip
 
 
 def _check_request(state: State, rid: str, req: Request) -> None:
@@ -232,6 +280,12 @@ def _check_request(state: State, rid: str, req: Request) -> None:
             _fail(f"{where} names no version")
         if req.purpose != key.purpose.value:
             _fail(f"{where}: purpose differs from its key's")
+        if req.dual_version:
+            own = key.versions.get(req.version)
+            if req.kind is not RK.SIGN or own is None or own.replaced != req.dual_version:
+                _fail(f"{where}: dual version {req.dual_version} is not what its version replaced")
+    elif req.dual_version:
+        _fail(f"{where}: a dual version on a request about no key")
     if not 1 <= req.k <= len(req.approvers) or len(set(req.approvers)) != len(req.approvers):
         _fail(f"{where}: impossible quorum")
     for name in req.approvers:

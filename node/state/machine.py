@@ -54,8 +54,10 @@ from .commands import (
     Bootstrap,
     CancelRequest,
     Command,
+    CreateAlias,
     CreateGrant,
     CreateKey,
+    DeleteAlias,
     PostAuditCheckpoint,
     PostCheckpoint,
     PostDkgRound1,
@@ -69,10 +71,12 @@ from .commands import (
     RequestDecrypt,
     RequestDestroy,
     RequestRevoke,
+    RequestRollback,
     RequestRotate,
     RequestSign,
     RevokeGrant,
     SetGovernance,
+    SetKeyMetadata,
     SetPolicy,
     SetThreshold,
     decode_change,
@@ -93,7 +97,9 @@ from .digest import (
 )
 from .errors import DecodeError, Reason, Rejected
 from .grants import context_matches, grant_command, grant_payload, grantee_command, op_of
+from .metadata import MAX_ALIASES, alias_hash, metadata_hash
 from .model import (
+    Alias,
     AuditCheckpoint,
     Checkpoint,
     Dedup,
@@ -204,6 +210,7 @@ class Machine:
             RequestDecrypt: self._request_decrypt,
             RequestRotate: self._request_rotate,
             RequestRevoke: self._request_revoke,
+            RequestRollback: self._request_rollback,
             RequestDestroy: self._request_destroy,
             Approve: self._approve,
             PostDkgRound1: self._dkg_round1,
@@ -215,6 +222,9 @@ class Machine:
             CreateGrant: self._create_grant,
             RevokeGrant: self._revoke_grant,
             PostAuditCheckpoint: self._audit_checkpoint,
+            SetKeyMetadata: self._set_key_metadata,
+            CreateAlias: self._create_alias,
+            DeleteAlias: self._delete_alias,
         }
         # Governance changes: (check against the state now, apply). Submitting one only
         # opens a request; `apply` runs when the governance quorum approved it and, for a
@@ -464,7 +474,14 @@ class Machine:
         if req.kind in DKG_KINDS:
             return version.state is VS.PENDING
         if req.kind is RequestKind.SIGN:
+            dual = key.versions.get(req.dual_version) if req.dual_version else None
+            if req.dual_version and (
+                dual is None or not rules.may_dual_sign(key.purpose, dual, self.state.epoch)
+            ):
+                return False  # the replaced version may no longer add its signature
             return rules.may_use(key.purpose, version, Op.SIGN, self.state.epoch)
+        if req.kind is RequestKind.ROLLBACK:
+            return version.state is VS.RETIRED  # the rest is re-checked on approval
         if req.kind is RequestKind.DECRYPT:
             return rules.may_use(key.purpose, version, Op.DECRYPT, self.state.epoch)
         event = "revoke" if req.kind is RequestKind.REVOKE else "destroy"
@@ -476,7 +493,8 @@ class Machine:
         affected = sorted(
             rid
             for rid in self.state.open
-            if requests[rid].key_id == key_id and requests[rid].version == number
+            if requests[rid].key_id == key_id
+            and number in (requests[rid].version, requests[rid].dual_version)
         )
         for rid in affected:
             req = self.state.requests[rid]
@@ -639,6 +657,7 @@ class Machine:
                     self._activate(key, v, at)
                     activated.append(f"{key_id}@{number}")
         self._expire_grants(epoch)
+        self._expire_rollbacks()
         changed = self._apply_time_locked(epoch)
         detail = ",".join(activated)
         if changed:
@@ -651,6 +670,7 @@ class Machine:
         old = key.versions.get(key.primary)
         key.primary = v.number
         if old is not None and old.state is VS.ACTIVE:
+            v.replaced = old.number  # what a rollback may restore, and what dual-signs
             old.retired_epoch = v.activation_epoch  # retires when its successor activates
             self._set_version_state(key, old, "retire")
 
@@ -661,6 +681,8 @@ class Machine:
         existing = self.state.keys.get(cmd.key_id)
         if existing is not None and not self._may_retry(existing, cmd):
             raise Rejected(Reason.KEY_EXISTS, f"key {cmd.key_id!r} exists")
+        if cmd.key_id in self.state.aliases:
+            raise Rejected(Reason.DUPLICATE_NAME, f"{cmd.key_id!r} is an alias name")
         policy = self.state.policies.get(cmd.policy_id)
         if policy is None:
             raise Rejected(Reason.UNKNOWN_POLICY, f"no policy {cmd.policy_id!r}")
@@ -673,6 +695,8 @@ class Machine:
             cmd, RequestKind.CREATE_KEY, key, 0, policy=policy, activate_epoch=cmd.activate_epoch
         )
         key.lifecycle_request = req.ref
+        # Metadata as the command names it (a retry too); not in the request's digest.
+        key.owner, key.description, key.tags = cmd.owner, cmd.description, dict(cmd.tags)
         self.state.keys[key.key_id] = key
         self._register(req)
         detail = "retry" if existing is not None else ""
@@ -704,6 +728,16 @@ class Machine:
         kind = RequestKind.SIGN if op is Op.SIGN else RequestKind.DECRYPT
         req = self._new_request(cmd, kind, key, number, cmd.context, payload)
         detail = ""
+        if op is Op.SIGN and cmd.version == 0:
+            # Inside the policy's dual-sign window the version the primary replaced signs
+            # too: recorded in the request and bound by its digest (approvers see it).
+            req.dual_version = rules.dual_sign_version(
+                key.purpose, version, key.versions.get(version.replaced),
+                policy.dual_sign_epochs, self.state.epoch,
+            )  # fmt: skip
+            if req.dual_version:
+                req.digest = digest_of(req, self.state.cluster_id, req.payload_hash)
+                detail = f"dual-sign with version {req.dual_version}"
         if grant is not None:
             # The grant is the approval (its quorum approved it in advance; the grantee's
             # signature was verified in `_authorize`). Stored so that `executable()` can
@@ -713,7 +747,9 @@ class Machine:
             req.grant_version, req.grant_signature = cmd.version, cmd.signature
             req.state = rules.request_step(req.state, "quorum")
             req.decided_epoch = self.state.epoch
-            detail = f"grant {grant.grant_id}: use {grant.uses}/{grant.max_uses}"
+            detail = f"grant {grant.grant_id}: use {grant.uses}/{grant.max_uses}" + (
+                f"; {detail}" if detail else ""
+            )
         self._register(req)
         return _Effect(
             req.state.value, key_id=key.key_id, version=number, digest=req.digest, detail=detail
@@ -841,6 +877,61 @@ class Machine:
             detail=f"grant {grant.grant_id} revoked; {failed} open request(s) failed",
         )  # fmt: skip
 
+    # ------------------------------------------------- metadata and aliases
+
+    def _set_key_metadata(self, cmd: SetKeyMetadata) -> _Effect:
+        """Replace a key's metadata at once (docs/metadata.md: it grants nothing). The
+        audit record names the key and carries the hash of the new metadata."""
+        key = self._client_key(cmd.key_id)
+        tags = dict(cmd.tags)
+        key.owner, key.description, key.tags = cmd.owner, cmd.description, tags
+        digest = metadata_hash(cmd.owner, cmd.description, tags)
+        return _Effect("ok", key_id=key.key_id, digest=digest)
+
+    def _create_alias(self, cmd: CreateAlias) -> _Effect:
+        """Bind `alias` to a key, at once. A name is bound to one key for ever: a live
+        alias is never repointed, and a deleted one may only be re-created for the key it
+        named (so no alias ever silently starts naming another key)."""
+        st = self.state
+        key = self._client_key(cmd.key_id)
+        if cmd.alias in st.keys:
+            raise Rejected(Reason.DUPLICATE_NAME, f"{cmd.alias!r} is a key id")
+        old = st.aliases.get(cmd.alias)
+        if old is not None and not old.deleted_epoch:
+            raise Rejected(Reason.ALIAS_EXISTS, f"alias {cmd.alias!r} names {old.key_id!r}")
+        if old is not None and old.key_id != key.key_id:
+            raise Rejected(
+                Reason.ALIAS_EXISTS,
+                f"alias {cmd.alias!r} was bound to {old.key_id!r}: an alias never names "
+                "another key (choose a new name)",
+            )
+        if old is None and len(st.aliases) >= MAX_ALIASES:
+            raise Rejected(Reason.LIMIT_REACHED, f"{MAX_ALIASES} alias names already bound")
+        st.aliases[cmd.alias] = Alias(cmd.alias, key.key_id, st.epoch)
+        return _Effect(
+            "ok", key_id=key.key_id, digest=alias_hash(cmd.alias),
+            detail=f"alias {cmd.alias} -> {key.key_id}",
+        )  # fmt: skip
+
+    def _delete_alias(self, cmd: DeleteAlias) -> _Effect:
+        """Delete a live alias at once; its name stays reserved for the key it named."""
+        alias = self.state.aliases.get(cmd.alias)
+        if alias is None or alias.deleted_epoch:
+            raise Rejected(Reason.UNKNOWN_ALIAS, f"no alias {cmd.alias!r}")
+        alias.deleted_epoch = self.state.epoch
+        return _Effect(
+            "ok", key_id=alias.key_id, digest=alias_hash(cmd.alias),
+            detail=f"alias {cmd.alias} deleted",
+        )  # fmt: skip
+
+    def resolve(self, name: str) -> str | None:
+        """The key id `name` denotes: a key id, or a live alias's key (None: neither).
+        For the API and CLI edge only: commands, requests and audit name real key ids."""
+        if name in self.state.keys:
+            return name
+        alias = self.state.aliases.get(name)
+        return alias.key_id if alias is not None and not alias.deleted_epoch else None
+
     def _fail_grant_requests(self, which: Callable[[Grant], bool], failure: str) -> int:
         """Fail the open sign/decrypt requests made under grants `which` selects."""
         st = self.state
@@ -906,6 +997,67 @@ class Machine:
     def _request_destroy(self, cmd: RequestDestroy) -> _Effect:
         return self._request_end(cmd, RequestKind.DESTROY)
 
+    def _request_rollback(self, cmd: RequestRollback) -> _Effect:
+        """Ask the key policy's quorum to make `cmd.version` the primary again (see
+        `rules.rollback_allowed`). While open it is the key's lifecycle request, so no
+        rotation can start under it; it is checked again when its quorum is met."""
+        key = self._client_key(cmd.key_id)
+        target = self._version(key, cmd.version)
+        if key.lifecycle_request:
+            raise Rejected(
+                Reason.ROTATION_IN_PROGRESS,
+                f"lifecycle request {key.lifecycle_request} is open on this key",
+            )
+        why = self._rollback_refusal(key, target)
+        if why:
+            raise Rejected(Reason.ROLLBACK_NOT_ALLOWED, why)
+        req = self._new_request(cmd, RequestKind.ROLLBACK, key, cmd.version)
+        self._register(req)
+        key.lifecycle_request = req.ref
+        return _Effect(req.state.value, key_id=key.key_id, version=cmd.version, digest=req.digest)
+
+    def _rollback_refusal(self, key: Key, target: Version) -> str:
+        """Why rolling `key` back to `target` is not allowed now ("" = allowed)."""
+        if any(v.state is VS.PENDING for v in key.versions.values()):
+            return "a version is pending (revoke it first, or wait for it to activate)"
+        grace = self.state.policies[key.policy_id].grace_epochs
+        primary = key.versions.get(key.primary)
+        return rules.rollback_allowed(primary, target, grace, self.state.epoch)
+
+    def _rollback(self, key: Key, req: Request) -> str:
+        """Execute an approved rollback, or fail it if it is no longer allowed. The target
+        becomes active and the primary; the primary retires now (its sign requests fail,
+        `version_retired`, as at a rotation). The target's schedule restarts: usage
+        counts from now (`rollback_uses`) and its rotation interval from the wall-clock
+        time of the switch it undoes (the primary's `activated_at`: the machine has no
+        clock of its own)."""
+        target = key.versions[req.version]
+        why = self._rollback_refusal(key, target)
+        if why:
+            self._finish(req, rules.request_step(req.state, "fail"), "rollback_not_allowed")
+            return f"rollback not allowed: {why}"
+        self._finish(req, rules.request_step(req.state, "complete"))
+        primary = key.versions[key.primary]
+        target.state = rules.version_step(target.state, "rollback")
+        target.retired_epoch = 0
+        target.rolled_back_epoch = self.state.epoch
+        target.rollback_uses = target.uses
+        target.activated_at = primary.activated_at
+        key.primary = target.number
+        self._set_version_state(key, primary, "retire")
+        return f"version {target.number} is the primary again; version {primary.number} retired"
+
+    def _expire_rollbacks(self) -> None:
+        """On entering an epoch: open rollback requests that are no longer allowed (their
+        grace period ended) fail, releasing the key for rotations."""
+        for key_id in sorted(self.state.keys):
+            key = self.state.keys[key_id]
+            req = self.state.requests.get(key.lifecycle_request)
+            if req is None or req.kind is not RequestKind.ROLLBACK:
+                continue
+            if self._rollback_refusal(key, key.versions[req.version]):
+                self._fail_request(req, "rollback_not_allowed")
+
     def _new_version(self, key: Key, req: Request) -> None:
         number = max(key.versions, default=0) + 1
         key.versions[number] = Version(number, VS.PENDING, req.ref)
@@ -936,11 +1088,13 @@ class Machine:
             req.decided_epoch = self.state.epoch
             if req.kind in rules.GOVERNANCE_KINDS:
                 return self._on_governance_approved(req)
-            self._on_approved(req)
+            return self._request_effect(req, detail=self._on_approved(req))
         return self._request_effect(req)
 
-    def _on_approved(self, req: Request) -> None:
+    def _on_approved(self, req: Request) -> str:
         key = self.state.keys[req.key_id]
+        if req.kind is RequestKind.ROLLBACK:
+            return self._rollback(key, req)
         if req.kind is RequestKind.GRANT:
             self._grant_approved(req)
         elif req.kind in DKG_KINDS:
@@ -951,6 +1105,7 @@ class Machine:
             self._finish(req, rules.request_step(req.state, "complete"))
             event = "revoke" if req.kind is RequestKind.REVOKE else "destroy"
             self._set_version_state(key, version, event)
+        return ""
 
     def _executing(self, request_id: str, kinds: tuple[RequestKind, ...]) -> Request:
         req = self._request(request_id)
@@ -1011,10 +1166,21 @@ class Machine:
         Decrypt: each member confirms its own partial; `threshold` confirmations complete
         it. Either way no single member can end a request the others can still run."""
         req = self._executing(cmd.request, (RequestKind.SIGN, RequestKind.DECRYPT))
-        version = self.state.keys[req.key_id].versions[req.version]
-        if req.kind is RequestKind.SIGN:
+        key = self.state.keys[req.key_id]
+        version = key.versions[req.version]
+        dual = key.versions[req.dual_version] if req.dual_version else None
+        if req.kind is RequestKind.SIGN and dual is not None:
+            # A dual-sign request: the primary's signature, then the replaced version's.
+            if len(cmd.result) != 128:
+                raise Rejected(Reason.BAD_RESULT, "a dual-sign result is two signatures")
+            verify_result(version.group_public_key, req.payload, cmd.result[:64])
+            verify_result(dual.group_public_key, req.payload, cmd.result[64:])
+            dual.uses += 1
+        elif req.kind is RequestKind.SIGN:
             verify_result(version.group_public_key, req.payload, cmd.result)
         else:
+            if len(cmd.result) > 64:  # (the schema allows 128 for dual-sign results)
+                raise Rejected(Reason.BAD_RESULT, "a decrypt confirmation is 32..64 bytes")
             self._one_report_per_member(req, cmd.author)
             req.confirmations[cmd.author] = cmd.result
             if len(req.confirmations) < self.state.threshold:
@@ -1347,6 +1513,11 @@ class Machine:
                 raise Rejected(Reason.INVALID_POLICY, f"{name!r} is not a {role.value}")
         if not 1 <= cmd.k <= len(cmd.approvers):
             raise Rejected(Reason.INVALID_POLICY, "need 1 <= k <= number of approvers")
+        if cmd.dual_sign_epochs > cmd.grace_epochs:
+            raise Rejected(
+                Reason.INVALID_POLICY,
+                "dual_sign_epochs must be <= grace_epochs (a destroyable version cannot sign)",
+            )
         new = cmd.policy_id not in self.state.policies
         if new and len(self.state.policies) >= MAX_POLICIES:
             raise Rejected(Reason.LIMIT_REACHED, "too many policies")
@@ -1363,6 +1534,7 @@ class Machine:
             grace_epochs=cmd.grace_epochs,
             waiting_epochs=cmd.waiting_epochs,
             escrow=cmd.escrow,
+            dual_sign_epochs=cmd.dual_sign_epochs,
         )
 
     def _check_set_governance(self, cmd: SetGovernance) -> None:
@@ -1468,6 +1640,21 @@ class Machine:
         at = self.state.epoch if epoch is None else epoch
         return rules.may_use(key.purpose, v, Op(op), at)
 
+    def dual_signable(self, key_id: str, version: int) -> bool:
+        """May `version` of `key_id` sign now as the second signer of a dual-sign request?
+        Only while an approved sign request names it as its `dual_version` and it may
+        still dual-sign (a retired version signs nothing else: `rules.DUAL_SIGN_STATES`)."""
+        key = self.state.keys.get(key_id)
+        v = key.versions.get(version) if key else None
+        if key is None or v is None or not rules.may_dual_sign(key.purpose, v, self.state.epoch):
+            return False
+        requests = self.state.requests
+        return any(
+            requests[r].key_id == key_id and requests[r].dual_version == version
+            and requests[r].state is RS.APPROVED
+            for r in self.state.open
+        )  # fmt: skip
+
     def rotation_due(self, key_id: str, now: int) -> bool:
         """Does the key's policy call for a new version at wall-clock `now` (seconds)?"""
         key = self.state.keys.get(key_id)
@@ -1478,7 +1665,8 @@ class Machine:
         by_time = (
             policy.rotation_interval_s > 0 and now - v.activated_at >= policy.rotation_interval_s
         )
-        by_use = policy.max_uses > 0 and v.uses >= policy.max_uses
+        # Uses since it became the primary (again: a rollback restarts the count).
+        by_use = policy.max_uses > 0 and v.uses - v.rollback_uses >= policy.max_uses
         return by_time or by_use
 
     def dkg_round1(self, ref: str) -> dict[str, bytes]:

@@ -54,6 +54,7 @@ class RequestKind(StrEnum):
     DECRYPT = "decrypt"
     ROTATE = "rotate"
     REVOKE = "revoke"
+    ROLLBACK = "rollback"  # make the version the primary replaced the primary again
     DESTROY = "destroy"
     # Governance requests (decided by the governance quorum; named like their command).
     ADD_PRINCIPAL = "add_principal"
@@ -138,6 +139,9 @@ class Policy:
     grace_epochs: int  # epochs a retired version must wait before it may be destroyed
     waiting_epochs: int  # epochs between a DKG completing and its version activating (min 1)
     escrow: bool  # whether break-glass export may ever be requested for keys under it
+    # Epochs after a rotation's activation during which a sign request on the primary is
+    # also signed by the version it replaced (0 = off; <= grace_epochs; docs/lifecycle.md).
+    dual_sign_epochs: int = 0
 
 
 @dataclass(slots=True)
@@ -166,6 +170,13 @@ class Version:
     revoked_epoch: int = 0
     destroyed_epoch: int = 0
     uses: int = 0
+    # The version that was the primary when this one activated (0 = none): the one a
+    # rollback may restore and the one that dual-signs (docs/lifecycle.md).
+    replaced: int = 0
+    # A rollback made this (retired) version the primary again at this epoch (0 = never);
+    # `rollback_uses` is its `uses` then: a usage-based rotation counts from the rollback.
+    rolled_back_epoch: int = 0
+    rollback_uses: int = 0
     # Destroyed versions: the members that confirmed (`record_erasure`) they crypto-erased
     # their share objects of this version, sorted by name. Empty for any other state.
     erased_by: tuple[str, ...] = ()
@@ -178,7 +189,22 @@ class Key:
     policy_id: str
     versions: dict[int, Version] = field(default_factory=dict)
     primary: int = 0  # the active version used for new operations; 0 = none
-    lifecycle_request: str = ""  # open create-key/rotate request ("" = none)
+    lifecycle_request: str = ""  # open create-key/rotate/rollback request ("" = none)
+    # Metadata (docs/metadata.md): labels with no authority, set by an operator at once.
+    owner: str = ""
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Alias:
+    """A name bound to one key for ever (docs/metadata.md): deleting it keeps the name
+    reserved for that key (`deleted_epoch` > 0), so it can never point elsewhere."""
+
+    name: str
+    key_id: str
+    created_epoch: int
+    deleted_epoch: int = 0  # 0 = live
 
 
 @dataclass(slots=True)
@@ -219,6 +245,9 @@ class Request:
     grant_use: int = 0
     grant_version: int = 0
     grant_signature: bytes = b""
+    # A sign request on the primary inside its policy's dual-sign window: the version the
+    # primary replaced, which signs the same message too (0 = none; a digest input).
+    dual_version: int = 0
 
     @property
     def ref(self) -> str:
@@ -311,6 +340,7 @@ class State:
     policies: dict[str, Policy] = field(default_factory=dict)
     keys: dict[str, Key] = field(default_factory=dict)
     grants: dict[str, Grant] = field(default_factory=dict)
+    aliases: dict[str, Alias] = field(default_factory=dict)  # name -> alias (live or deleted)
     requests: dict[str, Request] = field(default_factory=dict)
     open: dict[str, str] = field(default_factory=dict)  # open request id -> author (an index)
     outcomes: dict[str, Dedup] = field(default_factory=dict)

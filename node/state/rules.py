@@ -15,7 +15,10 @@ from .model import Op, Purpose, RequestKind, RequestState, Role, Version, Versio
 VS = VersionState
 RS = RequestState
 
-# Key-version lifecycle: (state, event) -> next state. Only forward moves exist.
+# Key-version lifecycle: (state, event) -> next state. Only forward moves exist, with one
+# exception: a quorum-approved rollback makes the retired version the primary replaced
+# active again, within the grace period after the switch (`rollback_allowed`); nothing
+# else ever leaves retired for active.
 VERSION_TRANSITIONS: dict[tuple[VersionState, str], VersionState] = {
     (VS.PENDING, "activate"): VS.ACTIVE,
     (VS.PENDING, "abort"): VS.DESTROYED,  # DKG failed: erase whatever shares exist
@@ -23,6 +26,7 @@ VERSION_TRANSITIONS: dict[tuple[VersionState, str], VersionState] = {
     (VS.ACTIVE, "retire"): VS.RETIRED,
     (VS.ACTIVE, "revoke"): VS.REVOKED,
     (VS.RETIRED, "revoke"): VS.REVOKED,
+    (VS.RETIRED, "rollback"): VS.ACTIVE,  # only through an approved rollback request
     (VS.RETIRED, "destroy"): VS.DESTROYED,
     (VS.REVOKED, "destroy"): VS.DESTROYED,
 }
@@ -59,6 +63,7 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "request_decrypt": frozenset({Role.CLIENT}),
     "request_rotate": frozenset({Role.OPERATOR, Role.NODE}),
     "request_revoke": frozenset({Role.OPERATOR}),
+    "request_rollback": frozenset({Role.OPERATOR}),
     "request_destroy": frozenset({Role.OPERATOR}),
     "approve": frozenset({Role.APPROVER}),
     "dkg_round1": frozenset({Role.NODE}),  # a member's DKG round-1 package, broadcast
@@ -72,6 +77,11 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     # needs no quorum: an operator, or any one approver of the grant's quorum, revokes.
     "create_grant": frozenset({Role.OPERATOR}),
     "revoke_grant": frozenset({Role.OPERATOR, Role.APPROVER}),
+    # Metadata and aliases (docs/metadata.md): labels with no authority, set at once; an
+    # alias never changes its key (a deleted name stays reserved for it).
+    "set_key_metadata": frozenset({Role.OPERATOR}),
+    "create_alias": frozenset({Role.OPERATOR}),
+    "delete_alias": frozenset({Role.OPERATOR}),
 }
 
 # What a version in a given state may be used for (before the purpose filter).
@@ -139,6 +149,7 @@ POLICY_WEAKER: dict[str, Callable[[Any, Any], bool]] = {
     "rotation_interval_s": _rarer,
     "max_uses": _rarer,
     "escrow": lambda old, new: new and not old,  # break-glass export becomes possible
+    "dual_sign_epochs": lambda old, new: new > old,  # a retired version signs for longer
 }
 GOVERNANCE_WEAKER: dict[str, Callable[[Any, Any], bool]] = {
     "approvers": _other_set,  # a new governance approver, or one removed
@@ -201,6 +212,56 @@ def version_state_at(v: Version, epoch: int) -> VersionState:
 def may_use(purpose: Purpose, v: Version, op: Op, epoch: int) -> bool:
     """May version `v` of a key with `purpose` be used for `op` at `epoch`?"""
     return op in PURPOSE_OPS[purpose] and op in VERSION_USES[version_state_at(v, epoch)]
+
+
+def rollback_allowed(
+    primary: Version | None, target: Version, grace_epochs: int, epoch: int
+) -> str:
+    """Why a rollback from `primary` (the key's primary) to `target` is not allowed now,
+    or "" if it is. Allowed only when the primary became primary by a rotation's
+    activation (not by a rollback) and replaced exactly `target`, `target` is still
+    retired, and the epoch is within the policy's grace period after that activation
+    (`epoch <= activation + grace_epochs`: a retired version is destroyable only from
+    `retired_epoch + grace_epochs`, and it retired at that activation)."""
+    if primary is None or primary.state is not VS.ACTIVE:
+        return "the key has no active primary"
+    if primary.rolled_back_epoch:
+        return f"the primary (version {primary.number}) is itself the result of a rollback"
+    if primary.replaced != target.number:
+        return f"version {target.number} is not the version the primary replaced"
+    if target.state is not VS.RETIRED:
+        return f"version {target.number} is {target.state.value}"
+    last = primary.activation_epoch + grace_epochs
+    if epoch > last:
+        return f"the grace period ended at epoch {last}"
+    return ""
+
+
+# The one exception to "a retired version may not sign" (VERSION_USES): a sign request on
+# the primary inside its policy's dual-sign window is also signed by the retired version
+# the primary replaced. These are the states that version may be in for that.
+DUAL_SIGN_STATES: frozenset[VersionState] = frozenset({VS.RETIRED})
+
+
+def dual_sign_version(
+    purpose: Purpose, primary: Version, previous: Version | None, dual_sign_epochs: int,
+    epoch: int,
+) -> int:  # fmt: skip
+    """The version that also signs a new sign request on `primary` at `epoch` (0 = none):
+    the retired version the primary replaced when the primary activated by rotation (not
+    by a rollback), while `epoch < activation + dual_sign_epochs`."""
+    if purpose is not Purpose.SIGN or previous is None or dual_sign_epochs <= 0:
+        return 0
+    if primary.rolled_back_epoch or primary.replaced != previous.number:
+        return 0
+    if epoch >= primary.activation_epoch + dual_sign_epochs:
+        return 0
+    return previous.number if may_dual_sign(purpose, previous, epoch) else 0
+
+
+def may_dual_sign(purpose: Purpose, v: Version, epoch: int) -> bool:
+    """May `v` add its signature to a dual-sign request (its state allows it now)?"""
+    return purpose is Purpose.SIGN and version_state_at(v, epoch) in DUAL_SIGN_STATES
 
 
 def never_active(v: Version) -> bool:

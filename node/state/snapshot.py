@@ -33,8 +33,11 @@ from .model import RequestState, State
 # packages (`Request.dkg_round1`); 5: members' erasure confirmations (`Version.erased_by`);
 # 6: grants (`State.grants`; `Request.grant`, `grant_use`, `grant_version`,
 # `grant_signature`); 7: the audit key (`Purpose.AUDIT`) and audit checkpoints
-# (`State.audit_checkpoints`, `audit_checkpoint_count`). Any other version is refused.
-SNAPSHOT_VERSION = 7
+# (`State.audit_checkpoints`, `audit_checkpoint_count`); 8: key metadata (`Key.owner`,
+# `description`, `tags`) and aliases (`State.aliases`); rollback and dual-sign
+# (`Version.replaced`, `rolled_back_epoch`, `rollback_uses`; `Policy.dual_sign_epochs`;
+# `Request.dual_version`). Any other version is refused.
+SNAPSHOT_VERSION = 8
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 
@@ -184,6 +187,7 @@ def _check_consistency(state: State) -> None:
         (state.policies, "policy_id"),
         (state.keys, "key_id"),
         (state.grants, "grant_id"),
+        (state.aliases, "name"),
         (state.requests, "ref"),
     )
     for table, attr in named:

@@ -345,6 +345,33 @@ def test_decrypt_flow_matches_the_document(api: Api, live: Live) -> None:
     ev.zero(dek)
 
 
+def test_rollback_route_matches_the_document(api: Api, live: Live) -> None:
+    """POST /v1/keys/{key_id}/rollback: the operator's signed command, refused here (k1 was
+    never rotated: nothing to roll back to) with the documented statuses (the rollback flow
+    itself: test_lifecycle.py)."""
+    from node.state import RequestRollback
+
+    key = api("audit", "GET", "/v1/keys/{key_id}", "/v1/keys/k1")
+    assert key["primary"] == 1 and all(v["replaced"] == 0 for v in key["versions"])
+    ops_key = read_private_key(live.root / "pki" / "principals" / "ops" / "approval.key")
+    cmd = sign_command(ops_key, RequestRollback("oa-rb", "ops", "k1", 1), "local")
+    route = "/v1/keys/{key_id}/rollback"
+    body = {"request_id": "oa-rb", "version": 1, "signature": cmd.signature.hex()}
+    rej = api("ops", "POST", route, "/v1/keys/k1/rollback", body=body, expect=409,
+              valid_request=True)  # fmt: skip
+    assert rej["error"] == "rollback_not_allowed" and rej["key_id"] == "k1"
+    forged = {**body, "request_id": "oa-rb2"}  # the signature covers the request id
+    rej = api("ops", "POST", route, "/v1/keys/k1/rollback", body=forged, expect=401,
+              valid_request=True)  # fmt: skip
+    assert rej["error"] == "bad_signature"
+    api("ops", "POST", route, "/v1/keys/k1/rollback", body={**body, "version": 0},
+        expect=400, valid_request=False)  # fmt: skip
+    api("ops", "POST", route, "/v1/keys/k1/rollback", body={"request_id": "oa-rb3"},
+        expect=400, valid_request=False)  # fmt: skip
+    api("alice", "POST", route, "/v1/keys/k1/rollback", body=body, expect=403)
+    assert api("audit", "GET", "/v1/keys/{key_id}", "/v1/keys/k1")["primary"] == 1
+
+
 def test_a_fresh_copy_each_time() -> None:
     doc = document()
     doc["paths"].clear()
@@ -363,6 +390,45 @@ def test_grant_routes_match_the_document(api: Api) -> None:
         expect=400)  # fmt: skip
     api("app1", "POST", "/v1/requests/signed", body={"command_b64": "AA==", "x": 1},
         expect=400, valid_request=False)  # fmt: skip
+
+
+def test_metadata_and_alias_routes_match_the_document(api: Api, live: Live) -> None:
+    """A create_key with metadata, an alias through /v1/commands, the alias list, and a
+    key view and a sign request reached through the alias (docs/metadata.md)."""
+    from node.state.commands import CreateAlias
+
+    ops_key = read_private_key(live.root / "pki" / "principals" / "ops" / "approval.key")
+    tags = (("env", "prod"), ("team/owner", "pay"))
+    cmd = sign_command(ops_key, CreateKey(
+        request_id="oa-create-meta", author="ops", key_id="k-meta", purpose="sign",
+        policy_id="p1", owner="team-pay", description="labels only", tags=tags,
+    ), "local")  # fmt: skip
+    body = {"request_id": "oa-create-meta", "key_id": "k-meta", "purpose": "sign",
+            "policy_id": "p1", "owner": "team-pay", "description": "labels only",
+            "tags": dict(tags), "signature": cmd.signature.hex()}  # fmt: skip
+    assert api("ops", "POST", "/v1/keys", body=body, valid_request=True)["code"] == "pending"
+    api("ops", "POST", "/v1/keys", body={**body, "tags": {"env": 1}}, expect=400,
+        valid_request=False)  # fmt: skip
+    key = api("audit", "GET", "/v1/keys/{key_id}", "/v1/keys/k-meta")
+    assert (key["owner"], key["tags"], key["aliases"]) == ("team-pay", dict(tags), [])
+    from node.state import encode_command
+
+    alias = sign_command(ops_key, CreateAlias("oa-alias", "ops", "doc-alias", "k1"), "local")
+    api("ops", "POST", "/v1/commands", body={"command_b64": b64(encode_command(alias))},
+        valid_request=True)  # fmt: skip
+    listing = api("app1", "GET", "/v1/aliases")
+    assert [a["alias"] for a in listing["aliases"]] == ["doc-alias"]
+    assert api("audit", "GET", "/v1/aliases?key=k2")["aliases"] == []
+    via = api("alice", "GET", "/v1/keys/{key_id}", "/v1/keys/doc-alias")
+    assert via["key_id"] == "k1" and via["aliases"] == ["doc-alias"]
+    sign = {"request_id": "oa-alias-sign", "message_b64": b64(b"via alias")}
+    out = api("app1", "POST", "/v1/keys/{key_id}/sign", "/v1/keys/doc-alias/sign", body=sign,
+              valid_request=True)  # fmt: skip
+    assert out["key_id"] == "k1"
+    dup = sign_command(ops_key, CreateAlias("oa-alias2", "ops", "k1", "k1"), "local")
+    rej = api("ops", "POST", "/v1/commands", body={"command_b64": b64(encode_command(dup))},
+              expect=409)  # fmt: skip
+    assert rej["error"] == "duplicate_name"
 
 
 def test_every_documented_operation_was_exercised(api: Api) -> None:

@@ -29,6 +29,7 @@ from node.state import (
     RequestDecrypt,
     RequestDestroy,
     RequestRevoke,
+    RequestRollback,
     RequestRotate,
     RequestSign,
     RevokeGrant,
@@ -38,7 +39,14 @@ from node.state import (
     decode_outcome,
     encode_command,
 )
-from node.state.commands import MAX_COMMAND_BYTES, MAX_DKG_PACKAGE_BYTES, MAX_PAYLOAD_BYTES
+from node.state.commands import (
+    MAX_COMMAND_BYTES,
+    MAX_DKG_PACKAGE_BYTES,
+    MAX_PAYLOAD_BYTES,
+    CreateAlias,
+    DeleteAlias,
+    SetKeyMetadata,
+)
 
 
 def samples(world):
@@ -56,6 +64,7 @@ def _samples(world):
         RequestDecrypt("r5", "app", "k1", 2, "", b"\xff" * 48),
         RequestRotate("r6", "node-2", "k1", 5, 12),
         RequestRevoke("r7", "ops", "k1", 1),
+        RequestRollback("r7b", "ops", "k1", 1),
         RequestDestroy("r8", "ops", "k1", 1),
         Approve("r9", "alice", "app:r4", bytes(64)),
         RecordDkgResult("r10", "node-3", "ops:r3", world.GPK, world.VSHARES),
@@ -76,6 +85,11 @@ def _samples(world):
         PostAuditCheckpoint("audit-checkpoint-5", "node-1", 5, bytes(64), 1, 1, bytes(64)),
         RequestSign("r24", "app", "k1", 0, "ci/x", b"m", grant="g1", signature=bytes(64)),
         RequestDecrypt("r25", "app", "k1", 1, "c", b"ct", grant="g1", signature=bytes(64)),
+        CreateKey("r26", "ops", "k2", "sign", "p1", 0, "team-a", "d", (("env", "prod"),)),
+        SetKeyMetadata("r27", "ops", "k1", "", "", ()),
+        SetKeyMetadata("r28", "ops", "k1", "o", "x" * 1024, (("a", ""), ("b/c", "v"))),
+        CreateAlias("r29", "ops", "payments-signing", "k1"),
+        DeleteAlias("r30", "ops", "payments-signing"),
     ]
 
 

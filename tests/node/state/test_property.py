@@ -29,6 +29,7 @@ from node.state import (
     RequestDecrypt,
     RequestDestroy,
     RequestRevoke,
+    RequestRollback,
     RequestRotate,
     RequestSign,
     SetGovernance,
@@ -42,7 +43,13 @@ from node.state import (
 )
 from node.state.approvals import sign_approval
 from node.state.checkpoint import sign_checkpoint
-from node.state.commands import GOVERNANCE_KINDS, erasure_request_id
+from node.state.commands import (
+    GOVERNANCE_KINDS,
+    CreateAlias,
+    DeleteAlias,
+    SetKeyMetadata,
+    erasure_request_id,
+)
 from node.state.snapshot import state_hash
 
 NAMES = ("ops", "alice", "bob", "carol", "app", "aud", "node-1", "node-2", "node-3", "eve")
@@ -64,6 +71,10 @@ ROUND1 = 19  # a member's DKG round-1 package (mostly to an approved create/rota
 KIND_WEIGHTS += (ROUND1,) * 2
 ERASE = 20  # a member confirms erasing a version (mostly a destroyed one)
 KIND_WEIGHTS += (ERASE,) * 2
+LABEL = 30  # key metadata and aliases (docs/metadata.md): set, create, delete
+KIND_WEIGHTS += (LABEL,) * 2
+ROLLBACK = 31  # an operator asks to roll a rotation back (approved by APPROVE_ALL)
+KIND_WEIGHTS += (ROLLBACK,) * 2
 
 action = st.tuples(
     st.sampled_from(KIND_WEIGHTS),  # what to do
@@ -168,6 +179,24 @@ def build(world, m: Machine, a: tuple[int, int, int, int, bool], step: int | str
         usual = MEMBERS[x % 3]
         package = bytes([x]) * (1 + 37 * x)
         make = lambda au: PostDkgRound1(rid, au, target, package)  # noqa: E731
+    elif kind == ROLLBACK:
+        usual = "ops"
+        k = m.state.keys.get(key)
+        primary = k.versions.get(k.primary) if k is not None else None
+        number = primary.replaced if primary is not None and primary.replaced else 0
+        number = number if number and not wrong else 1 + x % 3  # mostly the allowed one
+        make = lambda au: RequestRollback(rid, au, key, number)  # noqa: E731
+    elif kind == LABEL:
+        usual = "ops"
+        alias = ("pay", "vault", "k2")[x % 3]  # "k2": sometimes a key id (duplicate_name)
+        tags = (("env", str(x)), ("team/x", "")) if x & 4 else ()
+        make = (
+            (lambda au: SetKeyMetadata(rid, au, key, f"o{x}", "d" * x, tags))
+            if (x >> 3) % 3 == 0
+            else (lambda au: CreateAlias(rid, au, alias, key))
+            if (x >> 3) % 3 == 1
+            else (lambda au: DeleteAlias(rid, au, alias))
+        )
     else:
         usual = "ops"
         name = f"extra{x % 5}"
@@ -421,6 +450,9 @@ def test_every_step_keeps_the_invariants(world, actions):
         for key in m.state.keys.values():
             for v in key.versions.values():
                 rank = RANK[v.state]
+                back = v.state is VersionState.ACTIVE and v.rolled_back_epoch == m.state.epoch
+                if back and ranks.get((key.key_id, v.number)) == RANK[VersionState.RETIRED]:
+                    ranks[(key.key_id, v.number)] = rank  # the one way back: a rollback
                 assert rank >= ranks.get((key.key_id, v.number), 0)
                 ranks[(key.key_id, v.number)] = rank
             actives = [v.number for v in key.versions.values() if v.state is VersionState.ACTIVE]
