@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh Debian machine:
 # SoftHSM2 (the PKCS#11 module the nodes use as their HSM slot), a Python >= 3.11
-# with venv, and a virtual environment holding the project and its test extras.
+# with venv, the container tools of the deployment test, and a virtual
+# environment holding the project and its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -12,6 +13,21 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # make demo verifies 
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv python3-dev)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     need_apt+=(python3-venv)
+fi
+# The compose deployment test (tests/deploy) runs real containers: podman and
+# podman-compose, runc (crun refuses a hybrid cgroup layout) and debootstrap
+# (the base image is built from the Debian mirror; no image registry is needed).
+# Without root they are only reported: `make demo` does not need them.
+need_deploy=()
+for tool in podman podman-compose runc debootstrap; do
+    command -v "$tool" >/dev/null 2>&1 || need_deploy+=("$tool")
+done
+if [ "${#need_deploy[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        need_apt+=("${need_deploy[@]}")
+    else
+        echo "bootstrap: ${need_deploy[*]} missing: tests/deploy will fail (install them as root)" >&2
+    fi
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

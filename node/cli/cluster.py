@@ -29,6 +29,7 @@ LOG_TAIL_ON_FAILURE = 20
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_CLUSTER_FILE_BYTES = 1 << 20
 API_PORT_OFFSET = 100
+ANY_HOST = "0.0.0.0"  # noqa: S104 - with --hosts a node listens on all of its own host's interfaces
 
 
 class ClusterError(ValueError):
@@ -95,6 +96,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="raft port P+i and API port P+100+i for node-i (default 0: free loopback ports)",
+    )
+    init.add_argument(
+        "--hosts",
+        type=_names,
+        metavar="HOST[,HOST...]",
+        help="one host name per node, node-1's first, for nodes on separate hosts or "
+        "containers: node-i listens on 0.0.0.0, its peers and the profiles dial HOST_i, and "
+        "its certificate names HOST_i besides 127.0.0.1 and localhost; needs --base-port",
     )
     init.add_argument(
         "--governance-k",
@@ -256,7 +265,7 @@ class _InitPlan:
     """``cluster init`` arguments, all checked (nothing is written before this exists)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from node.pki.names import PkiError, check_node_count
+        from node.pki.names import DEFAULT_NODE_HOSTS, PkiError, check_host, check_node_count
         from node.pki.store import make_request, principal_pairs
         from node.server.config import CLUSTER_ID_RE, EPOCH_INTERVAL_RANGE
         from node.state.commands import MAX_APPROVERS, MAX_TIME_LOCK_EPOCHS
@@ -270,8 +279,28 @@ class _InitPlan:
             raise ClusterError(f"--threshold must be in 1..{self.nodes} (the number of nodes)")
         self.approvers = _flatten(args.approvers)
         self.operators = _flatten(args.operators)
+        self.hosts: list[str] | None = args.hosts
+        node_hosts = None
+        if self.hosts is not None:
+            if len(self.hosts) != self.nodes:
+                raise ClusterError(
+                    f"--hosts names {len(self.hosts)} hosts for {self.nodes} nodes (one per node)"
+                )
+            if args.base_port == 0:
+                # Free ports can only be picked on this machine, not on the nodes' hosts.
+                raise ClusterError("--hosts needs --base-port (the nodes' ports on their hosts)")
+            try:
+                self.hosts = [check_host(h) for h in self.hosts]
+            except PkiError as exc:
+                raise ClusterError(f"--hosts: {exc}") from None
+            # Loopback names too, so that the API can be reached through ports published
+            # on the local machine (a container engine's port mapping).
+            node_hosts = [
+                [host, *(h for h in DEFAULT_NODE_HOSTS if h != host)] for host in self.hosts
+            ]
         self.request = make_request(
             self.nodes,
+            node_hosts=node_hosts,
             principals=principal_pairs(
                 self.approvers, _flatten(args.clients), self.operators, _flatten(args.auditors)
             ),
@@ -434,6 +463,14 @@ def _build(plan: _InitPlan) -> dict[str, Any]:
         )
         for i in range(1, n + 1)
     ]
+    if plan.hosts is not None:
+        # One host per node: peers dial HOST_i, and each node listens on every interface
+        # of its own host (HOST_i may resolve elsewhere to an address it does not own:
+        # NAT, a container engine's published port).
+        peers = [
+            PeerConfig(p.name, p.index, (host, p.raft[1]), (host, p.api[1]))
+            for p, host in zip(peers, plan.hosts, strict=True)
+        ]
 
     _mkdir(root, 0o700)  # holds every key of the cluster
     root = root.resolve()
@@ -503,8 +540,8 @@ def _build(plan: _InitPlan) -> dict[str, Any]:
             pin_file="hsm/user.pin",
             softhsm_conf="hsm/softhsm2.conf",
             module=envs[peer.name].module_path,
-            api_listen=peer.api,
-            raft_listen=peer.raft,
+            api_listen=peer.api if plan.hosts is None else (ANY_HOST, peer.api[1]),
+            raft_listen=peer.raft if plan.hosts is None else (ANY_HOST, peer.raft[1]),
             peers=peers,
             schedule={"epoch_interval_s": plan.epoch_interval},
         )

@@ -268,6 +268,9 @@ def test_force_replaces_a_cluster_dir_and_unsafe_is_explicit(
         (["--time-lock-epochs", "0"], "--time-lock-epochs"),
         (["--epoch-interval", "0.01"], "--epoch-interval"),
         (["--base-port", "65500"], "--base-port"),
+        (["--hosts", "h1,h2", "--base-port", "20000"], "--hosts names 2 hosts for 3 nodes"),
+        (["--hosts", "h1,h2,h3"], "--hosts needs --base-port"),
+        (["--hosts", "h1,H2,h3", "--base-port", "20000"], "--hosts: invalid host 'H2'"),
     ],
 )
 def test_invalid_arguments_write_nothing(
@@ -278,6 +281,37 @@ def test_invalid_arguments_write_nothing(
     err = capsys.readouterr().err
     assert err.startswith("custody: error: ") and err.count("\n") == 1 and message in err
     assert not root.exists()
+
+
+def test_hosts_put_each_node_on_its_own_host(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # For containers (docker-compose.yml): node-i listens on all interfaces, and peers,
+    # profiles and cluster.json dial it by its host; its certificate names that host and
+    # the loopback names (for ports published on the container host).
+    from cryptography import x509
+
+    root = tmp_path / "c"
+    hosts = "node-1,node-2,10.0.0.3"
+    assert _init(root, "--hosts", hosts, "--base-port", "8300", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    expected = [("node-1", 8301, 8401), ("node-2", 8302, 8402), ("10.0.0.3", 8303, 8403)]
+    assert [(n["raft"], n["api"]) for n in doc["nodes"]] == [
+        (f"{h}:{r}", f"{h}:{a}") for h, r, a in expected
+    ]
+    for i, (host, raft, api) in enumerate(expected, 1):
+        cfg = load_config(root / f"node-{i}" / "node.toml")
+        any_host = "0.0.0.0"  # noqa: S104 - what the config says, not a bind
+        assert cfg.raft_listen == (any_host, raft) and cfg.api_listen == (any_host, api)
+        assert [(p.raft, p.api) for p in cfg.peers.values()] == [
+            ((h, r), (h, a)) for h, r, a in expected
+        ]
+        cert = x509.load_pem_x509_certificate(
+            (root / "pki" / "nodes" / f"node-{i}" / "tls.crt").read_bytes()
+        )
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(v) for t in (x509.DNSName, x509.IPAddress) for v in san.get_values_for_type(t)]
+        assert sorted(names) == sorted({host, "127.0.0.1", "localhost"})
+    profile = load_profile(root / "profiles" / "ops.toml")
+    assert profile.nodes == tuple(f"https://{h}:{a}" for h, _, a in expected)
 
 
 def test_no_operator_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
