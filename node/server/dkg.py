@@ -115,6 +115,10 @@ class DkgDuty:
                 rt.machine.executable(ref)
             except Rejected:
                 return
+            if len(self._members()) < 2:  # DkgSession needs 2..15: say so once, in the log
+                await self._report(ref, "a DKG needs at least 2 members; a one-member "
+                                   "cluster cannot generate keys")  # fmt: skip
+                return
             await self._start(req)
             return
         members = self._members()
