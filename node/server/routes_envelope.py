@@ -107,15 +107,19 @@ async def partial(request: web.Request) -> web.StreamResponse:
     try:
         req = machine.executable(ref)
     except Rejected as exc:
-        if exc.reason is Reason.NOT_APPROVED and req.state is RequestState.PENDING:
+        late = machine.late_partial(ref, rt.name) if req.state is RequestState.EXECUTED else None
+        if late is not None:  # executed, but this member has not given its partial yet
+            req = late
+        elif exc.reason is Reason.NOT_APPROVED and req.state is RequestState.PENDING:
             raise _refused("not_approved", f"{ref} is pending: not approved yet") from None
-        if req.state in (RequestState.EXECUTED, RequestState.FAILED):
+        elif req.state in (RequestState.EXECUTED, RequestState.FAILED):
             raise _refused("request_decided", f"{ref} is already {req.state.value}: "
                            "no more partials (submit a new decrypt request)") from None  # fmt: skip
-        if exc.reason is Reason.VERSION_NOT_USABLE:
+        elif exc.reason is Reason.VERSION_NOT_USABLE:
             raise _refused("version_not_usable",
                            f"key {req.key_id} v{req.version} may no longer decrypt") from None
-        raise _refused(exc.reason.value, f"not executable here: {exc}") from None
+        else:
+            raise _refused(exc.reason.value, f"not executable here: {exc}") from None
     st = machine.state
     key = st.keys[req.key_id]
     if key.purpose is not Purpose.ENCRYPT or not machine.may_use(key.key_id, req.version,

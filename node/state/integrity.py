@@ -68,6 +68,23 @@ def _fail(message: str) -> None:
     raise DecodeError(f"snapshot refused: {message}")
 
 
+def _check_lingering(state: State) -> None:
+    """Lingering requests (late partials) are executed decrypt requests that kept their
+    payload, for at most one epoch after the current one; no other decided request
+    keeps a payload."""
+    if len(state.lingering) > 20_000:
+        _fail("too many lingering decrypt requests")
+    for ref, until in state.lingering.items():
+        req = state.requests.get(ref)
+        if req is None or req.kind is not RK.DECRYPT or req.state is not RS.EXECUTED:
+            _fail(f"lingering {ref!r} is not an executed decrypt request")
+        if not req.payload or type(until) is not int or not state.epoch <= until <= state.epoch + 1:
+            _fail(f"lingering {ref!r} has no payload or an impossible end epoch")
+    for ref, req in state.requests.items():
+        if req.state in (RS.EXECUTED, RS.FAILED) and req.payload and ref not in state.lingering:
+            _fail(f"decided request {ref!r} still holds its payload")
+
+
 def check_integrity(state: State) -> None:
     """Raise `DecodeError` naming the first broken reference; return if all hold."""
     if not state.bootstrapped:
@@ -75,6 +92,7 @@ def check_integrity(state: State) -> None:
             state.members, state.principals, state.policies, state.keys, state.requests,
             state.removed_members, state.removed_principals, state.checkpoints, state.grants,
             state.audit_checkpoints, state.audit_checkpoint_count, state.aliases,
+            state.lingering,
         )  # fmt: skip
         if any(empty) or state.epoch or state.threshold or state.genesis:
             _fail("an un-bootstrapped state must be empty")
@@ -98,6 +116,7 @@ def check_integrity(state: State) -> None:
     _check_aliases(state)
     for rid, req in state.requests.items():
         _check_request(state, rid, req)
+    _check_lingering(state)
     _check_grants(state)
     _check_audit_checkpoints(state)
     for member, vote in state.epoch_votes.items():

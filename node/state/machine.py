@@ -131,6 +131,10 @@ MAX_KEYS = 4096
 MAX_OPEN_REQUESTS = 10_000  # pending or approved, cluster-wide (payloads live in the state)
 MAX_OPEN_PER_AUTHOR = 1_000  # so that one client cannot fill the cluster's share
 MAX_LIVE_GRANTS = 1_024  # pending or active and not expired, cluster-wide
+# An executed decrypt request still takes late partials (members that have not confirmed
+# yet) until the end of the epoch after its execution; at most this many at once.
+LATE_PARTIAL_EPOCHS = 1
+MAX_LINGERING = 20_000
 OUTCOME_VERSION = 1
 # Rejections that leave the author unproven (unknown, removed, wrong role, forged
 # signature, no cluster yet): audited, but never remembered in the exactly-once table.
@@ -658,6 +662,8 @@ class Machine:
                     activated.append(f"{key_id}@{number}")
         self._expire_grants(epoch)
         self._expire_rollbacks()
+        for done in [r for r, until in self.state.lingering.items() if until < epoch]:
+            self._unlinger(done)
         changed = self._apply_time_locked(epoch)
         detail = ",".join(activated)
         if changed:
@@ -1164,7 +1170,12 @@ class Machine:
     def _record_result(self, cmd: RecordResult) -> _Effect:
         """Sign: one report carrying a signature that verifies completes the request.
         Decrypt: each member confirms its own partial; `threshold` confirmations complete
-        it. Either way no single member can end a request the others can still run."""
+        it. Either way no single member can end a request the others can still run.
+        An executed decrypt request lingers (`State.lingering`): members that have not
+        confirmed may still confirm and give a partial, until the epoch after."""
+        late = self.state.requests.get(cmd.request)
+        if late is not None and late.ref in self.state.lingering:
+            return self._late_confirmation(late, cmd)
         req = self._executing(cmd.request, (RequestKind.SIGN, RequestKind.DECRYPT))
         key = self.state.keys[req.key_id]
         version = key.versions[req.version]
@@ -1187,10 +1198,52 @@ class Machine:
                 return self._request_effect(
                     req, detail=f"confirmations {len(req.confirmations)}/{self.state.threshold}"
                 )
+        payload = req.payload
         self._finish(req, rules.request_step(req.state, "complete"))
         req.result = cmd.result
         version.uses += 1
+        if req.kind is RequestKind.DECRYPT and len(req.confirmations) < len(self.state.members):
+            req.payload = payload  # kept while late partials may still be given
+            self._linger(req)
         return self._request_effect(req)
+
+    def _late_confirmation(self, req: Request, cmd: RecordResult) -> _Effect:
+        """A member confirms a partial of an executed decrypt request that still
+        lingers: one per member; the request stays executed."""
+        if len(cmd.result) > 64:
+            raise Rejected(Reason.BAD_RESULT, "a decrypt confirmation is 32..64 bytes")
+        self._one_report_per_member(req, cmd.author)
+        req.confirmations[cmd.author] = cmd.result
+        done = sum(1 for m in req.confirmations if m in self.state.members)
+        if done >= len(self.state.members):
+            self._unlinger(req.ref)
+        return self._request_effect(
+            req, code="ok", detail=f"late confirmation {done}/{len(self.state.members)}")
+
+    def _linger(self, req: Request) -> None:
+        lingering = self.state.lingering
+        if len(lingering) >= MAX_LINGERING:  # evict the one that ends first (not dict order:
+            self._unlinger(min(lingering, key=lambda r: (lingering[r], r)))  # replicas agree)
+        lingering[req.ref] = self.state.epoch + LATE_PARTIAL_EPOCHS
+
+    def _unlinger(self, ref: str) -> None:
+        self.state.lingering.pop(ref, None)
+        req = self.state.requests.get(ref)
+        if req is not None:
+            req.payload = b""
+
+    def late_partial(self, ref: str, member: str) -> Request | None:
+        """The executed decrypt request `ref` if `member` may still give (and confirm) a
+        partial for it now: it lingers, `member` has not confirmed or reported, and the
+        version may still decrypt. None otherwise."""
+        req = self.state.requests.get(ref)
+        if req is None or ref not in self.state.lingering or req.kind is not RequestKind.DECRYPT:
+            return None
+        if member in req.confirmations or member in req.reports:
+            return None
+        if not self.may_use(req.key_id, req.version, Op.DECRYPT):
+            return None
+        return req
 
     def _one_report_per_member(self, req: Request, member: str) -> None:
         if member in req.confirmations or member in req.reports:

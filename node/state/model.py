@@ -343,6 +343,10 @@ class State:
     aliases: dict[str, Alias] = field(default_factory=dict)  # name -> alias (live or deleted)
     requests: dict[str, Request] = field(default_factory=dict)
     open: dict[str, str] = field(default_factory=dict)  # open request id -> author (an index)
+    # Executed decrypt requests that still take late partials (a member that did not
+    # confirm yet may still give one, so that one bad partial does not force a new
+    # request): ref -> the last epoch it does. Their payload is kept until then.
+    lingering: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, Dedup] = field(default_factory=dict)
     epoch_votes: dict[str, EpochVote] = field(default_factory=dict)  # member -> vote for epoch+1
     # member -> its newest checkpoints (ascending index, at most MAX_CHECKPOINTS each)

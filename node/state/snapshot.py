@@ -36,8 +36,9 @@ from .model import RequestState, State
 # (`State.audit_checkpoints`, `audit_checkpoint_count`); 8: key metadata (`Key.owner`,
 # `description`, `tags`) and aliases (`State.aliases`); rollback and dual-sign
 # (`Version.replaced`, `rolled_back_epoch`, `rollback_uses`; `Policy.dual_sign_epochs`;
-# `Request.dual_version`). Any other version is refused.
-SNAPSHOT_VERSION = 8
+# `Request.dual_version`); 9: executed decrypt requests that take late partials
+# (`State.lingering`). Any other version is refused.
+SNAPSHOT_VERSION = 9
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 

@@ -120,9 +120,24 @@ def test_file_round_trip_with_two_of_three_threshold_unwrap(
     assert r["state"] == "executed", r
     confirmations = [a for a in live.audit()
                      if a["kind"] == "record_result" and a["subject"] == ref]  # fmt: skip
-    assert len({a["author"] for a in confirmations}) == 2, confirmations
-    status, again = _http(live, "app1", "POST", f"/v1/requests/{ref}/partial", {}, "node-3")
+    gave = {a["author"] for a in confirmations}
+    assert len(gave) == 2, confirmations
+    # A member that confirmed gives nothing more; the third may still give a late partial
+    # (one bad partial must not force a new request), which verifies and is confirmed too.
+    status, again = _http(live, "app1", "POST", f"/v1/requests/{ref}/partial", {},
+                          sorted(gave)[0])  # fmt: skip
     assert status == 403 and again["error"] == "request_decided", again
+    (third,) = {"node-1", "node-2", "node-3"} - gave
+    status, late = _http(live, "app1", "POST", f"/v1/requests/{ref}/partial", {}, third)
+    assert status == 200 and late["confirmation"] == "ok", late
+    partial = tdec.PartialDecryption.from_bytes(base64.b64decode(late["partial_b64"]))
+    vshare = bytes.fromhex(live.key_view("e1")["versions"][0]["verification_shares"]
+                           [late["index"] - 1])  # fmt: skip
+    tdec.verify_partial(partial, env.wrapped, vshare, ev.partial_request(ref))
+    confirmations = [a for a in live.audit()
+                     if a["kind"] == "record_result" and a["subject"] == ref]  # fmt: skip
+    assert {a["author"] for a in confirmations} == {"node-1", "node-2", "node-3"}
+    assert live.wait_request(ref, timeout=10)["state"] == "executed"
 
 
 def test_confirmations_execute_the_request_and_the_audit_holds_no_dek_or_plaintext(
@@ -137,7 +152,19 @@ def test_confirmations_execute_the_request_and_the_audit_holds_no_dek_or_plainte
         assert ev.decrypt_payload(env, dek, cluster) == plaintext
         r = live.wait_request(ref, timeout=10)
         assert r["state"] == "executed", r
-        assert "payload_b64" not in r and r["payload_sha256"] is None  # payload dropped
+        assert "payload_b64" not in r  # the wrapped key is never shown
+        # kept for late partials until the second epoch step after execution, then dropped
+        for _ in range(2):
+            live.cli("epoch", "advance", who="ops")
+        deadline = time.monotonic() + 10
+        while live.wait_request(ref, timeout=10)["payload_sha256"] is not None:
+            assert time.monotonic() < deadline, "the payload was kept after the window"
+            time.sleep(0.1)
+        (third,) = {"node-1", "node-2", "node-3"} - {
+            a["author"] for a in live.audit()
+            if a["kind"] == "record_result" and a["subject"] == ref}  # fmt: skip
+        status, out = _http(live, "app1", "POST", f"/v1/requests/{ref}/partial", {}, third)
+        assert status == 403 and out["error"] == "request_decided", out
         status, export = _http(live, "audit", "GET", "/v1/audit/export")
         assert status == 200 and isinstance(export, bytes) and len(export) > 1000
         for secret in (bytes(dek), plaintext[:32], plaintext[-18:]):
