@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup demo test lint bench clean sim-sweep
+.PHONY: setup demo test lint bench clean sim-sweep drill
 
 setup:
 	@scripts/bootstrap.sh
@@ -27,6 +27,7 @@ bench: setup
 	$(PY) benchmarks/consensus_vs_etcd.py
 	$(PY) benchmarks/cluster_sign.py
 	$(PY) benchmarks/envelope.py
+	$(PY) benchmarks/recovery.py
 
 # The consensus simulator over SEEDS seeds from START, in every mode or in
 # MODE (base, planned, planned-torn, conservative, conservative-torn), on JOBS
@@ -42,3 +43,6 @@ sim-sweep: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+drill: setup
+	$(PY) -m pytest -q tests/chaos && $(PY) -m node.cli drill run all

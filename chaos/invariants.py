@@ -1,0 +1,318 @@
+"""The invariants checked after every drill: pure functions over what was recorded.
+
+Each takes the workload's history and what the members answered after the
+cluster settled (request views, audit records, verify reports) and returns a
+`Check` (passed or not, with details). Nothing here talks to the cluster;
+`chaos.runner` collects the evidence. The unit tests feed them synthetic
+histories.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from chaos.workload import Event, Op
+from consensus.sim.linearizability import Operation, check_history
+
+MAX_DETAILS = 20
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    summary: str
+    details: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "summary": self.summary,
+                "details": self.details[:MAX_DETAILS], "data": self.data}  # fmt: skip
+
+
+def _fail(name: str, problems: list[str], ok_summary: str, data: dict[str, Any]) -> Check:
+    if problems:
+        return Check(name, False, f"{len(problems)} problem(s): {problems[0]}", problems, data)
+    return Check(name, True, ok_summary, [], data)
+
+
+def _accepted(rec: Mapping[str, Any]) -> bool:
+    return not str(rec.get("outcome", "")).startswith("rejected")
+
+
+# ---------------------------------------------------------------- 1. approval before signature
+
+
+def no_signature_without_approval(
+    ops: Sequence[Op], views: Mapping[str, Mapping[str, Any] | None],
+    chains: Mapping[str, Sequence[Mapping[str, Any]]], k: int = 2,
+) -> Check:  # fmt: skip
+    """Every signature the workload received belongs to a request that the cluster shows
+    as executed with its quorum of approvals; and in every member's audit chain every
+    accepted record_result of a sign request comes after accepted approvals by `k`
+    distinct approvers of that request."""
+    name = "no signature without an approved request"
+    problems: list[str] = []
+    signed = [o for o in ops if o.outcome == "ok"]
+    for o in signed:
+        v = views.get(o.ref)
+        if v is None:
+            problems.append(f"{o.ref}: signature received but the request is unknown")
+            continue
+        if v.get("state") != "executed":
+            problems.append(f"{o.ref}: signature received but state is {v.get('state')!r}")
+        approvals = set(v.get("approvals", []))
+        need = int(v.get("k", k))
+        if len(approvals) < need or not approvals <= set(v.get("approvers", approvals)):
+            problems.append(f"{o.ref}: approvals {sorted(approvals)} do not meet k={need}")
+        if (v.get("signature") or "") != o.signature:
+            problems.append(f"{o.ref}: the cluster's signature differs from the one received")
+    results = 0
+    for node, chain in sorted(chains.items()):
+        sign_refs = {r["subject"] for r in chain if r["kind"] == "request_sign" and _accepted(r)}
+        approvers: dict[str, set[str]] = defaultdict(set)
+        for r in sorted(chain, key=lambda r: r["seq"]):
+            subj = r.get("subject", "")
+            if r["kind"] == "approve" and _accepted(r):
+                approvers[subj].add(r["author"])
+            elif r["kind"] == "record_result" and _accepted(r) and subj in sign_refs:
+                results += 1
+                need = int((views.get(subj) or {}).get("k", k))
+                if len(approvers[subj]) < need:
+                    problems.append(
+                        f"{node}: audit seq {r['seq']}: record_result for {subj} after only "
+                        f"{len(approvers[subj])} approval(s) {sorted(approvers[subj])} (k={need})"
+                    )
+    return _fail(name, problems,
+                 f"{len(signed)} signature(s) received, each on an executed request with its "
+                 f"quorum; {results} accepted record_result(s) in {len(chains)} audit chain(s), "
+                 "each after its quorum of approvals",
+                 {"signatures": len(signed), "audit_results": results})  # fmt: skip
+
+
+# ---------------------------------------------------------------- 2. RPO = 0
+
+
+def acknowledged_not_lost(
+    events: Sequence[Event], ops: Sequence[Op],
+    member_views: Mapping[str, Mapping[str, Mapping[str, Any] | None]],
+) -> Check:  # fmt: skip
+    """Everything acknowledged to a client is on every member after the cluster settled:
+    each acked submission exists, each acked approval is among the request's approvals,
+    each received signature is there, executed, with the same bytes."""
+    name = "acknowledged operations not lost (RPO = 0)"
+    problems: list[str] = []
+    lost: set[tuple[str, str, str]] = set()
+    acked = 0
+    for e in events:
+        if e.status != "ok" or e.kind not in ("submit", "approve"):
+            continue
+        acked += 1
+        for node, views in sorted(member_views.items()):
+            v = views.get(e.ref)
+            if v is None:
+                lost.add((e.kind, e.ref, e.who))
+                problems.append(f"{node}: acknowledged {e.kind} of {e.ref} by {e.who}: "
+                                "the request is missing")  # fmt: skip
+            elif e.kind == "approve" and e.who not in v.get("approvals", []):
+                lost.add((e.kind, e.ref, e.who))
+                problems.append(f"{node}: acknowledged approval of {e.ref} by {e.who} is missing")
+    for o in ops:
+        if o.outcome != "ok":
+            continue
+        acked += 1
+        for node, views in sorted(member_views.items()):
+            v = views.get(o.ref) or {}
+            if v.get("state") != "executed" or (v.get("signature") or "") != o.signature:
+                lost.add(("signature", o.ref, ""))
+                problems.append(
+                    f"{node}: signed {o.ref}: state {v.get('state')!r}, signature "
+                    f"{'same' if v.get('signature') == o.signature else 'DIFFERENT'}"
+                )
+    return _fail(name, problems,
+                 f"{acked} acknowledged operation(s), all present on {len(member_views)} "
+                 "member(s)", {"acknowledged": acked, "lost": len(lost),
+                               "members": sorted(member_views)})  # fmt: skip
+
+
+# ---------------------------------------------------------------- 3. linearizability
+
+
+class RequestModel:
+    """The sequential spec of one request, a register moved by client calls:
+    submit creates it `pending`; each approval adds its approver, and the k-th answers
+    `approved` (earlier ones `pending`); the signing that follows is internal, seen by
+    a read as `approved` turning `executed` (with one signature, forever) or `failed`.
+    A read returns (state, approvals, signature). A refused call changes nothing."""
+
+    def __init__(self, k: int = 2) -> None:
+        self.k = k
+
+    def init(self) -> Hashable:
+        return (None, frozenset(), None)
+
+    def step(self, state: Hashable, op: Operation) -> tuple[bool, Hashable]:
+        phase, approvals, sig = state  # type: ignore[misc]
+        kind, _ref, who = op.input
+        out = op.output
+        if isinstance(out, str) and out.startswith("rejected"):
+            return True, state
+        if kind == "submit":
+            if phase is None:
+                return (op.pending or out == "pending"), ("pending", approvals, sig)
+            return op.pending, state
+        if kind == "approve":
+            if phase != "pending" or who in approvals:
+                return op.pending, state
+            new = approvals | {who}
+            quorum = len(new) >= self.k
+            ok = op.pending or out == ("approved" if quorum else "pending")
+            return ok, ("approved" if quorum else "pending", new, sig)
+        if kind == "read":
+            st, seen, s = out[0], frozenset(out[1]), out[2]
+            if st == "absent":
+                return phase is None, state
+            if seen != approvals:
+                return False, state
+            if st == phase and (phase != "executed" or s == sig):
+                return True, state
+            if phase == "approved" and st in ("executed", "failed"):
+                return True, (st, approvals, s if st == "executed" else None)
+            return False, state
+        raise ValueError(f"unknown operation {kind!r}")
+
+
+def to_operations(events: Iterable[Event]) -> list[Operation]:
+    ops = []
+    for e in events:
+        out = e.output
+        if e.kind == "read":
+            out = (out[0], tuple(out[1]), out[2])
+        ops.append(Operation(
+            client=hash((e.worker, e.who)) & 0xFFFF, input=(e.kind, e.ref, e.who), output=out,
+            call=int(e.call * 1e6), ret=None if e.ret is None else int(e.ret * 1e6),
+        ))  # fmt: skip
+    return ops
+
+
+def linearizable(events: Sequence[Event], k: int = 2) -> Check:
+    name = "linearizability of request-state operations"
+    ops = to_operations(events)
+    res = check_history(ops, RequestModel(k), partition=lambda o: o.input[1])
+    refs = len({o.input[1] for o in ops})
+    data = {"operations": len(ops), "requests": refs,
+            "unknown": sum(1 for o in ops if o.pending)}  # fmt: skip
+    if res.ok:
+        return Check(
+            name,
+            True,
+            f"{len(ops)} operation(s) on {refs} request(s) "
+            f"({data['unknown']} with unknown outcome): linearizable",
+            [],
+            data,
+        )
+    lines = [f"{o.input[0]} by {o.input[2]} [{o.call / 1e6:.3f}, "
+             f"{'?' if o.ret is None else f'{o.ret / 1e6:.3f}'}] -> {o.output}"
+             for o in sorted(res.bad_partition, key=lambda o: o.call)]  # fmt: skip
+    data["bad_request"] = res.key
+    return Check(
+        name,
+        False,
+        f"request {res.key}: no linearization of its {len(res.bad_partition)} operation(s)",
+        lines,
+        data,
+    )
+
+
+# ---------------------------------------------------------------- 4. audit chains
+
+
+def audit_chains_agree(
+    chains: Mapping[str, Sequence[Mapping[str, Any]]], verified: Mapping[str, Mapping[str, Any]],
+) -> Check:  # fmt: skip
+    """Every member's audit chain verifies (hash chain and checkpoints, `custody audit
+    verify`), and all are identical up to the shortest one's length."""
+    name = "audit chains identical and verified"
+    problems: list[str] = []
+    for node in sorted(set(chains) | set(verified)):
+        v = verified.get(node)
+        if v is None:
+            problems.append(f"{node}: no audit export")
+        elif not v.get("ok"):
+            problems.append(f"{node}: audit verify failed: {v.get('detail')}")
+        if not chains.get(node):
+            problems.append(f"{node}: empty or missing audit chain")
+    lengths = {n: len(c) for n, c in chains.items()}
+    common = min(lengths.values(), default=0)
+    if chains:
+        ref_node = sorted(chains)[0]
+        base = chains[ref_node]
+        for node, chain in sorted(chains.items()):
+            for i in range(common):
+                if chain[i].get("hash") != base[i].get("hash") or chain[i].get("seq") != i:
+                    problems.append(
+                        f"{node}: record {i} differs from {ref_node}'s "
+                        f"({chain[i].get('kind')} vs {base[i].get('kind')})"
+                    )
+                    break
+    cps = {n: v.get("checkpoints", 0) for n, v in verified.items()}
+    return _fail(name, problems,
+                 f"{len(chains)} chain(s) identical up to record {common}, each verified "
+                 f"(lengths {lengths}; checkpoints {cps})",
+                 {"lengths": lengths, "common": common, "checkpoints": cps})  # fmt: skip
+
+
+# ---------------------------------------------------------------- 5. signatures verify
+
+
+def signatures_verify(ops: Sequence[Op], key_before: str, key_after: str) -> Check:
+    name = "signatures verify under the unchanged group key"
+    problems: list[str] = []
+    if key_before != key_after:
+        problems.append(f"group public key changed: {key_before[:16]}… -> {key_after[:16]}…")
+    pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_before))
+    n = 0
+    for o in ops:
+        if o.outcome != "ok":
+            continue
+        n += 1
+        try:
+            pub.verify(bytes.fromhex(o.signature), bytes.fromhex(o.message_hex))
+        except (InvalidSignature, ValueError):
+            problems.append(f"{o.ref}: signature does not verify")
+    return _fail(name, problems, f"{n} signature(s) verified under {key_before[:16]}…",
+                 {"verified": n - len(problems), "group_public_key": key_before})  # fmt: skip
+
+
+# ---------------------------------------------------------------- 6. availability (opt-in)
+
+
+def longest_gap(ops: Sequence[Op], duration: float) -> tuple[float, float] | None:
+    """The longest stretch of the workload [start, end] in which no flow completed ok."""
+    if not ops:
+        return None
+    done = [0.0, *sorted(o.complete for o in ops if o.outcome == "ok")]
+    done.append(max(duration, max(o.complete for o in ops)))
+    return max(itertools.pairwise(done), key=lambda g: g[1] - g[0])
+
+
+def availability(ops: Sequence[Op], duration: float, max_gap_s: float) -> Check:
+    """Opt-in per scenario (`max_gap_s`), for faults that leave a healthy majority:
+    signing must go on, no stretch without a successful flow longer than `max_gap_s`."""
+    name = f"availability: no gap over {max_gap_s:g} s without a successful signature"
+    gap = longest_gap(ops, duration)
+    if gap is None:
+        return Check(name, False, "no operations at all")
+    width = gap[1] - gap[0]
+    data = {"longest_gap_s": round(width, 2), "from": round(gap[0], 2), "to": round(gap[1], 2)}
+    if width > max_gap_s:
+        return Check(name, False, f"no successful flow for {width:.2f} s "
+                     f"(t={gap[0]:.2f}..{gap[1]:.2f} s)", [], data)  # fmt: skip
+    return Check(name, True, f"longest gap {width:.2f} s", [], data)

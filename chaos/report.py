@@ -1,0 +1,129 @@
+"""Drill reports: results.json, a Markdown summary per scenario, a PNG timeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from chaos.runner import DrillResult
+from chaos.workload import Op
+
+
+def timeline(path: Path, ops: list[Op], result: DrillResult, title: str) -> None:
+    """Operations completed per second by outcome (stacked bars), faults shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    end = max([o.complete for o in ops] + [1.0])
+    bins = int(end) + 1
+    series = {k: [0] * bins for k in ("ok", "failed", "unknown")}
+    for o in ops:
+        series[o.outcome][min(bins - 1, int(o.complete))] += 1
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    xs = list(range(bins))
+    bottom = [0] * bins
+    for k, color in (("ok", "#2e7d32"), ("failed", "#c62828"), ("unknown", "#f9a825")):
+        ax.bar(xs, series[k], bottom=bottom, width=1.0, align="edge", color=color, label=k)
+        bottom = [a + b for a, b in zip(bottom, series[k], strict=True)]
+    for f in result.faults:
+        if f.injected_at is None:
+            continue
+        stop = f.ended_at if f.ended_at is not None else end
+        ax.axvspan(f.injected_at, max(stop, f.injected_at + 0.3), color="#9e9e9e", alpha=0.3)
+        ax.text(f.injected_at, max([*bottom, 1]) * 0.95, f"{f.action} {f.node}", fontsize=7,
+                rotation=90, va="top")  # fmt: skip
+    ax.set_xlabel("seconds since the workload started (by completion time)")
+    ax.set_ylabel("operations / s")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def summary_md(r: DrillResult, description: str) -> str:
+    lines = [f"# Drill `{r.scenario}` — {'PASSED' if r.passed else 'FAILED'}", ""]
+    lines += [
+        description,
+        "",
+        f"- seed: **{r.seed}** (replay: `{r.replay}`)",
+        f"- started {r.started}, wall time {r.wall_s} s, settle {_fmt(r.settle_s)} s",
+        f"- leader before: {r.leader_before or '?'}, after: {r.leader_after or '?'}; leaders "
+        f"seen (sampled every 0.5 s): {', '.join(r.leaders) or '—'}",
+        f"- operations (whole signing flows): ok {r.ops.get('ok', 0)}, failed "
+        f"{r.ops.get('failed', 0)}, unknown {r.ops.get('unknown', 0)}; request states "
+        f"at the end: {r.end_states}",
+        "- longest stretch without a successful flow completing: "
+        + (
+            f"{r.longest_gap[1] - r.longest_gap[0]:.2f} s "
+            f"(t={r.longest_gap[0]:.2f}..{r.longest_gap[1]:.2f} s)"
+            if r.longest_gap
+            else "—"
+        ),
+        f"- **acknowledged operations lost: {r.acked_lost if r.acked_lost is not None else '?'}**",
+    ]
+    if r.error:
+        lines += ["", f"**Error:** `{r.error}`"]
+    lines += ["", "## Invariants", "", "| # | invariant | result | summary |", "|---|---|---|---|"]
+    for i, ch in enumerate(r.checks, 1):
+        lines.append(f"| {i} | {ch['name']} | {'passed' if ch['passed'] else '**FAILED**'} | "
+                     f"{ch['summary'].replace('|', '/')} |")  # fmt: skip
+    if not r.checks:
+        lines.append("| – | (not checked: the drill did not get that far) | **FAILED** | |")
+    for ch in r.checks:
+        if ch["details"]:
+            lines += ["", f"### {ch['name']}: details", ""]
+            lines += [f"- {d}" for d in ch["details"]]
+    lines += ["", "## Faults and recovery", "",
+              "Recovery: from the fault (or from its end: restart/resume) to the completion of "
+              "the first successful signing flow invoked after it.", "",
+              "| # | action | target | node | at (s) | ended (s) | status | recovery (s) | "
+              "from end (s) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for f in r.faults:
+        lines.append(f"| {f.index} | {f.action} | {f.target} | {f.node or '—'} | "
+                     f"{_fmt(f.injected_at)} | {_fmt(f.ended_at)} | {f.status} | "
+                     f"{_fmt(f.recovery_s)} | {_fmt(f.recovery_from_end_s)} |")  # fmt: skip
+    for f in r.faults:
+        if f.observed:
+            lines += ["", f"Fault {f.index} ({f.action} {f.node}), the node's own view: "
+                      + "; ".join(f.observed)]  # fmt: skip
+    lines += ["", "![timeline](timeline.png)", ""]
+    if not r.passed:
+        lines += [f"Replay: `{r.replay}`; cluster directory kept in `{r.workdir}` "
+                  "(`custody drill clean` removes it).", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_scenario(out: Path, r: DrillResult, ops: list[Op], description: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(summary_md(r, description))
+    try:
+        timeline(out / "timeline.png", ops, r, f"{r.scenario} (seed {r.seed})")
+    except Exception as exc:  # a report without its picture still reports
+        (out / "timeline-error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+
+
+def write_index(out: Path, results: list[DrillResult], seed: int, argv: list[str]) -> None:
+    doc: dict[str, Any] = {"seed": seed, "command": " ".join(argv),
+                           "passed": all(r.passed for r in results),
+                           "scenarios": [r.to_json() for r in results]}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(doc, indent=2))
+    lines = [f"# Drill report (seed {seed})", "", "| scenario | result | ok/failed/unknown | "
+             "acked lost | recovery (s) per fault | longest gap (s) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        gap = f"{r.longest_gap[1] - r.longest_gap[0]:.2f}" if r.longest_gap else "—"
+        rec = ", ".join(f"{f.action} {f.node or f.target}: {_fmt(f.recovery_s)}"
+                        for f in r.faults) or "—"  # fmt: skip
+        lines.append(f"| [{r.scenario}]({r.scenario}/summary.md) | "
+                     f"{'passed' if r.passed else '**FAILED**'} | {r.ops.get('ok', 0)}/"
+                     f"{r.ops.get('failed', 0)}/{r.ops.get('unknown', 0)} | {r.acked_lost} | "
+                     f"{rec} | {gap} |")  # fmt: skip
+    (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,431 @@
+"""One drill: a fresh cluster, the workload, the fault schedule, settling, the checks.
+
+init + up -> policy p1, key k1 (DKG, CLI subprocesses) -> workload for `duration`
+seconds while the faults fire -> stop the workload (in-flight flows finish or
+time out) -> wake/start every node -> wait until settled -> collect evidence from
+every member -> the five invariants -> report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos import invariants
+from chaos.cluster import DrillCluster, custody
+from chaos.scenario import SCENARIO_DIR, Fault, Scenario
+from chaos.workload import APPROVERS, REQUESTER, History, Op, Workload
+from node.client.http import ApiError, Client
+
+KEY_ID = "k1"
+POLICY_ID = "p1"
+WORK_ENV = "CUSTODY_DRILL_DIR"
+
+
+def work_base() -> Path:
+    return Path(os.environ.get(WORK_ENV) or "/tmp/custody-drill")  # noqa: S108 - documented
+
+
+@dataclass
+class FaultRecord:
+    index: int
+    action: str
+    target: str
+    planned_at: float
+    node: str = ""
+    injected_at: float | None = None
+    ended_at: float | None = None  # restart / resume / start again
+    status: str = "pending"  # injected | skipped: ... | error: ...
+    recovery_s: float | None = None
+    recovery_from_end_s: float | None = None
+    observed: list[str] = field(default_factory=list)  # what the node said about itself
+
+
+@dataclass
+class DrillResult:
+    scenario: str
+    seed: int
+    passed: bool = False
+    error: str = ""
+    started: str = ""
+    wall_s: float = 0.0
+    settle_s: float | None = None
+    faults: list[FaultRecord] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    ops: dict[str, int] = field(default_factory=dict)
+    acked_lost: int | None = None
+    leader_before: str = ""
+    leader_after: str = ""
+    end_states: dict[str, int] = field(default_factory=dict)
+    # Longest stretch of the workload without a successful flow completing: [start, end].
+    longest_gap: list[float] = field(default_factory=list)
+    workdir: str = ""
+    leaders: list[str] = field(default_factory=list)  # "t=…s node-N (term T)", as sampled
+    replay: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+def leader_changes(samples: list[dict[str, Any]]) -> list[str]:
+    """Each (leader, term) first reported by a node that says it is leader, in time order."""
+    seen: list[tuple[str, Any]] = []
+    out = []
+    for s in samples:
+        if s.get("role") == "leader" and (s["node"], s.get("term")) not in seen:
+            seen.append((s["node"], s.get("term")))
+            out.append(f"t={s['t']:.2f}s {s['node']} (term {s.get('term')})")
+    return out
+
+
+def _say(msg: str) -> None:
+    print(f"[drill {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Drill:
+    def __init__(self, scenario: Scenario, seed: int, out: Path, keep: bool = False) -> None:
+        self.sc = scenario
+        self.seed = seed
+        self.out = out
+        self.keep = keep
+        self.rng = random.Random(f"{seed}/faults/{scenario.name}")
+        self.root = work_base() / f"{scenario.name}-s{seed}-{os.getpid()}"
+        self.cluster = DrillCluster(self.root, scenario.nodes)
+        self.h = History()
+        self.samples: list[dict[str, Any]] = []
+        self.res = DrillResult(scenario.name, seed, workdir=str(self.root))
+        shipped = scenario.path is None or scenario.path.parent == SCENARIO_DIR
+        which = scenario.name if shipped else scenario.path
+        self.res.replay = f"custody drill run {which} --seed {seed}"
+
+    # ------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        _say(f"{self.sc.name}: cluster init in {self.root}")
+        self.cluster.init()
+        self.cluster.up()
+        _say(f"{self.sc.name}: cluster up; policy {POLICY_ID} and key {KEY_ID} (DKG)")
+
+        def as_(who: str, *args: str) -> dict[str, Any]:
+            prof = str(self.root / "profiles" / f"{who}.toml")
+            return json.loads(custody(*args, "--json", "--profile", prof))
+
+        out = as_("ops", "policy", "set", POLICY_ID, "--requesters", REQUESTER, "--approvers",
+                  "alice,bob,carol", "--k", "2")  # fmt: skip
+        for who in APPROVERS:
+            as_(who, "approve", out["request"], "--yes")
+        out = as_("ops", "keys", "create", KEY_ID, "--policy", POLICY_ID)
+        for who in APPROVERS:
+            as_(who, "approve", out["request"], "--yes")
+        deadline = time.monotonic() + 60
+        while True:
+            r = as_("audit", "requests", "show", out["request"])
+            if r["state"] == "executed":
+                break
+            if r["state"] == "failed" or time.monotonic() > deadline:
+                raise RuntimeError(f"key creation did not complete: {r['state']} {r['failure']}")
+            time.sleep(0.3)
+        for _ in range(10):
+            as_("ops", "epoch", "advance")
+            if as_("audit", "keys", "show", KEY_ID)["primary"] >= 1:
+                break
+        else:
+            raise RuntimeError(f"key {KEY_ID} has no active version")
+
+    async def group_key(self) -> str:
+        async with Client(self.cluster.profile("audit"), timeout=5) as c:
+            k = await c.get(f"/v1/keys/{KEY_ID}")
+        v = next(x for x in k["versions"] if x["version"] == k["primary"])
+        return str(v["group_public_key"])
+
+    # ------------------------------------------------------------ faults
+
+    async def _resolve(self, target: str) -> tuple[str | None, str]:
+        c = self.cluster
+        live = [n for n in c.names if c.running(n) and n not in c.paused]
+        if target.startswith("node-"):
+            if target not in live:
+                return None, f"{target} is not running (or is paused)"
+            return target, ""
+        if target == "random":
+            return (self.rng.choice(live), "") if live else (None, "no live node")
+        leader = await c.leader(timeout=8)
+        if target == "leader":
+            return (leader, "") if leader else (None, "no leader found within 8 s")
+        followers = [n for n in live if n != leader]
+        return (self.rng.choice(followers), "") if followers else (None, "no live follower")
+
+    async def _inject(self, i: int, f: Fault, rec: FaultRecord) -> None:
+        await asyncio.sleep(max(0.0, f.at - self.h.now()))
+        node, why = await self._resolve(f.target)
+        if node is None:
+            rec.status = f"skipped: {why}"
+            _say(f"fault {i} {f.action} {f.target}: SKIPPED ({why})")
+            return
+        rec.node = node
+        c = self.cluster
+        try:
+            rec.injected_at = self.h.now()
+            if f.action == "kill":
+                await asyncio.to_thread(c.kill, node)
+                rec.status = "injected"
+                _say(f"t={rec.injected_at:.1f}s fault {i}: SIGKILL {node} ({f.target})")
+                if f.restart_after is not None:
+                    await asyncio.sleep(f.restart_after)
+                    await asyncio.to_thread(c.start, node)
+                    rec.ended_at = self.h.now()
+                    _say(f"t={rec.ended_at:.1f}s fault {i}: restarted {node}")
+            elif f.action == "pause":
+                st = await c.status(node)
+                before = (st or {}).get("role", "?"), (st or {}).get("term", "?")
+                c.stop(node)
+                rec.status = "injected"
+                _say(f"t={rec.injected_at:.1f}s fault {i}: SIGSTOP {node} ({f.target})")
+                await asyncio.sleep(f.resume_after or 0)
+                c.cont(node)
+                rec.ended_at = self.h.now()
+                _say(f"t={rec.ended_at:.1f}s fault {i}: SIGCONT {node}")
+                await self._observe(node, rec, before)
+            elif f.action == "restart":
+                await asyncio.to_thread(c.terminate, node)
+                rec.status = "injected"
+                _say(f"t={rec.injected_at:.1f}s fault {i}: SIGTERM {node} ({f.target}), exited")
+                await asyncio.sleep(f.down_for)
+                await asyncio.to_thread(c.start, node)
+                rec.ended_at = self.h.now()
+                _say(f"t={rec.ended_at:.1f}s fault {i}: started {node} again")
+            else:  # the loader refuses these; never pass silently
+                rec.status = f"skipped: not implemented yet ({f.action})"
+        except Exception as exc:
+            rec.status = f"error: {type(exc).__name__}: {exc}"
+            _say(f"fault {i}: ERROR {rec.status}")
+
+    async def _observe(self, node: str, rec: FaultRecord, before: tuple[Any, Any]) -> None:
+        """After SIGCONT: how the woken node sees itself (role, term) until it is a
+        follower of a newer term, or for 5 s."""
+        rec.observed.append(f"before SIGSTOP: {before[0]} in term {before[1]}")
+        last = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            st = await self.cluster.status(node, timeout=1.0)
+            now = (st.get("role"), st.get("term"), st.get("leader")) if st else None
+            if now != last:
+                last = now
+                seen = "no answer" if now is None else f"{now[0]} in term {now[1]}, leader {now[2]}"
+                rec.observed.append(f"t={self.h.now():.2f}s: {seen}")
+            if now and (now[1] != before[1] or now[0] == before[0]):
+                break  # stepped down into a newer term, or kept its role: settled either way
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------ the drill
+
+    async def run_async(self) -> DrillResult:
+        c = self.cluster
+        self.res.leader_before = await c.leader(timeout=10) or ""
+        key_before = await self.group_key()
+        profiles = {w: c.profile(w) for w in (REQUESTER, *APPROVERS)}
+        counts = {"ok": 0, "failed": 0, "unknown": 0}
+
+        def progress(op: Op) -> None:
+            counts[op.outcome] += 1
+
+        samples: list[dict[str, Any]] = []
+        self.samples = samples
+
+        async def sampler() -> None:
+            """Every node's own view (role, term, leader, commit, applied), twice a second:
+            the leader changes in the report, and evidence for diagnosing a stall."""
+            while True:
+                t = self.h.now()
+                for n, st in (await c.statuses()).items():
+                    if st is not None:
+                        samples.append({"t": round(t, 2), "node": n, **{
+                            k: st.get(k) for k in ("role", "term", "leader", "commit", "applied",
+                                                   "health")}})  # fmt: skip
+                await asyncio.sleep(0.5)
+
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(5)
+                down = [n for n in c.names if n in c.paused or not c.running(n)]
+                _say(
+                    f"t={self.h.now():.0f}s ops ok={counts['ok']} failed={counts['failed']} "
+                    f"unknown={counts['unknown']}; down/paused: {', '.join(down) or 'none'}"
+                )
+
+        self.h = History()
+        wl = Workload(profiles, KEY_ID, self.seed, self.sc.workload.clients,
+                      self.sc.workload.op_timeout, self.h, progress)  # fmt: skip
+        recs = [FaultRecord(i, f.action, f.target, f.at) for i, f in enumerate(self.sc.faults)]
+        self.res.faults = recs
+        _say(f"{self.sc.name}: workload {self.sc.workload.clients} client(s) for "
+             f"{self.sc.duration:g}s, {len(recs)} fault(s), seed {self.seed}")  # fmt: skip
+        wl_task = asyncio.create_task(wl.run())
+        tick = asyncio.create_task(ticker())
+        sample = asyncio.create_task(sampler())
+        fault_tasks = [
+            asyncio.create_task(self._inject(i, f, r))
+            for i, (f, r) in enumerate(zip(self.sc.faults, recs, strict=True))
+        ]
+        await asyncio.sleep(max(0.0, self.sc.duration - self.h.now()))
+        wl.stop.set()
+        await asyncio.gather(*fault_tasks)
+        await wl_task
+        tick.cancel()
+        sample.cancel()
+        self.res.leaders = leader_changes(samples)
+        _say(f"t={self.h.now():.0f}s workload stopped: {counts}; settling")
+        for n in c.names:  # wake and start everything, then wait for agreement
+            if n in c.paused:
+                c.cont(n)
+            if not c.running(n):
+                c.start(n)
+        t_settle = time.monotonic()
+        ok, why = await c.settled(self.sc.settle_timeout)
+        if not ok:
+            raise RuntimeError(f"cluster did not settle within {self.sc.settle_timeout:g}s: {why}")
+        self.res.settle_s = round(time.monotonic() - t_settle, 2)
+        self.res.leader_after = await c.leader(timeout=5) or ""
+        _say(f"settled in {self.res.settle_s}s (leader {self.res.leader_after}); checking")
+        key_after = await self.group_key()
+        await self.check(key_before, key_after)
+        return self.res
+
+    # ------------------------------------------------------------ evidence + checks
+
+    async def _member_views(self, node: str, refs: list[str]) -> dict[str, Any]:
+        views: dict[str, Any] = {}
+        async with Client(self.cluster.node_profile("audit", node), timeout=10, attempts=3) as c:
+            for ref in refs:
+                try:
+                    views[ref] = await c.get(f"/v1/requests/{ref}", stale="true")
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    views[ref] = None
+        return views
+
+    async def _chain(self, node: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async with Client(self.cluster.node_profile("audit", node), timeout=10, attempts=3) as c:
+            while True:
+                page = await c.get("/v1/audit", after=str(len(out) - 1), limit="1000",
+                                   stale="true")  # fmt: skip
+                recs = page["records"]
+                out.extend(recs)
+                if len(recs) < 1000:
+                    return out
+
+    def _export_verify(self, node: str, d: Path) -> dict[str, Any]:
+        prof = d / f"audit-{node}.toml"
+        src = (self.root / "profiles" / "audit.toml").read_text()
+        nodes_line = f'nodes = ["https://{self.cluster.api[node]}"]'
+        lines = [nodes_line if ln.startswith("nodes = ") else ln for ln in src.splitlines()]
+        base = self.root / "profiles"
+        text = "\n".join(lines).replace('"../', f'"{base.parent}/')
+        prof.write_text(text + "\n")
+        export = d / f"audit-{node}.bin"
+        try:
+            custody("audit", "export", "--out", str(export), "--profile", str(prof))
+            rep = json.loads(custody("audit", "verify", "--in", str(export), "--json"))
+        except RuntimeError as exc:
+            return {"ok": False, "detail": str(exc)[:500]}
+        return {"ok": bool(rep["ok"]), "checkpoints": len(rep["checkpoints"]),
+                "records": rep["records"], "detail": "; ".join(rep["problems"])[:500]}  # fmt: skip
+
+    async def check(self, key_before: str, key_after: str) -> None:
+        c = self.cluster
+        ops, events = self.h.ops, self.h.events
+        refs = sorted({o.ref for o in ops})
+        members = {n: await self._member_views(n, refs) for n in c.names}
+        async with Client(c.profile("audit"), timeout=10) as cl:  # linearizable, via leader
+            views = {}
+            for ref in refs:
+                with contextlib.suppress(ApiError):
+                    views[ref] = await cl.get(f"/v1/requests/{ref}")
+        chains = {n: await self._chain(n) for n in c.names}
+        evidence = self.out / "evidence"
+        evidence.mkdir(parents=True, exist_ok=True)
+        verified = {n: await asyncio.to_thread(self._export_verify, n, evidence) for n in c.names}
+        checks = [
+            invariants.no_signature_without_approval(ops, views, chains),
+            invariants.acknowledged_not_lost(events, ops, members),
+            invariants.linearizable(events),
+            invariants.audit_chains_agree(chains, verified),
+            invariants.signatures_verify(ops, key_before, key_after),
+        ]
+        if self.sc.max_gap_s is not None:
+            checks.append(invariants.availability(ops, self.sc.duration, self.sc.max_gap_s))
+        self.res.checks = [ch.to_json() for ch in checks]
+        self.res.acked_lost = checks[1].data.get("lost")
+        self.res.passed = all(ch.passed for ch in checks)
+        states: dict[str, int] = {}
+        for v in views.values():
+            states[v["state"]] = states.get(v["state"], 0) + 1
+        self.res.end_states = states
+        for ch in checks:
+            _say(f"  {'PASS' if ch.passed else 'FAIL'} {ch.name}: {ch.summary}")
+
+    def recovery(self) -> None:
+        oks = sorted((o.invoke, o.complete) for o in self.h.ops if o.outcome == "ok")
+        for r in self.res.faults:
+            if r.injected_at is None:
+                continue
+            after = [done for inv, done in oks if inv >= r.injected_at]
+            if after:
+                r.recovery_s = round(min(after) - r.injected_at, 2)
+            if r.ended_at is not None:
+                after = [done for inv, done in oks if inv >= r.ended_at]
+                if after:
+                    r.recovery_from_end_s = round(min(after) - r.ended_at, 2)
+        gap = invariants.longest_gap(self.h.ops, self.sc.duration)
+        if gap is not None:
+            self.res.longest_gap = [round(gap[0], 2), round(gap[1], 2)]
+        n = {"ok": 0, "failed": 0, "unknown": 0}
+        for o in self.h.ops:
+            n[o.outcome] += 1
+        self.res.ops = n
+
+    def run(self) -> DrillResult:
+        t = time.monotonic()
+        self.res.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.setup()
+            asyncio.run(self.run_async())
+        except Exception as exc:
+            self.res.error = f"{type(exc).__name__}: {exc}"
+            self.res.passed = False
+            _say(f"{self.sc.name}: ERROR {self.res.error}")
+        finally:
+            self.recovery()
+            self.res.wall_s = round(time.monotonic() - t, 1)
+            self._save_logs()
+            self.cluster.down()
+            if self.res.passed and not self.keep:
+                shutil.rmtree(self.root, ignore_errors=True)
+        (self.out / "history.json").write_text(json.dumps(self.h.to_json()))
+        (self.out / "status.json").write_text(json.dumps(self.samples))
+        return self.res
+
+    def _save_logs(self) -> None:
+        logs = self.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for n in self.cluster.names:
+            with contextlib.suppress(OSError):
+                shutil.copy(self.root / n / "node.log", logs / f"{n}.log")
+
+
+__all__ = ["Drill", "DrillResult", "FaultRecord", "work_base"]

@@ -1,0 +1,235 @@
+"""The invariant functions on synthetic histories: good ones pass, each kind of
+violation is caught (a lost acknowledged operation, a non-linearizable history,
+a signature without approvals, diverging audit chains, a bad signature)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from chaos import invariants as inv
+from chaos.workload import Event, Op
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+PUB = KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+MSG = b"message one"
+SIG = KEY.sign(MSG).hex()
+REF = "app1:r1"
+
+
+def good_events(ref: str = REF, sig: str = SIG) -> list[Event]:
+    """submit, two concurrent approvals, reads: a correct single-request history."""
+    return [
+        Event(0, ref, "submit", "app1", 0.0, 0.1, "ok", "pending"),
+        Event(0, ref, "read", "alice", 0.2, 0.3, "ok", ["pending", [], None]),
+        Event(0, ref, "read", "bob", 0.2, 0.3, "ok", ["pending", [], None]),
+        # concurrent approvals: either may be the one that met the quorum
+        Event(0, ref, "approve", "alice", 0.4, 0.6, "ok", "approved"),
+        Event(0, ref, "approve", "bob", 0.4, 0.6, "ok", "pending"),
+        Event(0, ref, "read", "app1", 0.7, 0.8, "ok", ["approved", ["alice", "bob"], None]),
+        Event(0, ref, "read", "app1", 0.9, 1.0, "ok", ["executed", ["alice", "bob"], sig]),
+    ]
+
+
+def good_op(ref: str = REF) -> Op:
+    return Op(0, ref, MSG.hex(), 0.0, 1.0, "ok", SIG)
+
+
+def view(state: str = "executed", approvals: tuple[str, ...] = ("alice", "bob"),
+         sig: str | None = SIG) -> dict:  # fmt: skip
+    return {"state": state, "approvals": list(approvals), "signature": sig, "k": 2,
+            "approvers": ["alice", "bob", "carol"]}  # fmt: skip
+
+
+def chain(*approvers_before_result: str, ref: str = REF) -> list[dict]:
+    recs = [{"kind": "request_sign", "subject": ref, "author": "app1", "outcome": "pending"}]
+    recs += [{"kind": "approve", "subject": ref, "author": a, "outcome": "pending"}
+             for a in approvers_before_result]  # fmt: skip
+    recs.append({"kind": "record_result", "subject": ref, "author": "node-1",
+                 "outcome": "executed"})  # fmt: skip
+    for i, r in enumerate(recs):
+        r.update(seq=i, hash=f"h{i}")
+    return recs
+
+
+# ---------------------------------------------------------------- 3. linearizability
+
+
+def test_good_history_is_linearizable() -> None:
+    assert inv.linearizable(good_events()).passed
+
+
+def test_unknown_outcomes_are_allowed_either_way() -> None:
+    ev = good_events()
+    ev[4] = Event(0, REF, "approve", "bob", 0.4, None, "unknown", None)  # took effect
+    assert inv.linearizable(ev).passed
+    ev2 = [
+        *good_events()[:3],
+        Event(0, REF, "approve", "alice", 0.4, None, "unknown", None),
+        Event(0, REF, "read", "app1", 0.7, 0.8, "ok", ["pending", [], None]),
+    ]  # no effect
+    assert inv.linearizable(ev2).passed
+
+
+def test_stale_read_after_execution_is_caught() -> None:
+    ev = good_events()
+    ev.append(Event(0, REF, "read", "carol", 1.1, 1.2, "ok", ["approved", ["alice", "bob"], None]))
+    c = inv.linearizable(ev)
+    assert not c.passed and c.data["bad_request"] == REF and c.details
+
+
+def test_two_quorum_answers_are_caught() -> None:
+    ev = good_events()
+    ev[4] = Event(0, REF, "approve", "bob", 0.4, 0.6, "ok", "approved")  # both "met" quorum
+    assert not inv.linearizable(ev).passed
+
+
+def test_lost_acknowledged_approval_in_reads_is_caught() -> None:
+    read = Event(0, REF, "read", "app1", 0.7, 0.8, "ok", ["pending", ["alice"], None])
+    ev = [*good_events()[:5], read]
+    assert not inv.linearizable(ev).passed
+
+
+def test_signature_changing_is_caught() -> None:
+    ev = good_events()
+    ev.append(Event(0, REF, "read", "app1", 1.1, 1.2, "ok", ["executed", ["alice", "bob"], "ff"]))
+    assert not inv.linearizable(ev).passed
+
+
+def test_read_of_absent_request_after_acked_submit_is_caught() -> None:
+    ev = [*good_events()[:1], Event(0, REF, "read", "alice", 0.2, 0.3, "ok", ["absent", [], None])]
+    assert not inv.linearizable(ev).passed
+
+
+# ---------------------------------------------------------------- 2. RPO = 0
+
+
+def test_nothing_lost_passes() -> None:
+    members = {n: {REF: view()} for n in ("node-1", "node-2", "node-3")}
+    c = inv.acknowledged_not_lost(good_events(), [good_op()], members)
+    assert c.passed and c.data["lost"] == 0
+
+
+def test_lost_acked_op_is_caught() -> None:
+    members = {"node-1": {REF: view()}, "node-2": {REF: view()}, "node-3": {REF: None}}
+    c = inv.acknowledged_not_lost(good_events(), [good_op()], members)
+    assert not c.passed and c.data["lost"] >= 1 and "node-3" in c.summary
+
+
+def test_lost_acked_approval_and_changed_signature_are_caught() -> None:
+    members = {"node-1": {REF: view(approvals=("alice",))}, "node-2": {REF: view(sig="00" * 64)}}
+    c = inv.acknowledged_not_lost(good_events(), [good_op()], members)
+    assert not c.passed
+    assert any("approval" in d for d in c.details) and any("DIFFERENT" in d for d in c.details)
+
+
+# ---------------------------------------------------------------- 1. approvals before results
+
+
+def test_signature_with_quorum_passes() -> None:
+    c = inv.no_signature_without_approval([good_op()], {REF: view()},
+                                          {"node-1": chain("alice", "bob")})  # fmt: skip
+    assert c.passed and c.data["audit_results"] == 1
+
+
+def test_signature_without_quorum_in_state_is_caught() -> None:
+    c = inv.no_signature_without_approval([good_op()], {REF: view(approvals=("alice",))},
+                                          {"node-1": chain("alice", "bob")})  # fmt: skip
+    assert not c.passed
+
+
+def test_result_before_quorum_in_audit_is_caught() -> None:
+    c = inv.no_signature_without_approval([good_op()], {REF: view()},
+                                          {"node-1": chain("alice")})  # fmt: skip
+    assert not c.passed and "record_result" in c.summary
+
+
+def test_rejected_approvals_do_not_count() -> None:
+    ch = chain("alice", "bob")
+    ch[2]["outcome"] = "rejected:bad_signature"
+    assert not inv.no_signature_without_approval([good_op()], {REF: view()},
+                                                 {"node-1": ch}).passed  # fmt: skip
+
+
+def test_signature_for_unknown_request_is_caught() -> None:
+    assert not inv.no_signature_without_approval([good_op()], {}, {}).passed
+
+
+# ---------------------------------------------------------------- 4. audit chains
+
+
+def test_identical_prefix_chains_pass() -> None:
+    a = chain("alice", "bob")
+    c = inv.audit_chains_agree({"node-1": a, "node-2": a[:3]},
+                               {"node-1": {"ok": True}, "node-2": {"ok": True}})  # fmt: skip
+    assert c.passed and c.data["common"] == 3
+
+
+def test_diverging_or_unverified_chains_are_caught() -> None:
+    a, b = chain("alice", "bob"), chain("alice", "bob")
+    b[2]["hash"] = "other"
+    ok = {"node-1": {"ok": True}, "node-2": {"ok": True}}
+    assert not inv.audit_chains_agree({"node-1": a, "node-2": b}, ok).passed
+    bad = {"node-1": {"ok": True}, "node-2": {"ok": False, "detail": "checkpoint"}}
+    assert not inv.audit_chains_agree({"node-1": a, "node-2": a}, bad).passed
+    assert not inv.audit_chains_agree({"node-1": a}, ok).passed  # node-2 has no chain
+
+
+# ---------------------------------------------------------------- 5. signatures
+
+
+def test_signatures_verify() -> None:
+    assert inv.signatures_verify([good_op()], PUB, PUB).passed
+    bad = Op(0, REF, b"other".hex(), 0, 1, "ok", SIG)
+    assert not inv.signatures_verify([bad], PUB, PUB).passed
+    other = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+    assert not inv.signatures_verify(
+        [good_op()], PUB, other.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    ).passed
+
+
+# ---------------------------------------------------------------- layering (DESIGN.md §3)
+
+
+def test_chaos_imports_only_client_side_node_modules() -> None:
+    allowed = {"node.client.http", "node.client.profile", "node.cli.requests"}
+    for path in sorted((ROOT / "chaos").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for n in ast.walk(tree):
+            mods = (
+                [a.name for a in n.names]
+                if isinstance(n, ast.Import)
+                else [n.module]
+                if isinstance(n, ast.ImportFrom) and n.module
+                else []
+            )
+            for m in mods:
+                if m.split(".")[0] == "node":
+                    assert m in allowed, f"{path.name} imports {m}"
+
+
+def test_node_never_imports_chaos() -> None:
+    for path in sorted((ROOT / "node").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module:
+                assert n.module.split(".")[0] != "chaos", path
+            if isinstance(n, ast.Import):
+                assert all(a.name.split(".")[0] != "chaos" for a in n.names), path
+
+
+# ---------------------------------------------------------------- 6. availability (opt-in)
+
+
+def test_availability_gap() -> None:
+    ops = [Op(0, f"app1:r{i}", "00", i - 0.2, float(i), "ok", SIG) for i in range(1, 11)]
+    assert inv.availability(ops, 10, 2).passed
+    stalled = [o for o in ops if not 3 < o.complete < 9]  # nothing ok between 3 and 9
+    c = inv.availability(stalled, 10, 2)
+    assert not c.passed and c.data["longest_gap_s"] == 6.0 and c.data["from"] == 3.0
+    assert inv.longest_gap(stalled, 12) == (3.0, 9.0)
+    assert inv.longest_gap([*stalled, Op(0, "x", "00", 9, 17, "unknown")], 10) == (10.0, 17.0)

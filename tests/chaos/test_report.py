@@ -1,0 +1,35 @@
+"""The report writer on a synthetic drill result: results.json, summaries, PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chaos import report
+from chaos.runner import DrillResult, FaultRecord
+from chaos.workload import Op
+
+
+def test_report_files(tmp_path: Path) -> None:
+    ops = [Op(0, f"app1:r{i}", "00", i * 0.5, i * 0.5 + 0.2, "ok", "ab") for i in range(20)]
+    ops.append(Op(1, "app1:x", "00", 3.0, 9.0, "unknown", detail="deadline"))
+    r = DrillResult("leader-crash", 42, passed=False, replay="custody drill run x --seed 42")
+    r.faults = [
+        FaultRecord(0, "kill", "leader", 3.0, "node-2", 3.01, 6.0, "injected", 1.5),
+        FaultRecord(1, "pause", "random", 5.0, status="skipped: no live node"),
+    ]
+    r.checks = [{"name": "n1", "passed": True, "summary": "fine", "details": [], "data": {}},
+                {"name": "n2", "passed": False, "summary": "bad | x", "details": ["d1"],
+                 "data": {}}]  # fmt: skip
+    r.ops, r.acked_lost, r.longest_gap = {"ok": 20, "failed": 0, "unknown": 1}, 0, [2.0, 5.5]
+    report.write_scenario(tmp_path / "leader-crash", r, ops, "desc")
+    report.write_index(tmp_path, [r], 42, ["custody", "drill", "run", "all"])
+    md = (tmp_path / "leader-crash" / "summary.md").read_text()
+    assert "FAILED" in md and "seed: **42**" in md and "custody drill run x --seed 42" in md
+    assert "skipped: no live node" in md and "| 1.50 |" in md and "3.50 s" in md
+    assert "acknowledged operations lost: 0" in md and "- d1" in md
+    assert (tmp_path / "leader-crash" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["seed"] == 42 and not doc["passed"]
+    assert doc["scenarios"][0]["faults"][0]["recovery_s"] == 1.5
+    assert "leader-crash" in (tmp_path / "summary.md").read_text()
