@@ -177,7 +177,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _client_key(args: argparse.Namespace) -> int:
-    from node.cli.keys import signed_command
+    from node.cli.keys import post_signed
     from node.state import RekeyPrincipal
 
     try:
@@ -190,7 +190,7 @@ def _client_key(args: argparse.Namespace) -> int:
             request_id=args.request_id or new_request_id("client-key"),
             author=profile.principal, name=args.client, public_key=pub,
         )  # fmt: skip
-        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        out = await post_signed(client, profile, cmd)
         emit(args, out, lambda o: f"request {o['request']}: {o['code']} "
              f"(governance: custody approve {o['request']})")  # fmt: skip
         return 0

@@ -176,6 +176,11 @@ async def signed_command(profile: Profile, cmd: Any) -> str:
         raise ValueError(str(exc)) from None
 
 
+async def post_signed(client: Client, profile: Profile, cmd: Any) -> dict[str, Any]:
+    """Submit `cmd`, signed with the profile's key, through `POST /v1/commands`."""
+    return await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+
+
 def _create(args: argparse.Namespace) -> int:
     from node.state import CreateKey
 
@@ -187,7 +192,7 @@ def _create(args: argparse.Namespace) -> int:
             owner=args.owner or "", description=args.description or "",
             tags=tuple(sorted(_tag_pairs(args.tag).items())),
         )  # fmt: skip
-        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        out = await post_signed(client, profile, cmd)
         emit(args, out, lambda o: f"request {o['request']}: {o['code']} "
              f"(needs approvals: custody approve {o['request']})")  # fmt: skip
         return 0
@@ -197,7 +202,7 @@ def _create(args: argparse.Namespace) -> int:
 
 async def _post_lifecycle(args: argparse.Namespace, client: Client, profile: Profile,
                           cmd: Any) -> int:  # fmt: skip
-    out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+    out = await post_signed(client, profile, cmd)
     emit(args, out, lambda o: f"request {o['request']}: {o['code']} "
          f"(needs approvals: custody approve {o['request']})")  # fmt: skip
     return 0
@@ -280,7 +285,7 @@ def _set_metadata(args: argparse.Namespace) -> int:
             key_id=k["key_id"], owner=owner, description=description,
             tags=tuple(sorted(tags.items())),
         )  # fmt: skip
-        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        out = await post_signed(client, profile, cmd)
         emit(args, out, lambda o: f"metadata of key {k['key_id']}: {o['code']} "
              f"(audit record {o['seq']})")  # fmt: skip
         return 0
@@ -296,7 +301,7 @@ def _alias_set(args: argparse.Namespace) -> int:
             request_id=args.request_id or new_request_id("alias"), author=profile.principal,
             alias=args.alias, key_id=args.key_id,
         )  # fmt: skip
-        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        out = await post_signed(client, profile, cmd)
         emit(args, out, lambda o: f"alias {args.alias} -> key {args.key_id}: {o['code']}")
         return 0
 
@@ -311,7 +316,7 @@ def _alias_delete(args: argparse.Namespace) -> int:
             request_id=args.request_id or new_request_id("unalias"), author=profile.principal,
             alias=args.alias,
         )  # fmt: skip
-        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        out = await post_signed(client, profile, cmd)
         emit(args, out, lambda o: f"alias {args.alias} deleted: {o['code']}")
         return 0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli._common import add_client_args, emit, run_client, table
-from node.cli.keys import signed_command
+from node.cli.keys import post_signed
 from node.client.http import Client, new_request_id
 from node.client.profile import Profile
 
@@ -257,7 +257,7 @@ def _policy_set(args: argparse.Namespace) -> int:
             grace_epochs=args.grace_epochs, waiting_epochs=args.waiting_epochs, escrow=False,
             dual_sign_epochs=args.dual_sign_epochs,
         )  # fmt: skip
-        out = await client.post("/v1/commands", {"command_b64": await signed_command(profile, cmd)})
+        out = await post_signed(client, profile, cmd)
         emit(args, out, lambda o: f"governance request {o['request']}: {o['code']}")
         return 0
 

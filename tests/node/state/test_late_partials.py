@@ -9,7 +9,7 @@ import pytest
 
 from node.state import Machine, RecordResult, RequestDecrypt, RequestRevoke
 from node.state.errors import DecodeError, Reason
-from node.state.machine import LATE_PARTIAL_EPOCHS, MAX_LINGERING
+from node.state.machine import LATE_PARTIAL_EPOCHS
 from node.state.model import RequestState
 
 
@@ -110,4 +110,3 @@ def test_lingering_is_bounded_and_evicts_deterministically(ready, monkeypatch):
     assert sorted(ready.m.state.lingering) == sorted(refs[1:])
     evicted = set(refs) - set(ready.m.state.lingering)
     assert len(evicted) == 1 and ready.req(evicted.pop()).payload == b""
-    assert MAX_LINGERING == 20_000
