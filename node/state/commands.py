@@ -48,6 +48,8 @@ MAX_PRINCIPALS = 256
 MAX_APPROVERS = 64
 MAX_CHECKPOINTS = 4  # newest checkpoints kept per member (checkpoint.py)
 MAX_DKG_PACKAGE_BYTES = 16 * 1024  # one member's DKG round-1 package (opaque to the machine)
+# A repair post (opaque to the machine); the repair's batch size keeps helper posts within.
+MAX_REPAIR_POST_BYTES = 60 * 1024
 U32 = (1 << 32) - 1
 U62 = (1 << 62) - 1
 # Epochs stay far inside the schema: the largest epoch plus the largest waiting or grace
@@ -427,6 +429,24 @@ class RemoveMember(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class RepairMember(Command):
+    """Rebuild member `name`'s shares of every key version from t helpers
+    (docs/recovery.md). `public_key`: its new identity key when its token was lost (the
+    old key is dead; a change of identity waits the time lock), empty to keep it."""
+
+    name: str
+    public_key: bytes = b""
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "repair_member"
+    SCHEMA: ClassVar = (
+        ("name", MEMBER),
+        ("public_key", Bytes(lengths=(0, 32))),
+        ("signature", SIGNATURE),
+    )
+    OPTIONAL: ClassVar = frozenset({"public_key"})
+
+
+@dataclass(frozen=True, slots=True)
 class CancelRequest(Command):
     request: str  # an open governance request (`<author>:<id>`), typically time-locked
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
@@ -769,6 +789,66 @@ class RecordErasure(Command):
     )
 
 
+# Share repair (docs/recovery.md): posts, the target's confirmation, and failures, each
+# about run `run` of the repair of member `member`; a post about another run is refused.
+
+
+@dataclass(frozen=True, slots=True)
+class PostRepair(Command):
+    """A party's post for a repair run (opaque to the machine): the target's X25519 key,
+    or a helper's commitments for every version of the batch and its X25519 key."""
+
+    member: str
+    run: int
+    package: bytes
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "repair_post"
+    SCHEMA: ClassVar = (
+        ("member", MEMBER),
+        ("run", Int(1, U32)),
+        ("package", Bytes(min_len=1, max_len=MAX_REPAIR_POST_BYTES)),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRepair(Command):
+    """The target confirms that its slot holds its rebuilt share of every version of run
+    `run`'s batch, each checked against the published verification share."""
+
+    member: str
+    run: int
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "record_repair"
+    SCHEMA: ClassVar = (("member", MEMBER), ("run", Int(1, U32)), ("signature", SIGNATURE))
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRepair(Command):
+    """A member says run `run` cannot finish: `culprits` (members) sent bad messages or
+    never posted; none named when a party merely lost its session (it restarted)."""
+
+    member: str
+    run: int
+    culprits: tuple[str, ...]
+    reason: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "repair_failure"
+    SCHEMA: ClassVar = (
+        ("member", MEMBER),
+        ("run", Int(1, U32)),
+        ("culprits", ListOf(MEMBER, MAX_MEMBERS, unique=True)),
+        ("reason", Text()),
+        ("signature", SIGNATURE),
+    )
+
+
+def repair_request_id(kind: str, member: str, run: int) -> str:
+    """The request id of a member's repair post, confirmation or report for one run: a
+    retry is the same command, so it is never recorded twice."""
+    return f"{kind}-{member}-{run}"
+
+
 def erasure_request_id(key_id: str, version: int) -> str:
     """The request id of a member's `record_erasure` for `key_id` version `version`.
 
@@ -832,6 +912,7 @@ COMMANDS: dict[str, type[Command]] = {
         SetThreshold,
         AddMember,
         RemoveMember,
+        RepairMember,
         CancelRequest,
         AdvanceEpoch,
         CreateKey,
@@ -854,6 +935,9 @@ COMMANDS: dict[str, type[Command]] = {
         SetKeyMetadata,
         CreateAlias,
         DeleteAlias,
+        PostRepair,
+        RecordRepair,
+        ReportRepair,
     )
 }
 
@@ -863,7 +947,8 @@ _HEADER: tuple[tuple[str, Spec], ...] = (("request_id", RID), ("author", AUTHOR)
 GOVERNANCE_KINDS: frozenset[str] = frozenset(
     {
         "add_principal", "remove_principal", "rekey_principal", "set_policy",
-        "set_governance", "set_threshold", "add_member", "remove_member", "cancel",
+        "set_governance", "set_threshold", "add_member", "remove_member", "repair_member",
+        "cancel",
     }
 )  # fmt: skip
 

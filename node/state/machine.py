@@ -61,13 +61,17 @@ from .commands import (
     PostAuditCheckpoint,
     PostCheckpoint,
     PostDkgRound1,
+    PostRepair,
     RecordDkgResult,
     RecordErasure,
     RecordFailure,
+    RecordRepair,
     RecordResult,
     RekeyPrincipal,
     RemoveMember,
     RemovePrincipal,
+    RepairMember,
+    ReportRepair,
     RequestDecrypt,
     RequestDestroy,
     RequestRevoke,
@@ -123,6 +127,7 @@ from .model import (
     VersionState,
 )
 from .names import member_index, ref
+from .repairs import RepairRules
 from .snapshot import decode_state, encode_state
 
 MAX_PRINCIPALS = 1024
@@ -153,7 +158,7 @@ RK = RequestKind
 DKG_KINDS = (RK.CREATE_KEY, RK.ROTATE)
 GovernanceCommand = (
     AddPrincipal | RemovePrincipal | RekeyPrincipal | SetPolicy | SetGovernance | SetThreshold
-    | AddMember | RemoveMember | CancelRequest
+    | AddMember | RemoveMember | RepairMember | CancelRequest
 )  # fmt: skip
 
 
@@ -198,7 +203,7 @@ def decode_outcome(data: bytes) -> Outcome:
     return Outcome(raw["request_id"], raw["ok"], raw["code"], raw["detail"], raw["seq"])
 
 
-class Machine:
+class Machine(RepairRules):
     """Applies commands to one `State`. Deterministic: same commands, same bytes."""
 
     def __init__(self, state: State | None = None, *, genesis: bytes | None = None) -> None:
@@ -229,6 +234,9 @@ class Machine:
             SetKeyMetadata: self._set_key_metadata,
             CreateAlias: self._create_alias,
             DeleteAlias: self._delete_alias,
+            PostRepair: self._repair_handler(self._post_repair),
+            RecordRepair: self._repair_handler(self._record_repair),
+            ReportRepair: self._repair_handler(self._report_repair),
         }
         # Governance changes: (check against the state now, apply). Submitting one only
         # opens a request; `apply` runs when the governance quorum approved it and, for a
@@ -243,10 +251,22 @@ class Machine:
             SetThreshold: (self._check_set_threshold, self._set_threshold),
             AddMember: (self._check_add_member, self._add_member),
             RemoveMember: (self._check_remove_member, self._remove_member),
+            RepairMember: (self._check_repair_member, self._repair_member),
             CancelRequest: (self._check_cancel, self._cancel),
         }
         for cls in self._changes:
             self._handlers[cls] = self._submit_change
+
+    def _repair_handler(
+        self, handler: Callable[[Any], tuple[str, str]]
+    ) -> Callable[[Any], _Effect]:
+        """A repair command's effect: its code and progress, about the repair request."""
+
+        def run(cmd: Any) -> _Effect:
+            code, detail = handler(cmd)
+            return _Effect(code, subject=self.state.repairs[cmd.member].request, detail=detail)
+
+        return run
 
     # ------------------------------------------------------------ protocol
 
@@ -1450,6 +1470,8 @@ class Machine:
             return rules.weaker_fields(rules.GOVERNANCE_WEAKER, st.governance, change)
         if isinstance(change, SetThreshold):
             return ["threshold"] if change.threshold < st.threshold else []
+        if isinstance(change, RepairMember):
+            return self._repair_weakening(change)
         return []
 
     def _on_governance_approved(self, req: Request) -> _Effect:
@@ -1649,6 +1671,7 @@ class Machine:
             st.requests[r].confirmations.pop(cmd.name, None)
             st.requests[r].reports.pop(cmd.name, None)
             st.requests[r].dkg_round1.pop(cmd.name, None)
+        self._repair_member_removed(cmd.name)
         self._membership_changed()
 
     def _membership_changed(self) -> None:

@@ -65,6 +65,7 @@ class RequestKind(StrEnum):
     SET_THRESHOLD = "set_threshold"
     ADD_MEMBER = "add_member"
     REMOVE_MEMBER = "remove_member"
+    REPAIR_MEMBER = "repair_member"
     CANCEL = "cancel"
     # A grant: decided by the key's policy quorum like a key request (docs/grants.md).
     GRANT = "grant"
@@ -323,6 +324,47 @@ class AuditCheckpoint:
     signature: bytes  # 64-byte Ed25519 signature by that version's group key
 
 
+class RepairState(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRef:
+    key_id: str
+    version: int
+
+
+@dataclass(slots=True)
+class Repair:
+    """A member's shares of every key version being rebuilt by t helpers
+    (`shares.repair`, docs/recovery.md). Decided by a governance `repair_member` request;
+    run in batches of at most `batch` versions, one *run* at a time. Each run's posts go
+    through the log (first post per party counts); the target confirms a run with
+    `record_repair` once its slot holds every share of the batch, each checked against
+    the published verification share. A run that fails (a culprit named, a party lost
+    its session, a timeout) is replaced by a new run; named culprits help no more."""
+
+    member: str
+    request: str  # the repair_member request (`<author>:<id>`)
+    started_epoch: int
+    items: tuple[VersionRef, ...]  # every version to rebuild, (key id, version) order
+    batch: int  # versions per run (bounded so that a helper's post fits in a command)
+    done: int = 0  # items[:done] are rebuilt and confirmed
+    run: int = 1  # the current run's number (posts name it; stale ones are refused)
+    helpers: tuple[str, ...] = ()  # the current run's helper set (t members)
+    excluded: tuple[str, ...] = ()  # members named as culprits: they help no more
+    posts: dict[str, bytes] = field(default_factory=dict)  # current run: member -> post
+    failed_runs: int = 0
+    state: RepairState = RepairState.RUNNING
+    failure: str = ""
+    finished_epoch: int = 0
+
+    def batch_items(self) -> tuple[VersionRef, ...]:
+        return self.items[self.done : self.done + self.batch]
+
+
 @dataclass(slots=True)
 class State:
     cluster_id: str = ""
@@ -356,6 +398,8 @@ class State:
     audit_checkpoints: tuple[AuditCheckpoint, ...] = ()
     audit_checkpoint_count: int = 0
     audit: list[AuditRecord] = field(default_factory=list)
+    # Share repairs (docs/recovery.md): the latest one per member, running or finished.
+    repairs: dict[str, Repair] = field(default_factory=dict)
 
     @property
     def bootstrapped(self) -> bool:

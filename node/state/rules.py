@@ -54,6 +54,7 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "set_threshold": frozenset({Role.OPERATOR}),
     "add_member": frozenset({Role.OPERATOR}),
     "remove_member": frozenset({Role.OPERATOR}),
+    "repair_member": frozenset({Role.OPERATOR}),
     # Approvers may submit a cancel themselves, so that operators who all push a weakening
     # change cannot also keep the approvers from stopping it during its time lock.
     "cancel": frozenset({Role.OPERATOR, Role.APPROVER}),
@@ -70,7 +71,11 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "record_dkg_result": frozenset({Role.NODE}),
     "record_result": frozenset({Role.NODE}),
     "record_failure": frozenset({Role.NODE}),
-    "record_erasure": frozenset({Role.NODE}),  # a member erased its shares of a version
+    "record_erasure": frozenset({Role.NODE}),
+    # Share repair (docs/recovery.md): members' posts, the target's confirmation, reports.
+    "repair_post": frozenset({Role.NODE}),
+    "record_repair": frozenset({Role.NODE}),
+    "repair_failure": frozenset({Role.NODE}),  # a member erased its shares of a version
     "checkpoint": frozenset({Role.NODE}),  # a member's signature over a snapshot's state hash
     "audit_checkpoint": frozenset({Role.NODE}),  # the leader posts a threshold-signed head
     # Grants: an operator proposes (the key policy's quorum decides); taking power away
@@ -115,7 +120,8 @@ RK = RequestKind
 GOVERNANCE_KINDS: frozenset[RequestKind] = frozenset(
     {
         RK.ADD_PRINCIPAL, RK.REMOVE_PRINCIPAL, RK.REKEY_PRINCIPAL, RK.SET_POLICY,
-        RK.SET_GOVERNANCE, RK.SET_THRESHOLD, RK.ADD_MEMBER, RK.REMOVE_MEMBER, RK.CANCEL,
+        RK.SET_GOVERNANCE, RK.SET_THRESHOLD, RK.ADD_MEMBER, RK.REMOVE_MEMBER, RK.REPAIR_MEMBER,
+        RK.CANCEL,
     }
 )  # fmt: skip
 

@@ -37,8 +37,10 @@ from .model import RequestState, State
 # `description`, `tags`) and aliases (`State.aliases`); rollback and dual-sign
 # (`Version.replaced`, `rolled_back_epoch`, `rollback_uses`; `Policy.dual_sign_epochs`;
 # `Request.dual_version`); 9: executed decrypt requests that take late partials
-# (`State.lingering`). Any other version is refused.
-SNAPSHOT_VERSION = 9
+# (`State.lingering`); 10: share repairs (`State.repairs`). Any other version is refused,
+# except that a version-9 snapshot is read as a version 10 one without repairs (`_MIGRATE`),
+# so that a node upgraded in place restarts from the snapshot it wrote.
+SNAPSHOT_VERSION = 10
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 
@@ -84,6 +86,18 @@ def state_hash(snapshot_bytes: bytes, index: int) -> bytes:
 
 def encode_state(state: State) -> bytes:
     return msgpack.packb({"v": SNAPSHOT_VERSION, "state": _dump(state)}, use_bin_type=True)
+
+
+# Older snapshot versions still read: version -> the State fields it lacks (their defaults
+# are used, and it must have been written by the encoder of its day: no such field set).
+_MIGRATE: dict[int, tuple[str, ...]] = {9: ("repairs",)}
+
+
+def _encode_old(state: State, version: int) -> bytes:
+    body = _dump(state)
+    for name in _MIGRATE[version]:
+        del body[name]
+    return msgpack.packb({"v": version, "state": body}, use_bin_type=True)
 
 
 Loader = Callable[[Any, str], Any]
@@ -166,11 +180,20 @@ def decode_state(data: bytes) -> State:
         raise DecodeError(f"not a valid snapshot: {type(exc).__name__}") from None
     if type(raw) is not dict or set(raw) != {"v", "state"}:
         raise DecodeError("snapshot must be a map {v, state}")
-    if raw["v"] != SNAPSHOT_VERSION or type(raw["v"]) is not int:
+    version = raw["v"]
+    if type(version) is not int or (version != SNAPSHOT_VERSION and version not in _MIGRATE):
         raise DecodeError(f"unsupported snapshot version (expected {SNAPSHOT_VERSION})")
-    state = _load_dataclass(State, raw["state"], "state")
+    body = raw["state"]
+    if version != SNAPSHOT_VERSION:
+        if type(body) is not dict or any(name in body for name in _MIGRATE[version]):
+            raise DecodeError(f"not a version-{version} snapshot")
+        defaults = {f.name: f for f in dataclasses.fields(State)}
+        for name in _MIGRATE[version]:
+            body[name] = _dump(defaults[name].default_factory())  # type: ignore[misc]
+    state = _load_dataclass(State, body, "state")
     _check_consistency(state)
-    if encode_state(state) != data:
+    again = encode_state(state) if version == SNAPSHOT_VERSION else _encode_old(state, version)
+    if again != data:
         raise DecodeError("snapshot is not in canonical form")
     return state
 
@@ -190,6 +213,7 @@ def _check_consistency(state: State) -> None:
         (state.grants, "grant_id"),
         (state.aliases, "name"),
         (state.requests, "ref"),
+        (state.repairs, "member"),
     )
     for table, attr in named:
         for key, item in table.items():

@@ -45,6 +45,10 @@ from node.state.commands import (
     MAX_PAYLOAD_BYTES,
     CreateAlias,
     DeleteAlias,
+    PostRepair,
+    RecordRepair,
+    RepairMember,
+    ReportRepair,
     SetKeyMetadata,
 )
 
@@ -90,6 +94,11 @@ def _samples(world):
         SetKeyMetadata("r28", "ops", "k1", "o", "x" * 1024, (("a", ""), ("b/c", "v"))),
         CreateAlias("r29", "ops", "payments-signing", "k1"),
         DeleteAlias("r30", "ops", "payments-signing"),
+        RepairMember("r31", "ops", "node-2", world.public_key("node-2b")),
+        RepairMember("r32", "ops", "node-2"),
+        PostRepair("repair-post-node-2-1", "node-1", "node-2", 1, b"\x01" * 500),
+        RecordRepair("repair-done-node-2-1", "node-2", "node-2", 1),
+        ReportRepair("repair-fail-node-2-1", "node-3", "node-2", 1, ("node-1",), "bad pieces"),
     ]
 
 
