@@ -31,6 +31,7 @@ MAX_REF_CHARS = 200
 MAX_KEY_ID_CHARS = 64
 #: Bound on a sealed DKG round-2 message carried by Round2Delivery.
 MAX_ROUND2_MESSAGE = 4096
+MAX_REPAIR_MESSAGE = 16 * 1024  # >= batch.MAX_MESSAGE_SIZE (checked in the tests)
 U32 = (1 << 32) - 1
 U63 = (1 << 63) - 1
 ELEMENT_SIZE = 32
@@ -363,6 +364,53 @@ class Round2Delivery(_Message):
         return cls(raw["request_ref"], raw["sender"], raw["recipient"], raw["message"])
 
 
+@dataclass(frozen=True, slots=True)
+class RepairDelivery(_Message):
+    """Member -> member during a share repair (docs/recovery.md): a helper's sealed
+    pieces for another helper (`kind` "delta") or its sealed sums for the target
+    ("sigma"), named by `part`, in run `run` of the repair of `member`. `sender` must be the
+    transport-authenticated peer; the boxes inside are bound to the run's context,
+    the direction and both parties, so a box cannot be replayed elsewhere."""
+
+    member: str
+    run: int
+    part: str
+    sender: int
+    recipient: int
+    message: bytes
+
+    KIND: ClassVar[str] = "repair-delivery"
+    FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"member", "run", "part", "sender", "recipient", "message"}
+    )
+    MAX_SIZE: ClassVar[int] = 512 + MAX_REPAIR_MESSAGE
+
+    def __post_init__(self) -> None:
+        check_token(self.member, "member", 16)
+        check_int(self.run, "run", 1, U32)
+        if self.part not in ("delta", "sigma"):
+            raise WireError("part must be delta or sigma")
+        check_int(self.sender, "sender", 1, MAX_MEMBERS)
+        check_int(self.recipient, "recipient", 1, MAX_MEMBERS)
+        if self.sender == self.recipient:
+            raise WireError("sender and recipient must differ")
+        message = check_bytes(self.message, "message", max_len=MAX_REPAIR_MESSAGE)
+        if not message:
+            raise WireError("message must not be empty")
+        object.__setattr__(self, "message", message)
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "member": self.member, "run": self.run, "part": self.part, "sender": self.sender,
+            "recipient": self.recipient, "message": self.message,
+        }  # fmt: skip
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any]) -> Self:
+        return cls(raw["member"], raw["run"], raw["part"], raw["sender"], raw["recipient"],
+                   raw["message"])  # fmt: skip
+
+
 __all__ = [
     "MAX_COMMIT_COUNT",
     "MAX_MEMBERS",
@@ -371,6 +419,7 @@ __all__ = [
     "WIRE_VERSION",
     "CommitRequest",
     "CommitResponse",
+    "RepairDelivery",
     "Round2Delivery",
     "ShareRequest",
     "ShareResponse",

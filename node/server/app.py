@@ -571,9 +571,11 @@ def create_app(rt: Runtime) -> web.Application:
         routes_grants,
         routes_lifecycle,
         routes_metrics,
+        routes_repair,
     )
 
-    for module in (routes_envelope, routes_lifecycle, routes_metrics, routes_events, routes_grants):
+    for module in (routes_envelope, routes_lifecycle, routes_metrics, routes_events, routes_grants,
+                   routes_repair):  # fmt: skip
         module.register(app)
     from node.server.openapi import get_openapi
 

@@ -147,6 +147,9 @@ class Runtime:
         self.dkg: Any = None  # node.server.dkg.DkgDuty
         self.signer: Any = None  # node.server.signer.Signer
         self.lifecycle: Any = None  # node.server.lifecycle.LifecycleDuty
+        self.repair: Any = None  # node.server.repair.RepairDuty
+        self.identity = b""  # this node's identity public key (from its token)
+        self._unregistered_logged = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -154,11 +157,17 @@ class Runtime:
         cfg = self.cfg
         self.slot = await asyncio.to_thread(open_slot, cfg)
         member = {m.name: m for m in cfg.bootstrap_command.members}.get(cfg.name)
-        own = self.slot.identity_public_key()
-        if member is None or member.public_key != own:
-            raise RuntimeError(
-                f"the identity key in token {cfg.hsm_token_label!r} is not {cfg.name}'s "
-                "key in the bootstrap command"
+        self.identity = self.slot.identity_public_key()
+        if member is None:
+            raise RuntimeError(f"{cfg.name} is not a member in the bootstrap command")
+        if member.public_key != self.identity:
+            # A re-provisioned token (the old one was lost): this node replicates the log
+            # but signs nothing until the state registers this key (a repair_member
+            # request); its signatures would be refused anyway.
+            log.warning(
+                "the identity key in token %r is not %s's key in the bootstrap command; "
+                "it acts once the cluster registers it (custody node repair %s "
+                "--public-key %s)", cfg.hsm_token_label, cfg.name, cfg.name, self.identity.hex(),
             )
         guard = SnapshotGuard(
             self.machine, on_checkpoint=self._queue_checkpoint, bootstrap=cfg.bootstrap_command
@@ -203,6 +212,9 @@ class Runtime:
 
         self.audit_checkpoints = AuditCheckpointDuty(self)
         # --- end audit checkpoint duty
+        from node.server.repair import RepairDuty
+
+        self.repair = RepairDuty(self)
         await asyncio.to_thread(self._erase_destroyed)  # reconcile before serving
         self._erased = self._destroyed_versions()
         for name, coro in (
@@ -220,6 +232,8 @@ class Runtime:
                 await t
         if self.dkg is not None:
             self.dkg.abort_all()
+        if self.repair is not None:
+            self.repair.abort_all()
         self.stock.clear()  # nonces never outlive the process
         if self.driver is not None:
             await self.driver.stop()
@@ -345,21 +359,39 @@ class Runtime:
 
     # ------------------------------------------------------------ duties
 
+    def registered(self) -> bool:
+        """Is this node's identity key the one the state registers for it (or, before the
+        bootstrap, the one the bootstrap command names)? If not, it signs nothing."""
+        member = self.machine.state.members.get(self.name)
+        if member is None and not self.machine.state.bootstrapped:
+            boot = {m.name: m for m in self.cfg.bootstrap_command.members}.get(self.name)
+            return boot is not None and boot.public_key == self.identity
+        return member is not None and member.public_key == self.identity
+
     async def _duties(self) -> None:
         """Reconcile on every change of the replica, and at least every 200 ms."""
         while True:
             seen = self.generation
             try:
-                await self._bootstrap_if_needed()
+                await self._bootstrap_if_needed()  # the operator's command, not signed here
                 if not self.caught_up and self.driver is not None and self.driver.status().leader:
                     with contextlib.suppress(NoLeader):
                         await self.read_index()
                         self.caught_up = True
+                if not self.registered():
+                    if not self._unregistered_logged and self.caught_up:
+                        log.warning("identity key not registered for %s: no duties", self.name)
+                        self._unregistered_logged = True
+                    await self._hand_over_leadership()
+                    await self.changed(0.5, since=seen)
+                    continue
+                self._unregistered_logged = False
                 if self.machine.state.bootstrapped:
                     await self._vote_epoch_if_due()
                     await self.dkg.reconcile()
                     await self.lifecycle.reconcile()  # lifecycle duty (lifecycle.py)
                     await self.audit_checkpoints.reconcile()  # audit_checkpoints.py
+                    await self.repair.reconcile()  # repair.py
                     if self.is_leader():
                         await self.signer.reconcile()
                     destroyed = self._destroyed_versions()
@@ -375,6 +407,22 @@ class Runtime:
             # the CPU the requests need; signing itself starts from `_on_approved`.
             await asyncio.sleep(DUTY_MIN_S)
             await self.changed(0.2, since=seen)
+
+    async def _hand_over_leadership(self) -> None:
+        """A leader that may not sign (its key is not registered) would leave approved
+        requests uncoordinated: it hands leadership to the first other member."""
+        if not self.is_leader() or not self.machine.state.bootstrapped:
+            return
+        others = sorted(m.index for m in self.machine.state.members.values()
+                        if m.index != self.index)  # fmt: skip
+        if not others:
+            return
+        assert self.driver is not None
+        try:
+            await self.driver.transfer_leadership(others[0], timeout=2.0)
+            log.info("handed leadership to node-%d (identity key not registered)", others[0])
+        except Exception as exc:  # retried on the next round
+            log.info("leadership hand-over failed: %s", exc.__class__.__name__)
 
     async def _bootstrap_if_needed(self) -> None:
         if self.machine.state.bootstrapped or not self.is_leader():
@@ -396,13 +444,13 @@ class Runtime:
             return
         if self.name not in st.members:
             return
+        target = st.epoch + 1  # read now: a vote that moves the epoch changes `st.epoch`
         cmd = AdvanceEpoch(
-            request_id=f"epoch-{st.epoch + 1}", author=self.name, epoch=st.epoch + 1,
-            at=int(time.time()),
+            request_id=f"epoch-{target}", author=self.name, epoch=target, at=int(time.time()),
         )  # fmt: skip
         out = await self.propose_quietly(await self.sign_command(cmd), "epoch vote")
         if out is not None and (out.ok or out.code in ("duplicate_post", "request_id_conflict")):
-            self._last_vote = st.epoch + 1  # voted (or a retry of an earlier vote landed)
+            self._last_vote = target  # voted (or a retry of an earlier vote landed)
 
     async def nudge_epoch(self) -> bool:
         """An operator asked for the next epoch: vote for it now, at most once per
@@ -422,7 +470,7 @@ class Runtime:
         """Sign each own deterministic snapshot's state hash with the HSM identity key."""
         while True:
             index, state_hash = await self._checkpoints.get()
-            if self.name not in self.machine.state.members:
+            if not self.registered():
                 continue
             msg = checkpoint_message(self.cfg.genesis, index, state_hash)
             sig = await asyncio.to_thread(self.slot.sign, msg)

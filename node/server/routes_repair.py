@@ -1,0 +1,62 @@
+"""HTTP routes for share repair (registered by `node.server.app.create_app`).
+
+`POST /v1/peer/repair`: a helper's sealed pieces or sums for the current run of a
+repair (members only; the sender must be the certificate's member).
+`GET /v1/repairs`: every member's latest repair and its progress per version
+(operators, approvers, auditors): what `custody node repairs` shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from node.protocols.wire import RepairDelivery
+from node.server.app import AUDIT_ROLES, MSGPACK, RUNTIME, ApiError, _require
+from node.server.repair import RepairRefused
+from node.state.model import Repair
+
+
+async def peer_repair(request: web.Request) -> web.StreamResponse:
+    ident = _require(request, {"node"})
+    rt = request.app[RUNTIME]
+    delivery = RepairDelivery.decode(await request.read())
+    try:
+        await rt.repair.deliver(delivery, ident.name)
+    except LookupError as exc:
+        raise ApiError(404, "unknown_repair", str(exc)) from None
+    except RepairRefused as exc:
+        raise ApiError(409, "refused", str(exc)) from None
+    return web.Response(body=b"", content_type=MSGPACK)
+
+
+def repair_view(r: Repair) -> dict[str, Any]:
+    done = {(i.key_id, i.version) for i in r.items[: r.done]}
+    running = r.state.value == "running"
+    batch = {(i.key_id, i.version) for i in r.batch_items()} if running else set()
+    return {
+        "member": r.member, "request": r.request, "state": r.state.value,
+        "started_epoch": r.started_epoch, "finished_epoch": r.finished_epoch,
+        "run": r.run, "helpers": list(r.helpers), "excluded": list(r.excluded),
+        "posted": sorted(r.posts), "failed_runs": r.failed_runs, "failure": r.failure,
+        "done": r.done, "total": len(r.items),
+        "versions": [
+            {"key_id": i.key_id, "version": i.version,
+             "state": "rebuilt" if (i.key_id, i.version) in done
+             else "in this run" if (i.key_id, i.version) in batch else "waiting"}
+            for i in r.items
+        ],
+    }  # fmt: skip
+
+
+async def list_repairs(request: web.Request) -> web.StreamResponse:
+    _require(request, AUDIT_ROLES)
+    repairs = request.app[RUNTIME].machine.state.repairs
+    return web.json_response({"repairs": [repair_view(repairs[m]) for m in sorted(repairs)]})
+
+
+def register(app: web.Application) -> None:
+    app.router.add_routes(
+        [web.post("/v1/peer/repair", peer_repair), web.get("/v1/repairs", list_repairs)]
+    )
