@@ -11,6 +11,13 @@ apply by every replica). A new leader finds the approved, unexecuted requests
 in its replica and does the same; the result's request id is derived from the
 request, so a second attempt can never be recorded twice.
 
+Unresponsive members (the coordinator's `MemberHealth`): a member whose call failed
+(timed out, unreachable, refused, a bad share) ranks after the others for a cool-down
+that doubles with each consecutive failure and ends with a success, across requests, so
+a hung member (a stopped process still accepts TCP connections) costs one short call
+timeout (`SIGN_CALL_TIMEOUT_S`) per cool-down instead of stalling every request. A
+member that gives no commitment is replaced by the next candidate in the same attempt.
+
 Member (`share`): waits (bounded) until its own replica has applied the log
 index the coordinator names, checks `executable()` on its own replica, takes
 key, version and message from its replica (the coordinator sends none of them
@@ -40,7 +47,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -67,6 +74,13 @@ POOL_LOW = 8  # refill a member's commitment pool below this
 POOL_BATCH = 32
 MAX_SHARES_PER_REQUEST = 8  # shares one member gives for one request (retries included)
 MAX_ATTEMPTS = 6
+# Per call (commitment refill, share), not the session's 5 s: a healthy member answered
+# in at most 0.12 s with 64 signing flows in flight on 2 cores (the share call includes
+# the member's wait for its replica to apply the coordinator's index).
+SIGN_CALL_TIMEOUT_S = 2.0
+COOL_DOWN_MIN_S = 1.0  # a member's first failure ranks it last this long, doubling per
+COOL_DOWN_MAX_S = 30.0  # consecutive failure up to this
+_CALL_TIMEOUT = aiohttp.ClientTimeout(total=SIGN_CALL_TIMEOUT_S)
 
 
 class ShareRefused(ValueError):
@@ -78,9 +92,63 @@ def _zero(buf: bytearray) -> None:
         buf[i] = 0
 
 
+class MemberHealth:
+    """The coordinator's memory, across requests, of members whose calls failed.
+
+    Without it each request rediscovered a hung member (always among the first
+    candidates) and paid the call timeout for it. A member that failed ranks after the
+    others until its cool-down ends (`base_s`, doubling per consecutive failure up to
+    `cap_s`; a success resets it). It is only moved back, never dropped: with fewer
+    than t healthy members it is still asked. Pure: callers pass the time.
+    """
+
+    def __init__(
+        self, base_s: float = COOL_DOWN_MIN_S, cap_s: float = COOL_DOWN_MAX_S,
+        probe_s: float = SIGN_CALL_TIMEOUT_S,
+    ) -> None:  # fmt: skip
+        self.base_s, self.cap_s, self.probe_s = base_s, cap_s, probe_s
+        self.failures: dict[str, int] = {}  # consecutive failures
+        self.last: dict[str, float] = {}  # when the newest counted failure was recorded
+        self.until: dict[str, float] = {}  # ranks last before this time
+
+    def rank(self, member: str, now: float) -> tuple[int, float]:
+        """Sort key: healthy members first (a stable sort keeps the caller's preference
+        among them), then those cooling down, the soonest to recover first."""
+        until = self.until.get(member, 0.0)
+        return (1, until) if until > now else (0, 0.0)
+
+    def order(self, candidates: Sequence[str], now: float) -> list[str]:
+        """All of `candidates`, the ones cooling down moved to the end."""
+        return sorted(candidates, key=lambda m: self.rank(m, now))
+
+    def failed(self, member: str, now: float, started: float | None = None) -> None:
+        """A call to `member` begun at `started` failed. Calls already under way when the
+        last failure was counted (concurrent requests hitting the same hung member) tell
+        nothing new and do not lengthen the cool-down."""
+        if started is not None and started < self.last.get(member, float("-inf")):
+            return
+        n = min(self.failures.get(member, 0) + 1, 64)
+        self.failures[member] = n
+        self.last[member] = now
+        self.until[member] = now + min(self.base_s * 2.0 ** (n - 1), self.cap_s)
+
+    def succeeded(self, member: str) -> None:
+        """`member` answered: it is healthy again, its cool-down starts over."""
+        for table in (self.failures, self.last, self.until):
+            table.pop(member, None)
+
+    def probe(self, member: str, now: float) -> None:
+        """`member` is about to be asked. If it failed before and its cool-down is over,
+        hold it back from other requests for `probe_s` (one call's timeout), so that only
+        this request waits on it if it is still hung."""
+        if self.failures.get(member) and self.until.get(member, 0.0) <= now:
+            self.until[member] = now + self.probe_s
+
+
 class Signer:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.health = MemberHealth()  # coordinator: members that failed recently
         self.inflight: dict[str, asyncio.Task[None]] = {}
         # coordinator's pool of members' commitments: (member, key, version) -> deque
         self.pool: dict[tuple[str, str, int], deque[tuple[int, bytes, bytes]]] = {}
@@ -207,26 +275,23 @@ class Signer:
             key_id, version_no, message, digest = want
             st = rt.machine.state
             version = st.keys[key_id].versions[version_no]
-            members = {m.index: m.name for m in st.members.values()}
-            candidates = [rt.index, *sorted(i for i in members if i != rt.index)]
-            chosen = [i for i in candidates if i not in excluded][: st.threshold]
-            if len(chosen) < st.threshold:
+            members = {m.index: m.name for m in st.members.values()
+                       if rt.machine.holds(m.name, key_id, version_no)}  # not mid-repair
+            order = [i for i in self._candidates(members) if i not in excluded]
+            if len(order) < st.threshold:
                 log.warning("sign %s: fewer than t members answer; will retry", ref)
                 return False
             t1 = time.perf_counter()
-            commitments = await asyncio.gather(
-                *(self._commitment(members[i], key_id, version_no) for i in chosen),
-                return_exceptions=True,
+            got = await self._gather_commitments(
+                ref, order, st.threshold, members, (key_id, version_no), strikes, excluded
             )
-            bad = [i for i, c in zip(chosen, commitments, strict=True) if isinstance(c, Exception)]
-            if bad:
-                self._strike(bad, strikes, excluded, members)
-                log.info("sign %s: no commitment from %s: %s", ref, _names(bad),
-                         _first_error(commitments))  # fmt: skip
+            if len(got) < st.threshold:
                 continue
-            clist = sorted((i, c[1], c[2]) for i, c in zip(chosen, commitments, strict=True))
-            ids = {i: c[0] for i, c in zip(chosen, commitments, strict=True)}
+            chosen = sorted(got)
+            clist = [(i, got[i][1], got[i][2]) for i in chosen]
+            ids = {i: got[i][0] for i in chosen}
             t2 = time.perf_counter()
+            asked = time.monotonic()
             replies = await asyncio.gather(
                 *(
                     self._ask_share(members[i], ShareRequest(
@@ -250,6 +315,8 @@ class Signer:
                 )  # fmt: skip
             except BadShares as exc:
                 excluded.update(exc.culprits)  # a bad share: never asked again this round
+                for i in exc.culprits:
+                    self.health.failed(members[i], time.monotonic(), asked)
                 log.warning("sign %s: bad signature share from %s", ref, _names(exc.culprits))
                 continue
             except SigningError as exc:  # no culprit named: try again later
@@ -259,6 +326,43 @@ class Signer:
                           aggregate=time.perf_counter() - t3)  # fmt: skip
             return sig
         return False
+
+    def _candidates(self, members: dict[int, str]) -> list[int]:
+        """Every member: the coordinator first, then by index, but those that failed
+        recently (`MemberHealth`) at the end, still there in case t needs them."""
+        now = time.monotonic()
+        prefer = sorted(members, key=lambda i: (i != self.rt.index, i))
+        return sorted(prefer, key=lambda i: self.health.rank(members[i], now))
+
+    async def _gather_commitments(
+        self, ref: str, order: list[int], t: int, members: dict[int, str],
+        key: tuple[str, int], strikes: dict[int, int], excluded: set[int],
+    ) -> dict[int, tuple[int, bytes, bytes]]:  # fmt: skip
+        """One commitment (id, hiding, binding) from each of the first `t` members of
+        `order` that give one: a member that fails is struck and replaced by the next at
+        once, so a hung member costs one call timeout, not an attempt. Fewer than `t` if
+        the candidates run out."""
+        got: dict[int, tuple[int, bytes, bytes]] = {}
+        queue = list(order)
+        while len(got) < t and queue:
+            ask, queue = queue[: t - len(got)], queue[t - len(got) :]
+            now = time.monotonic()
+            for i in ask:
+                self.health.probe(members[i], now)
+            results = await asyncio.gather(
+                *(self._commitment(members[i], *key) for i in ask), return_exceptions=True
+            )
+            bad = []
+            for i, r in zip(ask, results, strict=True):
+                if isinstance(r, BaseException):
+                    bad.append(i)
+                else:
+                    got[i] = r
+            if bad:
+                self._strike(bad, strikes, excluded, members)
+                log.info("sign %s: no commitment from %s: %s", ref, _names(bad),
+                         _first_error(results))  # fmt: skip
+        return got
 
     def _strike(
         self, failed: list[int], strikes: dict[int, int], excluded: set[int],
@@ -314,16 +418,34 @@ class Signer:
         return fut
 
     async def _refill(self, slot: tuple[str, str, int]) -> None:
+        """Refill the pool of `slot`; the one call per refill counts for the member's health
+        (commitments taken from the pool say nothing about it now)."""
         member, key_id, version = slot
         req = CommitRequest(key_id, version, POOL_BATCH)
-        if member == self.rt.name:
-            got = await self.commit(req, member)
-        else:
-            body = await self._peer(member, "/v1/peer/sign/commit", req.encode())
-            got = CommitResponse.decode(body)
+        started = time.monotonic()
+        try:
+            if member == self.rt.name:
+                got = await self.commit(req, member)
+            else:
+                body = await self._peer(member, "/v1/peer/sign/commit", req.encode())
+                got = CommitResponse.decode(body)
+        except Exception:
+            self.health.failed(member, time.monotonic(), started)
+            raise
+        self.health.succeeded(member)
         self.pool.setdefault(slot, deque()).extend(got.commitments)
 
     async def _ask_share(self, member: str, req: ShareRequest) -> bytes:
+        started = time.monotonic()
+        try:
+            share = await self._share_of(member, req)
+        except Exception:
+            self.health.failed(member, time.monotonic(), started)
+            raise
+        self.health.succeeded(member)
+        return share
+
+    async def _share_of(self, member: str, req: ShareRequest) -> bytes:
         if member == self.rt.name:
             return (await self.share(req, member)).share
         body = await self._peer(member, "/v1/peer/sign/share", req.encode())
@@ -333,11 +455,14 @@ class Signer:
         return resp.share
 
     async def _peer(self, member: str, path: str, body: bytes) -> bytes:
+        """POST a signing call to `member`, bounded by `SIGN_CALL_TIMEOUT_S` (a stopped
+        process accepts the connection and never answers)."""
         rt = self.rt
         cfg = rt.cfg.peers[member]
         assert rt.http is not None
+        url = f"https://{cfg.api[0]}:{cfg.api[1]}{path}"
         try:
-            async with rt.http.post(f"https://{cfg.api[0]}:{cfg.api[1]}{path}", data=body) as r:
+            async with rt.http.post(url, data=body, timeout=_CALL_TIMEOUT) as r:
                 data = await r.read()
                 if r.status != 200:
                     raise ShareRefused(f"{member} answered {r.status}: {data[:200]!r}")
@@ -356,6 +481,8 @@ class Signer:
             op is Op.SIGN and rt.machine.dual_signable(req.key_id, req.version)
         ):
             raise ShareRefused("that key version may not sign now")
+        if not rt.machine.holds(rt.name, req.key_id, req.version) or not rt.registered():
+            raise ShareRefused(f"{rt.name}'s share of that version is being rebuilt")
         share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(req.key_id, req.version))
         try:
             items = rt.stock.issue(req.key_id, req.version, bytes(share), req.count, os.urandom)
