@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -44,6 +45,7 @@ from node.protocols.repair_session import (
     repair_context,
 )
 from node.protocols.wire import RepairDelivery
+from node.server.faults import crash_point
 from node.state import PostRepair, RecordRepair, ReportRepair, repair_request_id
 from node.state.model import Repair, RepairState
 from shares import repair as srepair
@@ -67,6 +69,7 @@ class _Run:
     posted_at: float
     phase: str = "posted"  # posted -> exchange -> storing -> done
     buffered: dict[int, bytes] = field(default_factory=dict)
+    received: dict[int, bytes] = field(default_factory=dict)  # sender -> digest of its message
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -184,6 +187,8 @@ class RepairDuty:
             return
         log.info("repair %s run %d: %s post proposed (%d versions)", repair.member, repair.run,
                  role, len(items))  # fmt: skip
+        if out is not None and out.ok:
+            crash_point(f"repair.{role}.posted")
 
     def _load_shares(self, items: list[RepairItem]) -> list[bytearray]:
         out: list[bytearray] = []
@@ -204,6 +209,7 @@ class RepairDuty:
             if run.role == "helper":
                 boxes = run.session.on_posts(helper_posts, target_post)
                 run.phase = "exchange"
+                crash_point("repair.helper.exchange")  # the log has every post; nothing sent
                 for j, box in sorted(boxes.items()):
                     d = RepairDelivery(repair.member, repair.run, "delta", rt.index, j, box)
                     run.tasks.append(asyncio.create_task(self._deliver(key, f"node-{j}", d)))
@@ -264,6 +270,10 @@ class RepairDuty:
             await self._maybe_finish(repair, run)
 
     async def _take(self, repair: Repair, run: _Run, sender: int, message: bytes) -> None:
+        digest = hashlib.sha256(message).digest()
+        if run.received.get(sender) == digest:
+            return  # a retry of a message taken already (its answer was lost): not a second one
+        run.received.setdefault(sender, digest)
         try:
             if run.role == "helper":
                 run.session.on_deltas(sender, message)
@@ -318,6 +328,7 @@ class RepairDuty:
         run.phase = "done"
         log.info("repair %s run %d: %d shares rebuilt, checked and stored", repair.member,
                  repair.run, len(result.items))  # fmt: skip
+        crash_point("repair.target.stored")  # stored, not confirmed yet
         await self._confirm(repair)
 
     async def _already_stored(self, repair: Repair) -> bool:

@@ -125,6 +125,9 @@ async def partial(request: web.Request) -> web.StreamResponse:
     if key.purpose is not Purpose.ENCRYPT or not machine.may_use(key.key_id, req.version,
                                                                   Op.DECRYPT):  # fmt: skip
         raise _refused("version_not_usable", f"key {key.key_id} v{req.version} may not decrypt")
+    if not machine.holds(rt.name, req.key_id, req.version) or not rt.registered():
+        raise _refused("repairing", f"{rt.name}'s share of {key.key_id} v{req.version} is being "
+                       "rebuilt (custody node repairs): ask another member")  # fmt: skip
     version = key.versions[req.version]
     envelope = req.payload
     try:

@@ -99,12 +99,15 @@ class RepairRules:
             member.public_key = cmd.public_key
             st.epoch_votes.pop(cmd.name, None)  # made with the lost key
             st.checkpoints.pop(cmd.name, None)
+        previous = st.repairs.get(cmd.name)
         repair = Repair(
             member=cmd.name,
             request=f"{cmd.author}:{cmd.request_id}",
             started_epoch=st.epoch,
             items=repairable_versions(st, member.index),
             batch=batch_size(st.threshold),
+            # Run numbers never repeat for a member: posts' request ids name them.
+            run=previous.run + 1 if previous is not None else 1,
         )
         st.repairs[cmd.name] = repair
         if not repair.items:

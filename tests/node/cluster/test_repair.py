@@ -7,7 +7,9 @@ a quorum that needs it. Group public keys never change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -123,3 +125,79 @@ def test_repair_needs_the_governance_quorum(live: Live) -> None:
     time.sleep(0.5)
     assert live.request(ref)["state"] == "pending"
     assert repairs(live).get("node-2") is None
+
+
+def drop_shares(live: Live, node: str) -> int:
+    """Erase every share object in a stopped node's token (its identity key stays)."""
+    from node.server.config import load_config
+    from node.server.runtime import open_slot
+
+    slot = open_slot(load_config(live.root / node / "node.toml"))
+    try:
+        shares = slot.list_shares()
+        for sid in shares:
+            slot.destroy_share(sid)
+        return len(shares)
+    finally:
+        slot.close()
+
+
+def wait_dead(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pid {pid} did not exit at its fault point")
+
+
+@pytest.mark.parametrize(
+    ("point", "node"),
+    [
+        ("repair.helper.posted", "node-1"),
+        ("repair.helper.exchange", "node-2"),
+        ("repair.target.posted", "node-3"),
+        ("repair.target.stored", "node-3"),
+    ],
+)
+def test_a_crash_at_each_step_of_a_repair_is_survived(live: Live, point: str, node: str) -> None:
+    """The node exits at the fault point (as if it lost power); restarted, it says it lost
+    its session (a new run starts) or, having stored every share already, confirms; the
+    repair finishes and the repaired member's shares sign."""
+    from node.server.faults import ENV
+
+    before = group_keys(live)
+    live.kill(node)
+    if node == "node-3":
+        drop_shares(live, node)  # so that only the repair can give them back
+    os.environ[ENV] = point
+    try:
+        live.up()  # only `node` was down: only it starts with the fault point enabled
+    finally:
+        del os.environ[ENV]
+    pid = live.pid(node)
+    assert pid is not None
+    ref = live.submit_ref("node", "repair", "node-3", who="ops")  # same key: no time lock
+    live.approve(ref, "alice", "bob")
+    assert live.wait_request(ref)["state"] == "executed"
+    wait_dead(pid)
+    assert f"fault point {point} reached" in (live.root / node / "node.log").read_text()
+    live.up()
+    done = wait_for(
+        "the repair to finish after the restart",
+        lambda: (r := repairs(live).get("node-3")) and r["state"] != "running" and r,
+    )
+    assert done["state"] == "done", done
+    assert done["failed_runs"] == (0 if point == "repair.target.stored" else 1), done
+    assert group_keys(live) == before
+    other = "node-1" if live.leader() != "node-1" else "node-2"
+    live.kill(other)  # the quorum left needs node-3's repaired shares
+    try:
+        sig = live.sign("k1", point.encode(), timeout=60)
+        live.group_key("k1").verify(sig, point.encode())
+    finally:
+        live.up()

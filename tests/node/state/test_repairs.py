@@ -239,3 +239,14 @@ def test_a_version_9_snapshot_is_read_as_one_without_repairs(keyed: World):
     with pytest.raises(DecodeError):
         decode_state(msgpack.packb(raw, use_bin_type=True))
 
+
+
+def test_a_second_repair_of_a_member_never_reuses_a_run_number(keyed: World):
+    first = start(keyed)
+    for who in ("node-2", "node-1", "node-3"):
+        keyed.ok(post("node-2", who, 1))
+    keyed.ok(confirm("node-2", 1))
+    second = start(keyed)
+    assert second is not first and second.run == 2
+    keyed.ok(post("node-2", "node-1", 2))  # a new request id: not the first repair's outcome
+    assert "node-1" in second.posts
