@@ -50,6 +50,7 @@ MAX_CHECKPOINTS = 4  # newest checkpoints kept per member (checkpoint.py)
 MAX_DKG_PACKAGE_BYTES = 16 * 1024  # one member's DKG round-1 package (opaque to the machine)
 # A repair post (opaque to the machine); the repair's batch size keeps helper posts within.
 MAX_REPAIR_POST_BYTES = 60 * 1024
+MAX_REFRESH_BATCH = 256  # versions per refresh run (within the engines' MAX_ITEMS)
 U32 = (1 << 32) - 1
 U62 = (1 << 62) - 1
 # Epochs stay far inside the schema: the largest epoch plus the largest waiting or grace
@@ -843,6 +844,72 @@ class ReportRepair(Command):
     )
 
 
+# Proactive refresh (docs/recovery.md): an operator (or the scheduler, a member) starts
+# one; members post, record the new verification shares, or report a run that failed.
+
+
+@dataclass(frozen=True, slots=True)
+class StartRefresh(Command):
+    """Refresh every usable key version's shares among all members (group keys unchanged;
+    shares from before no longer combine with shares from after). Needs no quorum: it
+    takes no power from anyone and gives none."""
+
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "start_refresh"
+    SCHEMA: ClassVar = (("signature", SIGNATURE),)
+
+
+@dataclass(frozen=True, slots=True)
+class PostRefresh(Command):
+    """A member's post for refresh run `run`: its commitments to a sharing of zero per
+    version of the batch and its X25519 key (opaque to the machine)."""
+
+    run: int
+    package: bytes
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "refresh_post"
+    SCHEMA: ClassVar = (
+        ("run", Int(1, U32)),
+        ("package", Bytes(min_len=1, max_len=MAX_REPAIR_POST_BYTES)),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRefresh(Command):
+    """A member stored its next generation of every share of run `run`'s batch (each
+    checked) and derived these new verification shares (per version, by member index)."""
+
+    run: int
+    verification_shares: tuple[tuple[bytes, ...], ...]
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "record_refresh"
+    SCHEMA: ClassVar = (
+        ("run", Int(1, U32)),
+        ("verification_shares",
+         ListOf(ListOf(Bytes(lengths=(32,)), MAX_MEMBERS), MAX_REFRESH_BATCH)),
+        ("signature", SIGNATURE),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRefresh(Command):
+    """A member says refresh run `run` cannot finish (`culprits`: members who sent bad
+    messages or never posted; none if a party lost its session)."""
+
+    run: int
+    culprits: tuple[str, ...]
+    reason: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "refresh_failure"
+    SCHEMA: ClassVar = (
+        ("run", Int(1, U32)),
+        ("culprits", ListOf(MEMBER, MAX_MEMBERS, unique=True)),
+        ("reason", Text()),
+        ("signature", SIGNATURE),
+    )
+
+
 def repair_request_id(kind: str, member: str, run: int) -> str:
     """The request id of a member's repair post, confirmation or report for one run: a
     retry is the same command, so it is never recorded twice."""
@@ -938,6 +1005,10 @@ COMMANDS: dict[str, type[Command]] = {
         PostRepair,
         RecordRepair,
         ReportRepair,
+        StartRefresh,
+        PostRefresh,
+        RecordRefresh,
+        ReportRefresh,
     )
 }
 

@@ -61,16 +61,19 @@ from .commands import (
     PostAuditCheckpoint,
     PostCheckpoint,
     PostDkgRound1,
+    PostRefresh,
     PostRepair,
     RecordDkgResult,
     RecordErasure,
     RecordFailure,
+    RecordRefresh,
     RecordRepair,
     RecordResult,
     RekeyPrincipal,
     RemoveMember,
     RemovePrincipal,
     RepairMember,
+    ReportRefresh,
     ReportRepair,
     RequestDecrypt,
     RequestDestroy,
@@ -83,6 +86,7 @@ from .commands import (
     SetKeyMetadata,
     SetPolicy,
     SetThreshold,
+    StartRefresh,
     decode_change,
     decode_command,
     encode_command,
@@ -127,6 +131,7 @@ from .model import (
     VersionState,
 )
 from .names import member_index, ref
+from .refreshes import RefreshRules
 from .repairs import RepairRules
 from .snapshot import decode_state, encode_state
 
@@ -203,7 +208,7 @@ def decode_outcome(data: bytes) -> Outcome:
     return Outcome(raw["request_id"], raw["ok"], raw["code"], raw["detail"], raw["seq"])
 
 
-class Machine(RepairRules):
+class Machine(RepairRules, RefreshRules):
     """Applies commands to one `State`. Deterministic: same commands, same bytes."""
 
     def __init__(self, state: State | None = None, *, genesis: bytes | None = None) -> None:
@@ -237,6 +242,10 @@ class Machine(RepairRules):
             PostRepair: self._repair_handler(self._post_repair),
             RecordRepair: self._repair_handler(self._record_repair),
             ReportRepair: self._repair_handler(self._report_repair),
+            StartRefresh: self._refresh_handler(self._start_refresh),
+            PostRefresh: self._refresh_handler(self._post_refresh),
+            RecordRefresh: self._refresh_handler(self._record_refresh),
+            ReportRefresh: self._refresh_handler(self._report_refresh),
         }
         # Governance changes: (check against the state now, apply). Submitting one only
         # opens a request; `apply` runs when the governance quorum approved it and, for a
@@ -265,6 +274,18 @@ class Machine(RepairRules):
         def run(cmd: Any) -> _Effect:
             code, detail = handler(cmd)
             return _Effect(code, subject=self.state.repairs[cmd.member].request, detail=detail)
+
+        return run
+
+    def _refresh_handler(
+        self, handler: Callable[[Any], tuple[str, str]]
+    ) -> Callable[[Any], _Effect]:
+        """A refresh command's effect: its code and progress, about the refresh."""
+
+        def run(cmd: Any) -> _Effect:
+            code, detail = handler(cmd)
+            latest = next(iter(self.state.refreshes), "")
+            return _Effect(code, subject=latest, detail=detail)
 
         return run
 
@@ -1675,7 +1696,9 @@ class Machine(RepairRules):
         self._membership_changed()
 
     def _membership_changed(self) -> None:
-        """A DKG under way was run for the old member set: it fails (its version aborted)."""
+        """A DKG under way was run for the old member set: it fails (its version aborted);
+        so does a refresh (it needs every member)."""
+        self._refresh_membership_changed()
         st = self.state
         for r in sorted(st.open):
             req = st.requests[r]

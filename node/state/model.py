@@ -181,6 +181,9 @@ class Version:
     # Destroyed versions: the members that confirmed (`record_erasure`) they crypto-erased
     # their share objects of this version, sorted by name. Empty for any other state.
     erased_by: tuple[str, ...] = ()
+    # The share generation members use (in the slot's AAD): a committed proactive refresh
+    # moves it forward together with `verification_shares` (docs/recovery.md).
+    generation: int = 0
 
 
 @dataclass(slots=True)
@@ -366,6 +369,35 @@ class Repair:
 
 
 @dataclass(slots=True)
+class Refresh:
+    """A proactive refresh of every usable key version's shares among all members
+    (`shares.refresh`, docs/recovery.md), in batches, one run at a time. Each member
+    stores its next generation beside the current one and records the new verification
+    shares it derived; when every participant recorded the same values, the batch
+    commits: each version's verification shares and generation move forward at once."""
+
+    request: str  # `<author>:<id>` of the start_refresh command
+    started_epoch: int
+    participants: tuple[str, ...]  # every member when it started (sorted by index)
+    items: tuple[VersionRef, ...]
+    batch: int
+    done: int = 0
+    run: int = 1
+    posts: dict[str, bytes] = field(default_factory=dict)  # current run: member -> post
+    # current run: the new verification shares per item (as first recorded) and who
+    # recorded the same values
+    proposed: tuple[tuple[bytes, ...], ...] = ()
+    recorded: tuple[str, ...] = ()
+    failed_runs: int = 0
+    state: RepairState = RepairState.RUNNING
+    failure: str = ""
+    finished_epoch: int = 0
+
+    def batch_items(self) -> tuple[VersionRef, ...]:
+        return self.items[self.done : self.done + self.batch]
+
+
+@dataclass(slots=True)
 class State:
     cluster_id: str = ""
     genesis: bytes = b""  # genesis_digest of the bootstrap command
@@ -400,6 +432,8 @@ class State:
     audit: list[AuditRecord] = field(default_factory=list)
     # Share repairs (docs/recovery.md): the latest one per member, running or finished.
     repairs: dict[str, Repair] = field(default_factory=dict)
+    # Proactive refreshes: the latest one only (by its request ref), running or finished.
+    refreshes: dict[str, Refresh] = field(default_factory=dict)
 
     @property
     def bootstrapped(self) -> bool:

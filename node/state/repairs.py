@@ -78,9 +78,11 @@ class RepairRules:
         member = st.members.get(cmd.name)
         if member is None:
             raise Rejected(Reason.UNKNOWN_PRINCIPAL, f"no member {cmd.name!r}")
-        running = [r.member for r in st.repairs.values() if r.state is RepairState.RUNNING]
-        if running:
-            raise Rejected(Reason.LIMIT_REACHED, f"a repair of {running[0]} is under way")
+        running = self.repairing_any()
+        if running is not None:
+            raise Rejected(Reason.LIMIT_REACHED, f"a repair of {running.member} is under way")
+        if self.running_refresh() is not None:  # type: ignore[attr-defined]
+            raise Rejected(Reason.LIMIT_REACHED, "a refresh is under way: repair after it")
         if len(st.members) - 1 < st.threshold:
             raise Rejected(
                 Reason.INVALID_CLUSTER,
@@ -225,6 +227,12 @@ class RepairRules:
                 self._new_run(repair)
 
     # ------------------------------------------------------------ queries
+
+    def repairing_any(self) -> Repair | None:
+        for name in sorted(self.state.repairs):
+            if self.state.repairs[name].state is RepairState.RUNNING:
+                return self.state.repairs[name]
+        return None
 
     def repairing(self, member: str) -> Repair | None:
         repair = self.state.repairs.get(member)

@@ -75,7 +75,12 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     # Share repair (docs/recovery.md): members' posts, the target's confirmation, reports.
     "repair_post": frozenset({Role.NODE}),
     "record_repair": frozenset({Role.NODE}),
-    "repair_failure": frozenset({Role.NODE}),  # a member erased its shares of a version
+    "repair_failure": frozenset({Role.NODE}),
+    # Proactive refresh: an operator or the scheduler (a member) starts one; members run it.
+    "start_refresh": frozenset({Role.OPERATOR, Role.NODE}),
+    "refresh_post": frozenset({Role.NODE}),
+    "record_refresh": frozenset({Role.NODE}),
+    "refresh_failure": frozenset({Role.NODE}),  # a member erased its shares of a version
     "checkpoint": frozenset({Role.NODE}),  # a member's signature over a snapshot's state hash
     "audit_checkpoint": frozenset({Role.NODE}),  # the leader posts a threshold-signed head
     # Grants: an operator proposes (the key policy's quorum decides); taking power away

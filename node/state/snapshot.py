@@ -37,7 +37,8 @@ from .model import RequestState, State
 # `description`, `tags`) and aliases (`State.aliases`); rollback and dual-sign
 # (`Version.replaced`, `rolled_back_epoch`, `rollback_uses`; `Policy.dual_sign_epochs`;
 # `Request.dual_version`); 9: executed decrypt requests that take late partials
-# (`State.lingering`); 10: share repairs (`State.repairs`). Any other version is refused,
+# (`State.lingering`); 10: share repairs and refreshes (`State.repairs`, `refreshes`,
+# `Version.generation`). Any other version is refused,
 # except that a version-9 snapshot is read as a version 10 one without repairs (`_MIGRATE`),
 # so that a node upgraded in place restarts from the snapshot it wrote.
 SNAPSHOT_VERSION = 10
@@ -90,13 +91,29 @@ def encode_state(state: State) -> bytes:
 
 # Older snapshot versions still read: version -> the State fields it lacks (their defaults
 # are used, and it must have been written by the encoder of its day: no such field set).
-_MIGRATE: dict[int, tuple[str, ...]] = {9: ("repairs",)}
+_MIGRATE: dict[int, tuple[str, ...]] = {9: ("repairs", "refreshes")}
+_MIGRATE_VERSION_FIELDS: dict[int, tuple[str, ...]] = {9: ("generation",)}
+
+
+def _versions_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = body.get("keys")
+    if type(keys) is not dict:
+        return []
+    out = []
+    for key in keys.values():
+        versions = key.get("versions") if type(key) is dict else None
+        if type(versions) is dict:
+            out.extend(v for v in versions.values() if type(v) is dict)
+    return out
 
 
 def _encode_old(state: State, version: int) -> bytes:
     body = _dump(state)
     for name in _MIGRATE[version]:
         del body[name]
+    for v in _versions_of(body):
+        for name in _MIGRATE_VERSION_FIELDS[version]:
+            del v[name]
     return msgpack.packb({"v": version, "state": body}, use_bin_type=True)
 
 
@@ -190,6 +207,11 @@ def decode_state(data: bytes) -> State:
         defaults = {f.name: f for f in dataclasses.fields(State)}
         for name in _MIGRATE[version]:
             body[name] = _dump(defaults[name].default_factory())  # type: ignore[misc]
+        for v in _versions_of(body):
+            for name in _MIGRATE_VERSION_FIELDS[version]:
+                if name in v:
+                    raise DecodeError(f"not a version-{version} snapshot")
+                v[name] = 0
     state = _load_dataclass(State, body, "state")
     _check_consistency(state)
     again = encode_state(state) if version == SNAPSHOT_VERSION else _encode_old(state, version)

@@ -45,11 +45,15 @@ from node.state.commands import (
     MAX_PAYLOAD_BYTES,
     CreateAlias,
     DeleteAlias,
+    PostRefresh,
     PostRepair,
+    RecordRefresh,
     RecordRepair,
     RepairMember,
+    ReportRefresh,
     ReportRepair,
     SetKeyMetadata,
+    StartRefresh,
 )
 
 
@@ -99,6 +103,10 @@ def _samples(world):
         PostRepair("repair-post-node-2-1", "node-1", "node-2", 1, b"\x01" * 500),
         RecordRepair("repair-done-node-2-1", "node-2", "node-2", 1),
         ReportRepair("repair-fail-node-2-1", "node-3", "node-2", 1, ("node-1",), "bad pieces"),
+        StartRefresh("r33", "ops"),
+        PostRefresh("refresh-post-1", "node-1", 1, b"\x01" * 500),
+        RecordRefresh("refresh-rec-1", "node-2", 1, ((bytes(32),) * 3,) * 2),
+        ReportRefresh("refresh-fail-1", "node-3", 1, (), "restarted"),
     ]
 
 
