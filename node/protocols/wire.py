@@ -255,11 +255,12 @@ class ShareRequest(_Message):
     commitment_list: tuple[tuple[int, bytes, bytes], ...]
     my_commitment_id: int
     message_digest: bytes
+    generation: int = 0  # the share generation every signer of this round uses
 
     KIND: ClassVar[str] = "frost-share-request"
     FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"request_ref", "log_index", "key_id", "version", "commitment_list", "my_commitment_id",
-         "message_digest"}
+         "message_digest", "generation"}
     )  # fmt: skip
     MAX_SIZE: ClassVar[int] = 600 + MAX_MEMBERS * (2 + 2 + 2 * (2 + ELEMENT_SIZE))
 
@@ -277,6 +278,7 @@ class ShareRequest(_Message):
         object.__setattr__(
             self, "message_digest", check_bytes(self.message_digest, "message_digest", length=64)
         )
+        check_int(self.generation, "generation", 0, U32)
 
     def _body(self) -> dict[str, Any]:
         return {
@@ -287,6 +289,7 @@ class ShareRequest(_Message):
             "commitment_list": [list(r) for r in self.commitment_list],
             "my_commitment_id": self.my_commitment_id,
             "message_digest": self.message_digest,
+            "generation": self.generation,
         }
 
     @classmethod
@@ -294,6 +297,7 @@ class ShareRequest(_Message):
         return cls(
             raw["request_ref"], raw["log_index"], raw["key_id"], raw["version"],
             raw["commitment_list"], raw["my_commitment_id"], raw["message_digest"],
+            raw["generation"],
         )  # fmt: skip
 
 
@@ -411,6 +415,42 @@ class RepairDelivery(_Message):
                    raw["message"])  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class RefreshDelivery(_Message):
+    """Member -> member during a proactive refresh: `sender`'s sealed sub-shares for
+    `recipient`, for every version of run `run`'s batch (bound to the run's context,
+    the direction and both parties inside the boxes). `sender` must be the
+    transport-authenticated peer."""
+
+    run: int
+    sender: int
+    recipient: int
+    message: bytes
+
+    KIND: ClassVar[str] = "refresh-delivery"
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"run", "sender", "recipient", "message"})
+    MAX_SIZE: ClassVar[int] = 512 + MAX_REPAIR_MESSAGE
+
+    def __post_init__(self) -> None:
+        check_int(self.run, "run", 1, U32)
+        check_int(self.sender, "sender", 1, MAX_MEMBERS)
+        check_int(self.recipient, "recipient", 1, MAX_MEMBERS)
+        if self.sender == self.recipient:
+            raise WireError("sender and recipient must differ")
+        message = check_bytes(self.message, "message", max_len=MAX_REPAIR_MESSAGE)
+        if not message:
+            raise WireError("message must not be empty")
+        object.__setattr__(self, "message", message)
+
+    def _body(self) -> dict[str, Any]:
+        return {"run": self.run, "sender": self.sender, "recipient": self.recipient,
+                "message": self.message}  # fmt: skip
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any]) -> Self:
+        return cls(raw["run"], raw["sender"], raw["recipient"], raw["message"])
+
+
 __all__ = [
     "MAX_COMMIT_COUNT",
     "MAX_MEMBERS",
@@ -419,6 +459,7 @@ __all__ = [
     "WIRE_VERSION",
     "CommitRequest",
     "CommitResponse",
+    "RefreshDelivery",
     "RepairDelivery",
     "Round2Delivery",
     "ShareRequest",

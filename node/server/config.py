@@ -67,6 +67,8 @@ DKG_TIMEOUT_RANGE = (0.1, 86400.0)
 DEFAULT_SIGN_TIMEOUT_S = 5.0
 DEFAULT_AUDIT_CHECKPOINT_EVERY = 64
 AUDIT_CHECKPOINT_EVERY_RANGE = (1, 1_000_000)
+DEFAULT_REFRESH_EVERY_EPOCHS = 0  # 0 = proactive refresh only on demand
+REFRESH_EVERY_EPOCHS_RANGE = (0, 1_000_000)
 SIGN_TIMEOUT_RANGE = (0.1, 86400.0)
 DEFAULT_LOG_FORMAT = "text"
 DEFAULT_LOG_LEVEL = "info"
@@ -338,6 +340,7 @@ class NodeConfig:
     dkg_timeout_s: float
     sign_timeout_s: float
     audit_checkpoint_every: int
+    refresh_every_epochs: int
     log_format: str
     log_level: str
 
@@ -431,6 +434,9 @@ def load_config(path: str | os.PathLike[str], *, create_data_dir: bool = True) -
     checkpoint_every = sched.integer(
         "audit_checkpoint_every", *AUDIT_CHECKPOINT_EVERY_RANGE, DEFAULT_AUDIT_CHECKPOINT_EVERY
     )
+    refresh_every = sched.integer(
+        "refresh_every_epochs", *REFRESH_EVERY_EPOCHS_RANGE, DEFAULT_REFRESH_EVERY_EPOCHS
+    )
     sched.finish()
 
     log = Table(file, "[log]", doc.get("log", {}))
@@ -468,6 +474,7 @@ def load_config(path: str | os.PathLike[str], *, create_data_dir: bool = True) -
         dkg_timeout_s=dkg_timeout,
         sign_timeout_s=sign_timeout,
         audit_checkpoint_every=checkpoint_every,
+        refresh_every_epochs=refresh_every,
         log_format=log_format,
         log_level=log_level,
     )
@@ -691,10 +698,12 @@ def render_config(
             "dkg_timeout_s",
             "sign_timeout_s",
             "audit_checkpoint_every",
+            "refresh_every_epochs",
         }
         if unknown:
             raise ConfigError(f"render_config: unknown [schedule] key(s) {sorted(unknown)}")
-        rows = [(k, int(v) if k == "audit_checkpoint_every" else float(v))
+        integers = ("audit_checkpoint_every", "refresh_every_epochs")
+        rows = [(k, int(v) if k in integers else float(v))
                 for k, v in schedule.items()]  # fmt: skip
         parts.append(_table("[schedule]", rows))
     if log_format is not None or log_level is not None:

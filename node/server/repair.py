@@ -29,6 +29,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,34 @@ class _Run:
     buffered: dict[int, bytes] = field(default_factory=dict)
     received: dict[int, bytes] = field(default_factory=dict)  # sender -> digest of its message
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def post_until_taken(
+    rt: Runtime, alive: Callable[[], bool], peer: str, path: str, body: bytes, what: str
+) -> None:
+    """POST `body` to `peer` until it takes it (200), refuses it for good (400/403/409),
+    or `alive()` says the run it belongs to is over; backing off up to 1 s."""
+    cfg = rt.cfg.peers[peer]
+    url = f"https://{cfg.api[0]}:{cfg.api[1]}{path}"
+    assert rt.http is not None
+    delay = 0.05
+    while alive():
+        try:
+            async with rt.http.post(url, data=body) as resp:
+                if resp.status == 200:
+                    return
+                if resp.status in (400, 403, 409):
+                    log.warning("%s: %s refused it (%d)", what, peer, resp.status)
+                    return
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def printable(text: str, limit: int = 256) -> str:
+    """A reason for the log and the audit: printable ASCII, bounded."""
+    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in text)[:limit]
 
 
 def _index(name: str) -> int:
@@ -231,25 +260,8 @@ class RepairDuty:
     # ------------------------------------------------------------ point to point
 
     async def _deliver(self, key: tuple[str, int], peer: str, delivery: RepairDelivery) -> None:
-        """Send one sealed message until the peer takes it or the run is over."""
-        rt = self.rt
-        cfg = rt.cfg.peers[peer]
-        url = f"https://{cfg.api[0]}:{cfg.api[1]}/v1/peer/repair"
-        assert rt.http is not None
-        delay = 0.05
-        while key in self.runs:
-            try:
-                async with rt.http.post(url, data=delivery.encode()) as resp:
-                    if resp.status == 200:
-                        return
-                    if resp.status in (400, 403, 409):  # refused for good
-                        log.warning("repair %s: %s refused our %s (%d)", key, peer,
-                                    delivery.part, resp.status)  # fmt: skip
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        await post_until_taken(self.rt, lambda: key in self.runs, peer, "/v1/peer/repair",
+                               delivery.encode(), f"repair {key} {delivery.part}")  # fmt: skip
 
     async def deliver(self, delivery: RepairDelivery, caller: str) -> None:
         """A peer's sealed pieces or sums (`caller`: the peer's certificate name)."""
@@ -390,7 +402,7 @@ class RepairDuty:
         if key in self.reported:
             return
         rt = self.rt
-        text = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in reason)[:256]
+        text = printable(reason)
         cmd = ReportRepair(
             request_id=repair_request_id("repair-fail", repair.member, repair.run),
             author=rt.name, member=repair.member, run=repair.run,

@@ -1,9 +1,11 @@
-"""HTTP routes for share repair (registered by `node.server.app.create_app`).
+"""HTTP routes for share repair and proactive refresh (registered by `create_app`).
 
-`POST /v1/peer/repair`: a helper's sealed pieces or sums for the current run of a
-repair (members only; the sender must be the certificate's member).
-`GET /v1/repairs`: every member's latest repair and its progress per version
-(operators, approvers, auditors): what `custody node repairs` shows.
+`POST /v1/peer/repair`, `POST /v1/peer/refresh`: a member's sealed pieces, sums or
+sub-shares for the current run (members only; the sender must be the certificate's
+member). `GET /v1/repairs`: every member's latest repair and its progress per version;
+`GET /v1/refresh`: the latest refresh (operators, approvers, auditors).
+An operator starts a refresh with a signed `start_refresh` command through
+`POST /v1/commands`, like the other operator commands.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from node.protocols.wire import RepairDelivery
+from node.protocols.wire import RefreshDelivery, RepairDelivery
 from node.server.app import AUDIT_ROLES, MSGPACK, RUNTIME, ApiError, _require
 from node.server.repair import RepairRefused
-from node.state.model import Repair
+from node.state.model import Refresh, Repair
 
 
 async def peer_repair(request: web.Request) -> web.StreamResponse:
@@ -29,6 +31,37 @@ async def peer_repair(request: web.Request) -> web.StreamResponse:
     except RepairRefused as exc:
         raise ApiError(409, "refused", str(exc)) from None
     return web.Response(body=b"", content_type=MSGPACK)
+
+
+async def peer_refresh(request: web.Request) -> web.StreamResponse:
+    ident = _require(request, {"node"})
+    rt = request.app[RUNTIME]
+    delivery = RefreshDelivery.decode(await request.read())
+    try:
+        await rt.refresh.deliver(delivery, ident.name)
+    except LookupError as exc:
+        raise ApiError(404, "unknown_refresh", str(exc)) from None
+    except RepairRefused as exc:
+        raise ApiError(409, "refused", str(exc)) from None
+    return web.Response(body=b"", content_type=MSGPACK)
+
+
+def refresh_view(r: Refresh) -> dict[str, Any]:
+    return {
+        "request": r.request, "state": r.state.value, "started_epoch": r.started_epoch,
+        "finished_epoch": r.finished_epoch, "run": r.run, "participants": list(r.participants),
+        "posted": sorted(r.posts), "recorded": list(r.recorded), "failed_runs": r.failed_runs,
+        "failure": r.failure, "done": r.done, "total": len(r.items),
+    }  # fmt: skip
+
+
+async def show_refresh(request: web.Request) -> web.StreamResponse:
+    _require(request, AUDIT_ROLES)
+    st = request.app[RUNTIME].machine.state
+    latest = [refresh_view(st.refreshes[r]) for r in sorted(st.refreshes)]
+    gens = {f"{k}/{n}": v.generation for k, key in sorted(st.keys.items())
+            for n, v in sorted(key.versions.items())}  # fmt: skip
+    return web.json_response({"refresh": latest[0] if latest else None, "generations": gens})
 
 
 def repair_view(r: Repair) -> dict[str, Any]:
@@ -58,5 +91,10 @@ async def list_repairs(request: web.Request) -> web.StreamResponse:
 
 def register(app: web.Application) -> None:
     app.router.add_routes(
-        [web.post("/v1/peer/repair", peer_repair), web.get("/v1/repairs", list_repairs)]
+        [
+            web.post("/v1/peer/repair", peer_repair),
+            web.get("/v1/repairs", list_repairs),
+            web.post("/v1/peer/refresh", peer_refresh),
+            web.get("/v1/refresh", show_refresh),
+        ]
     )

@@ -148,6 +148,7 @@ class Runtime:
         self.signer: Any = None  # node.server.signer.Signer
         self.lifecycle: Any = None  # node.server.lifecycle.LifecycleDuty
         self.repair: Any = None  # node.server.repair.RepairDuty
+        self.refresh: Any = None  # node.server.refresh.RefreshDuty
         self.identity = b""  # this node's identity public key (from its token)
         self._unregistered_logged = False
 
@@ -212,9 +213,11 @@ class Runtime:
 
         self.audit_checkpoints = AuditCheckpointDuty(self)
         # --- end audit checkpoint duty
+        from node.server.refresh import RefreshDuty
         from node.server.repair import RepairDuty
 
         self.repair = RepairDuty(self)
+        self.refresh = RefreshDuty(self)
         await asyncio.to_thread(self._erase_destroyed)  # reconcile before serving
         self._erased = self._destroyed_versions()
         for name, coro in (
@@ -234,6 +237,8 @@ class Runtime:
             self.dkg.abort_all()
         if self.repair is not None:
             self.repair.abort_all()
+        if self.refresh is not None:
+            self.refresh.abort_all()
         self.stock.clear()  # nonces never outlive the process
         if self.driver is not None:
             await self.driver.stop()
@@ -392,6 +397,7 @@ class Runtime:
                     await self.lifecycle.reconcile()  # lifecycle duty (lifecycle.py)
                     await self.audit_checkpoints.reconcile()  # audit_checkpoints.py
                     await self.repair.reconcile()  # repair.py
+                    await self.refresh.reconcile()  # refresh.py
                     if self.is_leader():
                         await self.signer.reconcile()
                     destroyed = self._destroyed_versions()
@@ -502,8 +508,14 @@ class Runtime:
 
     # ------------------------------------------------------------ shares
 
-    def share_id(self, key_id: str, version: int) -> ShareId:
-        return ShareId(key_id, version, self.index, 0)
+    def share_id(self, key_id: str, version: int, generation: int | None = None) -> ShareId:
+        """This member's share object of a version: of the generation the state names
+        (a committed refresh moves it), unless `generation` is given."""
+        if generation is None:
+            key = self.machine.state.keys.get(key_id)
+            v = key.versions.get(version) if key is not None else None
+            generation = v.generation if v is not None else 0
+        return ShareId(key_id, version, self.index, generation)
 
     def status(self) -> dict[str, Any]:
         assert self.driver is not None

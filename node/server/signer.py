@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from node.hsm.slot import ShareId
 from node.protocols.signing import (
     BadShares,
     SigningError,
@@ -63,7 +64,7 @@ from node.protocols.wire import CommitRequest, CommitResponse, ShareRequest, Sha
 from node.state import Op, RecordResult
 from node.state.audit_checkpoint import AUDIT_KEY_ID, own_message, seq_of_share_ref, share_ref
 from node.state.errors import Rejected
-from node.state.model import Request, RequestKind, RequestState
+from node.state.model import Request, RequestKind, RequestState, Version
 
 if TYPE_CHECKING:
     from node.server.runtime import Runtime
@@ -275,6 +276,7 @@ class Signer:
             key_id, version_no, message, digest = want
             st = rt.machine.state
             version = st.keys[key_id].versions[version_no]
+            generation = version.generation  # every signer of this round uses this one
             members = {m.index: m.name for m in st.members.values()
                        if rt.machine.holds(m.name, key_id, version_no)}  # not mid-repair
             order = [i for i in self._candidates(members) if i not in excluded]
@@ -295,7 +297,7 @@ class Signer:
             replies = await asyncio.gather(
                 *(
                     self._ask_share(members[i], ShareRequest(
-                        ref, index, key_id, version_no, clist, ids[i], digest))
+                        ref, index, key_id, version_no, clist, ids[i], digest, generation))
                     for i in chosen
                 ),
                 return_exceptions=True,
@@ -314,6 +316,8 @@ class Signer:
                     {i: r for i, r in zip(chosen, replies, strict=True)}, vshares,
                 )  # fmt: skip
             except BadShares as exc:
+                if version.generation != generation:  # a refresh committed meanwhile: the
+                    continue  # blame used the new verification shares; just ask again
                 excluded.update(exc.culprits)  # a bad share: never asked again this round
                 for i in exc.culprits:
                     self.health.failed(members[i], time.monotonic(), asked)
@@ -519,7 +523,7 @@ class Signer:
         st = rt.machine.state
         version = st.keys[r.key_id].versions[number]
         members = [m.index for m in st.members.values()]
-        share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(r.key_id, number))
+        share = await asyncio.to_thread(rt.slot.load_share, self._share_id(req, version))
         try:
             z = member_sign_share(
                 me=rt.index, signing_share=bytes(share), group_public_key=version.group_public_key,
@@ -534,6 +538,14 @@ class Signer:
         log.info("sign %s: share given to %s", r.ref, caller)
         return ShareResponse(rt.index, z)
 
+
+    def _share_id(self, req: ShareRequest, version: Version) -> ShareId:
+        """The share of the generation the coordinator names: the current one, or the one
+        a refresh just replaced (until this member erases it), never any other."""
+        if req.generation not in (version.generation, version.generation - 1):
+            raise ShareRefused(f"generation {req.generation} is not in use "
+                               f"(current {version.generation})")  # fmt: skip
+        return ShareId(req.key_id, req.version, self.rt.index, req.generation)
 
     def _check_commitment(self, req: ShareRequest) -> None:
         rt = self.rt
@@ -572,7 +584,7 @@ class Signer:
         self._count_share(req.request_ref)
         version = st.keys[AUDIT_KEY_ID].versions[req.version]
         members = [m.index for m in st.members.values()]
-        share = await asyncio.to_thread(rt.slot.load_share, rt.share_id(AUDIT_KEY_ID, req.version))
+        share = await asyncio.to_thread(rt.slot.load_share, self._share_id(req, version))
         try:
             z = member_sign_share(
                 me=rt.index, signing_share=bytes(share), group_public_key=version.group_public_key,

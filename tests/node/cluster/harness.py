@@ -235,3 +235,52 @@ def cli(*args: str) -> str:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+_SLOT_SCRIPT = """
+import json, sys
+from node.server.config import load_config
+from node.server.runtime import open_slot
+slot = open_slot(load_config(sys.argv[1]))
+try:
+    shares = slot.list_shares()
+    if sys.argv[2] == "drop":
+        for sid in shares:
+            slot.destroy_share(sid)
+    print(json.dumps([[s.key_id, s.version, s.generation] for s in shares]))
+finally:
+    slot.close()
+"""
+
+
+def token_shares(root: Path, node: str, *, drop: bool = False) -> list[tuple[str, int, int]]:
+    """The share objects in a node's token, (key id, version, generation), sorted; with
+    `drop`, erase them all (the identity key stays). In a child process: a process loads
+    the SoftHSM2 module with one node's configuration only."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _SLOT_SCRIPT, str(root / node / "node.toml"),
+         "drop" if drop else "list"],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(__file__).resolve().parents[3],
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(f"reading {node}'s token failed: {proc.stderr[-500:]}")
+    return sorted((k, v, g) for k, v, g in json.loads(proc.stdout))
+
+
+def wait_dead(pid: int, timeout: float = 60.0) -> None:
+    """Wait until process `pid` (a node that is to exit by itself, e.g. at a fault
+    point) is gone, reaping it if it is our child."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pid {pid} did not exit")

@@ -7,7 +7,6 @@ a quorum that needs it. Group public keys never change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from node.protocols.wire import RepairDelivery
-from tests.node.cluster.harness import Live
+from tests.node.cluster.harness import Live, token_shares, wait_dead
 
 pytestmark = pytest.mark.slow
 
@@ -129,30 +128,7 @@ def test_repair_needs_the_governance_quorum(live: Live) -> None:
 
 def drop_shares(live: Live, node: str) -> int:
     """Erase every share object in a stopped node's token (its identity key stays)."""
-    from node.server.config import load_config
-    from node.server.runtime import open_slot
-
-    slot = open_slot(load_config(live.root / node / "node.toml"))
-    try:
-        shares = slot.list_shares()
-        for sid in shares:
-            slot.destroy_share(sid)
-        return len(shares)
-    finally:
-        slot.close()
-
-
-def wait_dead(pid: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"pid {pid} did not exit at its fault point")
+    return len(token_shares(live.root, node, drop=True))
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,8 @@ class FakePeers:
 
 
 def fake_signer(monkeypatch: pytest.MonkeyPatch, hung: set[str]) -> tuple[Signer, FakePeers]:
-    version = SimpleNamespace(verification_shares=[b"", b"", b""], group_public_key=b"")
+    version = SimpleNamespace(verification_shares=[b"", b"", b""], group_public_key=b"",
+                              generation=0)
     state = SimpleNamespace(
         keys={"k1": SimpleNamespace(versions={1: version})},
         members={n: SimpleNamespace(index=i, name=n) for i, n in ((1, A), (2, B), (3, C))},
