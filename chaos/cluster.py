@@ -46,6 +46,11 @@ def custody(*args: str, timeout: float = 120) -> str:
     return proc.stdout
 
 
+def custody_json(*args: str, timeout: float = 120) -> dict[str, Any]:
+    """`custody ARGS --json`, parsed."""
+    return dict(json.loads(custody(*args, "--json", timeout=timeout)))
+
+
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH")) if p)

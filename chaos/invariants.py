@@ -316,3 +316,83 @@ def availability(ops: Sequence[Op], duration: float, max_gap_s: float) -> Check:
         return Check(name, False, f"no successful flow for {width:.2f} s "
                      f"(t={gap[0]:.2f}..{gap[1]:.2f} s)", [], data)  # fmt: skip
     return Check(name, True, f"longest gap {width:.2f} s", [], data)
+
+
+# ---------------------------------------------------------------- 7. token loss repaired (opt-in)
+
+
+def token_loss_repaired(faults: Sequence[Mapping[str, Any]], ops: Sequence[Op]) -> Check:
+    """For scenarios with `lose-token` faults (`faults`: every fault record, as a dict):
+    each token loss was injected and its member's repair ended `done` with every key
+    version rebuilt, within the fault's timeout; and while an `other-follower` fault had
+    another member down (so that the quorum left needed the repaired member), at least
+    one signing flow was invoked and completed successfully."""
+    name = "token loss repaired, and the repaired member signs"
+    problems: list[str] = []
+    times: dict[str, float | None] = {}
+    quorum: dict[str, int] = {}
+
+    def label(f: Mapping[str, Any]) -> str:
+        return f"fault {f.get('index')} ({f.get('action')} {f.get('node') or f.get('target')})"
+
+    lost = [f for f in faults if f.get("action") == "lose-token"]
+    if not lost:
+        problems.append("no lose-token fault in the scenario")
+    for f in lost:
+        if f.get("status") != "injected":
+            problems.append(f"{label(f)}: not injected ({f.get('status')})")
+            continue
+        times[label(f)] = f.get("repair_s")
+        state = str(f.get("repair_state") or "")
+        if state != "done":
+            problems.append(f"{label(f)}: repair {state or 'never started'}")
+            continue
+        done, _, total = str(f.get("repair_versions") or "").partition("/")
+        if not done or done != total or f.get("repair_s") is None:
+            problems.append(f"{label(f)}: repair done with {f.get('repair_versions')!r} versions")
+    for f in faults:
+        if f.get("target") != "other-follower":
+            continue
+        start, end = f.get("injected_at"), f.get("ended_at")
+        if f.get("status") != "injected" or start is None:
+            problems.append(f"{label(f)}: not injected ({f.get('status')}): the repaired "
+                            "member was never needed for a quorum")  # fmt: skip
+            continue
+        n = sum(1 for o in ops if o.outcome == "ok" and o.invoke >= start
+                and (end is None or o.complete <= end))  # fmt: skip
+        quorum[label(f)] = n
+        if n == 0:
+            problems.append(f"{label(f)}: no signing flow succeeded while "
+                            f"{f.get('node')} was down (t={start:.2f}.."
+                            f"{'end' if end is None else f'{end:.2f}'} s)")  # fmt: skip
+    parts = [f"{k}: repaired {v:.2f} s after the loss" for k, v in times.items() if v is not None]
+    parts += [f"{k}: {n} flow(s) signed with the repaired member" for k, n in quorum.items()]
+    return _fail(name, problems, "; ".join(parts) or "nothing to check",
+                 {"repair_s": times, "signed_while_needed": quorum})  # fmt: skip
+
+
+# ---------------------------------------------------------------- 8. group keys unchanged (opt-in)
+
+
+def group_keys_unchanged(
+    before: Mapping[str, str | None], after: Mapping[str, Mapping[str, str | None]],
+) -> Check:  # fmt: skip
+    """Every key version's group public key (`"k1 v1" -> hex`), read before the workload,
+    is the same on every member after the drill: repair and refresh never change one."""
+    name = "group public keys unchanged on every member"
+    problems: list[str] = []
+    before = {kv: gpk for kv, gpk in before.items() if gpk}  # versions that had a key
+    if not before:
+        problems.append("no key version with a group public key before the drill")
+    for node, keys in sorted(after.items()):
+        for kv, gpk in sorted(before.items()):
+            if kv not in keys:
+                problems.append(f"{node}: {kv} is missing")
+            elif keys[kv] != gpk:
+                problems.append(f"{node}: {kv} group public key changed: "
+                                f"{str(gpk)[:16]}… -> {str(keys[kv])[:16]}…")  # fmt: skip
+    if not after:
+        problems.append("no member read after the drill")
+    return _fail(name, problems,
+                 f"{len(before)} key version(s) ({', '.join(sorted(before))}) unchanged on "
+                 f"{len(after)} member(s)", {"versions": dict(before)})  # fmt: skip

@@ -82,17 +82,27 @@ def summary_md(r: DrillResult, description: str) -> str:
             lines += ["", f"### {ch['name']}: details", ""]
             lines += [f"- {d}" for d in ch["details"]]
     lines += ["", "## Faults and recovery", "",
-              "Recovery: from the fault (or from its end: restart/resume) to the completion of "
-              "the first successful signing flow invoked after it.", "",
-              "| # | action | target | node | at (s) | ended (s) | status | recovery (s) | "
-              "from end (s) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "Recovery: from the fault (or from its end: restart/resume, for a lost token the "
+              "start on the new token) to the completion of the first successful signing "
+              "flow invoked after it. Repaired: from a token loss to its member's repair done.",
+              "", "| # | action | target | node | at (s) | ended (s) | status | recovery (s) | "
+              "from end (s) | repaired (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for f in r.faults:
         lines.append(f"| {f.index} | {f.action} | {f.target} | {f.node or '—'} | "
                      f"{_fmt(f.injected_at)} | {_fmt(f.ended_at)} | {f.status} | "
-                     f"{_fmt(f.recovery_s)} | {_fmt(f.recovery_from_end_s)} |")  # fmt: skip
+                     f"{_fmt(f.recovery_s)} | {_fmt(f.recovery_from_end_s)} | "
+                     f"{_fmt(f.repair_s)} |")  # fmt: skip
+    for f in r.faults:
+        if f.action == "lose-token":
+            lines += ["", f"Fault {f.index} ({f.action} {f.node or f.target}): repair "
+                      f"{f.repair_state or '—'}, request `{f.repair_request or '—'}`, versions "
+                      f"rebuilt {f.repair_versions or '—'}, {_fmt(f.repair_s)} s from the loss "
+                      "to done."]  # fmt: skip
     for f in r.faults:
         if f.observed:
-            lines += ["", f"Fault {f.index} ({f.action} {f.node}), the node's own view: "
+            what = "the procedure" if f.action == "lose-token" else "the node's own view"
+            lines += ["", f"Fault {f.index} ({f.action} {f.node}), {what}: "
                       + "; ".join(f.observed)]  # fmt: skip
     lines += ["", "![timeline](timeline.png)", ""]
     if not r.passed:
@@ -121,6 +131,7 @@ def write_index(out: Path, results: list[DrillResult], seed: int, argv: list[str
     for r in results:
         gap = f"{r.longest_gap[1] - r.longest_gap[0]:.2f}" if r.longest_gap else "—"
         rec = ", ".join(f"{f.action} {f.node or f.target}: {_fmt(f.recovery_s)}"
+                        + (f" (repaired {_fmt(f.repair_s)})" if f.action == "lose-token" else "")
                         for f in r.faults) or "—"  # fmt: skip
         lines.append(f"| [{r.scenario}]({r.scenario}/summary.md) | "
                      f"{'passed' if r.passed else '**FAILED**'} | {r.ops.get('ok', 0)}/"

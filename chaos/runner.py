@@ -3,7 +3,14 @@
 init + up -> policy p1, key k1 (DKG, CLI subprocesses) -> workload for `duration`
 seconds while the faults fire -> stop the workload (in-flight flows finish or
 time out) -> wake/start every node -> wait until settled -> collect evidence from
-every member -> the five invariants -> report.
+every member -> the five invariants (plus availability, and repair and group keys
+where the scenario asks for them) -> report.
+
+A `lose-token` fault is a whole operator procedure: SIGKILL, delete the node's
+SoftHSM2 token directory, `custody node provision`, start the node, `custody node
+repair NAME --public-key KEY` (ops), approvals (alice, bob), `custody epoch advance`
+until the time-locked request is executed, then wait for `GET /v1/repairs` (what
+`custody node repairs` shows) to report the member's repair `done`.
 """
 
 from __future__ import annotations
@@ -15,19 +22,23 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chaos import invariants
-from chaos.cluster import DrillCluster, custody
+from chaos.cluster import DrillCluster, custody, custody_json
 from chaos.scenario import SCENARIO_DIR, Fault, Scenario
 from chaos.workload import APPROVERS, REQUESTER, History, Op, Workload
-from node.client.http import ApiError, Client
+from node.client.http import ApiError, Client, Unreachable
 
 KEY_ID = "k1"
 POLICY_ID = "p1"
 WORK_ENV = "CUSTODY_DRILL_DIR"
+# lose-token: epoch advances tried (refused ones included) while the repair waits its time
+# lock (the cluster's default time lock is 2 epochs).
+MAX_EPOCH_ADVANCES = 12
 
 
 def work_base() -> Path:
@@ -47,6 +58,12 @@ class FaultRecord:
     recovery_s: float | None = None
     recovery_from_end_s: float | None = None
     observed: list[str] = field(default_factory=list)  # what the node said about itself
+    # lose-token: the repair's request, its final state (done | failed | running | timeout |
+    # error: ...), versions rebuilt of total, and the time from the token loss to done.
+    repair_request: str = ""
+    repair_state: str = ""
+    repair_versions: str = ""
+    repair_s: float | None = None
 
 
 @dataclass
@@ -102,6 +119,7 @@ class Drill:
         self.cluster = DrillCluster(self.root, scenario.nodes)
         self.h = History()
         self.samples: list[dict[str, Any]] = []
+        self.token_lost: set[str] = set()  # nodes whose token a lose-token fault deleted
         self.res = DrillResult(scenario.name, seed, workdir=str(self.root))
         shipped = scenario.path is None or scenario.path.parent == SCENARIO_DIR
         which = scenario.name if shipped else scenario.path
@@ -150,6 +168,18 @@ class Drill:
         v = next(x for x in k["versions"] if x["version"] == k["primary"])
         return str(v["group_public_key"])
 
+    async def group_keys(self, node: str | None = None) -> dict[str, str | None]:
+        """Every key version's group public key, "key vN" -> hex: a linearizable read
+        through the leader, or (`node`) that member's own replica."""
+        if node is None:
+            prof, params = self.cluster.profile("audit"), {}
+        else:
+            prof, params = self.cluster.node_profile("audit", node), {"stale": "true"}
+        async with Client(prof, timeout=10, attempts=3) as c:
+            doc = await c.get("/v1/keys", **params)
+        return {f"{k['key_id']} v{v['version']}": v.get("group_public_key")
+                for k in doc["keys"] for v in k["versions"]}  # fmt: skip
+
     # ------------------------------------------------------------ faults
 
     async def _resolve(self, target: str) -> tuple[str | None, str]:
@@ -165,6 +195,12 @@ class Drill:
         if target == "leader":
             return (leader, "") if leader else (None, "no leader found within 8 s")
         followers = [n for n in live if n != leader]
+        if target == "other-follower":
+            if leader is None:
+                return None, "no leader found within 8 s"
+            followers = [n for n in followers if n not in self.token_lost]
+            if not followers:
+                return None, f"no live follower other than {', '.join(sorted(self.token_lost))}"
         return (self.rng.choice(followers), "") if followers else (None, "no live follower")
 
     async def _inject(self, i: int, f: Fault, rec: FaultRecord) -> None:
@@ -206,11 +242,137 @@ class Drill:
                 await asyncio.to_thread(c.start, node)
                 rec.ended_at = self.h.now()
                 _say(f"t={rec.ended_at:.1f}s fault {i}: started {node} again")
+            elif f.action == "lose-token":
+                await self._lose_token(i, f, rec, node)
             else:  # the loader refuses these; never pass silently
                 rec.status = f"skipped: not implemented yet ({f.action})"
         except Exception as exc:
             rec.status = f"error: {type(exc).__name__}: {exc}"
             _say(f"fault {i}: ERROR {rec.status}")
+
+    def _as(self, who: str, *args: str) -> dict[str, Any]:
+        """`custody ARGS --json --profile <who>` (blocking: call it in a thread)."""
+        return custody_json(*args, "--profile", str(self.root / "profiles" / f"{who}.toml"))
+
+    async def _lose_token(self, i: int, f: Fault, rec: FaultRecord, node: str) -> None:
+        """The token is lost for good; the operators provision a new one and repair the
+        member's shares. `rec.status` says whether the loss happened; how the repair
+        ended is `rec.repair_state` (done | failed: … | timeout: … | error: …), which the
+        repair check reads afterwards."""
+        c = self.cluster
+        t0 = rec.injected_at if rec.injected_at is not None else self.h.now()
+        deadline = time.monotonic() + f.repair_timeout - (self.h.now() - t0)
+
+        def note(msg: str) -> None:
+            rec.observed.append(f"t={self.h.now():.2f}s {msg}")
+            _say(f"t={self.h.now():.1f}s fault {i}: {msg}")
+
+        await asyncio.to_thread(c.kill, node)
+        self.token_lost.add(node)
+        tokens = self.root / node / "hsm" / "tokens"
+        await asyncio.to_thread(shutil.rmtree, tokens)
+        rec.status = "injected"
+        _say(f"t={t0:.1f}s fault {i}: SIGKILL {node} ({f.target}), "
+             f"deleted {tokens.relative_to(self.root)}")  # fmt: skip
+        stage = "provision"
+        try:
+            await asyncio.sleep(f.down_for)
+            prov = await asyncio.to_thread(
+                custody_json, "node", "provision", "--config", str(c.config(node))
+            )
+            new_key = str(prov["identity_public_key"])
+            note(f"provisioned a new token, identity key {new_key[:16]}…")
+            stage = "start"
+            await asyncio.to_thread(c.start, node)
+            rec.ended_at = self.h.now()
+            note(f"started {node} on its new token")
+            stage = "repair request"
+            out = await asyncio.to_thread(self._as, "ops", "node", "repair", node,
+                                          "--public-key", new_key)  # fmt: skip
+            ref = rec.repair_request = str(out["request"])
+            for who in APPROVERS:
+                stage = f"approval by {who}"
+                await asyncio.to_thread(self._as, who, "approve", ref, "--yes")
+            note(f"repair request {ref} submitted by ops ({out.get('code')}), approved by "
+                 f"{', '.join(APPROVERS)}")  # fmt: skip
+            stage = "time lock"
+            async with Client(c.profile("audit"), timeout=5, attempts=3) as cl:
+                state = await self._await_request(cl, ref, deadline, note)
+                if state != "executed":
+                    rec.repair_state = state
+                    return
+                stage = "repair"
+                await self._await_repair(cl, node, ref, deadline, rec, t0, note, f.repair_timeout)
+        except Exception as exc:
+            rec.repair_state = f"error: {stage}: {type(exc).__name__}: {str(exc)[-300:]}"
+            note(rec.repair_state)
+
+    async def _get(self, cl: Client, path: str, deadline: float) -> dict[str, Any]:
+        """A read that rides out an election or a node going away, until `deadline`."""
+        while True:
+            try:
+                return await cl.get(path)
+            except (ApiError, Unreachable, OSError, TimeoutError) as exc:
+                if isinstance(exc, ApiError) and exc.status not in (502, 503, 504):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.3)
+
+    async def _await_request(self, cl: Client, ref: str, deadline: float,
+                             note: Callable[[str], None]) -> str:  # fmt: skip
+        """Advance epochs (ops) until the time-locked request is executed: "executed", or
+        how it ended otherwise."""
+        advances = refused = 0
+        while True:
+            req = await self._get(cl, f"/v1/requests/{ref}", deadline)
+            state = req["state"]
+            if state in ("executed", "failed") or time.monotonic() >= deadline \
+                    or advances + refused >= MAX_EPOCH_ADVANCES:  # fmt: skip
+                break
+            try:
+                await asyncio.to_thread(self._as, "ops", "epoch", "advance")
+                advances += 1
+            except RuntimeError as exc:  # an election, or no vote yet: try again
+                refused += 1
+                note(f"epoch advance refused: {' '.join(str(exc).split())[-200:]}")
+            await asyncio.sleep(0.3)
+        note(f"repair request {state} (epoch {req.get('effective_epoch', '?')}) after "
+             f"{advances} epoch advance(s), {refused} refused")  # fmt: skip
+        if state == "executed":
+            return state
+        if state == "failed":
+            return f"failed: repair request failed: {req.get('failure')}"
+        return f"timeout: repair request still {state}"
+
+    async def _await_repair(self, cl: Client, node: str, ref: str, deadline: float,
+                            rec: FaultRecord, t0: float, note: Callable[[str], None],
+                            timeout: float) -> None:  # fmt: skip
+        """Poll `GET /v1/repairs` (`custody node repairs`) until the member's repair of
+        this request is done or failed, or the deadline."""
+        rec.repair_state = "timeout: no repair reported"
+        while True:
+            doc = await self._get(cl, "/v1/repairs", deadline)
+            r = next((x for x in doc["repairs"]
+                      if x["member"] == node and x.get("request") == ref), None)  # fmt: skip
+            if r is not None:
+                rec.repair_versions = f"{r['done']}/{r['total']}"
+                rec.repair_state = str(r["state"])
+                if r["state"] == "done":
+                    rec.repair_s = round(self.h.now() - t0, 2)
+                    note(f"repair done ({rec.repair_versions} versions rebuilt, run "
+                         f"{r.get('run')}, failed runs {r.get('failed_runs', 0)}): "
+                         f"{rec.repair_s:.2f} s after the token loss")  # fmt: skip
+                    return
+                if r["state"] == "failed":
+                    rec.repair_state = f"failed: {r.get('failure')}"
+                    note(f"repair FAILED: {r.get('failure')}")
+                    return
+            if time.monotonic() >= deadline:
+                rec.repair_state = f"timeout: repair {rec.repair_state} after {timeout:g} s"
+                note(rec.repair_state)
+                return
+            await asyncio.sleep(0.2)
 
     async def _observe(self, node: str, rec: FaultRecord, before: tuple[Any, Any]) -> None:
         """After SIGCONT: how the woken node sees itself (role, term) until it is a
@@ -235,6 +397,8 @@ class Drill:
         c = self.cluster
         self.res.leader_before = await c.leader(timeout=10) or ""
         key_before = await self.group_key()
+        repairs = any(f.action == "lose-token" for f in self.sc.faults)
+        keys_before = await self.group_keys() if repairs else {}
         profiles = {w: c.profile(w) for w in (REQUESTER, *APPROVERS)}
         counts = {"ok": 0, "failed": 0, "unknown": 0}
 
@@ -300,7 +464,7 @@ class Drill:
         self.res.leader_after = await c.leader(timeout=5) or ""
         _say(f"settled in {self.res.settle_s}s (leader {self.res.leader_after}); checking")
         key_after = await self.group_key()
-        await self.check(key_before, key_after)
+        await self.check(key_before, key_after, keys_before if repairs else None)
         return self.res
 
     # ------------------------------------------------------------ evidence + checks
@@ -345,7 +509,10 @@ class Drill:
         return {"ok": bool(rep["ok"]), "checkpoints": len(rep["checkpoints"]),
                 "records": rep["records"], "detail": "; ".join(rep["problems"])[:500]}  # fmt: skip
 
-    async def check(self, key_before: str, key_after: str) -> None:
+    async def check(self, key_before: str, key_after: str,
+                    keys_before: dict[str, str | None] | None = None) -> None:  # fmt: skip
+        """The invariants; `keys_before` (scenarios with lose-token faults): every key
+        version's group public key before the workload, for the repair checks."""
         c = self.cluster
         ops, events = self.h.ops, self.h.events
         refs = sorted({o.ref for o in ops})
@@ -368,6 +535,11 @@ class Drill:
         ]
         if self.sc.max_gap_s is not None:
             checks.append(invariants.availability(ops, self.sc.duration, self.sc.max_gap_s))
+        if keys_before is not None:
+            recs = [asdict(r) for r in self.res.faults]
+            checks.append(invariants.token_loss_repaired(recs, ops))
+            keys_after = {n: await self.group_keys(n) for n in c.names}
+            checks.append(invariants.group_keys_unchanged(keys_before, keys_after))
         self.res.checks = [ch.to_json() for ch in checks]
         self.res.acked_lost = checks[1].data.get("lost")
         self.res.passed = all(ch.passed for ch in checks)

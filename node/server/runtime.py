@@ -448,7 +448,7 @@ class Runtime:
         due = nudge or (interval > 0 and now - since >= interval)
         if not due or self._last_vote == st.epoch + 1:
             return
-        if self.name not in st.members:
+        if not self.registered():  # not a member, or its key is not (yet) the registered one
             return
         target = st.epoch + 1  # read now: a vote that moves the epoch changes `st.epoch`
         cmd = AdvanceEpoch(

@@ -20,8 +20,9 @@ def test_list() -> None:
     p = drill("list")
     assert p.returncode == 0, p.stderr
     for name in ("leader-crash", "leader-pause", "minority-loss", "majority-loss",
-                 "rolling-restart"):  # fmt: skip
+                 "rolling-restart", "token-loss-repair"):  # fmt: skip
         assert name in p.stdout
+    assert "lose-token follower@6s, kill other-follower@30s" in p.stdout
 
 
 def test_unknown_scenario_is_a_clear_error() -> None:

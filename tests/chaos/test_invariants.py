@@ -1,12 +1,14 @@
 """The invariant functions on synthetic histories: good ones pass, each kind of
 violation is caught (a lost acknowledged operation, a non-linearizable history,
-a signature without approvals, diverging audit chains, a bad signature)."""
+a signature without approvals, diverging audit chains, a bad signature, an
+unrepaired token loss, a changed group key)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -233,3 +235,79 @@ def test_availability_gap() -> None:
     assert not c.passed and c.data["longest_gap_s"] == 6.0 and c.data["from"] == 3.0
     assert inv.longest_gap(stalled, 12) == (3.0, 9.0)
     assert inv.longest_gap([*stalled, Op(0, "x", "00", 9, 17, "unknown")], 10) == (10.0, 17.0)
+
+
+# ---------------------------------------------------------------- 7. token loss repaired (opt-in)
+
+
+def lost(**kw: object) -> dict:
+    f = {"index": 0, "action": "lose-token", "target": "follower", "node": "node-3",
+         "status": "injected", "injected_at": 6.0, "ended_at": 6.7, "repair_state": "done",
+         "repair_versions": "2/2", "repair_s": 6.2}  # fmt: skip
+    f.update(kw)
+    return f
+
+
+def other(**kw: object) -> dict:
+    f = {"index": 1, "action": "kill", "target": "other-follower", "node": "node-1",
+         "status": "injected", "injected_at": 30.0, "ended_at": 38.0}  # fmt: skip
+    f.update(kw)
+    return f
+
+
+def signed(invoke: float, complete: float, outcome: str = "ok") -> Op:
+    return Op(0, f"app1:r{invoke}", MSG.hex(), invoke, complete, outcome, SIG)
+
+
+def test_repair_done_and_signing_with_the_repaired_member_passes() -> None:
+    ops = [signed(29.5, 30.2), signed(31.0, 31.3), signed(37.0, 37.4)]
+    c = inv.token_loss_repaired([lost(), other()], ops)
+    assert c.passed, c.summary
+    assert c.data["signed_while_needed"] == {"fault 1 (kill node-1)": 2}
+    assert "repaired 6.20 s" in c.summary
+
+
+@pytest.mark.parametrize(("fault", "expect"), [
+    (lost(repair_state="timeout: repair running after 60 s", repair_s=None),
+     "repair timeout: repair running after 60 s"),
+    (lost(repair_state="failed: fewer than t helpers left", repair_s=None),
+     "repair failed: fewer than t helpers left"),
+    (lost(repair_state="error: provision: RuntimeError: boom", repair_s=None),
+     "repair error: provision"),
+    (lost(repair_state=""), "repair never started"),
+    (lost(repair_versions="1/2"), "repair done with '1/2' versions"),
+    (lost(status="skipped: no live follower", node=""), "not injected (skipped: no live follower)"),
+])  # fmt: skip
+def test_unrepaired_token_loss_is_caught(fault: dict, expect: str) -> None:
+    c = inv.token_loss_repaired([fault, other()], [signed(31.0, 31.3)])
+    assert not c.passed and expect in c.summary, c.summary
+
+
+def test_no_signature_while_the_repaired_member_was_needed_is_caught() -> None:
+    # ok flows only outside the window, or invoked before it, or failed inside it
+    ops = [signed(29.0, 30.5), signed(31.0, 33.0, "failed"), signed(36.0, 38.5), signed(39, 40)]
+    c = inv.token_loss_repaired([lost(), other()], ops)
+    assert not c.passed and "no signing flow succeeded while node-1 was down" in c.summary
+    skipped = other(status="skipped: no live follower other than node-3", injected_at=None)
+    c = inv.token_loss_repaired([lost(), skipped], ops)
+    assert not c.passed and "never needed for a quorum" in c.summary
+    assert not inv.token_loss_repaired([other()], ops).passed  # no lose-token at all
+
+
+# ---------------------------------------------------------------- 8. group keys unchanged (opt-in)
+
+
+def test_group_keys_unchanged() -> None:
+    before = {"cluster-audit v1": "aa" * 32, "k1 v1": PUB, "k2 v1": None}  # k2: no key yet
+    same = {"cluster-audit v1": "aa" * 32, "k1 v1": PUB, "k2 v1": "bb" * 32, "k3 v1": "cc" * 32}
+    c = inv.group_keys_unchanged(before, {"node-1": same, "node-2": same})
+    assert c.passed and "2 key version(s)" in c.summary
+    changed = {**same, "k1 v1": "dd" * 32}
+    c = inv.group_keys_unchanged(before, {"node-1": same, "node-2": changed})
+    assert not c.passed and c.details == [f"node-2: k1 v1 group public key changed: {PUB[:16]}… "
+                                          f"-> {'dd' * 8}…"]  # fmt: skip
+    missing = {"k1 v1": PUB}
+    c = inv.group_keys_unchanged(before, {"node-3": missing})
+    assert not c.passed and "node-3: cluster-audit v1 is missing" in c.summary
+    assert not inv.group_keys_unchanged({}, {"node-1": same}).passed
+    assert not inv.group_keys_unchanged(before, {}).passed

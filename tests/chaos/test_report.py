@@ -14,9 +14,13 @@ def test_report_files(tmp_path: Path) -> None:
     ops = [Op(0, f"app1:r{i}", "00", i * 0.5, i * 0.5 + 0.2, "ok", "ab") for i in range(20)]
     ops.append(Op(1, "app1:x", "00", 3.0, 9.0, "unknown", detail="deadline"))
     r = DrillResult("leader-crash", 42, passed=False, replay="custody drill run x --seed 42")
+    lose = FaultRecord(2, "lose-token", "follower", 6.0, "node-3", 6.02, 6.72, "injected", 0.06,
+                       observed=["t=6.71s provisioned a new token"], repair_request="ops:repair-1",
+                       repair_state="done", repair_versions="2/2", repair_s=6.24)  # fmt: skip
     r.faults = [
         FaultRecord(0, "kill", "leader", 3.0, "node-2", 3.01, 6.0, "injected", 1.5),
         FaultRecord(1, "pause", "random", 5.0, status="skipped: no live node"),
+        lose,
     ]
     r.checks = [{"name": "n1", "passed": True, "summary": "fine", "details": [], "data": {}},
                 {"name": "n2", "passed": False, "summary": "bad | x", "details": ["d1"],
@@ -28,8 +32,13 @@ def test_report_files(tmp_path: Path) -> None:
     assert "FAILED" in md and "seed: **42**" in md and "custody drill run x --seed 42" in md
     assert "skipped: no live node" in md and "| 1.50 |" in md and "3.50 s" in md
     assert "acknowledged operations lost: 0" in md and "- d1" in md
+    assert "| 2 | lose-token | follower | node-3 |" in md and md.count("| 6.24 |") == 1
+    assert "repair done, request `ops:repair-1`, versions rebuilt 2/2, 6.24 s" in md
+    assert "the procedure: t=6.71s provisioned a new token" in md
     assert (tmp_path / "leader-crash" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["seed"] == 42 and not doc["passed"]
     assert doc["scenarios"][0]["faults"][0]["recovery_s"] == 1.5
+    assert doc["scenarios"][0]["faults"][2]["repair_s"] == 6.24
+    assert "lose-token node-3: 0.06 (repaired 6.24)" in (tmp_path / "summary.md").read_text()
     assert "leader-crash" in (tmp_path / "summary.md").read_text()

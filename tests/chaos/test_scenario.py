@@ -36,6 +36,7 @@ def test_shipped_scenarios_load() -> None:
         "minority-loss",
         "majority-loss",
         "rolling-restart",
+        "token-loss-repair",
     } <= names
     for p in scenario.available():
         sc = load(p)
@@ -95,11 +96,83 @@ def test_bad_files(tmp_path: Path, text: str, expect: str) -> None:
     assert "s.yaml" in str(e.value)
 
 
-@pytest.mark.parametrize("kind", ["partition", "delay", "hsm_delete", "disk_full", "clock_jump"])
+@pytest.mark.parametrize("kind", ["partition", "delay", "isolate", "disk_full", "clock_jump"])
 def test_unimplemented_faults_are_refused_by_name(tmp_path: Path, kind: str) -> None:
     p = write(tmp_path, f"duration: 10\nfaults: [{{at: 1, action: {kind}, target: leader}}]\n")
     with pytest.raises(ScenarioError, match=f"'{kind}' is not implemented yet in this slice"):
         load(p)
+
+
+# ---------------------------------------------------------------- lose-token
+
+
+LOSE = """\
+duration: 40
+faults:
+  - {at: 6, action: lose-token, target: follower}
+  - {at: 30, action: kill, target: other-follower, restart_after: 8}
+  - {at: 35, action: lose-token, target: node-2, down_for: 1.5, repair_timeout: 30}
+"""
+
+
+def test_lose_token_loads_with_defaults_and_parameters(tmp_path: Path) -> None:
+    sc = load(write(tmp_path, LOSE))
+    lose, kill, lose2 = sc.faults
+    assert (lose.action, lose.target, lose.down_for) == ("lose-token", "follower", 0.0)
+    assert lose.repair_timeout == scenario.DEFAULT_REPAIR_TIMEOUT
+    assert lose.restart_after is None and lose.resume_after is None
+    assert (kill.target, kill.restart_after) == ("other-follower", 8)
+    assert (lose2.target, lose2.down_for, lose2.repair_timeout) == ("node-2", 1.5, 30)
+
+
+def test_shipped_token_loss_drill_needs_the_repaired_member() -> None:
+    sc = load(scenario.find("token-loss-repair"))
+    lose, kill = sc.faults
+    assert (lose.action, lose.target) == ("lose-token", "follower")
+    assert (kill.action, kill.target) == ("kill", "other-follower")
+    # the other follower goes down only after the repair had its time, for longer than
+    # the availability gap: signing in that window needs the repaired member
+    assert kill.at >= lose.at + 15 and kill.restart_after is not None
+    assert sc.max_gap_s is not None and kill.restart_after > sc.max_gap_s
+    assert kill.at + kill.restart_after < sc.duration
+
+
+@pytest.mark.parametrize(("faults", "expect"), [
+    ("[{at: 1, action: lose-token, target: leader, restart_after: 2}]",
+     "faults[0].restart_after: not a parameter of action 'lose-token'"),
+    ("[{at: 1, action: lose-token, target: leader, resume_after: 2}]",
+     "faults[0].resume_after: not a parameter of action 'lose-token'"),
+    ("[{at: 1, action: kill, target: leader, repair_timeout: 20}]",
+     "faults[0].repair_timeout: not a parameter of action 'kill'"),
+    ("[{at: 1, action: restart, target: leader, repair_timeout: 20}]",
+     "faults[0].repair_timeout: not a parameter of action 'restart'"),
+    ("[{at: 1, action: lose-token, target: leader, repair_timeout: 2}]",
+     "faults[0].repair_timeout: 2 is out of range 5..600"),
+    ("[{at: 1, action: lose-token, target: leader, repair_timeout: soon}]",
+     "faults[0].repair_timeout: must be a number, not str"),
+    ("[{at: 1, action: lose-token, target: leader, down_for: -1}]",
+     "faults[0].down_for: -1 is out of range 0..600"),
+    ("[{at: 1, action: lose-token, target: node-5}]",
+     "faults[0].target: 'node-5' is not a target (leader, follower, random, other-follower"),
+    ("[{at: 1, action: lose-token}]", "faults[0]: missing required key 'target'"),
+    ("[{at: 3, action: kill, target: other-follower}]",
+     "faults[0].target: 'other-follower' needs an earlier lose-token fault"),
+    # not earlier: at the same time, or listed first but later in time
+    ("[{at: 3, action: lose-token, target: node-1}, {at: 3, action: kill, target: other-follower}]",
+     "faults[1].target: 'other-follower' needs an earlier lose-token fault"),
+    ("[{at: 2, action: pause, target: other-follower, resume_after: 1}, "
+     "{at: 4, action: lose-token, target: node-1}]",
+     "faults[0].target: 'other-follower' needs an earlier lose-token fault"),
+    ("[{at: 1, action: hsm_delete, target: leader}]",
+     "faults[0].action: unknown action 'hsm_delete'; token loss is spelled 'lose-token'"),
+    ("[{at: 1, action: token_delete, target: leader}]",
+     "faults[0].action: unknown action 'token_delete'; token loss is spelled 'lose-token'"),
+])  # fmt: skip
+def test_bad_lose_token_faults(tmp_path: Path, faults: str, expect: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        load(write(tmp_path, f"duration: 20\nfaults: {faults}\n"))
+    assert expect in str(e.value), str(e.value)
+    assert str(e.value).startswith("s.yaml: ")
 
 
 def test_unknown_scenario_name() -> None:
