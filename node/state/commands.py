@@ -271,6 +271,11 @@ PRINCIPAL = NameRule(is_principal_name, "a principal name ([a-z][a-z0-9_-]{0,31}
 MEMBER = NameRule(is_member_name, "a member name (node-1 .. node-15)")
 AUTHOR = NameRule(is_author_name, "a member or principal name")
 REF = Ref()
+_ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}:([1-9][0-9]{0,4})")
+ADDRESS = NameRule(
+    lambda v: type(v) is str and (m := _ADDRESS_RE.fullmatch(v)) is not None
+    and int(m.group(1)) <= 65535, "an address host:port (or empty)",
+)  # fmt: skip
 
 ROLES = ("operator", "approver", "client", "auditor")
 
@@ -413,12 +418,21 @@ class SetThreshold(Command):
 
 @dataclass(frozen=True, slots=True)
 class AddMember(Command):
+    """A new member; with its addresses, every member learns them from the log and the
+    leader adds it to Raft as a learner, then a voter once it caught up."""
+
     name: str
     index: int
     public_key: bytes
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    raft_address: str = ""  # "host:port"
+    api_address: str = ""
     KIND: ClassVar[str] = "add_member"
-    SCHEMA: ClassVar = (*MemberSpec.SCHEMA, ("signature", SIGNATURE))
+    SCHEMA: ClassVar = (
+        *MemberSpec.SCHEMA, ("signature", SIGNATURE),
+        ("raft_address", ADDRESS), ("api_address", ADDRESS),
+    )  # fmt: skip
+    OPTIONAL: ClassVar = frozenset({"raft_address", "api_address"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,13 +452,18 @@ class RepairMember(Command):
     name: str
     public_key: bytes = b""
     signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    # A replacement machine: its addresses ("host:port"), moved in the address book.
+    raft_address: str = ""
+    api_address: str = ""
     KIND: ClassVar[str] = "repair_member"
     SCHEMA: ClassVar = (
         ("name", MEMBER),
         ("public_key", Bytes(lengths=(0, 32))),
         ("signature", SIGNATURE),
+        ("raft_address", ADDRESS),
+        ("api_address", ADDRESS),
     )
-    OPTIONAL: ClassVar = frozenset({"public_key"})
+    OPTIONAL: ClassVar = frozenset({"public_key", "raft_address", "api_address"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,7 @@ from .errors import DecodeError, Reason, Rejected
 from .grants import context_matches, grant_command, grant_payload, grantee_command, op_of
 from .metadata import MAX_ALIASES, alias_hash, metadata_hash
 from .model import (
+    Address,
     Alias,
     AuditCheckpoint,
     Checkpoint,
@@ -132,7 +133,7 @@ from .model import (
 )
 from .names import member_index, ref
 from .refreshes import RefreshRules
-from .repairs import RepairRules
+from .repairs import RepairRules, check_address_pair
 from .snapshot import decode_state, encode_state
 
 MAX_PRINCIPALS = 1024
@@ -1672,20 +1673,32 @@ class Machine(RepairRules, RefreshRules):
             raise Rejected(Reason.INVALID_CLUSTER, "member keys must be distinct Ed25519 keys")
         if len(self.state.members) >= MAX_MEMBERS:
             raise Rejected(Reason.LIMIT_REACHED, "too many members")
+        check_address_pair(cmd.raft_address, cmd.api_address)
 
     def _add_member(self, cmd: AddMember) -> None:
         self.state.members[cmd.name] = Member(cmd.name, cmd.index, cmd.public_key)
+        if cmd.raft_address:
+            self.state.addresses[cmd.name] = Address(cmd.raft_address, cmd.api_address)
         self._membership_changed()
 
     def _check_remove_member(self, cmd: RemoveMember) -> None:
         if cmd.name not in self.state.members:
             raise Rejected(Reason.UNKNOWN_PRINCIPAL, f"no member {cmd.name!r}")
         self._check_threshold(self.state.threshold, len(self.state.members) - 1)
+        short = self.versions_short_of_holders(without=cmd.name)
+        if short:
+            raise Rejected(
+                Reason.INVALID_CLUSTER,
+                f"removing {cmd.name} leaves fewer than t={self.state.threshold} holders of "
+                f"{', '.join(short[:3])}{' ...' if len(short) > 3 else ''} (rotate or repair "
+                "first)",
+            )
 
     def _remove_member(self, cmd: RemoveMember) -> None:
         """Its epoch vote and its reports on open requests stop counting."""
         st = self.state
         st.removed_members[cmd.name] = st.members.pop(cmd.name)
+        st.addresses.pop(cmd.name, None)
         st.epoch_votes.pop(cmd.name, None)
         st.checkpoints.pop(cmd.name, None)  # a removed member certifies nothing any more
         for r in sorted(st.open):

@@ -327,6 +327,15 @@ class AuditCheckpoint:
     signature: bytes  # 64-byte Ed25519 signature by that version's group key
 
 
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a member listens ("host:port"): the replicated address book, so that every
+    member learns a new or moved member's address from the log (docs/recovery.md)."""
+
+    raft: str
+    api: str
+
+
 class RepairState(StrEnum):
     RUNNING = "running"
     DONE = "done"
@@ -432,6 +441,9 @@ class State:
     audit: list[AuditRecord] = field(default_factory=list)
     # Share repairs (docs/recovery.md): the latest one per member, running or finished.
     repairs: dict[str, Repair] = field(default_factory=dict)
+    # The address book: members added or moved through the log (the founding members'
+    # addresses are in every node's configuration).
+    addresses: dict[str, Address] = field(default_factory=dict)
     # Proactive refreshes: the latest one only (by its request ref), running or finished.
     refreshes: dict[str, Refresh] = field(default_factory=dict)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from .approvals import valid_public_key
 from .commands import PostRepair, RecordRepair, RepairMember, ReportRepair
 from .errors import Reason, Rejected
-from .model import Repair, RepairState, VersionRef, VersionState
+from .model import Address, Repair, RepairState, VersionRef, VersionState
 
 if TYPE_CHECKING:
     from .model import State
@@ -66,6 +66,11 @@ def repairable_versions(state: State, member_index: int) -> tuple[VersionRef, ..
     return tuple(out)
 
 
+def check_address_pair(raft: str, api: str) -> None:
+    if bool(raft) != bool(api):
+        raise Rejected(Reason.INVALID_ARGUMENT, "give both addresses (raft and api) or neither")
+
+
 class RepairRules:
     """Mixed into `Machine`: the repair handlers and queries. Uses `self.state`."""
 
@@ -88,6 +93,7 @@ class RepairRules:
                 Reason.INVALID_CLUSTER,
                 f"fewer than t={st.threshold} other members to rebuild {cmd.name}'s shares",
             )
+        check_address_pair(cmd.raft_address, cmd.api_address)
         new_key = cmd.public_key and cmd.public_key != member.public_key
         if new_key and (
             not valid_public_key(cmd.public_key) or self._key_in_use(cmd.public_key)  # type: ignore[attr-defined]
@@ -102,6 +108,8 @@ class RepairRules:
             st.epoch_votes.pop(cmd.name, None)  # made with the lost key
             st.checkpoints.pop(cmd.name, None)
         previous = st.repairs.get(cmd.name)
+        if cmd.raft_address:  # a replacement machine: every member learns where it is
+            st.addresses[cmd.name] = Address(cmd.raft_address, cmd.api_address)
         repair = Repair(
             member=cmd.name,
             request=f"{cmd.author}:{cmd.request_id}",
@@ -120,7 +128,9 @@ class RepairRules:
     def _repair_weakening(self, cmd: RepairMember) -> list[str]:
         member = self.state.members.get(cmd.name)
         new_key = member is not None and cmd.public_key and cmd.public_key != member.public_key
-        return [f"identity of {cmd.name}"] if new_key else []
+        moved = bool(cmd.raft_address)
+        return [f"{'identity' if new_key else 'address'} of {cmd.name}"] if new_key or moved \
+            else []
 
     # ------------------------------------------------------------ runs
 
@@ -240,8 +250,29 @@ class RepairRules:
 
     def holds(self, member: str, key_id: str, version: int) -> bool:
         """Does `member` hold its share of this version (as far as the state knows)? Not
-        while a running repair has yet to rebuild it."""
+        a member that joined after the version's DKG, nor while a running repair has
+        yet to rebuild it."""
+        m = self.state.members.get(member)
+        key = self.state.keys.get(key_id)
+        v = key.versions.get(version) if key is not None else None
+        if m is None or v is None or m.index > len(v.verification_shares):
+            return False
         repair = self.repairing(member)
         if repair is None:
             return True
         return VersionRef(key_id, version) not in repair.items[repair.done :]
+
+    def versions_short_of_holders(self, without: str = "") -> list[str]:
+        """Usable versions that would have fewer than t members holding a share if
+        `without` left (a member under repair does not count)."""
+        st = self.state
+        out = []
+        for key_id in sorted(st.keys):
+            for number, v in sorted(st.keys[key_id].versions.items()):
+                if not v.group_public_key or v.state in _SKIPPED:
+                    continue
+                holders = [m for m in st.members if m != without
+                           and self.holds(m, key_id, number)]  # fmt: skip
+                if len(holders) < st.threshold:
+                    out.append(f"{key_id} v{number}")
+        return out

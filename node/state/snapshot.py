@@ -91,7 +91,7 @@ def encode_state(state: State) -> bytes:
 
 # Older snapshot versions still read: version -> the State fields it lacks (their defaults
 # are used, and it must have been written by the encoder of its day: no such field set).
-_MIGRATE: dict[int, tuple[str, ...]] = {9: ("repairs", "refreshes")}
+_MIGRATE: dict[int, tuple[str, ...]] = {9: ("addresses", "repairs", "refreshes")}
 _MIGRATE_VERSION_FIELDS: dict[int, tuple[str, ...]] = {9: ("generation",)}
 
 
