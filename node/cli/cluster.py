@@ -186,6 +186,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-n", "--lines", type=int, default=50, help="lines per node, 1..100000 (default 50)"
     )
     logs.set_defaults(func=cmd_logs)
+    from node.cli._cluster_add import register_add_node
+
+    register_add_node(sub)
 
 
 # ---------------------------------------------------------------- the cluster file

@@ -6,6 +6,13 @@
     custody node repair NAME [--public-key]   ask the governance quorum to rebuild NAME's
                                               shares (operator); a new key waits the time lock
     custody node repairs [--watch]            progress of repairs, per key version
+    custody node add NAME --public-key --raft --api
+                                              add a member (operator; governance quorum,
+                                              time-locked); it joins Raft as a learner
+    custody node remove NAME                  remove a member (operator; governance quorum)
+    custody node replace NAME --public-key --raft --api
+                                              NAME on a new machine: new identity key and
+                                              addresses, its shares rebuilt (a repair)
 """
 
 from __future__ import annotations
@@ -60,6 +67,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--request-id", help="reuse to retry safely")
     add_client_args(rep)
     rep.set_defaults(func=_repair)
+    add = sub.add_parser(
+        "add",
+        help="add a member (operator; governance quorum, time-locked)",
+        description="Submit an add_member governance request with the new node's identity "
+        "key and addresses. Once it takes effect, every member learns the addresses from "
+        "the log; the leader adds the node to Raft as a learner and makes it a voter once "
+        "it has caught up. It takes part in key versions created from then on (rotate "
+        "keys to give it shares of them). Make the node with `custody cluster add-node` "
+        "(local clusters) or by hand: certificate, token, node.toml with `join = true`.",
+    )
+    add.add_argument("name", help="node-<i>, the next free index")
+    _identity_args(add)
+    add.add_argument("--request-id", help="reuse to retry safely")
+    add_client_args(add)
+    add.set_defaults(func=_add)
+    rm = sub.add_parser(
+        "remove",
+        help="remove a member (operator; governance quorum, time-locked)",
+        description="Refused while it would leave any usable key version with fewer than t "
+        "members holding a share (rotate keys first).",
+    )
+    rm.add_argument("name")
+    rm.add_argument("--request-id", help="reuse to retry safely")
+    add_client_args(rm)
+    rm.set_defaults(func=_remove)
+    rp = sub.add_parser(
+        "replace",
+        help="NAME on a new machine: new identity key and addresses, shares rebuilt",
+        description="A repair_member request that also moves NAME's addresses in the "
+        "replicated address book: the new machine (with NAME's certificate, a new token "
+        "from `custody node provision`, and NAME's node.toml) takes NAME's place; t "
+        "helpers rebuild its shares. The old machine's identity key is dead.",
+    )
+    rp.add_argument("name")
+    _identity_args(rp)
+    rp.add_argument("--request-id", help="reuse to retry safely")
+    add_client_args(rp)
+    rp.set_defaults(func=_replace)
     ls = sub.add_parser("repairs", help="repairs and their progress per key version")
     ls.add_argument("--watch", action="store_true", help="refresh until no repair runs")
     ls.add_argument("--versions", action="store_true", help="one line per key version")
@@ -115,20 +160,71 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _identity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--public-key", required=True, help="its identity key (hex), printed by "
+                   "`custody node provision` or `custody cluster add-node`")  # fmt: skip
+    p.add_argument("--raft", required=True, metavar="HOST:PORT", help="its Raft address")
+    p.add_argument("--api", required=True, metavar="HOST:PORT", help="its API address")
+
+
+def _public_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError("--public-key must be 64 hex digits (a raw Ed25519 key)")
+    return key
+
+
+def _submit_governance(args: argparse.Namespace, make: Any) -> int:
+    from node.cli.keys import post_signed
+
+    async def body(client: Client, profile: Profile) -> int:
+        out = await post_signed(client, profile, make(profile.principal))
+        emit(args, out, lambda o: f"governance request {o['request']}: {o['code']} "
+             f"{o.get('detail', '')}\n(needs the governance quorum: custody approve "
+             f"{o['request']})")  # fmt: skip
+        return 0
+
+    return run_client(args, body)
+
+
+def _add(args: argparse.Namespace) -> int:
+    from node.state import AddMember
+    from node.state.names import member_index
+
+    key = _public_key(args.public_key)
+    return _submit_governance(args, lambda author: AddMember(
+        request_id=args.request_id or new_request_id("add-member"), author=author,
+        name=args.name, index=member_index(args.name), public_key=key,
+        raft_address=args.raft, api_address=args.api,
+    ))  # fmt: skip
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from node.state import RemoveMember
+
+    return _submit_governance(args, lambda author: RemoveMember(
+        request_id=args.request_id or new_request_id("remove-member"), author=author,
+        name=args.name))  # fmt: skip
+
+
+def _replace(args: argparse.Namespace) -> int:
+    from node.state import RepairMember
+
+    key = _public_key(args.public_key)
+    return _submit_governance(args, lambda author: RepairMember(
+        request_id=args.request_id or new_request_id("replace"), author=author,
+        name=args.name, public_key=key, raft_address=args.raft, api_address=args.api,
+    ))  # fmt: skip
+
+
 def _repair(args: argparse.Namespace) -> int:
     from node.cli.keys import post_signed
     from node.state import RepairMember
 
-    key = b""
-    if args.public_key:
-        try:
-            key = bytes.fromhex(args.public_key)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            print("custody: --public-key must be 64 hex digits (a raw Ed25519 key)",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+    key = _public_key(args.public_key) if args.public_key else b""
 
     async def body(client: Client, profile: Profile) -> int:
         cmd = RepairMember(

@@ -282,12 +282,12 @@ async def epoch_advance(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     before = rt.machine.state.epoch
     voted = [rt.name] if await rt.nudge_epoch() else []
+    peers = rt.peer_names()
     results = await asyncio.gather(
-        *(_peer_post(rt, p, "/v1/peer/epoch/nudge", b"") for p in rt.cfg.peers if p != rt.name),
+        *(_peer_post(rt, p, "/v1/peer/epoch/nudge", b"") for p in peers),
         return_exceptions=True,
     )
-    voted += [p for p, r in zip([p for p in rt.cfg.peers if p != rt.name], results, strict=True)
-              if r is True]  # fmt: skip
+    voted += [p for p, r in zip(peers, results, strict=True) if r is True]
     deadline = time.monotonic() + 5
     while rt.machine.state.epoch == before and time.monotonic() < deadline:
         await rt.changed(deadline - time.monotonic())
@@ -297,9 +297,8 @@ async def epoch_advance(request: web.Request) -> web.StreamResponse:
 
 
 async def _peer_post(rt: Runtime, peer: str, path: str, body: bytes) -> bool:
-    cfg = rt.cfg.peers[peer]
     assert rt.http is not None
-    async with rt.http.post(f"https://{cfg.api[0]}:{cfg.api[1]}{path}", data=body) as r:
+    async with rt.http.post(rt.peer_url(peer, path), data=body) as r:
         return r.status == 200
 
 

@@ -244,6 +244,14 @@ class Table:
             raise self.error(key, f"{value} is outside {also}{lo:g}..{hi:g}")
         return number
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_kind(value)}")
+        return value
+
     def path(self, key: str, *, required: bool = True) -> Path | None:
         """A path relative to the file's directory, resolved (nothing checked on disk)."""
         value = self.text(key, required=required, max_chars=MAX_PATH_CHARS)
@@ -334,6 +342,7 @@ class NodeConfig:
     tick_ms: int
     election_ticks: int
     snapshot_every: int
+    raft_join: bool  # a member added after the bootstrap: starts empty, the leader adds it
     peers: dict[str, PeerConfig]
     epoch_interval_s: float
     epoch_min_interval_s: float
@@ -417,10 +426,11 @@ def load_config(path: str | os.PathLike[str], *, create_data_dir: bool = True) -
     tick_ms = raft.integer("tick_ms", *TICK_MS_RANGE, DEFAULT_TICK_MS)
     election_ticks = raft.integer("election_ticks", *ELECTION_TICKS_RANGE, DEFAULT_ELECTION_TICKS)
     snapshot_every = raft.integer("snapshot_every", *SNAPSHOT_EVERY_RANGE, DEFAULT_SNAPSHOT_EVERY)
+    raft_join = raft.boolean("join", False)
     raft.finish()
 
     peers = _read_peers(file, doc["peers"])
-    _check_peers(file, peers, name, raft_listen, api_listen, bootstrap)
+    _check_peers(file, peers, name, raft_listen, api_listen, bootstrap, raft_join)
 
     sched = Table(file, "[schedule]", doc.get("schedule", {}))
     epoch_interval = sched.number(
@@ -468,6 +478,7 @@ def load_config(path: str | os.PathLike[str], *, create_data_dir: bool = True) -
         tick_ms=tick_ms,
         election_ticks=election_ticks,
         snapshot_every=snapshot_every,
+        raft_join=raft_join,
         peers=peers,
         epoch_interval_s=epoch_interval,
         epoch_min_interval_s=epoch_min,
@@ -548,6 +559,7 @@ def _check_peers(
     raft_listen: Address,
     api_listen: Address,
     bootstrap: Bootstrap,
+    join: bool = False,
 ) -> None:
     indexes = [p.index for p in peers.values()]
     if indexes != list(range(1, len(peers) + 1)):
@@ -579,7 +591,9 @@ def _check_peers(
         )
     members = {m.name: m.index for m in bootstrap.members}
     listed = {p.name: p.index for p in peers.values()}
-    if members != listed:
+    # A node added later (join) also lists the members added since the bootstrap.
+    later = join and listed.items() >= members.items() and name not in members
+    if members != listed and not later:
         raise ConfigError(
             f"{file}: [[peers]] name: peers {sorted(listed, key=listed.__getitem__)} are not "
             f"the bootstrap's members {sorted(members, key=members.__getitem__)}"
@@ -633,6 +647,7 @@ def render_config(
     tick_ms: int | None = None,
     election_ticks: int | None = None,
     snapshot_every: int | None = None,
+    join: bool | None = None,
     schedule: Mapping[str, float] | None = None,
     log_format: str | None = None,
     log_level: str | None = None,
@@ -677,6 +692,7 @@ def render_config(
                 ("tick_ms", tick_ms),
                 ("election_ticks", election_ticks),
                 ("snapshot_every", snapshot_every),
+                ("join", join),
             ],
         ),
     ]

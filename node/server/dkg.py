@@ -179,8 +179,7 @@ class DkgDuty:
     async def _deliver(self, ref: str, peer: str, delivery: Round2Delivery) -> None:
         """Send one sealed share until the peer takes it or the DKG is over."""
         rt = self.rt
-        cfg = rt.cfg.peers[peer]
-        url = f"https://{cfg.api[0]}:{cfg.api[1]}/v1/peer/dkg/round2"
+        url = rt.peer_url(peer, "/v1/peer/dkg/round2")
         assert rt.http is not None
         delay = 0.05
         while ref in self.runs:

@@ -676,6 +676,17 @@ PATHS: dict[str, dict[str, Any]] = {
                            "content": {"text/plain": {"schema": _str()},
                                        "application/openmetrics-text": {"schema": _str()}}}},
     )},
+    "/v1/repairs": {"get": _op(
+        "list_repairs", "Every member's latest share repair and its progress per key "
+        "version (docs/recovery.md)", AUDIT, tag="recovery",
+        responses={"200": _json({"type": "object"}, "`{repairs: [...]}`")},
+    )},
+    "/v1/refresh": {"get": _op(
+        "show_refresh", "The latest proactive refresh and each version's share generation "
+        "(docs/recovery.md)", AUDIT, tag="recovery",
+        responses={"200": _json({"type": "object"},
+                                "`{refresh: {...} | null, generations: {...}}`")},
+    )},
     # ------------------------------------------------------------ peers (internal)
     "/v1/peer/propose": {"post": _op(
         "peer_propose", "The leader proposes an encoded command; its encoded outcome",
@@ -688,6 +699,20 @@ PATHS: dict[str, dict[str, Any]] = {
         msgpack_body=True,
         responses={"200": _msgpack_ok("empty"), "400": _resp("BadRequest"),
                    "404": _json(_ref("Error"), "`unknown_dkg`: resend later"),
+                   "409": _json(_ref("Error"), "`refused`")},
+    )},
+    "/v1/peer/repair": {"post": _op(
+        "peer_repair", "A helper's sealed pieces or sums for the current repair run",
+        ["node"], tag="peer", msgpack_body=True,
+        responses={"200": _msgpack_ok("empty"), "400": _resp("BadRequest"),
+                   "404": _json(_ref("Error"), "`unknown_repair`: resend later"),
+                   "409": _json(_ref("Error"), "`refused`")},
+    )},
+    "/v1/peer/refresh": {"post": _op(
+        "peer_refresh", "A member's sealed sub-shares for the current refresh run",
+        ["node"], tag="peer", msgpack_body=True,
+        responses={"200": _msgpack_ok("empty"), "400": _resp("BadRequest"),
+                   "404": _json(_ref("Error"), "`unknown_refresh`: resend later"),
                    "409": _json(_ref("Error"), "`refused`")},
     )},
     "/v1/peer/sign/commit": {"post": _op(
@@ -736,6 +761,7 @@ def _document() -> dict[str, Any]:
             {"name": "keys"}, {"name": "policies"}, {"name": "requests"},
             {"name": "writes", "description": "signed commands and epoch nudges"},
             {"name": "audit"}, {"name": "grants", "description": "docs/grants.md"},
+            {"name": "recovery", "description": "share repair and refresh (docs/recovery.md)"},
             {"name": "peer", "description": "member-to-member, msgpack bodies; internal",
              "x-internal": True},
         ],

@@ -44,7 +44,7 @@ from node.protocols.refresh_session import (
 )
 from node.protocols.wire import RefreshDelivery
 from node.server.faults import crash_point
-from node.server.repair import RepairRefused, post_until_taken, printable
+from node.server.repair import RepairRefused, post_until_taken, printable, run_timeout
 from node.state import PostRefresh, RecordRefresh, ReportRefresh, StartRefresh
 from node.state.model import Refresh
 from shares.errors import SharesError
@@ -88,7 +88,8 @@ class RefreshDuty:
             if rt.name in r.participants:
                 await self._step(r)
             waited = time.monotonic() - self.first_seen[r.run]
-            if rt.is_leader() and waited > rt.cfg.dkg_timeout_s:
+            if rt.is_leader() and waited > run_timeout(rt.cfg.dkg_timeout_s,
+                                                       len(r.batch_items())):  # fmt: skip
                 silent = [p for p in r.participants if p not in r.posts]
                 why = (f"no post within {rt.cfg.dkg_timeout_s:g}s from {', '.join(silent)}"
                        if silent else "run made no progress")  # fmt: skip
@@ -249,6 +250,7 @@ class RefreshDuty:
 
     async def _store(self, r: Refresh, run: _Run) -> None:
         rt = self.rt
+        number = r.run  # `r` is the live state: the run may move on meanwhile
         try:
             result = run.session.finish()
         except RefreshCulprits as exc:
@@ -274,6 +276,9 @@ class RefreshDuty:
         log.info("refresh run %d: next generation of %d shares stored beside the current",
                  r.run, len(result.items))  # fmt: skip
         crash_point("refresh.stored")  # stored, not recorded yet
+        if r.run != number or rt.machine.running_refresh() is not r:
+            log.info("refresh run %d: over before it was recorded", number)
+            return
         await self._record(r, rows)
 
     async def _stored_rows(self, r: Refresh) -> tuple[tuple[bytes, ...], ...] | None:

@@ -79,8 +79,7 @@ async def post_until_taken(
 ) -> None:
     """POST `body` to `peer` until it takes it (200), refuses it for good (400/403/409),
     or `alive()` says the run it belongs to is over; backing off up to 1 s."""
-    cfg = rt.cfg.peers[peer]
-    url = f"https://{cfg.api[0]}:{cfg.api[1]}{path}"
+    url = rt.peer_url(peer, path)
     assert rt.http is not None
     delay = 0.05
     while alive():
@@ -95,6 +94,13 @@ async def post_until_taken(
             pass
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def run_timeout(base_s: float, versions: int) -> float:
+    """How long a run may go without finishing before the leader reports it: the DKG
+    timeout, plus time for the target to store a large batch in its token (measured:
+    about 20 ms per share object under load)."""
+    return base_s + 0.05 * versions
 
 
 def printable(text: str, limit: int = 256) -> str:
@@ -129,7 +135,9 @@ class RepairDuty:
             self.first_seen.setdefault(key, now)
             if self.rt.name == repair.member or self.rt.name in repair.helpers:
                 await self._step(repair)
-            if self.rt.is_leader() and now - self.first_seen[key] > self.rt.cfg.dkg_timeout_s:
+            if self.rt.is_leader() and now - self.first_seen[key] > run_timeout(
+                self.rt.cfg.dkg_timeout_s, len(repair.batch_items())
+            ):
                 await self._time_out(repair)
         for key in [k for k in self.runs if k not in live]:
             self._drop(key)
@@ -318,6 +326,7 @@ class RepairDuty:
 
     async def _store(self, repair: Repair, run: _Run) -> None:
         rt = self.rt
+        number = repair.run  # `repair` is the live state: the run may move on meanwhile
         try:
             result = run.session.finish()
         except RepairCulprits as exc:
@@ -332,8 +341,9 @@ class RepairDuty:
             await asyncio.to_thread(store)
         except Exception as exc:  # not stored: this run cannot be confirmed
             what = exc.__class__.__name__
-            log.error("repair %s run %d: storing failed: %s", repair.member, repair.run, what)
-            await self._report(repair, [], f"{rt.name} could not store its shares ({what})")
+            log.error("repair %s run %d: storing failed: %s", repair.member, number, what)
+            await self._report(repair, [], f"{rt.name} could not store its shares ({what})",
+                               run=number)  # fmt: skip
             return
         finally:
             result.zeroize()
@@ -341,6 +351,9 @@ class RepairDuty:
         log.info("repair %s run %d: %d shares rebuilt, checked and stored", repair.member,
                  repair.run, len(result.items))  # fmt: skip
         crash_point("repair.target.stored")  # stored, not confirmed yet
+        if repair.run != number or repair.state is not RepairState.RUNNING:
+            log.info("repair %s run %d: over before it was confirmed", repair.member, number)
+            return
         await self._confirm(repair)
 
     async def _already_stored(self, repair: Repair) -> bool:
@@ -366,16 +379,17 @@ class RepairDuty:
 
     async def _confirm(self, repair: Repair) -> None:
         rt = self.rt
+        member, number = repair.member, repair.run
         cmd = RecordRepair(
-            request_id=repair_request_id("repair-done", repair.member, repair.run),
-            author=rt.name, member=repair.member, run=repair.run,
+            request_id=repair_request_id("repair-done", member, number),
+            author=rt.name, member=member, run=number,
         )  # fmt: skip
         signed = await rt.sign_command(cmd)
         for _ in range(20):
-            out = await rt.propose_quietly(signed, f"repair confirmation {repair.run}")
+            out = await rt.propose_quietly(signed, f"repair confirmation {number}")
             if out is not None:
-                log.info("repair %s run %d: confirmed (%s) %s", repair.member, repair.run,
-                         out.code, out.detail)  # fmt: skip
+                log.info("repair %s run %d: confirmed (%s) %s", member, number, out.code,
+                         out.detail)  # fmt: skip
                 return
             await asyncio.sleep(0.25)
 
@@ -392,20 +406,22 @@ class RepairDuty:
         silent = [h for h in repair.helpers if h not in repair.posts]
         if repair.member not in repair.posts:
             return  # the target is not there: a new run would not help; wait for it
-        timeout = self.rt.cfg.dkg_timeout_s
+        timeout = run_timeout(self.rt.cfg.dkg_timeout_s, len(repair.batch_items()))
         why = (f"no post within {timeout:g}s from {', '.join(silent)}" if silent
                else f"run made no progress within {timeout:g}s")  # fmt: skip
         await self._report(repair, silent, why)
 
-    async def _report(self, repair: Repair, culprits: list[str], reason: str) -> None:
-        key = (repair.member, repair.run)
+    async def _report(
+        self, repair: Repair, culprits: list[str], reason: str, run: int | None = None
+    ) -> None:
+        key = (repair.member, repair.run if run is None else run)
         if key in self.reported:
             return
         rt = self.rt
         text = printable(reason)
         cmd = ReportRepair(
-            request_id=repair_request_id("repair-fail", repair.member, repair.run),
-            author=rt.name, member=repair.member, run=repair.run,
+            request_id=repair_request_id("repair-fail", repair.member, key[1]),
+            author=rt.name, member=repair.member, run=key[1],
             culprits=tuple(sorted(set(culprits))), reason=text,
         )  # fmt: skip
         out = await rt.propose_quietly(await rt.sign_command(cmd), f"repair failure {key}")

@@ -38,7 +38,7 @@ from consensus.driver import (
 from node.hsm.pkcs11_slot import Pkcs11Slot, SlotConfig
 from node.hsm.slot import ShareId
 from node.protocols.signing import NonceStock
-from node.server.config import NodeConfig
+from node.server.config import NodeConfig, format_address, parse_address
 from node.state import (
     AdvanceEpoch,
     Approve,
@@ -149,6 +149,7 @@ class Runtime:
         self.lifecycle: Any = None  # node.server.lifecycle.LifecycleDuty
         self.repair: Any = None  # node.server.repair.RepairDuty
         self.refresh: Any = None  # node.server.refresh.RefreshDuty
+        self.membership: Any = None  # node.server.membership.MembershipDuty
         self.identity = b""  # this node's identity public key (from its token)
         self._unregistered_logged = False
 
@@ -159,9 +160,12 @@ class Runtime:
         self.slot = await asyncio.to_thread(open_slot, cfg)
         member = {m.name: m for m in cfg.bootstrap_command.members}.get(cfg.name)
         self.identity = self.slot.identity_public_key()
-        if member is None:
-            raise RuntimeError(f"{cfg.name} is not a member in the bootstrap command")
-        if member.public_key != self.identity:
+        if member is None and not cfg.raft_join:
+            raise RuntimeError(
+                f"{cfg.name} is not a member in the bootstrap command (a node added later "
+                "has `join = true` in [raft])"
+            )
+        if member is not None and member.public_key != self.identity:
             # A re-provisioned token (the old one was lost): this node replicates the log
             # but signs nothing until the state registers this key (a repair_member
             # request); its signatures would be refused anyway.
@@ -189,6 +193,7 @@ class Runtime:
             machine=Observed(self.machine, self._notify, self._on_approved),
             tls_contexts=ctx,
             snapshot_guard=guard,
+            join=cfg.raft_join,
             config=DriverConfig(
                 tick_interval=cfg.tick_ms / 1000,
                 election_ticks=cfg.election_ticks,
@@ -218,6 +223,9 @@ class Runtime:
 
         self.repair = RepairDuty(self)
         self.refresh = RefreshDuty(self)
+        from node.server.membership import MembershipDuty
+
+        self.membership = MembershipDuty(self)
         await asyncio.to_thread(self._erase_destroyed)  # reconcile before serving
         self._erased = self._destroyed_versions()
         for name, coro in (
@@ -331,11 +339,31 @@ class Runtime:
             raise NoLeader("overloaded; retry") from None
         return decode_outcome(raw)
 
+    def peer_api(self, name: str) -> tuple[str, int] | None:
+        """Where member `name` serves its API: the replicated address book first (members
+        added or moved through the log), then this node's configuration."""
+        addr = self.machine.state.addresses.get(name)
+        if addr is not None:
+            return parse_address(addr.api)
+        peer = self.cfg.peers.get(name)
+        return peer.api if peer is not None else None
+
+    def peer_url(self, name: str, path: str) -> str:
+        api = self.peer_api(name)
+        if api is None:
+            raise NoLeader(f"no address known for {name}")
+        return f"https://{format_address(api)}{path}"
+
+    def peer_names(self) -> list[str]:
+        """Every other member this node can reach (by the state, else its configuration)."""
+        names = set(self.machine.state.members) or set(self.cfg.peers)
+        return sorted(n for n in names if n != self.name and self.peer_api(n) is not None)
+
     async def _forward(self, leader: int, data: bytes) -> bytes:
-        peer = self.cfg.peers.get(f"node-{leader}") if leader else None
-        if peer is None or leader == self.index:
+        name = f"node-{leader}"
+        if not leader or leader == self.index or self.peer_api(name) is None:
             raise NoLeader("no leader known")
-        url = f"https://{peer.api[0]}:{peer.api[1]}/v1/peer/propose"
+        url = self.peer_url(name, "/v1/peer/propose")
         assert self.http is not None
         try:
             async with self.http.post(url, data=data, headers={"Content-Type": MSGPACK}) as resp:
@@ -383,6 +411,8 @@ class Runtime:
                     with contextlib.suppress(NoLeader):
                         await self.read_index()
                         self.caught_up = True
+                if self.membership is not None:  # the address book, even before registered
+                    await self.membership.reconcile()
                 if not self.registered():
                     if not self._unregistered_logged and self.caught_up:
                         log.warning("identity key not registered for %s: no duties", self.name)

@@ -462,9 +462,8 @@ class Signer:
         """POST a signing call to `member`, bounded by `SIGN_CALL_TIMEOUT_S` (a stopped
         process accepts the connection and never answers)."""
         rt = self.rt
-        cfg = rt.cfg.peers[member]
         assert rt.http is not None
-        url = f"https://{cfg.api[0]}:{cfg.api[1]}{path}"
+        url = rt.peer_url(member, path)
         try:
             async with rt.http.post(url, data=body, timeout=_CALL_TIMEOUT) as r:
                 data = await r.read()

@@ -105,11 +105,15 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/grants/{grant_id}/revoke"): _row(403, 400, 400, 403, 403, 403),
     ("POST", "/v1/requests/signed"): _row(400, 403, 403, 403, 403, 403),
     ("GET", "/metrics"): _row(403, 403, 200, 200, 200, 403),
+    ("GET", "/v1/repairs"): _row(403, 200, 200, 200, 403, 403),
+    ("GET", "/v1/refresh"): _row(403, 200, 200, 200, 403, 403),
     # A member's propose of one junk byte would go into the log (as a rejected command):
     # not an authorisation question, so node-2's answer is not asserted here.
     ("POST", "/v1/peer/propose"): _row(403, 403, 403, 403, None, 403),
     ("POST", "/v1/peer/dkg/round2"): _row(403, 403, 403, 403, 400, 403),
     ("POST", "/v1/peer/sign/commit"): _row(403, 403, 403, 403, 400, 403),
+    ("POST", "/v1/peer/repair"): _row(403, 403, 403, 403, 400, 403),
+    ("POST", "/v1/peer/refresh"): _row(403, 403, 403, 403, 400, 403),
     ("POST", "/v1/peer/sign/share"): _row(403, 403, 403, 403, 400, 403),
     ("POST", "/v1/peer/epoch/nudge"): _row(403, 403, 403, 403, {200, 429}, 403),
 }

@@ -214,6 +214,10 @@ def test_sys_and_reads_match_the_document(api: Api, live: Live) -> None:
     events = api("audit", "GET", "/v1/events", "/v1/events?follow=false")
     assert isinstance(events, bytes)
     api("audit", "GET", "/v1/events", "/v1/events?types=nope", expect=400)
+    assert api("audit", "GET", "/v1/repairs") == {"repairs": []}
+    api("app1", "GET", "/v1/repairs", expect=403)
+    refresh = api("audit", "GET", "/v1/refresh")
+    assert refresh["refresh"] is None and all(g == 0 for g in refresh["generations"].values())
 
 
 def test_sign_flow_matches_the_document(api: Api, live: Live) -> None:
