@@ -28,6 +28,7 @@ bench: setup
 	$(PY) benchmarks/cluster_sign.py
 	$(PY) benchmarks/envelope.py
 	$(PY) benchmarks/recovery.py
+	$(PY) benchmarks/recovery_cluster.py
 
 # The consensus simulator over SEEDS seeds from START, in every mode or in
 # MODE (base, planned, planned-torn, conservative, conservative-torn), on JOBS
