@@ -62,6 +62,7 @@ log = logging.getLogger("custody.node")
 
 PROPOSE_TIMEOUT_S = 5.0
 PEER_TIMEOUT_S = 5.0
+FORWARD_POLL_S = 0.1  # how often a forwarded proposal checks whether the leader changed
 DUTY_MIN_S = 0.02
 MSGPACK = "application/msgpack"
 
@@ -364,6 +365,24 @@ class Runtime:
         if not leader or leader == self.index or self.peer_api(name) is None:
             raise NoLeader("no leader known")
         url = self.peer_url(name, "/v1/peer/propose")
+        assert self.http is not None
+        call = asyncio.ensure_future(self._post_propose(url, data))
+        # A forward to a leader that hangs (a paused process accepts connections and never
+        # answers) would wait out the HTTP timeout although a new leader is elected within
+        # an election timeout: give up as soon as this node sees another leader. The old
+        # one may still have proposed it: the outcome is unknown, and a retry with the same
+        # request id is answered exactly once.
+        while not call.done():
+            await asyncio.wait({call}, timeout=FORWARD_POLL_S)
+            now = self.driver.status().leader if self.driver is not None else 0
+            if not call.done() and now != leader:
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await call
+                raise TimeoutError("the leader changed while forwarding: outcome unknown")
+        return call.result()
+
+    async def _post_propose(self, url: str, data: bytes) -> bytes:
         assert self.http is not None
         try:
             async with self.http.post(url, data=data, headers={"Content-Type": MSGPACK}) as resp:
