@@ -24,8 +24,6 @@ posts and records them. The leader reports a run without progress after
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -44,7 +42,15 @@ from node.protocols.refresh_session import (
 )
 from node.protocols.wire import RefreshDelivery
 from node.server.faults import crash_point
-from node.server.repair import RepairRefused, post_until_taken, printable, run_timeout
+from node.server.repair import RepairRefused
+from node.server.runs import (
+    Sessions,
+    first_time,
+    load_shares,
+    post_until_taken,
+    printable,
+    run_timeout,
+)
 from node.state import PostRefresh, RecordRefresh, ReportRefresh, StartRefresh
 from node.state.model import Refresh
 from shares.errors import SharesError
@@ -73,7 +79,7 @@ def _index(name: str) -> int:
 class RefreshDuty:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.runs: dict[int, _Run] = {}
+        self.runs: Sessions[int] = Sessions()
         self.first_seen: dict[int, float] = {}
         self.reported: set[int] = set()
         self._generations: tuple[Any, ...] = ()  # what the last erasure pass saw
@@ -150,7 +156,8 @@ class RefreshDuty:
         items = self._items(r)
         try:
             ctx, ids, t = self._context(r, items)
-            shares = await asyncio.to_thread(self._load, items)
+            shares = await asyncio.to_thread(
+                load_shares, rt, [(it.key_id, it.version) for it in items])
             try:
                 session, post = RefreshSession.start(ctx, rt.index, ids, t, items, shares,
                                                      os.urandom)  # fmt: skip
@@ -176,17 +183,6 @@ class RefreshDuty:
         log.info("refresh run %d: post proposed (%d versions)", r.run, len(items))
         if out is not None and out.ok:
             crash_point("refresh.posted")
-
-    def _load(self, items: list[KeyVersion]) -> list[bytearray]:
-        out: list[bytearray] = []
-        try:
-            for it in items:
-                out.append(self.rt.slot.load_share(self.rt.share_id(it.key_id, it.version)))
-        except Exception:
-            for s in out:
-                zero(s)
-            raise
-        return out
 
     async def _exchange(self, r: Refresh, run: _Run) -> None:
         rt = self.rt
@@ -231,10 +227,8 @@ class RefreshDuty:
             await self._maybe_finish(r, run)
 
     async def _take(self, r: Refresh, run: _Run, sender: int, message: bytes) -> None:
-        digest = hashlib.sha256(message).digest()
-        if run.received.get(sender) == digest:
-            return  # a retry of a message taken already
-        run.received.setdefault(sender, digest)
+        if not first_time(run.received, sender, message):
+            return
         try:
             run.session.on_subshares(sender, message)
         except RefreshCulprits as exc:
@@ -398,15 +392,7 @@ class RefreshDuty:
             log.warning("refresh run %d: reported: %s (%s)", run, reason, out.code)
 
     def _drop(self, run: int) -> None:
-        item = self.runs.pop(run, None)
-        if item is None:
-            return
-        for t in item.tasks:
-            if t is not asyncio.current_task():
-                t.cancel()
-        with contextlib.suppress(Exception):
-            item.session.abort()
+        self.runs.drop(run)
 
     def abort_all(self) -> None:
-        for run in list(self.runs):
-            self._drop(run)
+        self.runs.drop_all()

@@ -24,16 +24,11 @@ a run that made no progress within `dkg_timeout_s`, naming helpers that never po
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import aiohttp
 
 from node.hsm.aad import zero
 from node.protocols.batch import matches
@@ -47,6 +42,14 @@ from node.protocols.repair_session import (
 )
 from node.protocols.wire import RepairDelivery
 from node.server.faults import crash_point
+from node.server.runs import (
+    Sessions,
+    first_time,
+    load_shares,
+    post_until_taken,
+    printable,
+    run_timeout,
+)
 from node.state import PostRepair, RecordRepair, ReportRepair, repair_request_id
 from node.state.model import Repair, RepairState
 from shares import repair as srepair
@@ -74,40 +77,6 @@ class _Run:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-async def post_until_taken(
-    rt: Runtime, alive: Callable[[], bool], peer: str, path: str, body: bytes, what: str
-) -> None:
-    """POST `body` to `peer` until it takes it (200), refuses it for good (400/403/409),
-    or `alive()` says the run it belongs to is over; backing off up to 1 s."""
-    url = rt.peer_url(peer, path)
-    assert rt.http is not None
-    delay = 0.05
-    while alive():
-        try:
-            async with rt.http.post(url, data=body) as resp:
-                if resp.status == 200:
-                    return
-                if resp.status in (400, 403, 409):
-                    log.warning("%s: %s refused it (%d)", what, peer, resp.status)
-                    return
-        except (aiohttp.ClientError, TimeoutError):
-            pass
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
-
-
-def run_timeout(base_s: float, versions: int) -> float:
-    """How long a run may go without finishing before the leader reports it: the DKG
-    timeout, plus time for the target to store a large batch in its token (measured:
-    about 20 ms per share object under load)."""
-    return base_s + 0.05 * versions
-
-
-def printable(text: str, limit: int = 256) -> str:
-    """A reason for the log and the audit: printable ASCII, bounded."""
-    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in text)[:limit]
-
-
 def _index(name: str) -> int:
     return int(name.removeprefix("node-"))
 
@@ -115,7 +84,7 @@ def _index(name: str) -> int:
 class RepairDuty:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.runs: dict[tuple[str, int], _Run] = {}
+        self.runs: Sessions[tuple[str, int]] = Sessions()
         self.first_seen: dict[tuple[str, int], float] = {}
         self.reported: set[tuple[str, int]] = set()
 
@@ -192,7 +161,8 @@ class RepairDuty:
                 session, post = RepairTarget.start(context, request, items, os.urandom)
                 role = "target"
             else:
-                shares = await asyncio.to_thread(self._load_shares, items)
+                shares = await asyncio.to_thread(
+                    load_shares, rt, [(it.key_id, it.version) for it in items])
                 try:
                     session, post = RepairHelper.start(
                         context, rt.index, request, items, shares, os.urandom
@@ -226,17 +196,6 @@ class RepairDuty:
                  role, len(items))  # fmt: skip
         if out is not None and out.ok:
             crash_point(f"repair.{role}.posted")
-
-    def _load_shares(self, items: list[RepairItem]) -> list[bytearray]:
-        out: list[bytearray] = []
-        try:
-            for it in items:
-                out.append(self.rt.slot.load_share(self.rt.share_id(it.key_id, it.version)))
-        except Exception:
-            for s in out:
-                zero(s)
-            raise
-        return out
 
     async def _exchange(self, repair: Repair, run: _Run) -> None:
         rt, key = self.rt, (repair.member, repair.run)
@@ -290,10 +249,8 @@ class RepairDuty:
             await self._maybe_finish(repair, run)
 
     async def _take(self, repair: Repair, run: _Run, sender: int, message: bytes) -> None:
-        digest = hashlib.sha256(message).digest()
-        if run.received.get(sender) == digest:
-            return  # a retry of a message taken already (its answer was lost): not a second one
-        run.received.setdefault(sender, digest)
+        if not first_time(run.received, sender, message):
+            return
         try:
             if run.role == "helper":
                 run.session.on_deltas(sender, message)
@@ -430,15 +387,7 @@ class RepairDuty:
             log.warning("repair %s run %d: reported: %s (%s)", key[0], key[1], text, out.code)
 
     def _drop(self, key: tuple[str, int]) -> None:
-        run = self.runs.pop(key, None)
-        if run is None:
-            return
-        for t in run.tasks:
-            if t is not asyncio.current_task():
-                t.cancel()
-        with contextlib.suppress(Exception):
-            run.session.abort()
+        self.runs.drop(key)
 
     def abort_all(self) -> None:
-        for key in list(self.runs):
-            self._drop(key)
+        self.runs.drop_all()

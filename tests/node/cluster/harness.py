@@ -207,21 +207,38 @@ class Live:
 @contextlib.contextmanager
 def running(
     root: Path, *, schedule: dict[str, float] | None = None, raft: dict[str, int] | None = None,
-    key: str | None = "k1",
+    key: str | None = "k1", more_keys: tuple[str, ...] = (),
 ) -> Iterator[Live]:  # fmt: skip
     """A started cluster with policy `p1` (requester app1) and, unless `key` is None, a
-    signing key made by DKG and active; stopped afterwards, no node process left."""
+    signing key made by DKG and active (and `more_keys`); stopped afterwards, no node
+    process left."""
     c = Live.init(root, schedule=schedule, raft=raft)
     c.up()
     try:
         c.policy("p1", requesters="app1")
-        if key is not None:
-            c.key(key)
+        for k in ((key,) if key is not None else ()) + more_keys:
+            c.key(k)
         yield c
     finally:
         c.down()
         left = [n for n in c.api if c.pid(n) is not None]
         assert not left, f"{left} left behind"
+
+
+# Epochs move only when asked; a DKG or a stalled recovery run is reported after 15 s.
+QUIET_SCHEDULE = {"epoch_min_interval_s": 0.0, "epoch_interval_s": 0.0, "dkg_timeout_s": 15.0}
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
+    """Poll `check()` until it returns something true (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
 
 
 def cli(*args: str) -> str:

@@ -6,43 +6,27 @@ the cluster signs throughout."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.node.cluster.harness import CliFailed, Live, token_shares
+from tests.node.cluster.harness import (
+    QUIET_SCHEDULE,
+    CliFailed,
+    Live,
+    running,
+    token_shares,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    root: Path = tmp_path_factory.mktemp("membership") / "c"
-    c = Live.init(root, schedule={"epoch_min_interval_s": 0.0, "epoch_interval_s": 0.0,
-                                  "dkg_timeout_s": 15.0})  # fmt: skip
-    c.up()
-    try:
-        c.policy("p1", requesters="app1")
-        c.key("k1")
+    with running(tmp_path_factory.mktemp("membership") / "c", schedule=QUIET_SCHEDULE,
+                 more_keys=()) as c:  # fmt: skip
         yield c
-    finally:
-        c.down()
-        for node in ("node-1", "node-2", "node-3", "node-4"):
-            assert c.pid(node) is None, f"{node} left behind"
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def govern(live: Live, *args: str) -> None:

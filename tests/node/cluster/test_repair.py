@@ -12,13 +12,19 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from node.protocols.wire import RepairDelivery
-from tests.node.cluster.harness import Live, token_shares, wait_dead
+from tests.node.cluster.harness import (
+    QUIET_SCHEDULE,
+    Live,
+    running,
+    token_shares,
+    wait_dead,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,30 +33,9 @@ MEMBERS = ("node-1", "node-2", "node-3")
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    root: Path = tmp_path_factory.mktemp("repair") / "c"
-    c = Live.init(root, schedule={"epoch_min_interval_s": 0.0, "epoch_interval_s": 0.0,
-                                  "dkg_timeout_s": 15.0})  # fmt: skip
-    c.up()
-    try:
-        c.policy("p1", requesters="app1")
-        c.key("k1")
-        c.key("k2")
+    with running(tmp_path_factory.mktemp("repair") / "c", schedule=QUIET_SCHEDULE,
+                 more_keys=('k2',)) as c:  # fmt: skip
         yield c
-    finally:
-        c.down()
-        for node in MEMBERS:
-            assert c.pid(node) is None, f"{node} left behind"
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def repairs(live: Live) -> dict[str, dict[str, Any]]:
