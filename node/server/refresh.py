@@ -47,6 +47,7 @@ from node.server.runs import (
     Sessions,
     first_time,
     load_shares,
+    not_persisted,
     post_until_taken,
     printable,
     run_timeout,
@@ -131,6 +132,8 @@ class RefreshDuty:
     async def _step(self, r: Refresh) -> None:
         rt = self.rt
         run = self.runs.get(r.run)
+        if run is None and not rt.caught_up:
+            return  # a lagging replica may not show the post this member made before a restart
         if run is None:
             if rt.name in r.recorded:
                 return  # recorded in an earlier life: the others finish
@@ -253,12 +256,18 @@ class RefreshDuty:
         ids = sorted(_index(p) for p in r.participants)
         rows = tuple(tuple(vs[j] for j in ids) for vs in result.verification_shares)
 
+        ids = [self._next_id(it.key_id, it.version) for it in result.items]
+
         def store() -> None:
-            for it, share in zip(result.items, result.shares, strict=True):
-                rt.slot.store_share(self._next_id(it.key_id, it.version), share, replace=True)
+            for sid, share in zip(ids, result.shares, strict=True):
+                rt.slot.store_share(sid, share, replace=True)
 
         try:
             await asyncio.to_thread(store)
+            missing = await not_persisted(rt, ids)
+            if missing:
+                raise OSError(f"{len(missing)} share object(s) not in the token for a fresh "
+                              "process")  # fmt: skip
         except Exception as exc:
             what = exc.__class__.__name__
             log.error("refresh run %d: storing the next generation failed: %s", r.run, what)

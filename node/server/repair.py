@@ -46,6 +46,7 @@ from node.server.runs import (
     Sessions,
     first_time,
     load_shares,
+    not_persisted,
     post_until_taken,
     printable,
     run_timeout,
@@ -134,6 +135,8 @@ class RepairDuty:
     async def _step(self, repair: Repair) -> None:
         rt, key = self.rt, (repair.member, repair.run)
         run = self.runs.get(key)
+        if run is None and not rt.caught_up:
+            return  # a lagging replica may not show the post this member made before a restart
         if run is None:
             if rt.name in repair.posts:  # posted in an earlier life: the session is gone
                 if rt.name == repair.member and await self._already_stored(repair):
@@ -290,12 +293,18 @@ class RepairDuty:
             await self._blame(repair, exc)
             return
 
+        ids = [rt.share_id(it.key_id, it.version) for it in result.items]
+
         def store() -> None:
-            for it, share in zip(result.items, result.shares, strict=True):
-                rt.slot.store_share(rt.share_id(it.key_id, it.version), share, replace=True)
+            for sid, share in zip(ids, result.shares, strict=True):
+                rt.slot.store_share(sid, share, replace=True)
 
         try:
             await asyncio.to_thread(store)
+            missing = await not_persisted(rt, ids)
+            if missing:
+                raise OSError(f"{len(missing)} share object(s) not in the token for a fresh "
+                              "process")  # fmt: skip
         except Exception as exc:  # not stored: this run cannot be confirmed
             what = exc.__class__.__name__
             log.error("repair %s run %d: storing failed: %s", repair.member, number, what)

@@ -75,6 +75,17 @@ def load_shares(rt: Runtime, refs: Iterable[tuple[str, int]]) -> list[bytearray]
     return out
 
 
+async def not_persisted(rt: Runtime, share_ids: list[Any]) -> list[Any]:
+    """The share objects a fresh process cannot load from this member's token (SoftHSM2
+    does not report a failed write: docs/hsm.md); empty for another kind of HSM."""
+    config = rt.lifecycle.slot_config() if rt.lifecycle is not None else None
+    if config is None or not share_ids:
+        return []
+    from node.hsm.softhsm import verify_persisted
+
+    return await asyncio.to_thread(verify_persisted, config, sorted(share_ids))
+
+
 def first_time(received: dict[int, bytes], sender: int, message: bytes) -> bool:
     """False for a retry of a message already taken from `sender` (its answer was lost):
     not a second message. A different second message is for the session to judge."""
