@@ -1,5 +1,10 @@
 """`python -m chaos run SCENARIO|all [--seed N] [--out DIR] | list | clean`
-(`custody drill ...` runs this in a subprocess)."""
+(`custody drill ...` runs this in a subprocess).
+
+`run` exits 0 when every scenario that ran passed, 1 if one failed, 2 on a bad
+scenario file, 3 when none could run here (each skipped scenario says why: network and
+disk faults need root, clock jumps libfaketime).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from chaos import report, scenario
-    from chaos.runner import Drill
+    from chaos import report, sandbox, scenario
+    from chaos.runner import Drill, DrillResult
 
     names = [p.stem for p in scenario.available()] if args.scenario == "all" else [args.scenario]
     try:
@@ -28,8 +33,19 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out or Path("drill-reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     print(f"drill: seed {seed}; {len(scs)} scenario(s); report in {out}", flush=True)
+    why_not = sandbox.can_isolate()
+    print("drill: " + ("every drill runs in a network namespace of its own" if why_not is None
+                       else f"no network namespace ({why_not}): nodes on the host's loopback, "
+                       "process and clock faults only"), flush=True)  # fmt: skip
     results = []
     for sc in scs:
+        why = sandbox.skip_reason(sc)
+        if why:
+            r = DrillResult(sc.name, seed, skipped=why)
+            report.write_scenario(out / sc.name, r, [], sc.description)
+            results.append(r)
+            print(f"drill: {sc.name}: SKIPPED ({why})", flush=True)
+            continue
         d = Drill(sc, seed, out / sc.name, keep=args.keep)
         r = d.run()
         report.write_scenario(out / sc.name, r, d.h.ops, sc.description)
@@ -42,13 +58,20 @@ def _run(args: argparse.Namespace) -> int:
         if not r.passed:
             print(f"drill: replay with: {r.replay}", flush=True)
     report.write_index(out, results, seed, ["custody", "drill", *sys.argv[1:]])
-    bad = [r.scenario for r in results if not r.passed]
-    print(f"drill: seed {seed}: {len(results) - len(bad)}/{len(results)} passed; "
-          f"{out / 'summary.md'}", flush=True)  # fmt: skip
+    ran = [r for r in results if not r.skipped]
+    bad = [r.scenario for r in ran if not r.passed]
+    skipped = [r for r in results if r.skipped]
+    print(f"drill: seed {seed}: {len(ran) - len(bad)}/{len(ran)} passed"
+          + (f", {len(skipped)} skipped" if skipped else "")
+          + f"; {out / 'summary.md'}", flush=True)  # fmt: skip
     for r in results:
-        if not r.passed:
+        if r.skipped:
+            print(f"drill: SKIPPED {r.scenario}: {r.skipped}")
+        elif not r.passed:
             print(f"drill: FAILED {r.scenario}; replay: {r.replay}")
-    return 1 if bad else 0
+    if bad:
+        return 1
+    return 3 if not ran else 0
 
 
 def _list(_args: argparse.Namespace) -> int:
@@ -65,6 +88,7 @@ def _list(_args: argparse.Namespace) -> int:
 
 
 def _clean(_args: argparse.Namespace) -> int:
+    from chaos import sandbox
     from chaos.cluster import proc_matches
     from chaos.runner import work_base
 
@@ -81,11 +105,17 @@ def _clean(_args: argparse.Namespace) -> int:
                         os.kill(pid, signal.SIGKILL)
                         killed += 1
                         print(f"killed {pid_file.parent.name} (pid {pid}) of {pid_file.parents[1]}")
+    # link delayers, mounted data disks, loop devices, blkio groups, network namespaces
+    left = sandbox.clean(base)
+    for line in left:
+        print(line)
+    if base.is_dir():
         for d in sorted(base.iterdir()):
             if d.is_dir() and (d / "cluster.json").exists():
                 shutil.rmtree(d, ignore_errors=True)
                 removed += 1
-    print(f"drill clean: {killed} process(es) killed, {removed} work dir(s) removed under {base}")
+    print(f"drill clean: {killed} process(es) killed, {len(left)} sandbox leftover(s) removed, "
+          f"{removed} work dir(s) removed under {base}")
     return 0
 
 
@@ -99,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--keep", action="store_true", help="keep the cluster directory")
     r.set_defaults(func=_run)
     sub.add_parser("list", help="list the scenarios").set_defaults(func=_list)
-    sub.add_parser("clean", help="kill leftover drill nodes, remove drill work dirs"
-                   ).set_defaults(func=_clean)  # fmt: skip
+    sub.add_parser("clean", help="kill leftover drill nodes, remove their namespaces, mounts, "
+                   "cgroups and work dirs").set_defaults(func=_clean)  # fmt: skip
     args = p.parse_args(argv)
     return int(args.func(args))
 

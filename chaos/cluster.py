@@ -1,11 +1,13 @@
 """The cluster under test, driven from outside: CLI subprocesses, signals, the client API.
 
 `custody cluster init` writes the directory (PKI, one SoftHSM2 token per node,
-configs, profiles); `custody cluster up` starts it. Faults are signals to the node
-processes (SIGKILL, SIGSTOP/SIGCONT, SIGTERM); a node is started again with the very
-command `cluster up` uses (`python -m node.cli node run --config node.toml`, its own
-session, output appended to node.log, pid in node.pid), so that `cluster down` and
-`drill clean` find it. Nothing here imports the node's server or state.
+configs, profiles); the drill starts each node (`start`, with its sandbox's group id
+and environment) and `custody cluster up` waits until they are healthy. Process
+faults are signals to the node processes (SIGKILL, SIGSTOP/SIGCONT, SIGTERM); a node
+is started again with the very command `cluster up` uses (`python -m node.cli node
+run --config node.toml`, its own session, output appended to node.log, pid in
+node.pid), so that `cluster down` and `drill clean` find it. Nothing here imports the
+node's server or state.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,11 @@ class DrillCluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.paused: set[str] = set()
         self.api: dict[str, str] = {}
+        # How a node is launched inside a sandbox (`chaos.sandbox`): its group id (None:
+        # the drill's own), extra environment (libfaketime), a check of the new process.
+        self.gid: Callable[[str], int | None] = lambda name: None
+        self.extra_env: Callable[[str], dict[str, str]] = lambda name: {}
+        self.started: Callable[[str, int], None] = lambda name, pid: None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -99,8 +107,15 @@ class DrillCluster:
         self.api = {n["name"]: n["api"] for n in doc["nodes"]}
 
     def up(self, timeout: float = 60) -> None:
+        """Start every node with `start` (its sandbox's launch environment), then let
+        `custody cluster up` wait until they are healthy and one leads."""
+        for name in self.names:
+            self.start(name)
         custody("cluster", "up", "--dir", str(self.root), "--timeout", str(timeout),
                 timeout=timeout + 30)  # fmt: skip
+        for name in self.names:  # `cluster up` must not have started one of its own
+            if self.pid(name) != self.procs[name].pid:
+                raise RuntimeError(f"{name} is not the process the drill started")
 
     def down(self) -> None:
         for name in list(self.paused):
@@ -186,7 +201,7 @@ class DrillCluster:
         config = self.config(name)
         with open(config, "rb") as fh:
             hsm = tomllib.load(fh).get("hsm", {})
-        extra = {}
+        extra = dict(self.extra_env(name))
         if hsm.get("softhsm_conf"):
             extra["SOFTHSM2_CONF"] = str((node_dir / hsm["softhsm_conf"]).resolve())
         fd = os.open(node_dir / "node.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
@@ -198,10 +213,11 @@ class DrillCluster:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "node.cli", "node", "run", "--config", str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=node_dir,
-                env=_env(extra), start_new_session=True,
+                env=_env(extra), start_new_session=True, group=self.gid(name),
             )  # fmt: skip
         (node_dir / "node.pid").write_text(f"{proc.pid}\n")
         self.procs[name] = proc
+        self.started(name, proc.pid)
 
     # ------------------------------------------------------------ observing
 

@@ -48,13 +48,25 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell (a partition's groups are joined with `|`)."""
+    return text.replace("|", "\\|")
+
+
+def _verdict(r: DrillResult) -> str:
+    return "SKIPPED" if r.skipped else "PASSED" if r.passed else "FAILED"
+
+
 def summary_md(r: DrillResult, description: str) -> str:
-    lines = [f"# Drill `{r.scenario}` — {'PASSED' if r.passed else 'FAILED'}", ""]
+    lines = [f"# Drill `{r.scenario}` — {_verdict(r)}", ""]
+    if r.skipped:
+        return "\n".join([*lines, description, "", f"Not run here: {r.skipped}.", ""])
     lines += [
         description,
         "",
         f"- seed: **{r.seed}** (replay: `{r.replay}`)",
-        f"- started {r.started}, wall time {r.wall_s} s, settle {_fmt(r.settle_s)} s",
+        f"- started {r.started}, wall time {r.wall_s} s, settle {_fmt(r.settle_s)} s; "
+        f"isolation: {r.isolation or '—'}",
         f"- leader before: {r.leader_before or '?'}, after: {r.leader_after or '?'}; leaders "
         f"seen (sampled every 0.5 s): {', '.join(r.leaders) or '—'}",
         f"- operations (whole signing flows): ok {r.ops.get('ok', 0)}, failed "
@@ -69,6 +81,12 @@ def summary_md(r: DrillResult, description: str) -> str:
         ),
         f"- **acknowledged operations lost: {r.acked_lost if r.acked_lost is not None else '?'}**",
     ]
+    if r.epoch_advances:
+        e = r.epoch_advances
+        last = f" (last: {e['last_error']})" if e.get("last_error") else ""
+        reached = f"; epochs reached {e['epochs'][-1]}" if e.get("epochs") else ""
+        lines.append(f"- epoch advances by ops during the workload: {e['advanced']} advanced, "
+                     f"{e['not_advanced']} did not, {e['errors']} errors{last}{reached}")
     if r.error:
         lines += ["", f"**Error:** `{r.error}`"]
     lines += ["", "## Invariants", "", "| # | invariant | result | summary |", "|---|---|---|---|"]
@@ -82,17 +100,21 @@ def summary_md(r: DrillResult, description: str) -> str:
             lines += ["", f"### {ch['name']}: details", ""]
             lines += [f"- {d}" for d in ch["details"]]
     lines += ["", "## Faults and recovery", "",
-              "Recovery: from the fault (or from its end: restart/resume, for a lost token the "
+              "Recovery: from the fault (or from its end: restart/resume, heal, the restart "
+              "after a full disk is freed, the last clock jump; for a lost token the "
               "start on the new token) to the completion of the first successful signing "
-              "flow invoked after it. Repaired: from a token loss to its member's repair done.",
+              "flow invoked after it. Repaired: from a token loss to its member's repair done. "
+              "Rejoined: from the end of a network or disk fault until the nodes it named are "
+              "healthy, follow the leader and have applied the leader's commit index of "
+              "that moment.",
               "", "| # | action | target | node | at (s) | ended (s) | status | recovery (s) | "
-              "from end (s) | repaired (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "from end (s) | repaired (s) | rejoined (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for f in r.faults:
-        lines.append(f"| {f.index} | {f.action} | {f.target} | {f.node or '—'} | "
+        lines.append(f"| {f.index} | {f.action} | {_cell(f.target)} | {_cell(f.node) or '—'} | "
                      f"{_fmt(f.injected_at)} | {_fmt(f.ended_at)} | {f.status} | "
                      f"{_fmt(f.recovery_s)} | {_fmt(f.recovery_from_end_s)} | "
-                     f"{_fmt(f.repair_s)} |")  # fmt: skip
+                     f"{_fmt(f.repair_s)} | {_fmt(f.rejoin_s)} |")  # fmt: skip
     for f in r.faults:
         if f.action == "lose-token":
             lines += ["", f"Fault {f.index} ({f.action} {f.node or f.target}): repair "
@@ -100,8 +122,14 @@ def summary_md(r: DrillResult, description: str) -> str:
                       f"rebuilt {f.repair_versions or '—'}, {_fmt(f.repair_s)} s from the loss "
                       "to done."]  # fmt: skip
     for f in r.faults:
+        if f.flow_ms is not None:
+            lines += ["", f"Fault {f.index} ({f.action} {_cell(f.node)}): median signing flow "
+                      f"{_fmt(f.flow_ms)} ms while it was on, {_fmt(f.flow_ms_before)} ms in "
+                      "the 5 s before."]  # fmt: skip
+    for f in r.faults:
         if f.observed:
-            what = "the procedure" if f.action == "lose-token" else "the node's own view"
+            what = ("the procedure" if f.action == "lose-token" else "the node's own view"
+                    if f.action == "pause" else "what was seen")  # fmt: skip
             lines += ["", f"Fault {f.index} ({f.action} {f.node}), {what}: "
                       + "; ".join(f.observed)]  # fmt: skip
     lines += ["", "![timeline](timeline.png)", ""]
@@ -114,6 +142,8 @@ def summary_md(r: DrillResult, description: str) -> str:
 def write_scenario(out: Path, r: DrillResult, ops: list[Op], description: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary_md(r, description))
+    if r.skipped:
+        return
     try:
         timeline(out / "timeline.png", ops, r, f"{r.scenario} (seed {r.seed})")
     except Exception as exc:  # a report without its picture still reports
@@ -122,15 +152,19 @@ def write_scenario(out: Path, r: DrillResult, ops: list[Op], description: str) -
 
 def write_index(out: Path, results: list[DrillResult], seed: int, argv: list[str]) -> None:
     doc: dict[str, Any] = {"seed": seed, "command": " ".join(argv),
-                           "passed": all(r.passed for r in results),
+                           "passed": all(r.passed for r in results if not r.skipped),
                            "scenarios": [r.to_json() for r in results]}  # fmt: skip
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     lines = [f"# Drill report (seed {seed})", "", "| scenario | result | ok/failed/unknown | "
              "acked lost | recovery (s) per fault | longest gap (s) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
+        if r.skipped:
+            lines.append(f"| [{r.scenario}]({r.scenario}/summary.md) | skipped: {r.skipped} "
+                         "| — | — | — | — |")  # fmt: skip
+            continue
         gap = f"{r.longest_gap[1] - r.longest_gap[0]:.2f}" if r.longest_gap else "—"
-        rec = ", ".join(f"{f.action} {f.node or f.target}: {_fmt(f.recovery_s)}"
+        rec = ", ".join(f"{f.action} {_cell(f.node or f.target)}: {_fmt(f.recovery_s)}"
                         + (f" (repaired {_fmt(f.repair_s)})" if f.action == "lose-token" else "")
                         for f in r.faults) or "—"  # fmt: skip
         lines.append(f"| [{r.scenario}]({r.scenario}/summary.md) | "

@@ -11,12 +11,19 @@ SoftHSM2 token directory, `custody node provision`, start the node, `custody nod
 repair NAME --public-key KEY` (ops), approvals (alice, bob), `custody epoch advance`
 until the time-locked request is executed, then wait for `GET /v1/repairs` (what
 `custody node repairs` shows) to report the member's repair `done`.
+
+The whole drill runs in its `chaos.sandbox.Sandbox` (as root: its own network
+namespace, entered before `cluster init`); network faults are iptables rules in it
+(`chaos.netfault`), clock jumps libfaketime offsets, disk faults the nodes' own loop
+disks. Faults still active when the workload stops are healed before settling (links
+restored, disks freed, limits lifted); jumped clocks stay where they are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import random
@@ -27,9 +34,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos import invariants
+from chaos import invariants, netfault
 from chaos.cluster import DrillCluster, custody, custody_json
-from chaos.scenario import SCENARIO_DIR, Fault, Scenario
+from chaos.sandbox import Sandbox
+from chaos.scenario import NET_ACTIONS, SCENARIO_DIR, Fault, Scenario
 from chaos.workload import APPROVERS, REQUESTER, History, Op, Workload
 from node.client.http import ApiError, Client, Unreachable
 
@@ -64,6 +72,14 @@ class FaultRecord:
     repair_state: str = ""
     repair_versions: str = ""
     repair_s: float | None = None
+    # network and disk faults: from the fault's end (heal, or restart after a full disk)
+    # until every node it named is healthy, follows the leader and has applied the commit
+    # index the leader had at that moment
+    rejoin_s: float | None = None
+    # slow-link / slow-disk: median latency (ms) of the successful signing flows invoked
+    # while the fault was on, and of those invoked in the 5 s before it
+    flow_ms: float | None = None
+    flow_ms_before: float | None = None
 
 
 @dataclass
@@ -87,6 +103,9 @@ class DrillResult:
     workdir: str = ""
     leaders: list[str] = field(default_factory=list)  # "t=…s node-N (term T)", as sampled
     replay: str = ""
+    skipped: str = ""  # why the scenario did not run here (then it neither passed nor failed)
+    isolation: str = ""  # the network namespace it ran in, or why none
+    epoch_advances: dict[str, Any] = field(default_factory=dict)  # workload.epoch_advance_every
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -102,6 +121,12 @@ def leader_changes(samples: list[dict[str, Any]]) -> list[str]:
             seen.append((s["node"], s.get("term")))
             out.append(f"t={s['t']:.2f}s {s['node']} (term {s.get('term')})")
     return out
+
+
+def _median_ms(oks: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """Median latency (ms) of the successful flows invoked in [start, end)."""
+    xs = sorted(done - inv for inv, done in oks if start <= inv < end)
+    return round(xs[len(xs) // 2] * 1000, 1) if xs else None
 
 
 def _say(msg: str) -> None:
@@ -121,6 +146,9 @@ class Drill:
         self.samples: list[dict[str, Any]] = []
         self.token_lost: set[str] = set()  # nodes whose token a lose-token fault deleted
         self.res = DrillResult(scenario.name, seed, workdir=str(self.root))
+        self.sandbox = Sandbox(self.root, scenario, _say)
+        # faults still active, healed when the workload stops: index -> heal()
+        self.heals: dict[int, Callable[[], Any]] = {}
         shipped = scenario.path is None or scenario.path.parent == SCENARIO_DIR
         which = scenario.name if shipped else scenario.path
         self.res.replay = f"custody drill run {which} --seed {seed}"
@@ -133,7 +161,15 @@ class Drill:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         _say(f"{self.sc.name}: cluster init in {self.root}")
         self.cluster.init()
+        sb, c = self.sandbox, self.cluster
+        sb.set_nodes(json.loads((self.root / "cluster.json").read_text()))
+        sb.prepare_disks(c.names)
+        c.gid, c.extra_env, c.started = sb.node_gid, sb.node_env, sb.check_node
         self.cluster.up()
+        if sb.faketime:
+            bad = [n for n in c.names if not sb.faketime_loaded(c.pid(n) or 0)]
+            if bad:
+                raise RuntimeError(f"libfaketime is not loaded in {', '.join(bad)}")
         _say(f"{self.sc.name}: cluster up; policy {POLICY_ID} and key {KEY_ID} (DKG)")
 
         def as_(who: str, *args: str) -> dict[str, Any]:
@@ -205,6 +241,9 @@ class Drill:
 
     async def _inject(self, i: int, f: Fault, rec: FaultRecord) -> None:
         await asyncio.sleep(max(0.0, f.at - self.h.now()))
+        if f.action in NET_ACTIONS:
+            await self._network(i, f, rec)
+            return
         node, why = await self._resolve(f.target)
         if node is None:
             rec.status = f"skipped: {why}"
@@ -214,7 +253,13 @@ class Drill:
         c = self.cluster
         try:
             rec.injected_at = self.h.now()
-            if f.action == "kill":
+            if f.action == "clock-jump":
+                await self._clock_jump(i, f, rec, node)
+            elif f.action == "disk-full":
+                await self._disk_full(i, f, rec, node)
+            elif f.action == "slow-disk":
+                await self._slow_disk(i, f, rec, node)
+            elif f.action == "kill":
                 await asyncio.to_thread(c.kill, node)
                 rec.status = "injected"
                 _say(f"t={rec.injected_at:.1f}s fault {i}: SIGKILL {node} ({f.target})")
@@ -249,6 +294,205 @@ class Drill:
         except Exception as exc:
             rec.status = f"error: {type(exc).__name__}: {exc}"
             _say(f"fault {i}: ERROR {rec.status}")
+
+    def _note(self, i: int, rec: FaultRecord, msg: str) -> None:
+        rec.observed.append(f"t={self.h.now():.2f}s {msg}")
+        _say(f"t={self.h.now():.1f}s fault {i}: {msg}")
+
+    async def _network(self, i: int, f: Fault, rec: FaultRecord) -> None:
+        """partition / cut-link / slow-link: resolve the nodes, add the fault's rules,
+        heal after `heal_after` (or when the workload stops)."""
+        c, sb = self.cluster, self.sandbox
+        words = {w for g in f.groups for w in g} | {w for link in f.links for w in link}
+        leader = await c.leader(timeout=8) if words & {"leader", "follower"} else None
+        live = [n for n in c.names if c.running(n) and n not in c.paused]
+        try:
+            if f.groups:
+                groups = netfault.resolve_groups(f.groups, c.names, leader, live, self.rng)
+                rec.node = " | ".join(",".join(g) for g in groups)
+                named = sorted({n for g in groups for n in g})
+            else:
+                links = netfault.resolve_links(f.links, c.names, leader, live, self.rng)
+                arrow = "->" if f.oneway and f.action == "cut-link" else "<->"
+                rec.node = ", ".join(f"{a}{arrow}{b}" for a, b in links)
+                named = sorted({n for link in links for n in link})
+        except netfault.Unresolved as exc:
+            rec.status = f"skipped: {exc}"
+            _say(f"fault {i} {f.action} {f.target}: SKIPPED ({exc})")
+            return
+        try:
+            if f.action == "slow-link":
+                slows = {netfault.SlowLink(i, a, b, f.delay_ms, f.loss_pct) for a, b in links}
+                if f.delay_ms > 0:
+                    seed = random.Random(f"{self.seed}/netdelay/{i}").getrandbits(31)
+                    await asyncio.to_thread(sb.start_delayer, next(iter(slows)), f.jitter_ms,
+                                            seed)  # fmt: skip
+                rec.injected_at = self.h.now()
+                sb.slows |= slows
+                await asyncio.to_thread(sb.apply_rules)
+                what = (f"delay {f.delay_ms:g} ± {f.jitter_ms:g} ms, loss {f.loss_pct:g} % "
+                        "each way")  # fmt: skip
+            else:
+                cuts = (netfault.partition_cuts(i, groups) if f.groups
+                        else netfault.link_cuts(i, links, f.oneway))  # fmt: skip
+                rec.injected_at = self.h.now()
+                sb.cuts |= set(cuts)
+                await asyncio.to_thread(sb.apply_rules)
+                what = f"{len(cuts)} directed link(s) cut"
+            rec.status = "injected"
+            _say(f"t={rec.injected_at:.1f}s fault {i}: {f.action} {rec.node} ({what})")
+        except Exception as exc:
+            rec.status = f"error: {type(exc).__name__}: {exc}"
+            _say(f"fault {i}: ERROR {rec.status}")
+            return
+
+        async def heal() -> None:
+            sb.cuts = {x for x in sb.cuts if x[0] != i}
+            sb.slows = {x for x in sb.slows if x.fault != i}
+            await asyncio.to_thread(sb.apply_rules)
+            rec.ended_at = self.h.now()
+            last = await asyncio.to_thread(sb.stop_delayer, i)
+            _say(f"t={rec.ended_at:.1f}s fault {i}: healed {rec.node}")
+            if last:
+                self._note(i, rec, last)
+            await self._rejoin(i, rec, named)
+
+        await self._heal_later(i, f.heal_after, heal)
+
+    async def _heal_later(self, i: int, after: float | None, heal: Callable[[], Any]) -> None:
+        """Run `heal` `after` seconds from now, or when the workload stops (None)."""
+        if after is None:
+            self.heals[i] = heal
+            return
+        await asyncio.sleep(after)
+        await heal()
+
+    async def _rejoin(self, i: int, rec: FaultRecord, nodes: list[str],
+                      timeout: float = 30) -> None:  # fmt: skip
+        """How long after the fault's end until every node it named is healthy, follows
+        the leader and has applied the commit index the leader had at the end."""
+        assert rec.ended_at is not None
+        end = rec.ended_at
+        target = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = await self.cluster.statuses()
+            leaders = [s for s in st.values() if s and s.get("role") == "leader"
+                       and s.get("health") == "ok"]  # fmt: skip
+            if target is None and leaders:
+                target = max(s["commit"] for s in leaders)
+            if target is not None and leaders:
+                lead = max(leaders, key=lambda s: s.get("term", 0))
+                if all((s := st.get(n)) and s.get("health") == "ok" and s.get("applied", -1)
+                       >= target and s.get("leader") == lead.get("leader") for n in nodes):
+                    rec.rejoin_s = round(self.h.now() - end, 2)
+                    self._note(i, rec, f"{', '.join(nodes)} healthy, following "
+                               f"{lead.get('leader')} and caught up (index {target}) "
+                               f"{rec.rejoin_s:.2f} s after the fault ended")  # fmt: skip
+                    return
+            await asyncio.sleep(0.2)
+        self._note(i, rec, f"{', '.join(nodes)} not caught up {timeout:g} s after the end")
+
+    async def _clock_jump(self, i: int, f: Fault, rec: FaultRecord, node: str) -> None:
+        sb = self.sandbox
+        pid = self.cluster.pid(node)
+        if pid is None or not sb.faketime_loaded(pid):
+            rec.status = f"error: libfaketime is not loaded in {node}"
+            return
+        for k, offset in enumerate(f.offsets_s):
+            if k:
+                await asyncio.sleep(max(0.0, f.at + k * f.every - self.h.now()))
+            t = self.h.now()
+            log = self.root / node / "node.log"
+            size = log.stat().st_size if log.exists() else 0
+            sb.set_clock(node, offset)
+            if k == 0:
+                rec.injected_at, rec.status = t, "injected"
+            else:
+                rec.ended_at = t
+            self._note(i, rec, f"{node}'s wall clock set to real time {offset:+g} s")
+            seen = await self._logged_skew(log, size)
+            if seen is not None:
+                self._note(i, rec, f"{node} logs {seen:+.0f} s from real time")
+
+    async def _logged_skew(self, log: Path, offset: int, timeout: float = 3) -> float | None:
+        """The node's own clock as its log shows it: the first line written after byte
+        `offset` that starts with a timestamp, minus real time (None if none came)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            with contextlib.suppress(OSError), open(log, "rb") as fh:
+                fh.seek(offset)
+                for line in fh.read(1 << 16).decode(errors="replace").splitlines():
+                    stamp = line.split(" ", 1)[0]
+                    with contextlib.suppress(ValueError):
+                        at = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(
+                            tzinfo=dt.UTC)
+                        return at.timestamp() - time.time()
+        return None
+
+    async def _disk_full(self, i: int, f: Fault, rec: FaultRecord, node: str) -> None:
+        """Fill the node's data disk; free it later and restart the node (an operator's
+        fix), noting whether the node had stopped by itself."""
+        c, sb = self.cluster, self.sandbox
+        n = await asyncio.to_thread(sb.fill, node)
+        rec.status = "injected"
+        self._note(i, rec, f"filled {node}'s data disk: {n} bytes written, "
+                   f"{sb.free_bytes(node)} bytes free")  # fmt: skip
+        watching = asyncio.get_running_loop().create_future()
+
+        async def watch() -> None:
+            while not watching.done():
+                if not c.running(node):
+                    self._note(i, rec, f"{node} stopped by itself: {c._why(node)}")
+                    return
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.create_task(watch())
+
+        async def heal() -> None:
+            watching.set_result(None)
+            await watcher
+            sb.free(node)
+            alive = c.running(node)
+            st = await c.status(node) if alive else None
+            self._note(i, rec, f"freed {node}'s data disk ({sb.free_bytes(node)} bytes free); "
+                       + (f"it still runs ({(st or {}).get('health', 'no answer')}): "
+                          "restarting it" if alive else "starting it again"))  # fmt: skip
+            if alive:
+                await asyncio.to_thread(c.terminate, node)
+            await asyncio.to_thread(c.start, node)
+            rec.ended_at = self.h.now()
+            await self._rejoin(i, rec, [node])
+
+        await self._heal_later(i, f.free_after, heal)
+
+    async def _slow_disk(self, i: int, f: Fault, rec: FaultRecord, node: str) -> None:
+        c, sb = self.cluster, self.sandbox
+        pid = c.pid(node)
+        assert pid is not None
+        sb.throttle(node, pid, f.write_iops)
+        rec.status = "injected"
+        ms = await asyncio.to_thread(sb.fsync_probe, node)
+        self._note(i, rec, f"{node}'s data disk limited to {f.write_iops} write IO/s; fsync of "
+                   f"a 4 KiB append took {', '.join(map(str, ms))} ms")  # fmt: skip
+
+        async def heal() -> None:
+            sb.unthrottle(node)
+            rec.ended_at = self.h.now()
+            ms = await asyncio.to_thread(sb.fsync_probe, node)
+            self._note(i, rec, f"limit lifted; fsync took {', '.join(map(str, ms))} ms")
+            await self._rejoin(i, rec, [node])
+
+        await self._heal_later(i, f.heal_after, heal)
+
+    async def _heal_all(self) -> None:
+        """When the workload stops: heal every fault still active."""
+        for i in sorted(self.heals):
+            try:
+                await self.heals.pop(i)()
+            except Exception as exc:
+                _say(f"fault {i}: healing failed: {type(exc).__name__}: {exc}")
 
     def _as(self, who: str, *args: str) -> dict[str, Any]:
         """`custody ARGS --json --profile <who>` (blocking: call it in a thread)."""
@@ -443,10 +687,15 @@ class Drill:
             asyncio.create_task(self._inject(i, f, r))
             for i, (f, r) in enumerate(zip(self.sc.faults, recs, strict=True))
         ]
+        epochs = (asyncio.create_task(self._advance_epochs(wl.stop))
+                  if self.sc.workload.epoch_advance_every else None)  # fmt: skip
         await asyncio.sleep(max(0.0, self.sc.duration - self.h.now()))
         wl.stop.set()
         await asyncio.gather(*fault_tasks)
+        await self._heal_all()
         await wl_task
+        if epochs is not None:
+            await epochs
         tick.cancel()
         sample.cancel()
         self.res.leaders = leader_changes(samples)
@@ -466,6 +715,27 @@ class Drill:
         key_after = await self.group_key()
         await self.check(key_before, key_after, keys_before if repairs else None)
         return self.res
+
+    async def _advance_epochs(self, stop: asyncio.Event) -> None:
+        """ops asks for the next epoch every `epoch_advance_every` seconds (each member
+        then votes with its own wall clock); counts in the report."""
+        every = self.sc.workload.epoch_advance_every or 0
+        n = self.res.epoch_advances = {"advanced": 0, "not_advanced": 0, "errors": 0,
+                                       "epochs": [], "last_error": ""}  # fmt: skip
+        async with Client(self.cluster.profile("ops"), timeout=4, attempts=3) as cl:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every)
+                if stop.is_set():
+                    return
+                try:
+                    out = await cl.post("/v1/epoch/advance", {})
+                    moved = out["epoch"] > out["epoch_before"]
+                    n["advanced" if moved else "not_advanced"] += 1
+                    n["epochs"].append(out["epoch"])
+                except (ApiError, Unreachable, OSError, TimeoutError) as exc:
+                    n["errors"] += 1
+                    n["last_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
 
     # ------------------------------------------------------------ evidence + checks
 
@@ -562,6 +832,11 @@ class Drill:
                 after = [done for inv, done in oks if inv >= r.ended_at]
                 if after:
                     r.recovery_from_end_s = round(min(after) - r.ended_at, 2)
+        for r in self.res.faults:
+            if r.action in ("slow-link", "slow-disk") and r.injected_at is not None:
+                end = r.ended_at if r.ended_at is not None else self.sc.duration
+                r.flow_ms = _median_ms(oks, r.injected_at, end)
+                r.flow_ms_before = _median_ms(oks, r.injected_at - 5, r.injected_at)
         gap = invariants.longest_gap(self.h.ops, self.sc.duration)
         if gap is not None:
             self.res.longest_gap = [round(gap[0], 2), round(gap[1], 2)]
@@ -574,7 +849,11 @@ class Drill:
         t = time.monotonic()
         self.res.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.out.mkdir(parents=True, exist_ok=True)
+        sb = self.sandbox
+        self.res.isolation = (f"network namespace {sb.ns}" if sb.isolated else
+                              "none: the host's loopback (no network or disk faults)")  # fmt: skip
         try:
+            sb.enter()
             self.setup()
             asyncio.run(self.run_async())
         except Exception as exc:
@@ -586,6 +865,8 @@ class Drill:
             self.res.wall_s = round(time.monotonic() - t, 1)
             self._save_logs()
             self.cluster.down()
+            for problem in sb.teardown():
+                _say(f"{self.sc.name}: teardown: {problem}")
             if self.res.passed and not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
         (self.out / "history.json").write_text(json.dumps(self.h.to_json()))

@@ -1,10 +1,15 @@
 """Drill scenarios: YAML files, validated strictly on load.
 
-A scenario is a schedule of process-level faults at time offsets (seconds from
-the start of the workload) and a workload. Every problem is a `ScenarioError`
-whose message names the file and the field (`leader-crash.yaml: faults[1].target:
-...`). Fault kinds this slice does not implement (network, disk, clock) are
-refused by name, never silently accepted.
+A scenario is a schedule of faults at time offsets (seconds from the start of the
+workload) and a workload. Every problem is a `ScenarioError` whose message names the
+file and the field (`leader-crash.yaml: faults[1].target: ...`). Other names for the
+fault kinds (`isolate`, `netem`, `disk_full`, `clock_skew`, ...) are refused with a
+pointer to the name this loader knows, never silently accepted.
+
+Process faults (kill, pause, restart) and token loss (lose-token) need nothing
+special; network faults (partition, cut-link, slow-link) and disk faults (disk-full,
+slow-disk) need root (a network namespace, iptables, loop devices); clock-jump needs
+libfaketime (`requirements()` says which a scenario needs; `chaos.sandbox` checks them).
 
     name: leader-crash                # [a-z0-9-]+, defaults to the file's stem
     description: one line
@@ -37,6 +42,36 @@ refused by name, never silently accepted.
         action: kill
         target: other-follower        # a follower no earlier lose-token fault hit: the
         restart_after: 6              # quorum left must include the repaired member
+      - at: 5
+        action: partition             # cut every link between the groups, both ways
+        groups: [[leader], [rest]]    # leader | follower | random | node-N | rest
+        heal_after: 8                 # optional: else healed when the workload stops
+      - at: 5
+        action: cut-link              # cut chosen links: both ways, or with oneway: true
+        links: [[leader, follower]]   # only what the first node sends to the second
+        oneway: false
+        heal_after: 8
+      - at: 5
+        action: slow-link             # latency (± uniform jitter) and loss on links,
+        links: [[leader, follower]]   # both directions of every connection between them
+        delay_ms: 80
+        jitter_ms: 40
+        loss_pct: 5
+        heal_after: 10
+      - at: 5
+        action: clock-jump            # set the node's wall clock to real time + offset,
+        target: follower              # one offset after another, `every` seconds apart
+        offsets_s: [3600, -180]
+        every: 6
+      - at: 5
+        action: disk-full             # fill the node's data disk (a loop-mounted ext4);
+        target: follower              # free it `free_after` s later, restart the node
+        free_after: 8
+      - at: 5
+        action: slow-disk             # throttle the node's data disk to this many write
+        target: follower              # IOs per second (cgroup v1 blkio), for heal_after s
+        write_iops: 8
+        heal_after: 10
 """
 
 from __future__ import annotations
@@ -51,16 +86,26 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 TARGET_RE = re.compile(r"node-([1-9][0-9]?)")
 # `other-follower`: a follower that no earlier `lose-token` fault hit (needs one).
 TARGET_WORDS = ("leader", "follower", "random", "other-follower")
-ACTIONS = ("kill", "pause", "restart", "lose-token")
-# Fault kinds of issue 13 that this slice does not implement: refused by name.
-NOT_IMPLEMENTED = (
-    "partition", "isolate", "delay", "loss", "netem", "iptables", "disk_full",
-    "disk_slow", "clock_jump", "clock_skew",
-)  # fmt: skip
-# Other names for token loss: refused, pointing at the one this loader knows.
+# In partition groups and links: `rest` (groups only) is every node no other word names.
+GROUP_WORDS = ("leader", "follower", "random", "rest")
+LINK_WORDS = ("leader", "follower", "random")
+NODE_ACTIONS = ("kill", "pause", "restart", "lose-token", "clock-jump", "disk-full",
+                "slow-disk")  # fmt: skip
+NET_ACTIONS = ("partition", "cut-link", "slow-link")
+ACTIONS = (*NODE_ACTIONS[:4], *NET_ACTIONS, *NODE_ACTIONS[4:])
+# Other names for the fault kinds: refused, pointing at the one this loader knows.
 ALIASES = {"hsm_delete": "lose-token", "token_delete": "lose-token",
-           "token_loss": "lose-token", "lose_token": "lose-token"}  # fmt: skip
+           "token_loss": "lose-token", "lose_token": "lose-token",
+           "isolate": "partition", "iptables": "partition or cut-link",
+           "delay": "slow-link", "loss": "slow-link", "netem": "slow-link",
+           "latency": "slow-link", "disk_full": "disk-full", "disk_slow": "slow-disk",
+           "slow_disk": "slow-disk", "clock_jump": "clock-jump",
+           "clock_skew": "clock-jump"}  # fmt: skip
 DEFAULT_REPAIR_TIMEOUT = 90.0
+MAX_CLOCK_OFFSET_S = 30 * 86400
+# What a fault kind needs beyond starting processes (`requirements`, `chaos.sandbox`).
+NEEDS = {"partition": "network", "cut-link": "network", "slow-link": "network",
+         "disk-full": "disk", "slow-disk": "slow-disk", "clock-jump": "clock"}  # fmt: skip
 MAX_BYTES = 64 * 1024
 
 
@@ -72,17 +117,32 @@ class ScenarioError(ValueError):
 class Fault:
     at: float
     action: str
-    target: str
+    target: str  # network faults: a summary of their groups / links
     restart_after: float | None = None  # kill
     resume_after: float | None = None  # pause
     down_for: float = 0.0  # restart; lose-token: from the loss to the new token
     repair_timeout: float = DEFAULT_REPAIR_TIMEOUT  # lose-token: from the loss to repair done
+    # partition: groups of target words; cut-link / slow-link: pairs of target words
+    groups: tuple[tuple[str, ...], ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
+    oneway: bool = False  # cut-link: only what the first node of a link sends the second
+    heal_after: float | None = None  # network faults, slow-disk: else at the workload's end
+    delay_ms: float = 0.0  # slow-link
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    offsets_s: tuple[float, ...] = ()  # clock-jump: wall clock = real time + offset
+    every: float = 0.0  # clock-jump: seconds between successive offsets
+    free_after: float | None = None  # disk-full: else freed when the workload stops
+    write_iops: int = 0  # slow-disk
 
 
 @dataclass(frozen=True, slots=True)
 class Workload:
     clients: int = 3
     op_timeout: float = 20.0
+    # ops runs `custody epoch advance` this often during the workload (every member
+    # votes with its own wall clock: what clock-jump faults act on); None: never
+    epoch_advance_every: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +168,25 @@ _TOP = {
     "nodes",
     "max_gap_s",
 }
-_WORKLOAD = {"clients", "op_timeout"}
+_WORKLOAD = {"clients", "op_timeout", "epoch_advance_every"}
 _FAULT = {"at", "action", "target", "restart_after", "resume_after", "down_for",
-          "repair_timeout"}  # fmt: skip
+          "repair_timeout", "groups", "links", "oneway", "heal_after", "delay_ms",
+          "jitter_ms", "loss_pct", "offsets_s", "every", "free_after",
+          "write_iops"}  # fmt: skip
 _PER_ACTION = {
     "kill": {"restart_after"},
     "pause": {"resume_after"},
     "restart": {"down_for"},
     "lose-token": {"down_for", "repair_timeout"},
+    "partition": {"groups", "heal_after"},
+    "cut-link": {"links", "oneway", "heal_after"},
+    "slow-link": {"links", "delay_ms", "jitter_ms", "loss_pct", "heal_after"},
+    "clock-jump": {"offsets_s", "every"},
+    "disk-full": {"free_after"},
+    "slow-disk": {"write_iops", "heal_after"},
 }
+_REQUIRED = {"partition": ("groups",), "cut-link": ("links",), "slow-link": ("links",),
+             "clock-jump": ("offsets_s",), "slow-disk": ("write_iops",)}  # fmt: skip
 
 
 def _number(where: str, value: Any, lo: float, hi: float) -> float:
@@ -160,34 +230,96 @@ def _target(where: str, value: Any, nodes: int) -> str:
     )
 
 
+def _word(where: str, value: Any, nodes: int, words: tuple[str, ...]) -> str:
+    """One target word of a partition group or a link."""
+    if not isinstance(value, str):
+        raise ScenarioError(f"{where}: must be a string, not {type(value).__name__} {value!r}")
+    m = TARGET_RE.fullmatch(value)
+    if value in words or (m and 1 <= int(m.group(1)) <= nodes):
+        return value
+    raise ScenarioError(
+        f"{where}: {value!r} is not a target here ({', '.join(words)}, node-1..node-{nodes})"
+    )
+
+
+def _groups(where: str, raw: Any, nodes: int) -> tuple[tuple[str, ...], ...]:
+    """`[[leader], [rest]]`: at least two non-empty groups; a fixed node in one group
+    only; `leader` and `rest` at most once; no more named nodes than the cluster has."""
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ScenarioError(f"{where}: must be a list of at least two groups (lists of targets)")
+    out: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    for i, g in enumerate(raw):
+        if not isinstance(g, list) or not g:
+            raise ScenarioError(f"{where}[{i}]: must be a non-empty list of targets")
+        words = tuple(_word(f"{where}[{i}][{j}]", w, nodes, GROUP_WORDS) for j, w in enumerate(g))
+        for w in words:
+            if w not in ("follower", "random") and w in seen:
+                raise ScenarioError(f"{where}[{i}]: {w!r} is named more than once")
+            seen.add(w)
+        if "rest" in words and len(words) > 1:
+            raise ScenarioError(f"{where}[{i}]: 'rest' stands alone in its group")
+        out.append(words)
+    named = sum(len(g) for g in out if g != ("rest",))
+    if named + (1 if ("rest",) in out else 0) > nodes:
+        raise ScenarioError(f"{where}: names more nodes than the cluster's {nodes}")
+    return tuple(out)
+
+
+def _links(where: str, raw: Any, nodes: int) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ScenarioError(f"{where}: must be a non-empty list of links ([a, b] pairs)")
+    out: list[tuple[str, str]] = []
+    for i, pair in enumerate(raw):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ScenarioError(f"{where}[{i}]: a link is a pair of targets [a, b]")
+        a, b = (_word(f"{where}[{i}][{j}]", w, nodes, LINK_WORDS) for j, w in enumerate(pair))
+        if a == b and a not in ("follower", "random"):
+            raise ScenarioError(f"{where}[{i}]: a link joins two different nodes, not {a} and {b}")
+        out.append((a, b))
+    return tuple(out)
+
+
+def summary(f: Fault) -> str:
+    """How a network fault's groups or links read in lists and reports."""
+    if f.groups:
+        return " | ".join(",".join(g) for g in f.groups)
+    arrow = "->" if f.oneway else "<->"
+    return ", ".join(f"{a}{arrow}{b}" for a, b in f.links)
+
+
 def _fault(where: str, raw: Any, nodes: int, duration: float) -> Fault:
     d = _mapping(where, raw, _FAULT)
-    for key in ("at", "action", "target"):
+    for key in ("at", "action"):
         if key not in d:
             raise ScenarioError(f"{where}: missing required key {key!r}")
     action = d["action"]
     if not isinstance(action, str):
         raise ScenarioError(f"{where}.action: must be a string, not {type(action).__name__}")
-    if action in NOT_IMPLEMENTED:
-        raise ScenarioError(
-            f"{where}.action: {action!r} is not implemented yet in this slice (process-level "
-            f"faults and token loss only: {', '.join(ACTIONS)}); see docs/chaos.md"
-        )
     if action in ALIASES:
         raise ScenarioError(
-            f"{where}.action: unknown action {action!r}; token loss is spelled "
-            f"{ALIASES[action]!r} ({', '.join(ACTIONS)})"
+            f"{where}.action: unknown action {action!r}; it is spelled {ALIASES[action]!r} "
+            f"({', '.join(ACTIONS)})"
         )
     if action not in ACTIONS:
         raise ScenarioError(f"{where}.action: unknown action {action!r} ({', '.join(ACTIONS)})")
+    if action in NODE_ACTIONS and "target" not in d:
+        raise ScenarioError(f"{where}: missing required key 'target'")
+    if action in NET_ACTIONS and "target" in d:
+        which = "groups" if action == "partition" else "links"
+        raise ScenarioError(f"{where}.target: action {action!r} names its nodes in {which!r}")
+    for key in _REQUIRED.get(action, ()):
+        if key not in d:
+            raise ScenarioError(f"{where}: action {action!r} needs {key!r}")
     for key in d:
         if key in ("at", "action", "target"):
             continue
         if key not in _PER_ACTION[action]:
             raise ScenarioError(f"{where}.{key}: not a parameter of action {action!r}")
     at = _number(f"{where}.at", d["at"], 0, duration)
-    target = _target(f"{where}.target", d["target"], nodes)
     kw: dict[str, Any] = {}
+    if action in NODE_ACTIONS:
+        target = _target(f"{where}.target", d["target"], nodes)
     if action == "kill" and "restart_after" in d:
         kw["restart_after"] = _number(f"{where}.restart_after", d["restart_after"], 0, 600)
     if action == "pause":
@@ -198,12 +330,71 @@ def _fault(where: str, raw: Any, nodes: int, duration: float) -> Fault:
         kw["down_for"] = _number(f"{where}.down_for", d["down_for"], 0, 600)
     if action == "lose-token" and "repair_timeout" in d:
         kw["repair_timeout"] = _number(f"{where}.repair_timeout", d["repair_timeout"], 5, 600)
+    if "heal_after" in d:
+        kw["heal_after"] = _number(f"{where}.heal_after", d["heal_after"], 0, 600)
+    if action == "partition":
+        kw["groups"] = _groups(f"{where}.groups", d["groups"], nodes)
+    if action in ("cut-link", "slow-link"):
+        kw["links"] = _links(f"{where}.links", d["links"], nodes)
+    if "oneway" in d:
+        if not isinstance(d["oneway"], bool):
+            raise ScenarioError(f"{where}.oneway: must be true or false")
+        kw["oneway"] = d["oneway"]
+    if action == "slow-link":
+        delay = _number(f"{where}.delay_ms", d.get("delay_ms", 0), 0, 5000)
+        jitter = _number(f"{where}.jitter_ms", d.get("jitter_ms", 0), 0, 5000)
+        loss = _number(f"{where}.loss_pct", d.get("loss_pct", 0), 0, 99)
+        if jitter > delay:
+            raise ScenarioError(f"{where}.jitter_ms: {jitter:g} is more than delay_ms {delay:g}")
+        if delay == 0 and loss == 0:
+            raise ScenarioError(f"{where}: action 'slow-link' needs delay_ms or loss_pct above 0")
+        kw.update(delay_ms=delay, jitter_ms=jitter, loss_pct=loss)
+    if action == "clock-jump":
+        raw_offsets = d["offsets_s"]
+        if not isinstance(raw_offsets, list) or not 1 <= len(raw_offsets) <= 20:
+            raise ScenarioError(f"{where}.offsets_s: must be a list of 1..20 offsets (seconds)")
+        kw["offsets_s"] = tuple(
+            _number(f"{where}.offsets_s[{i}]", v, -MAX_CLOCK_OFFSET_S, MAX_CLOCK_OFFSET_S)
+            for i, v in enumerate(raw_offsets)
+        )
+        if len(raw_offsets) > 1:
+            if "every" not in d:
+                raise ScenarioError(f"{where}: more than one offset needs 'every' (seconds)")
+            kw["every"] = _number(f"{where}.every", d["every"], 0.1, 600)
+        elif "every" in d:
+            raise ScenarioError(f"{where}.every: only with more than one offset")
+    if action == "disk-full" and "free_after" in d:
+        kw["free_after"] = _number(f"{where}.free_after", d["free_after"], 0, 600)
+    if action == "slow-disk":
+        kw["write_iops"] = _int(f"{where}.write_iops", d["write_iops"], 1, 100000)
+    if action in NET_ACTIONS:
+        target = summary(Fault(at=at, action=action, target="", **kw))
     return Fault(at=at, action=action, target=target, **kw)
 
 
-def _check_schedule(source: str, faults: list[Fault]) -> None:
-    """Checks across faults: `other-follower` needs a `lose-token` fault before it."""
+def requirements(sc: Scenario) -> set[str]:
+    """What the scenario's faults need beyond starting processes: `network` (root, a
+    network namespace, iptables; slow-link with a delay also `nfqueue`), `disk` (root,
+    loop devices), `slow-disk` (that and the cgroup v1 blkio controller), `clock`
+    (libfaketime)."""
+    out = {NEEDS[f.action] for f in sc.faults if f.action in NEEDS}
+    if any(f.action == "slow-link" and f.delay_ms > 0 for f in sc.faults):
+        out.add("nfqueue")
+    if "slow-disk" in out:
+        out.add("disk")
+    return out
+
+
+def _check_schedule(source: str, faults: list[Fault], duration: float) -> None:
+    """Checks across faults: `other-follower` needs a `lose-token` fault before it; a
+    clock-jump's last offset comes within the workload."""
     for i, f in enumerate(faults):
+        last = f.at + f.every * (len(f.offsets_s) - 1)
+        if f.action == "clock-jump" and last > duration:
+            raise ScenarioError(
+                f"{source}: faults[{i}]: its last offset would come at {last:g} s, after the "
+                f"workload's {duration:g} s"
+            )
         if f.target != "other-follower":
             continue
         if not any(g.action == "lose-token" and g.at < f.at for g in faults):
@@ -234,7 +425,9 @@ def parse(raw: Any, source: str, *, default_name: str = "scenario") -> Scenario:
     workload = Workload(
         clients=_int(f"{source}: workload.clients", wl_raw.get("clients", 3), 1, 32),
         op_timeout=_number(f"{source}: workload.op_timeout", wl_raw.get("op_timeout", 20), 2, 120),
-    )
+        epoch_advance_every=None if wl_raw.get("epoch_advance_every") is None else _number(
+            f"{source}: workload.epoch_advance_every", wl_raw["epoch_advance_every"], 1, 600),
+    )  # fmt: skip
     faults_raw = top.get("faults", [])
     if faults_raw is None:
         faults_raw = []
@@ -243,7 +436,7 @@ def parse(raw: Any, source: str, *, default_name: str = "scenario") -> Scenario:
     faults = [
         _fault(f"{source}: faults[{i}]", f, nodes, duration) for i, f in enumerate(faults_raw)
     ]
-    _check_schedule(source, faults)
+    _check_schedule(source, faults, duration)
     return Scenario(
         name=name, description=desc, duration=duration, settle_timeout=settle,
         workload=workload, faults=tuple(sorted(faults, key=lambda f: f.at)), nodes=nodes,

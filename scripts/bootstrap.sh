@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh Debian machine:
 # SoftHSM2 (the PKCS#11 module the nodes use as their HSM slot), a Python >= 3.11
-# with venv, the container tools of the deployment test, and a virtual
-# environment holding the project and its test extras.
+# with venv, the container tools of the deployment test, the drills' network, disk
+# and clock tools, and a virtual environment holding the project and its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -27,6 +27,22 @@ if [ "${#need_deploy[@]}" -gt 0 ]; then
         need_apt+=("${need_deploy[@]}")
     else
         echo "bootstrap: ${need_deploy[*]} missing: tests/deploy will fail (install them as root)" >&2
+    fi
+fi
+# The drills (docs/chaos.md): as root each runs in a network namespace of its own
+# (iproute2's `ip netns`) with its network faults as iptables rules there, and its disk
+# faults on loop-mounted ext4 images (mount, e2fsprogs); clock jumps use libfaketime
+# (no root needed). Without them only those drills are skipped.
+need_drill=()
+command -v ip >/dev/null 2>&1 || need_drill+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need_drill+=(iptables)
+command -v mkfs.ext4 >/dev/null 2>&1 || need_drill+=(e2fsprogs)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need_drill+=(libfaketime)
+if [ "${#need_drill[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        need_apt+=("${need_drill[@]}")
+    else
+        echo "bootstrap: ${need_drill[*]} missing: the drills that need them are skipped" >&2
     fi
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then

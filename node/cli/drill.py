@@ -14,9 +14,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "drill",
         help="run disaster-recovery drills against a local cluster (docs/chaos.md)",
-        description="Start a fresh local cluster, inject process faults (SIGKILL, SIGSTOP/"
-        "SIGCONT, restart) while clients sign, check the invariants, write a report. "
-        "Runs `python -m chaos`.",
+        description="Start a fresh local cluster, inject faults while clients sign (process: "
+        "SIGKILL, SIGSTOP/SIGCONT, restart; a node's token lost and repaired; network "
+        "partitions, one-way loss, latency, flapping links; a full or slow disk; clock "
+        "jumps), check the invariants, write a report. Network and disk faults need root "
+        "(the drill runs in a network namespace of its own); without it those scenarios "
+        "are skipped and said so. Runs `python -m chaos`.",
     )
     sub = p.add_subparsers(dest="drill_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run a scenario (or all) and write a report")

@@ -42,3 +42,28 @@ def test_report_files(tmp_path: Path) -> None:
     assert doc["scenarios"][0]["faults"][2]["repair_s"] == 6.24
     assert "lose-token node-3: 0.06 (repaired 6.24)" in (tmp_path / "summary.md").read_text()
     assert "leader-crash" in (tmp_path / "summary.md").read_text()
+
+
+def test_network_faults_and_skipped_scenarios(tmp_path: Path) -> None:
+    r = DrillResult("leader-isolated", 1, passed=True, replay="custody drill run x --seed 1",
+                    isolation="network namespace custody-drill-abc-1-1")  # fmt: skip
+    r.faults = [FaultRecord(0, "partition", "leader | rest", 6.0, "node-1 | node-2,node-3",
+                            6.04, 16.1, "injected", 3.05, 0.14, rejoin_s=0.61)]  # fmt: skip
+    r.epoch_advances = {"advanced": 3, "not_advanced": 1, "errors": 0, "epochs": [2, 3, 4],
+                        "last_error": ""}  # fmt: skip
+    skipped = DrillResult("slow-link", 1, skipped="network faults: needs root")
+    ops = [Op(0, f"app1:r{i}", "00", i * 0.5, i * 0.5 + 0.2, "ok", "ab") for i in range(40)]
+    report.write_scenario(tmp_path / "leader-isolated", r, ops, "desc")
+    report.write_scenario(tmp_path / "slow-link", skipped, [], "desc")
+    report.write_index(tmp_path, [r, skipped], 1, ["custody", "drill", "run", "all"])
+    md = (tmp_path / "leader-isolated" / "summary.md").read_text()
+    # a partition's groups are joined with "|": escaped inside the table
+    assert r"| 0 | partition | leader \| rest | node-1 \| node-2,node-3 | 6.04 | 16.10 |" in md
+    assert md.rstrip().count("| 0.61 |") == 1 and "isolation: network namespace" in md
+    assert "3 advanced, 1 did not, 0 errors; epochs reached 4" in md
+    sk = (tmp_path / "slow-link" / "summary.md").read_text()
+    assert "SKIPPED" in sk and "Not run here: network faults: needs root." in sk
+    assert not (tmp_path / "slow-link" / "timeline.png").exists()
+    index = (tmp_path / "summary.md").read_text()
+    assert "skipped: network faults: needs root" in index
+    assert json.loads((tmp_path / "results.json").read_text())["passed"]  # skips don't fail

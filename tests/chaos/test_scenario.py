@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,10 @@ faults:
 """
 
 
+NEW_SCENARIOS = ("minority-partition", "leader-isolated", "bridge-node", "one-way-loss",
+                 "flapping-links", "slow-link", "clock-jumps", "disk-full", "slow-disk")
+
+
 def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
     p = tmp_path / name
     p.write_text(text)
@@ -37,6 +42,7 @@ def test_shipped_scenarios_load() -> None:
         "majority-loss",
         "rolling-restart",
         "token-loss-repair",
+        *NEW_SCENARIOS,
     } <= names
     for p in scenario.available():
         sc = load(p)
@@ -96,10 +102,14 @@ def test_bad_files(tmp_path: Path, text: str, expect: str) -> None:
     assert "s.yaml" in str(e.value)
 
 
-@pytest.mark.parametrize("kind", ["partition", "delay", "isolate", "disk_full", "clock_jump"])
-def test_unimplemented_faults_are_refused_by_name(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "spelled"), [
+    ("isolate", "partition"), ("delay", "slow-link"), ("netem", "slow-link"),
+    ("loss", "slow-link"), ("iptables", "partition or cut-link"), ("disk_full", "disk-full"),
+    ("disk_slow", "slow-disk"), ("clock_jump", "clock-jump"), ("clock_skew", "clock-jump"),
+])  # fmt: skip
+def test_other_names_of_fault_kinds_point_at_ours(tmp_path: Path, kind: str, spelled: str) -> None:
     p = write(tmp_path, f"duration: 10\nfaults: [{{at: 1, action: {kind}, target: leader}}]\n")
-    with pytest.raises(ScenarioError, match=f"'{kind}' is not implemented yet in this slice"):
+    with pytest.raises(ScenarioError, match=f"unknown action '{kind}'; it is spelled '{spelled}'"):
         load(p)
 
 
@@ -164,9 +174,9 @@ def test_shipped_token_loss_drill_needs_the_repaired_member() -> None:
      "{at: 4, action: lose-token, target: node-1}]",
      "faults[0].target: 'other-follower' needs an earlier lose-token fault"),
     ("[{at: 1, action: hsm_delete, target: leader}]",
-     "faults[0].action: unknown action 'hsm_delete'; token loss is spelled 'lose-token'"),
+     "faults[0].action: unknown action 'hsm_delete'; it is spelled 'lose-token'"),
     ("[{at: 1, action: token_delete, target: leader}]",
-     "faults[0].action: unknown action 'token_delete'; token loss is spelled 'lose-token'"),
+     "faults[0].action: unknown action 'token_delete'; it is spelled 'lose-token'"),
 ])  # fmt: skip
 def test_bad_lose_token_faults(tmp_path: Path, faults: str, expect: str) -> None:
     with pytest.raises(ScenarioError) as e:
@@ -183,3 +193,150 @@ def test_unknown_scenario_name() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="cannot read"):
         load(tmp_path / "absent.yaml")
+
+
+# ---------------------------------------------------------------- network, clock, disk
+
+
+NET = """\
+duration: 40
+workload: {epoch_advance_every: 3}
+faults:
+  - {at: 1, action: partition, groups: [[leader], [rest]], heal_after: 8}
+  - {at: 2, action: partition, groups: [[node-1], [node-2], [node-3]]}
+  - {at: 3, action: cut-link, links: [[leader, follower], [node-2, node-3]], oneway: true}
+  - {at: 4, action: cut-link, links: [[follower, random]], heal_after: 1.5}
+  - {at: 5, action: slow-link, links: [[leader, follower]], delay_ms: 80, jitter_ms: 40,
+     loss_pct: 5, heal_after: 10}
+  - {at: 6, action: slow-link, links: [[node-1, node-2]], loss_pct: 30}
+  - {at: 7, action: clock-jump, target: follower, offsets_s: [3600, -180], every: 7}
+  - {at: 8, action: clock-jump, target: node-2, offsets_s: [-60]}
+  - {at: 9, action: disk-full, target: leader, free_after: 8}
+  - {at: 10, action: disk-full, target: node-3}
+  - {at: 11, action: slow-disk, target: follower, write_iops: 10, heal_after: 5}
+"""
+
+
+def test_network_clock_and_disk_faults_load(tmp_path: Path) -> None:
+    sc = load(write(tmp_path, NET))
+    part, part3, cut, cut2, slow, lossy, clock, clock1, full, full2, sdisk = sc.faults
+    assert sc.workload.epoch_advance_every == 3
+    assert (part.groups, part.heal_after, part.target) == ((("leader",), ("rest",)), 8,
+                                                           "leader | rest")  # fmt: skip
+    assert part3.groups == (("node-1",), ("node-2",), ("node-3",)) and part3.heal_after is None
+    assert cut.links == (("leader", "follower"), ("node-2", "node-3")) and cut.oneway
+    assert cut.target == "leader->follower, node-2->node-3"
+    assert (cut2.oneway, cut2.target) == (False, "follower<->random")
+    assert (slow.delay_ms, slow.jitter_ms, slow.loss_pct) == (80, 40, 5)
+    assert (lossy.delay_ms, lossy.loss_pct) == (0, 30)
+    assert (clock.offsets_s, clock.every, clock1.offsets_s, clock1.every) == (
+        (3600, -180), 7, (-60,), 0)
+    assert (full.free_after, full2.free_after) == (8, None)
+    assert (sdisk.write_iops, sdisk.heal_after) == (10, 5)
+    assert scenario.requirements(sc) == {"network", "nfqueue", "clock", "disk", "slow-disk"}
+
+
+def test_requirements_of_process_faults_are_none() -> None:
+    assert scenario.requirements(load(scenario.find("leader-crash"))) == set()
+    assert scenario.requirements(load(scenario.find("clock-jumps"))) == {"clock"}
+    assert scenario.requirements(load(scenario.find("minority-partition"))) == {"network"}
+    assert scenario.requirements(load(scenario.find("slow-link"))) == {"network", "nfqueue"}
+    assert scenario.requirements(load(scenario.find("disk-full"))) == {"disk"}
+
+
+def test_shipped_network_scenarios_have_their_shapes() -> None:
+    def only(name: str) -> scenario.Fault:
+        return load(scenario.find(name)).faults[0]
+
+    assert only("minority-partition").groups == (("follower",), ("rest",))
+    assert only("leader-isolated").groups == (("leader",), ("rest",))
+    bridge = only("bridge-node")
+    assert bridge.links == (("leader", "follower"),) and not bridge.oneway
+    one, two = load(scenario.find("one-way-loss")).faults
+    assert one.oneway and one.links == (("leader", "follower"),)
+    assert two.oneway and two.links == (("follower", "leader"),)
+    flaps = load(scenario.find("flapping-links")).faults
+    assert len(flaps) >= 5 and all(f.action == "cut-link" and f.heal_after for f in flaps)
+    assert all(b.at - a.at > (a.heal_after or 0) for a, b in itertools.pairwise(flaps))
+    slow = only("slow-link")
+    assert slow.delay_ms > 0 and slow.jitter_ms > 0 and slow.loss_pct > 0
+    jumps = load(scenario.find("clock-jumps")).faults
+    assert [f.target for f in jumps] == ["follower", "leader"]
+    assert all(f.offsets_s[0] > 0 > f.offsets_s[1] for f in jumps)  # forward, then back
+    disks = load(scenario.find("disk-full")).faults
+    assert all(f.action == "disk-full" and f.free_after for f in disks)
+
+
+@pytest.mark.parametrize(("faults", "expect"), [
+    ("[{at: 1, action: partition, groups: [[leader]]}]",
+     "faults[0].groups: must be a list of at least two groups"),
+    ("[{at: 1, action: partition, groups: [[leader], []]}]",
+     "faults[0].groups[1]: must be a non-empty list of targets"),
+    ("[{at: 1, action: partition, groups: [[leader], [rest, node-1]]}]",
+     "faults[0].groups[1]: 'rest' stands alone in its group"),
+    ("[{at: 1, action: partition, groups: [[node-1], [node-1]]}]",
+     "faults[0].groups[1]: 'node-1' is named more than once"),
+    ("[{at: 1, action: partition, groups: [[leader], [node-4]]}]",
+     "faults[0].groups[1][0]: 'node-4' is not a target here (leader, follower, random, rest"),
+    ("[{at: 1, action: partition, groups: [[leader], [other-follower]]}]",
+     "'other-follower' is not a target here"),
+    ("[{at: 1, action: partition, groups: [[node-1, node-2], [node-3], [rest]]}]",
+     "faults[0].groups: names more nodes than the cluster's 3"),
+    ("[{at: 1, action: partition, target: leader, groups: [[leader], [rest]]}]",
+     "faults[0].target: action 'partition' names its nodes in 'groups'"),
+    ("[{at: 1, action: partition}]", "faults[0]: action 'partition' needs 'groups'"),
+    ("[{at: 1, action: partition, groups: [[leader], [rest]], oneway: true}]",
+     "faults[0].oneway: not a parameter of action 'partition'"),
+    ("[{at: 1, action: cut-link, links: [[leader]]}]",
+     "faults[0].links[0]: a link is a pair of targets [a, b]"),
+    ("[{at: 1, action: cut-link, links: [[node-2, node-2]]}]",
+     "faults[0].links[0]: a link joins two different nodes"),
+    ("[{at: 1, action: cut-link, links: [[leader, rest]]}]",
+     "faults[0].links[0][1]: 'rest' is not a target here"),
+    ("[{at: 1, action: cut-link, links: []}]", "faults[0].links: must be a non-empty list"),
+    ("[{at: 1, action: cut-link, links: [[leader, follower]], oneway: 1}]",
+     "faults[0].oneway: must be true or false"),
+    ("[{at: 1, action: cut-link, links: [[leader, follower]], heal_after: -1}]",
+     "faults[0].heal_after: -1 is out of range 0..600"),
+    ("[{at: 1, action: slow-link, links: [[leader, follower]]}]",
+     "faults[0]: action 'slow-link' needs delay_ms or loss_pct above 0"),
+    ("[{at: 1, action: slow-link, links: [[leader, follower]], delay_ms: 10, jitter_ms: 20}]",
+     "faults[0].jitter_ms: 20 is more than delay_ms 10"),
+    ("[{at: 1, action: slow-link, links: [[leader, follower]], loss_pct: 100}]",
+     "faults[0].loss_pct: 100 is out of range 0..99"),
+    ("[{at: 1, action: slow-link, links: [[leader, follower]], delay_ms: 9000}]",
+     "faults[0].delay_ms: 9000 is out of range 0..5000"),
+    ("[{at: 1, action: clock-jump, target: leader}]",
+     "faults[0]: action 'clock-jump' needs 'offsets_s'"),
+    ("[{at: 1, action: clock-jump, target: leader, offsets_s: [60, -60]}]",
+     "faults[0]: more than one offset needs 'every' (seconds)"),
+    ("[{at: 1, action: clock-jump, target: leader, offsets_s: [60], every: 2}]",
+     "faults[0].every: only with more than one offset"),
+    ("[{at: 1, action: clock-jump, target: leader, offsets_s: []}]",
+     "faults[0].offsets_s: must be a list of 1..20 offsets"),
+    ("[{at: 1, action: clock-jump, target: leader, offsets_s: [1000000000]}]",
+     "faults[0].offsets_s[0]: 1000000000 is out of range"),
+    ("[{at: 10, action: clock-jump, target: leader, offsets_s: [60, 0], every: 15}]",
+     "faults[0]: its last offset would come at 25 s, after the workload's 20 s"),
+    ("[{at: 1, action: clock-jump, target: leader, offsets_s: [60], heal_after: 3}]",
+     "faults[0].heal_after: not a parameter of action 'clock-jump'"),
+    ("[{at: 1, action: disk-full}]", "faults[0]: missing required key 'target'"),
+    ("[{at: 1, action: disk-full, target: leader, heal_after: 3}]",
+     "faults[0].heal_after: not a parameter of action 'disk-full'"),
+    ("[{at: 1, action: slow-disk, target: leader}]",
+     "faults[0]: action 'slow-disk' needs 'write_iops'"),
+    ("[{at: 1, action: slow-disk, target: leader, write_iops: 0}]",
+     "faults[0].write_iops: 0 is out of range 1..100000"),
+    ("[{at: 1, action: slow-disk, target: leader, write_iops: 5, free_after: 3}]",
+     "faults[0].free_after: not a parameter of action 'slow-disk'"),
+])  # fmt: skip
+def test_bad_network_clock_and_disk_faults(tmp_path: Path, faults: str, expect: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        load(write(tmp_path, f"duration: 20\nfaults: {faults}\n"))
+    assert expect in str(e.value), str(e.value)
+    assert str(e.value).startswith("s.yaml: ")
+
+
+def test_bad_epoch_advance_every(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match=r"workload\.epoch_advance_every: 0 is out of range"):
+        load(write(tmp_path, "duration: 20\nworkload: {epoch_advance_every: 0}\n"))
