@@ -62,6 +62,10 @@ log = logging.getLogger("custody.node")
 
 PROPOSE_TIMEOUT_S = 5.0
 PEER_TIMEOUT_S = 5.0
+# A follower cut off from the leader (a partition) still believes in it: its reads and
+# forwarded writes are lost. It gives up after this long and answers 503/504, so that a
+# client tries another node instead of waiting out its own timeout (healthy: a few ms).
+FOLLOWER_WAIT_S = 2.0
 FORWARD_POLL_S = 0.1  # how often a forwarded proposal checks whether the leader changed
 DUTY_MIN_S = 0.02
 MSGPACK = "application/msgpack"
@@ -308,7 +312,8 @@ class Runtime:
         """Linearizable read barrier (ReadIndex through the leader)."""
         assert self.driver is not None
         try:
-            await self.driver.read_index(timeout=PROPOSE_TIMEOUT_S)
+            wait = PROPOSE_TIMEOUT_S if self.is_leader() else FOLLOWER_WAIT_S
+            await self.driver.read_index(timeout=wait)
         except NotLeader:
             raise NoLeader("no leader to confirm the read") from None
         except (TimeoutError, Overloaded):
@@ -372,14 +377,16 @@ class Runtime:
         # an election timeout: give up as soon as this node sees another leader. The old
         # one may still have proposed it: the outcome is unknown, and a retry with the same
         # request id is answered exactly once.
+        give_up = time.monotonic() + FOLLOWER_WAIT_S
         while not call.done():
             await asyncio.wait({call}, timeout=FORWARD_POLL_S)
             now = self.driver.status().leader if self.driver is not None else 0
-            if not call.done() and now != leader:
+            if not call.done() and (now != leader or time.monotonic() > give_up):
                 call.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await call
-                raise TimeoutError("the leader changed while forwarding: outcome unknown")
+                why = "the leader changed" if now != leader else "no answer from the leader"
+                raise TimeoutError(f"{why} while forwarding: outcome unknown")
         return call.result()
 
     async def _post_propose(self, url: str, data: bytes) -> bytes:
