@@ -11,10 +11,10 @@ What it measures, per run (3 members, t = 2; `--members 5` for 5, t = 3):
   of one version, per version, which is what re-keying instead of repairing
   would cost.
 
-NOT measured yet, because the node does not run repairs or refreshes yet (issue
-12): time to repair a member of a running cluster (log commits, HSM writes,
-point-to-point delivery), and signing throughput during a refresh. The script
-says so in its output. Key material comes from a trusted dealer (setup, untimed).
+Node-level figures (a running cluster: log commits, HSM writes, point-to-point
+delivery, signing throughput during a repair or refresh) are in
+`benchmarks/recovery_cluster.py`. Key material comes from a trusted dealer here
+(setup, untimed).
 
     .venv/bin/python benchmarks/recovery.py [--members 3|5]
 """

@@ -1,7 +1,8 @@
-"""Benchmark: share repair between the real nodes of a running 3-node custody cluster.
+"""Benchmark: share repair and proactive refresh between the real nodes of a running
+3-node custody cluster.
 
 The node-level counterpart of `benchmarks/recovery.py` (which runs the same repair
-protocol engines in one process). One run, in a temporary directory:
+and refresh protocol engines in one process). One run, in a temporary directory:
 
 1. setup: `custody cluster init` (3 nodes, threshold 2; approvers alice,bob,carol,
    client app1, operator ops, auditor audit; the nodes' default [schedule], or
@@ -33,36 +34,71 @@ protocol engines in one process). One run, in a temporary directory:
    longer than `dkg_timeout_s` (node default 30 s) is reported by the leader and
    restarted: `--dkg-timeout` raises it (the figure then shows the protocol's cost
    rather than the retry policy's).
+   Then, at each count, proactive refresh of every usable version (the same key set:
+   100 versions, or N) among all 3 members: `start_refresh` signed by ops and posted
+   to POST /v1/commands (what `custody refresh start` does; no quorum). The figure
+   runs from the moment that POST returns accepted (code `ok`: committed and applied
+   on the leader, the refresh running) to the first poll of `GET /v1/refresh` on the
+   leader (every `--poll` s) that shows it `done` (every batch committed: the
+   versions' verification shares and generation moved), the last poll still
+   `running` as a lower bound; `--repeats` refreshes (1 above 100 versions), median
+   reported; CPU seconds per node process per refresh; each refresh must move every
+   version's generation by exactly 1. Batches of `node.state.refreshes.refresh_batch`
+   versions (256 for 3 members, t = 2); a run without progress within
+   `dkg_timeout_s` + 50 ms per version of its batch is reported by the leader and
+   restarted (the failed runs are printed; `--dkg-timeout` raises it, as for repairs).
+   After each idle refresh the script waits
+   until every member's log says it erased its old generation (`erased N share
+   objects`, counted up to the refresh's total; the members erase after each batch's
+   commit) and prints when that was first seen (the log is read every `--poll` s):
+   the erasure is not inside the refresh figure, except between batches.
 4. signing throughput, with `--inflight` concurrent flows (default 32), each the
    whole approved-signing flow of `benchmarks/cluster_sign.py` (its `Bench.one`:
    submit by app1, approvals by alice and bob with precomputed signatures, long-poll
    until the signature is in hand), all sent to the leader:
-   - without a repair: a `--window` s window (default 4 s) after 1 s of warm-up,
-     once before and once after the repair windows;
+   - without a repair or refresh: a `--window` s window (default 4 s) after 1 s of
+     warm-up, before the repair windows, between them and the refresh windows, and
+     after those;
    - during repairs of the largest count: repairs of the same member back to back
      while the load runs, until `--window` s of repair time are covered (a single
      repair if it lasts longer than that); signatures/s = signatures completed while a
      repair was running / the time repairs were running. The repair's duration
      under load is printed too.
-   Every signature is verified under the key's group public key at the end.
+   - then a second baseline window, and refreshes of the same largest count back to
+     back under the same load, measured the same way (a refresh starts as soon as the
+     previous one is done: the members' erasure of the previous generation overlaps
+     it), then a third baseline window. Repairs are compared with the mean of the
+     baselines before and after them, refreshes with the mean of theirs.
+   Every signature is verified under the key's group public key at the end (group
+   keys do not change in a refresh: signatures from before and after verify alike).
 5. references, same run, after the cluster is stopped (machine idle): the engine-only
-   repair of the same number of versions, `benchmarks/recovery.py`'s `keys` (trusted
-   dealer, untimed) and `timed(repair_batch, ...)`: wall time of every party's work
-   in one process, and the busiest party's CPU time (median of 3 for <= 100 versions).
+   repair and refresh of the same number of versions, `benchmarks/recovery.py`'s
+   `keys` (trusted dealer, untimed) and `timed(repair_batch, ...)`, `timed(
+   refresh_batch, ...)`: wall time of every party's work in one process, and the
+   busiest party's CPU time (median of 3 for <= 100 versions). The engine refreshes
+   in batches of `MAX_ITEMS` (256), like the node with 3 members.
 6. the Raft term and leader after each phase (a term change inside a measured phase
    is an election during it), snapshot sizes at the end, and per node log the counts
    of warning / error / critical lines and tracebacks, with the first distinct ones.
 
 Not measured: repair after a real token loss (`node provision` + `--public-key`: the
 time lock adds epoch steps, which are governance waiting, not protocol work); repair
-with 5 nodes; a repair while a member is down or misbehaving (runs that fail and
-restart); refresh (the node does not run it). The repair time includes the polling
-resolution (the lower bound is printed) and the HTTPS poll itself. Shares are
-overwritten in a token that already holds them (a store with replace: a token search
-and the old object's destruction per share); a freshly provisioned token starts empty
-and fills up instead, so its store costs differ.
+and refresh with 5 nodes; a repair or refresh while a member is down or misbehaving
+(runs that fail and restart; a refresh stalls until every member takes part); the
+scheduled refresh (`[schedule] refresh_every_epochs`: the same duty, started by the
+leader; off in the nodes' default schedule, which this run keeps); the erasure of the
+old generation as a time of its own (second-resolution log lines: only when it was seen);
+signing latency during a refresh (only throughput). The repair and refresh times
+include the polling resolution (the lower bound is printed) and the HTTPS poll
+itself. Repaired shares are overwritten in a token that already holds them (a store
+with replace of an object the slot knows); a freshly provisioned token starts empty
+and fills up instead, so its store costs differ. A refresh stores each share's next
+generation as a new object beside the current one (a store of a label the slot does
+not know yet: a search of the token per share) and erases the old ones after the
+commit (a search per share).
 It is a measurement: exit status 0 unless the cluster could not be set up, a repair
-failed or a signature did not verify.
+or refresh failed (or did not move every version's generation by one) or a signature
+did not verify.
 
 Run: make bench (default: 1 and 100 versions, a few minutes on 2 cores), or
     .venv/bin/python benchmarks/recovery_cluster.py [--versions 1000] [--repeats 3]
@@ -104,7 +140,8 @@ from node.cli.keys import post_signed  # noqa: E402
 from node.cli.requests import recompute_digest  # noqa: E402
 from node.client.http import Client, new_request_id  # noqa: E402
 from node.pki.store import read_private_key  # noqa: E402
-from node.state import CreateKey, RepairMember, sign_approval  # noqa: E402
+from node.state import CreateKey, RepairMember, StartRefresh, sign_approval  # noqa: E402
+from node.state.refreshes import refresh_batch  # noqa: E402
 from shares.rng import SeededRNG  # noqa: E402
 
 AUDIT_KEY = "cluster-audit"
@@ -133,6 +170,35 @@ class RepairRun:
         """Seconds until the first run's posts were all seen in the log (t + 1 parties)."""
         parties = len(self.helpers) + 1
         return next((t for t, d, n in self.events if d == 0 and n >= parties), float("nan"))
+
+
+@dataclasses.dataclass
+class RefreshRun:
+    ref: str
+    total: int  # versions refreshed
+    seconds: float  # start command accepted -> first poll showing done
+    lower: float  # start command accepted -> last poll showing running (a lower bound)
+    submit: float  # the start command's POST (signed, committed and applied on the leader)
+    polls: int
+    failed_runs: int
+    runs: int  # runs it took: batches, plus restarts after a failed run
+    # (seconds since accepted, versions done, run) at each poll that saw a change
+    events: list[tuple[float, int, int]]
+    window: tuple[float, float]  # perf_counter interval [accepted, done seen]
+    erased: float = float("nan")  # done seen -> every member's log showed the erasure
+
+
+def erased_counts(root: Path) -> dict[str, int]:
+    """Per node: share objects of old generations it erased so far (its log's
+    `erased N share objects of generations no longer in use` lines, summed)."""
+    out = {}
+    for log in sorted(root.glob("node-*/*.log")):
+        text = log.read_text(errors="replace")
+        out[log.parent.name] = sum(int(n) for n in ERASED.findall(text))
+    return out
+
+
+ERASED = re.compile(r"erased (\d+) share objects of generations no longer in use")
 
 
 class Session:
@@ -229,6 +295,62 @@ class Session:
         return RepairRun(ref, r["total"], t_seen - t0, last_running - t0, t0 - t_sub, polls,
                          r["failed_runs"], helpers, events, (t0, t_seen))  # fmt: skip
 
+    async def refresh(self, poll: float) -> RefreshRun:
+        """What `custody refresh start` posts, then GET /v1/refresh until it is over;
+        checks that every version of the refresh moved its generation by exactly 1."""
+        ops = self.b.profiles["ops"]
+        pc = time.perf_counter
+        pre = await self.c["ops"].get("/v1/refresh")
+        before = pre["generations"]
+        first_run = (pre["refresh"] or {}).get("run", 0) + 1  # what the state will number it
+        t_sub = pc()
+        cmd = StartRefresh(request_id=new_request_id("refresh"), author=ops.principal)
+        out = await post_signed(self.c["ops"], ops, cmd)
+        t0 = pc()
+        if not out.get("ok") or out.get("code") != "ok":
+            raise SetupFailed(f"start_refresh refused or not running: {out}")
+        ref = out["request"]
+        last_running, polls = t0, 0
+        events: list[tuple[float, int, int]] = []
+        while True:
+            t_poll = pc()
+            data = await self.c["ops"].get("/v1/refresh")
+            t_seen = pc()
+            polls += 1
+            r = data["refresh"]
+            if r is None or r["request"] != ref:
+                raise SetupFailed(f"GET /v1/refresh does not show {ref}: {r}")
+            if not events or events[-1][1:] != (r["done"], r["run"]):
+                events.append((t_seen - t0, r["done"], r["run"]))
+            if r["state"] != "running":
+                break
+            last_running = t_poll
+            if t_seen - t0 > 900:
+                raise SetupFailed(f"refresh {ref} still running after 900 s: {r}")
+            await asyncio.sleep(max(0.0, poll - (pc() - t_poll)))
+        if r["state"] != "done":
+            raise SetupFailed(f"refresh {ref} ended {r['state']}: {r.get('failure')}")
+        after = data["generations"]
+        moved = sorted(k for k, g in before.items() if after.get(k) == g + 1)
+        other = sorted(k for k, g in before.items() if after.get(k) not in (g, g + 1))
+        if len(moved) != r["total"] or other:
+            raise SetupFailed(f"refresh {ref} done, but {len(moved)} of {r['total']} versions "
+                              f"moved their generation by 1 (others changed: {other[:5]})")
+        return RefreshRun(ref, r["total"], t_seen - t0, last_running - t0, t0 - t_sub, polls,
+                          r["failed_runs"], r["run"] - first_run + 1, events, (t0, t_seen))
+
+    async def wait_erased(self, root: Path, start: dict[str, int], total: int, poll: float,
+                          timeout: float = 120) -> float:  # fmt: skip
+        """Seconds until every node's log counts `total` more erased share objects
+        than `start` (NaN if not within `timeout`)."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            now = erased_counts(root)
+            if all(now.get(k, 0) - v >= total for k, v in start.items()) and start:
+                return time.perf_counter() - t0
+            await asyncio.sleep(poll)
+        return float("nan")
+
 
 @contextlib.asynccontextmanager
 async def session(root: Path):  # type: ignore[no-untyped-def]
@@ -261,6 +383,27 @@ async def idle_repairs(root: Path, s: Session, target: str, count: int, repeats:
     cpu1 = cpu_seconds(root)
     cpu = {k: (cpu1[k] - cpu0[k]) / repeats for k in cpu1 if k in cpu0}
     return Idle(count, repairs, cpu)
+
+
+@dataclasses.dataclass
+class IdleRefresh:
+    count: int  # versions the cluster was meant to hold
+    refreshes: list[RefreshRun]
+    cpu: dict[str, float]  # CPU seconds per process, per refresh (erasure included)
+
+
+async def idle_refreshes(root: Path, s: Session, count: int, repeats: int,
+                         poll: float) -> IdleRefresh:  # fmt: skip
+    cpu0 = cpu_seconds(root)
+    runs = []
+    for _ in range(repeats):
+        start = erased_counts(root)
+        r = await s.refresh(poll)
+        r.erased = await s.wait_erased(root, start, r.total, poll)  # the next starts clean
+        runs.append(r)
+    cpu1 = cpu_seconds(root)
+    cpu = {k: (cpu1[k] - cpu0[k]) / repeats for k in cpu1 if k in cpu0}
+    return IdleRefresh(count, runs, cpu)
 
 
 async def wait_audit_key(s: Session, timeout: float = 60) -> None:
@@ -306,19 +449,52 @@ class Load:
 
 
 @dataclasses.dataclass
-class Throughput:
-    base: list[float]  # signatures/s without a repair (before, after)
-    during: float  # signatures/s while repairs ran
-    repair_time: float
-    repairs: list[RepairRun]
-    signatures_during: int
+class Loaded:
+    """Repairs or refreshes back to back while `inflight` signing flows run."""
+
+    runs: list[Any]  # RepairRun | RefreshRun
+    span: float  # seconds the runs were running (sum of their windows)
+    signatures: int  # signatures completed inside those windows
     errors: list[str]
-    cpu: dict[str, float]  # CPU seconds per signature, per process, during the repairs
+    cpu: dict[str, float]  # CPU seconds per signature, per process, during the runs
+
+    @property
+    def rate(self) -> float:
+        return self.signatures / self.span
+
+
+@dataclasses.dataclass
+class Throughput:
+    # signatures/s without a repair or refresh: before the repairs, between the repairs
+    # and the refreshes, after the refreshes
+    base: list[float]
+    repair: Loaded
+    refresh: Loaded
+    errors: list[str]  # in the baseline windows
+
+
+async def under_load(root: Path, s: Session, args: argparse.Namespace,
+                     one: Callable[[], Awaitable[Any]]) -> Loaded:  # fmt: skip
+    load = Load(s, args.inflight)
+    load.start()
+    await asyncio.sleep(1.0)
+    runs: list[Any] = []
+    cpu0 = cpu_seconds(root)
+    while sum(r.seconds for r in runs) < args.window:
+        runs.append(await one())
+    cpu1 = cpu_seconds(root)
+    await load.finish()
+    n = sum(load.count(*r.window) for r in runs)
+    span = sum(r.window[1] - r.window[0] for r in runs)
+    cpu = {k: (cpu1[k] - cpu0[k]) / max(n, 1) for k in cpu1 if k in cpu0}
+    return Loaded(runs, span, n, load.errors, cpu)
 
 
 async def throughput(root: Path, s: Session, target: str, args: argparse.Namespace,
                      mark: Callable[[str], Awaitable[None]]) -> Throughput:  # fmt: skip
-    async def baseline() -> tuple[float, list[str]]:
+    errors: list[str] = []
+
+    async def baseline() -> float:
         load = Load(s, args.inflight)
         load.start()
         await asyncio.sleep(1.0)
@@ -326,26 +502,20 @@ async def throughput(root: Path, s: Session, target: str, args: argparse.Namespa
         await asyncio.sleep(args.window)
         b = time.perf_counter()
         await load.finish()
-        return load.count(a, b) / (b - a), load.errors
+        errors.extend(load.errors)
+        return load.count(a, b) / (b - a)
 
-    base1, err1 = await baseline()
+    base1 = await baseline()
     await mark("baseline before")
-    load = Load(s, args.inflight)
-    load.start()
-    await asyncio.sleep(1.0)
-    repairs: list[RepairRun] = []
-    cpu0 = cpu_seconds(root)
-    while sum(r.seconds for r in repairs) < args.window:
-        repairs.append(await s.repair(target, args.poll))
-    cpu1 = cpu_seconds(root)
-    await load.finish()
+    repair = await under_load(root, s, args, lambda: s.repair(target, args.poll))
     await mark("repairs under load")
-    n = sum(load.count(*r.window) for r in repairs)
-    span = sum(r.window[1] - r.window[0] for r in repairs)
-    base2, err2 = await baseline()
+    base2 = await baseline()
+    await mark("baseline between")
+    refresh = await under_load(root, s, args, lambda: s.refresh(args.poll))
+    await mark("refreshes under load")
+    base3 = await baseline()
     await mark("baseline after")
-    cpu = {k: (cpu1[k] - cpu0[k]) / max(n, 1) for k in cpu1 if k in cpu0}
-    return Throughput([base1, base2], n / span, span, repairs, n, err1 + load.errors + err2, cpu)
+    return Throughput([base1, base2, base3], repair, refresh, errors)
 
 
 async def verify(s: Session) -> int:
@@ -365,6 +535,7 @@ class Result:
     leader: str = ""
     target: str = ""
     idle: list[Idle] = dataclasses.field(default_factory=list)
+    refresh_idle: list[IdleRefresh] = dataclasses.field(default_factory=list)
     creations: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (keys, s)
     tput: Throughput | None = None
     verified: int = 0
@@ -418,8 +589,12 @@ async def phase_two(root: Path, args: argparse.Namespace, res: Result) -> None:
             res.idle.append(await idle_repairs(root, s, res.target, count, repeats, args.poll))
             await mark(s, res, f"{count}-version repairs")
             print(f"[{count} versions] {fmt_idle(res.idle[-1])}", flush=True)
+            res.refresh_idle.append(await idle_refreshes(root, s, count, repeats, args.poll))
+            await mark(s, res, f"{count}-version refreshes")
+            print(f"[{count} versions] {fmt_refresh(res.refresh_idle[-1])}", flush=True)
         await s.b.learn_template(s.c)
-        print(f"[throughput] {args.inflight} in flight; repairs of {held} versions", flush=True)
+        print(f"[throughput] {args.inflight} in flight; repairs, then refreshes, of {held} "
+              "versions", flush=True)  # fmt: skip
         res.tput = await throughput(root, s, res.target, args, lambda label: mark(s, res, label))
         res.verified = await verify(s)
         res.status_end = await s.c["ops"].get("/v1/sys/status")
@@ -441,15 +616,27 @@ def fmt_idle(i: Idle) -> str:
             + ", ".join(ms(x) for x in xs))  # fmt: skip
 
 
-def engine_reference(counts: list[int]) -> dict[int, tuple[float, float]]:
+def fmt_refresh(i: IdleRefresh) -> str:
+    xs = [r.seconds for r in i.refreshes]
+    return (f"refresh of {i.refreshes[0].total} versions, {len(xs)} refreshes: "
+            + ", ".join(ms(x) for x in xs))  # fmt: skip
+
+
+Engine = dict[str, dict[int, tuple[float, float]]]  # "repair"/"refresh" -> count -> figures
+
+
+def engine_reference(repairs: list[int], refreshes: list[int]) -> Engine:
+    """(wall, busiest party CPU) seconds of benchmarks/recovery.py's engines, per count."""
     rng = SeededRNG(2026)
-    items, shares = recovery.keys(3, 2, max(counts), rng)
-    out = {}
-    for c in counts:
-        reps = 3 if c <= 100 else 1
-        got = [recovery.timed(recovery.repair_batch, items[:c], shares[:c], 3, 2, rng)
-               for _ in range(reps)]  # fmt: skip
-        out[c] = (statistics.median(g[0] for g in got), statistics.median(g[1] for g in got))
+    items, shares = recovery.keys(3, 2, max(repairs + refreshes), rng)
+    out: Engine = {"repair": {}, "refresh": {}}
+    for kind, fn, counts in (("repair", recovery.repair_batch, repairs),
+                             ("refresh", recovery.refresh_batch, refreshes)):  # fmt: skip
+        for c in counts:
+            reps = 3 if c <= 100 else 1
+            got = [recovery.timed(fn, items[:c], shares[:c], 3, 2, rng) for _ in range(reps)]
+            out[kind][c] = (statistics.median(g[0] for g in got),
+                            statistics.median(g[1] for g in got))  # fmt: skip
     return out
 
 
@@ -481,8 +668,8 @@ def scan_logs(root: Path) -> list[str]:
     return out
 
 
-def report(res: Result, engine: dict[int, tuple[float, float]], args: argparse.Namespace,
-           setup_s: float, logs: list[str], total_s: float, load0: str) -> None:  # fmt: skip
+def report(res: Result, engine: Engine, args: argparse.Namespace, setup_s: float,
+           logs: list[str], total_s: float, load0: str) -> None:  # fmt: skip
     usable = len(os.sched_getaffinity(0))
     print()
     print(f"machine: nproc {os.cpu_count()} (usable {usable}), Python "
@@ -502,13 +689,16 @@ def report(res: Result, engine: dict[int, tuple[float, float]], args: argparse.N
     print(f"repair time: bob's approval returned (code executed) -> first GET /v1/repairs "
           f"(every {args.poll * 1000:.0f} ms, leader) showing done; [lower bound: last poll "
           f"still running]")
+    print(f"refresh time: the start_refresh POST returned (code ok) -> first GET /v1/refresh "
+          f"(every {args.poll * 1000:.0f} ms, leader) showing done; [lower bound: last poll "
+          f"still running]; batches of {refresh_batch(2, 3)} versions")
 
     print("\nidle repairs (no other load):")
     for i in res.idle:
         xs = [r.seconds for r in i.repairs]
         lows = [r.lower for r in i.repairs]
         total = i.repairs[0].total
-        eng = engine.get(total)
+        eng = engine["repair"].get(total)
         sub = statistics.median(r.submit for r in i.repairs)
         print(f"  {total:5} versions: median {ms(statistics.median(xs))} "
               f"[>= {ms(statistics.median(lows))}], min {ms(min(xs))}, max {ms(max(xs))} over "
@@ -528,39 +718,91 @@ def report(res: Result, engine: dict[int, tuple[float, float]], args: argparse.N
         if len({d for _, d, _ in ev}) > 2:  # more than one run
             print("        timeline of the first (seconds, versions done, posts of the run in "
                   "the log): " + ", ".join(f"{t:.2f} {d} {n}" for t, d, n in ev))
+
+    print("\nidle refreshes (no other load; all 3 members take part):")
+    for f in res.refresh_idle:
+        xs = [r.seconds for r in f.refreshes]
+        lows = [r.lower for r in f.refreshes]
+        total = f.refreshes[0].total
+        eng = engine["refresh"].get(total)
+        print(f"  {total:5} versions: median {ms(statistics.median(xs))} "
+              f"[>= {ms(statistics.median(lows))}], min {ms(min(xs))}, max {ms(max(xs))} over "
+              f"{len(xs)}; {ms(statistics.median(xs) / total)}/version; runs "
+              f"{', '.join(str(r.runs) for r in f.refreshes)} (failed "
+              f"{sum(r.failed_runs for r in f.refreshes)}); start POST "
+              f"{ms(statistics.median(r.submit for r in f.refreshes))} (not counted)")
+        if total != f.count:
+            print(f"        (meant to hold {f.count} versions; the refresh covered {total})")
+        cpu = ", ".join(f"{k} {v:.3f} s" for k, v in f.cpu.items())
+        print(f"        CPU per refresh (erasure of the old generation included): {cpu}"
+              + (f"; engine busiest party {eng[1]:.3f} s" if eng else ""))
+        erased = ", ".join(ms(r.erased) for r in f.refreshes)
+        print(f"        old generation erased on every member (log, 1 s resolution, read every "
+              f"{args.poll * 1000:.0f} ms) after done + {erased}")
+        ev = f.refreshes[0].events
+        if len({d for _, d, _ in ev}) > 2:  # more than one batch
+            print("        timeline of the first (seconds, versions done, run): "
+                  + ", ".join(f"{t:.2f} {d} {n}" for t, d, n in ev))
+
     t = res.tput
     assert t is not None
-    big = t.repairs[0].total
-    print(f"\nsigning during repairs of {big} versions ({args.inflight} flows in flight, "
-          f"Bench.one of cluster_sign.py, all to the leader): {len(t.repairs)} repair(s) back "
-          f"to back covering {t.repair_time:.1f} s, {t.signatures_during} signatures completed "
-          "inside them")
-    print("  repair durations under load: " + ", ".join(ms(r.seconds) for r in t.repairs)
-          + f" (first run's posts all in the log after "
-          f"{', '.join(ms(r.posts_in()) for r in t.repairs)}; failed runs "
-          f"{sum(r.failed_runs for r in t.repairs)})")
-    print("  CPU per signature during the repairs (repair work included): "
-          + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in t.cpu.items()))
-    print(f"  request errors under load: {len(t.errors)}"
+    for what, lo, base in (("repairs", t.repair, t.base[0:2]), ("refreshes", t.refresh,
+                                                                 t.base[1:3])):  # fmt: skip
+        big = lo.runs[0].total
+        print(f"\nsigning during {what} of {big} versions ({args.inflight} flows in flight, "
+              f"Bench.one of cluster_sign.py, all to the leader): {len(lo.runs)} {what} back "
+              f"to back covering {lo.span:.1f} s, {lo.signatures} signatures completed inside "
+              f"them: {lo.rate:.1f}/s; without: {base[0]:.1f}/s before, {base[1]:.1f}/s after")
+        extra = ""
+        if what == "repairs":
+            extra = (" (first run's posts all in the log after "
+                     f"{', '.join(ms(r.posts_in()) for r in lo.runs)})")  # fmt: skip
+        else:
+            extra = f" (runs {', '.join(str(r.runs) for r in lo.runs)})"
+        print("  durations under load: " + ", ".join(ms(r.seconds) for r in lo.runs) + extra
+              + f"; failed runs {sum(r.failed_runs for r in lo.runs)}")
+        print(f"  CPU per signature during the {what} ({what} work included): "
+              + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in lo.cpu.items()))
+        print(f"  request errors under load: {len(lo.errors)}"
+              + (f" (first: {lo.errors[0]})" if lo.errors else ""))
+    print(f"\nrequest errors in the baseline windows: {len(t.errors)}"
           + (f" (first: {t.errors[0]})" if t.errors else ""))
-    print(f"  {res.verified} signatures verified under the group key of `bench`")
+    print(f"{res.verified} signatures verified under the group key of `bench` (made before, "
+          "during and after the refreshes)")
 
     rows = []
     for i in res.idle:
         total = i.repairs[0].total
-        eng = engine.get(total)
+        eng = engine["repair"].get(total)
         med = statistics.median(r.seconds for r in i.repairs)
         rows.append((f"repair of {res.target}, {total} version(s), idle",
                      f"{ms(med)} (median of {len(i.repairs)})",
                      f"engine only {ms(eng[0])} wall, busiest party CPU {ms(eng[1])}"
                      + f" ({med / eng[0]:.1f}x)" if eng else "-"))  # fmt: skip
-    under = statistics.median(r.seconds for r in t.repairs)
-    idle_big = next(i for i in res.idle if i.repairs[0].total == big)
-    rows.append((f"repair of {big} versions, under signing load", ms(under),
-                 f"idle {ms(statistics.median(r.seconds for r in idle_big.repairs))}"))
-    rows.append((f"signatures/s, {args.inflight} in flight, during repair", f"{t.during:.1f}/s",
-                 f"no repair {t.base[0]:.1f}/s before, {t.base[1]:.1f}/s after "
-                 f"({t.during / statistics.mean(t.base) * 100:.0f}% of their mean)"))
+    for f in res.refresh_idle:
+        total = f.refreshes[0].total
+        eng = engine["refresh"].get(total)
+        med = statistics.median(r.seconds for r in f.refreshes)
+        rows.append((f"refresh of 3 members, {total} versions, idle",
+                     f"{ms(med)} (median of {len(f.refreshes)})",
+                     f"engine only {ms(eng[0])} wall, busiest party CPU {ms(eng[1])}"
+                     + f" ({med / eng[0]:.1f}x)" if eng else "-"))  # fmt: skip
+    for what, lo, base, idle in (
+        ("repair", t.repair, t.base[0:2],
+         [r.seconds for i in res.idle if i.repairs[0].total == t.repair.runs[0].total
+          for r in i.repairs]),
+        ("refresh", t.refresh, t.base[1:3],
+         [r.seconds for f in res.refresh_idle if f.refreshes[0].total == t.refresh.runs[0].total
+          for r in f.refreshes]),
+    ):  # fmt: skip
+        big = lo.runs[0].total
+        rows.append((f"{what} of {big} versions, under signing load",
+                     ms(statistics.median(r.seconds for r in lo.runs)),
+                     f"idle {ms(statistics.median(idle))}" if idle else "-"))  # fmt: skip
+        rows.append((f"signatures/s, {args.inflight} in flight, during {what}",
+                     f"{lo.rate:.1f}/s",
+                     f"no {what} {base[0]:.1f}/s before, {base[1]:.1f}/s after "
+                     f"({lo.rate / statistics.mean(base) * 100:.0f}% of their mean)"))
     header = ("figure", "measured", "reference (same run)")
     widths = [max(len(r[k]) for r in [header, *rows]) for k in range(3)]
     print()
@@ -568,11 +810,14 @@ def report(res: Result, engine: dict[int, tuple[float, float]], args: argparse.N
     print("-" * (sum(widths) + 4))
     for r in rows:
         print("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip())
-    print("\nengine reference: benchmarks/recovery.py (repair_batch, trusted-dealer keys), "
-          "3 members, t = 2, one process, measured after the cluster stopped")
+    print("\nengine reference: benchmarks/recovery.py (repair_batch, refresh_batch; "
+          "trusted-dealer keys), 3 members, t = 2, one process, measured after the cluster "
+          "stopped")
     print("not measured: repair after a real token loss (provision + --public-key: the time "
-          "lock's epoch steps come on top), 5-node clusters, repairs with a member down or "
-          "cheating, refresh (the node does not run it)")
+          "lock's epoch steps come on top), 5-node clusters, repairs or refreshes with a "
+          "member down or cheating (failed runs and restarts), the scheduled refresh "
+          "(refresh_every_epochs: off here), the erasure of the old generation as a figure "
+          "of its own (only when the logs showed it), signing latency during a refresh")
     print("\nRaft term and leader after each phase (a term change = an election during it):")
     prev = None
     for label, term, leader in res.terms:
@@ -688,8 +933,10 @@ def main() -> int:
             print(f"cluster directory kept: {root}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    print("[reference] engine-only repairs (benchmarks/recovery.py) ...", flush=True)
-    engine = engine_reference(sorted({i.repairs[0].total for i in res.idle}))
+    print("[reference] engine-only repairs and refreshes (benchmarks/recovery.py) ...",
+          flush=True)  # fmt: skip
+    engine = engine_reference(sorted({i.repairs[0].total for i in res.idle}),
+                              sorted({i.refreshes[0].total for i in res.refresh_idle}))
     report(res, engine, args, setup_s, logs, time.perf_counter() - t_all, load0)
     return 0
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from node.hsm.errors import ShareNotFoundError
 from node.hsm.slot import ShareId
 from node.protocols.signing import (
     BadShares,
@@ -522,7 +523,7 @@ class Signer:
         st = rt.machine.state
         version = st.keys[r.key_id].versions[number]
         members = [m.index for m in st.members.values()]
-        share = await asyncio.to_thread(rt.slot.load_share, self._share_id(req, version))
+        share = await self._load(req, version)
         try:
             z = member_sign_share(
                 me=rt.index, signing_share=bytes(share), group_public_key=version.group_public_key,
@@ -537,6 +538,12 @@ class Signer:
         log.info("sign %s: share given to %s", r.ref, caller)
         return ShareResponse(rt.index, z)
 
+
+    async def _load(self, req: ShareRequest, version: Version) -> bytearray:
+        try:
+            return await asyncio.to_thread(self.rt.slot.load_share, self._share_id(req, version))
+        except ShareNotFoundError:  # that generation was erased just now (a refresh committed)
+            raise ShareRefused(f"this member no longer holds generation {req.generation}") from None
 
     def _share_id(self, req: ShareRequest, version: Version) -> ShareId:
         """The share of the generation the coordinator names: the current one, or the one
@@ -583,7 +590,7 @@ class Signer:
         self._count_share(req.request_ref)
         version = st.keys[AUDIT_KEY_ID].versions[req.version]
         members = [m.index for m in st.members.values()]
-        share = await asyncio.to_thread(rt.slot.load_share, self._share_id(req, version))
+        share = await self._load(req, version)
         try:
             z = member_sign_share(
                 me=rt.index, signing_share=bytes(share), group_public_key=version.group_public_key,

@@ -4,6 +4,8 @@ Usage: python child_slot.py MODE CONFIG_JSON
   crash-store / crash-replace: die (os._exit) at the commit point of a store.
   node: report visible tokens, identity key, a signature and a stored blob.
   fsize-store: store one share normally, then one under a 16-byte file-size limit.
+  replace SHARE_ID_JSON HEX / destroy SHARE_ID_JSON: change one share of a token
+    that another process has open (observer: no sweep).
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ def main() -> int:
             finally:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
             print(json.dumps({"store": stored, "visible_here": slot.has_share(FSIZE_ID)}))
+        return 0
+    if mode in ("replace", "destroy"):
+        share_id = ShareId(*json.loads(sys.argv[3]))
+        with Pkcs11Slot.open(cfg, sweep=False) as slot:
+            if mode == "replace":
+                slot.store_share(share_id, bytes.fromhex(sys.argv[4]), replace=True)
+            else:
+                slot.destroy_share(share_id)
         return 0
     return 2
 
