@@ -144,8 +144,8 @@ def main() -> int:
         print(f"{label:44} {wall:8.3f}s {cpu:16.3f}s {wall / count * 1000:9.2f} ms")
     print(f"{'reference: fresh DKG of 1 version (median/20)':44} {dkg:8.4f}s {'':>17} "
           f"{dkg * 1000:9.2f} ms")  # fmt: skip
-    print("\nnot measured (the node does not run repairs or refreshes yet): repair time on a "
-          "running cluster, signing throughput during a refresh")
+    print("\nengines only: a running cluster's figures (log, HSM, network, signing during a "
+          "repair or refresh) are printed by benchmarks/recovery_cluster.py")
     return 0
 
 
