@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -118,6 +118,12 @@ class MemorySlot:
             label = aad.share_label(share_id)
             if self._objects.pop(label, None) is None:
                 raise ShareNotFoundError(f"no share {label}")
+
+    def destroy_shares(self, share_ids: Iterable[ShareId]) -> int:
+        labels = {aad.share_label(s) for s in share_ids}
+        with self._lock:
+            self._check_open()
+            return sum(1 for label in labels if self._objects.pop(label, None) is not None)
 
     def export_share(self, share_id: ShareId, backup_key: bytes) -> bytes:
         check_backup_key(backup_key)

@@ -20,6 +20,7 @@ Contract shared by both:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -128,6 +129,11 @@ class Slot(Protocol):
 
     def destroy_share(self, share_id: ShareId) -> None:
         """Remove the share object (crypto-erasure); `ShareNotFoundError` if absent."""
+        ...
+
+    def destroy_shares(self, share_ids: Iterable[ShareId]) -> int:
+        """Remove every object of these shares in one pass over the token (ids that are
+        absent are skipped); how many objects were removed."""
         ...
 
     def export_share(self, share_id: ShareId, backup_key: bytes) -> bytes:

@@ -153,6 +153,9 @@ class InstrumentedSlot:
     def list_shares(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed("list_shares", self._inner.list_shares, *args, **kwargs)
 
+    def destroy_shares(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("destroy_share", self._inner.destroy_shares, *args, **kwargs)
+
 
 def instrument_slot(slot: Any, registry: CollectorRegistry) -> InstrumentedSlot:
     """`slot` behind a proxy that records `custody_hsm_*` metrics in `registry`.

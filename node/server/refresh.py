@@ -344,7 +344,7 @@ class RefreshDuty:
         running = r is not None
 
         def erase() -> int:
-            count = 0
+            doomed = []
             for sid in self.rt.slot.list_shares():
                 key = keys.get(sid.key_id)
                 v = key.versions.get(sid.version) if key is not None else None
@@ -353,9 +353,8 @@ class RefreshDuty:
                 stale = sid.generation < v.generation
                 orphan = sid.generation > v.generation and not running
                 if stale or orphan:
-                    self.rt.slot.destroy_share(sid)
-                    count += 1
-            return count
+                    doomed.append(sid)
+            return self.rt.slot.destroy_shares(doomed) if doomed else 0
 
         count = await asyncio.to_thread(erase)
         if count:

@@ -555,11 +555,15 @@ class Runtime:
     def _erase_destroyed(self) -> None:
         """Crypto-erase this member's shares of destroyed versions (idempotent)."""
         keys = self.machine.state.keys
+        doomed = []
         for sid in self.slot.list_shares():
             key = keys.get(sid.key_id)
             version = key.versions.get(sid.version) if key else None
             if version is not None and version.state is VersionState.DESTROYED:
-                self.slot.destroy_share(sid)
+                doomed.append(sid)
+        if doomed:
+            self.slot.destroy_shares(doomed)
+            for sid in doomed:
                 log.info("erased share of %s v%d (version destroyed)", sid.key_id, sid.version)
 
     # ------------------------------------------------------------ shares

@@ -203,3 +203,24 @@ def test_an_object_of_another_application_under_a_share_label_is_not_a_share(
         assert foreign[Attribute.LABEL] == aad.share_label(sid)
     finally:
         foreign.destroy()
+
+
+
+def test_destroy_shares_removes_exactly_the_named_shares_in_one_pass(any_slot) -> None:
+    """A batch erasure (old generations after a refresh) removes every named share and
+    nothing else; absent ids are skipped. On the token and in memory alike."""
+    import uuid
+
+    from node.hsm.errors import ShareNotFoundError
+
+    tag = uuid.uuid4().hex[:8]
+    keep = ShareId(f"k-keep-{tag}", 1, 1, 0)
+    gone = [ShareId(f"k-old-{tag}", v, 1, 0) for v in (1, 2, 3)]
+    for s in (keep, *gone):
+        any_slot.store_share(s, bytes(range(32)))
+    assert any_slot.destroy_shares([*gone, ShareId(f"k-absent-{tag}", 1, 1, 0)]) == 3
+    assert keep in any_slot.list_shares() and not set(gone) & set(any_slot.list_shares())
+    for s in gone:
+        with pytest.raises(ShareNotFoundError):
+            any_slot.load_share(s)
+    assert bytes(any_slot.load_share(keep)) == bytes(range(32))
