@@ -22,6 +22,8 @@ from chaos.workload import Event, Op
 from consensus.sim.linearizability import Operation, check_history
 
 MAX_DETAILS = 20
+# The clients' flows (availability, recovery times); rotate / revoke are the operator's.
+CLIENT_KINDS = ("sign", "decrypt")
 
 
 @dataclass
@@ -60,7 +62,7 @@ def no_signature_without_approval(
     distinct approvers of that request."""
     name = "no signature without an approved request"
     problems: list[str] = []
-    signed = [o for o in ops if o.outcome == "ok"]
+    signed = [o for o in ops if o.outcome == "ok" and o.kind == "sign"]
     for o in signed:
         v = views.get(o.ref)
         if v is None:
@@ -130,6 +132,13 @@ def acknowledged_not_lost(
         acked += 1
         for node, views in sorted(member_views.items()):
             v = views.get(o.ref) or {}
+            if o.kind != "sign":  # decrypt: approved (partials given); rotate/revoke: done
+                want = ("approved", "executed") if o.kind == "decrypt" else ("executed",)
+                if v.get("state") not in want:
+                    lost.add((o.kind, o.ref, ""))
+                    problems.append(f"{node}: {o.kind} {o.ref} acknowledged, but the request "
+                                    f"is {v.get('state')!r}")  # fmt: skip
+                continue
             if v.get("state") != "executed" or (v.get("signature") or "") != o.signature:
                 lost.add(("signature", o.ref, ""))
                 problems.append(
@@ -149,7 +158,10 @@ class RequestModel:
     """The sequential spec of one request, a register moved by client calls:
     submit creates it `pending`; each approval adds its approver, and the k-th answers
     `approved` (earlier ones `pending`); the signing that follows is internal, seen by
-    a read as `approved` turning `executed` (with one signature, forever) or `failed`.
+    a read as `approved` turning `executed` (with one signature, forever) or `failed`;
+    a request executed by its quorum's approval itself (a revocation) answers that
+    approval `executed`; a pending request may fail before its quorum (it became
+    impossible: its key version was rotated away or revoked).
     A read returns (state, approvals, signature). A refused call changes nothing."""
 
     def __init__(self, k: int = 2) -> None:
@@ -173,6 +185,8 @@ class RequestModel:
                 return op.pending, state
             new = approvals | {who}
             quorum = len(new) >= self.k
+            if quorum and out == "executed":  # executed within the approval (a revocation)
+                return True, ("executed", new, sig)
             ok = op.pending or out == ("approved" if quorum else "pending")
             return ok, ("approved" if quorum else "pending", new, sig)
         if kind == "read":
@@ -185,6 +199,8 @@ class RequestModel:
                 return True, state
             if phase == "approved" and st in ("executed", "failed"):
                 return True, (st, approvals, s if st == "executed" else None)
+            if phase == "pending" and st == "failed":  # became impossible before its quorum
+                return True, (st, approvals, None)  # (e.g. its key version was replaced)
             return False, state
         raise ValueError(f"unknown operation {kind!r}")
 
@@ -272,23 +288,132 @@ def audit_chains_agree(
 # ---------------------------------------------------------------- 5. signatures verify
 
 
-def signatures_verify(ops: Sequence[Op], key_before: str, key_after: str) -> Check:
-    name = "signatures verify under the unchanged group key"
+def usable_at(v: Mapping[str, Any], epoch: int) -> bool:
+    """Was key version `v` (its view) usable at `epoch`: activated by then, and not yet
+    revoked, destroyed or rolled back?"""
+    act = v.get("activation_epoch") or 0
+    if not act or epoch < act:
+        return False
+    ends = [e for e in (v.get("revoked_epoch"), v.get("destroyed_epoch"),
+                        v.get("rolled_back_epoch")) if e]  # fmt: skip
+    return all(epoch < e for e in ends)
+
+
+def signatures_verify(
+    ops: Sequence[Op], key_before: str, key_after: str,
+    views: Mapping[str, Mapping[str, Any] | None] | None = None,
+    versions: Mapping[int, Mapping[str, Any]] | None = None,
+) -> Check:  # fmt: skip
+    """Every signature received verifies. Without `versions` (no rotation in the drill):
+    under the one group key, unchanged from before to after. With `versions` (the signing
+    key's version views after the drill, by number) and `views` (each request as the
+    cluster shows it): under the group key of the version the request was signed with,
+    which must have been usable at the epoch the request was decided in; the version
+    that was primary before the workload keeps its group key."""
+    if versions is None:
+        name = "signatures verify under the unchanged group key"
+    else:
+        name = "signatures verify under a version usable at their epoch"
     problems: list[str] = []
-    if key_before != key_after:
+    if key_before != key_after and versions is None:
         problems.append(f"group public key changed: {key_before[:16]}… -> {key_after[:16]}…")
-    pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_before))
+    if versions is not None and key_before not in {v.get("group_public_key")
+                                                   for v in versions.values()}:  # fmt: skip
+        problems.append(f"the version with group key {key_before[:16]}… is gone or changed")
     n = 0
+    used: dict[int, int] = {}
     for o in ops:
-        if o.outcome != "ok":
+        if o.outcome != "ok" or o.kind != "sign":
             continue
         n += 1
+        gpk = key_before
+        if versions is not None:
+            v = (views or {}).get(o.ref) or {}
+            num = int(v.get("version") or 0)
+            epoch = int(v.get("decided_epoch") or 0)
+            ver = versions.get(num)
+            if ver is None or not ver.get("group_public_key"):
+                problems.append(f"{o.ref}: signed with version {num}, unknown to the cluster")
+                continue
+            if not usable_at(ver, epoch):
+                problems.append(
+                    f"{o.ref}: signed with v{num} at epoch {epoch}, when it was not usable "
+                    f"(activated {ver.get('activation_epoch')}, revoked "
+                    f"{ver.get('revoked_epoch')}, destroyed {ver.get('destroyed_epoch')})")
+            gpk = str(ver["group_public_key"])
+            used[num] = used.get(num, 0) + 1
         try:
-            pub.verify(bytes.fromhex(o.signature), bytes.fromhex(o.message_hex))
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(gpk)).verify(
+                bytes.fromhex(o.signature), bytes.fromhex(o.message_hex))
         except (InvalidSignature, ValueError):
             problems.append(f"{o.ref}: signature does not verify")
-    return _fail(name, problems, f"{n} signature(s) verified under {key_before[:16]}…",
-                 {"verified": n - len(problems), "group_public_key": key_before})  # fmt: skip
+    if versions is None:
+        ok = f"{n} signature(s) verified under {key_before[:16]}…"
+    else:
+        per = ", ".join(f"v{k}: {c}" for k, c in sorted(used.items()))
+        ok = f"{n} signature(s) verified, each under a version usable at its epoch ({per})"
+    return _fail(name, problems, ok,
+                 {"verified": n - len(problems), "group_public_key": key_before,
+                  "by_version": {str(k): c for k, c in sorted(used.items())}})  # fmt: skip
+
+
+# ---------------------------------------------------------------- 5b. envelope decryption
+
+
+def decrypts_return_plaintext(
+    ops: Sequence[Op], views: Mapping[str, Mapping[str, Any] | None], k: int = 2,
+) -> Check:  # fmt: skip
+    """Every decrypt flow that returned ok opened its payload to exactly the plaintext
+    that was encrypted, and its request is one the cluster shows with its quorum of
+    approvals, for the file's key version."""
+    name = "decrypts return the encrypted plaintext, only after approval"
+    problems: list[str] = []
+    done = [o for o in ops if o.kind == "decrypt" and o.outcome == "ok"]
+    for o in done:
+        if o.result_hex != o.message_hex:
+            what = "did not open" if not o.result_hex else "opened to other bytes"
+            problems.append(f"{o.ref}: the payload {what} ({o.detail or 'no detail'})")
+        v = views.get(o.ref)
+        if v is None:
+            problems.append(f"{o.ref}: decrypted, but the request is unknown")
+            continue
+        approvals = set(v.get("approvals", []))
+        need = int(v.get("k", k))
+        if len(approvals) < need or not approvals <= set(v.get("approvers", approvals)):
+            problems.append(f"{o.ref}: decrypted with approvals {sorted(approvals)} (k={need})")
+        if v.get("state") not in ("approved", "executed"):
+            problems.append(f"{o.ref}: decrypted, but the request is {v.get('state')!r}")
+        if int(v.get("version") or 0) != o.version:
+            problems.append(f"{o.ref}: request for v{v.get('version')}, file for v{o.version}")
+    tried = sum(1 for o in ops if o.kind == "decrypt")
+    return _fail(name, problems,
+                 f"{len(done)} of {tried} decrypt flow(s) returned ok, each with the "
+                 "plaintext encrypted, on an approved request",
+                 {"decrypted": len(done), "decrypt_flows": tried})  # fmt: skip
+
+
+# ---------------------------------------------------------------- 5c. operator actions
+
+
+def operator_actions_done(actions: Sequence[Mapping[str, Any]]) -> Check:
+    """Each operator action the schedule asked for (rotate, refresh) ended as it must:
+    a rotation executed with a new primary version; a refresh `done`."""
+    name = "operator actions completed"
+    problems: list[str] = []
+    parts = []
+    for a in actions:
+        label = f"fault {a.get('index')} ({a.get('action')})"
+        if a.get("status") != "injected":
+            problems.append(f"{label}: not started ({a.get('status')})")
+            continue
+        state = str(a.get("op_state") or "")
+        if state != "done":
+            problems.append(f"{label}: {state or 'no outcome'}")
+            continue
+        parts.append(f"{label}: done in {a.get('op_s')} s")
+    if not actions:
+        problems.append("no operator action in the scenario")
+    return _fail(name, problems, "; ".join(parts), {"actions": len(actions)})
 
 
 # ---------------------------------------------------------------- 6. availability (opt-in)
@@ -296,6 +421,7 @@ def signatures_verify(ops: Sequence[Op], key_before: str, key_after: str) -> Che
 
 def longest_gap(ops: Sequence[Op], duration: float) -> tuple[float, float] | None:
     """The longest stretch of the workload [start, end] in which no flow completed ok."""
+    ops = [o for o in ops if o.kind in CLIENT_KINDS]
     if not ops:
         return None
     done = [0.0, *sorted(o.complete for o in ops if o.outcome == "ok")]
@@ -358,7 +484,7 @@ def token_loss_repaired(faults: Sequence[Mapping[str, Any]], ops: Sequence[Op]) 
             problems.append(f"{label(f)}: not injected ({f.get('status')}): the repaired "
                             "member was never needed for a quorum")  # fmt: skip
             continue
-        n = sum(1 for o in ops if o.outcome == "ok" and o.invoke >= start
+        n = sum(1 for o in ops if o.outcome == "ok" and o.kind == "sign" and o.invoke >= start
                 and (end is None or o.complete <= end))  # fmt: skip
         quorum[label(f)] = n
         if n == 0:

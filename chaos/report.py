@@ -57,6 +57,11 @@ def _verdict(r: DrillResult) -> str:
     return "SKIPPED" if r.skipped else "PASSED" if r.passed else "FAILED"
 
 
+def _kinds(ops: dict[str, int]) -> str:
+    """`decrypt ok 3, rotate ok 1, …` from the counts by kind (signing: the rest)."""
+    return ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in sorted(ops.items()) if "_" in k)
+
+
 def summary_md(r: DrillResult, description: str) -> str:
     lines = [f"# Drill `{r.scenario}` — {_verdict(r)}", ""]
     if r.skipped:
@@ -71,7 +76,8 @@ def summary_md(r: DrillResult, description: str) -> str:
         f"seen (sampled every 0.5 s): {', '.join(r.leaders) or '—'}",
         f"- operations (whole signing flows): ok {r.ops.get('ok', 0)}, failed "
         f"{r.ops.get('failed', 0)}, unknown {r.ops.get('unknown', 0)}; request states "
-        f"at the end: {r.end_states}",
+        f"at the end: {r.end_states}"
+        + (f"; of which {_kinds(r.ops)}" if _kinds(r.ops) else ""),
         "- longest stretch without a successful flow completing: "
         + (
             f"{r.longest_gap[1] - r.longest_gap[0]:.2f} s "
@@ -121,6 +127,10 @@ def summary_md(r: DrillResult, description: str) -> str:
                       f"{f.repair_state or '—'}, request `{f.repair_request or '—'}`, versions "
                       f"rebuilt {f.repair_versions or '—'}, {_fmt(f.repair_s)} s from the loss "
                       "to done."]  # fmt: skip
+    for f in r.faults:
+        if f.action in ("rotate", "refresh"):
+            lines += ["", f"Fault {f.index} ({f.action}): request `{f.op_request or '—'}` "
+                      f"{f.op_state or '—'}, {_fmt(f.op_s)} s from its start to done."]  # fmt: skip
     for f in r.faults:
         if f.flow_ms is not None:
             lines += ["", f"Fault {f.index} ({f.action} {_cell(f.node)}): median signing flow "

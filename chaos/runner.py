@@ -37,12 +37,15 @@ from typing import Any
 from chaos import invariants, netfault
 from chaos.cluster import DrillCluster, custody, custody_json
 from chaos.sandbox import Sandbox
-from chaos.scenario import NET_ACTIONS, SCENARIO_DIR, Fault, Scenario
-from chaos.workload import APPROVERS, REQUESTER, History, Op, Workload
+from chaos.scenario import NET_ACTIONS, OPERATOR_ACTIONS, SCENARIO_DIR, Fault, Scenario
+from chaos.workload import APPROVERS, OPERATOR, REQUESTER, History, Op, Workload
 from node.client.http import ApiError, Client, Unreachable
 
 KEY_ID = "k1"
 POLICY_ID = "p1"
+# workload.mix with decrypt: an encrypt key under its own policy (operations: decrypt)
+ENC_KEY_ID = "k2"
+ENC_POLICY_ID = "p2"
 WORK_ENV = "CUSTODY_DRILL_DIR"
 # lose-token: epoch advances tried (refused ones included) while the repair waits its time
 # lock (the cluster's default time lock is 2 epochs).
@@ -80,6 +83,11 @@ class FaultRecord:
     # while the fault was on, and of those invoked in the 5 s before it
     flow_ms: float | None = None
     flow_ms_before: float | None = None
+    # rotate / refresh (operator actions): the request, how it ended (done | failed: … |
+    # timeout: … | error: …) and seconds from its start until done
+    op_request: str = ""
+    op_state: str = ""
+    op_s: float | None = None
 
 
 @dataclass
@@ -149,6 +157,7 @@ class Drill:
         self.sandbox = Sandbox(self.root, scenario, _say)
         # faults still active, healed when the workload stops: index -> heal()
         self.heals: dict[int, Callable[[], Any]] = {}
+        self.wl: Workload | None = None
         shipped = scenario.path is None or scenario.path.parent == SCENARIO_DIR
         which = scenario.name if shipped else scenario.path
         self.res.replay = f"custody drill run {which} --seed {seed}"
@@ -180,21 +189,31 @@ class Drill:
                   "alice,bob,carol", "--k", "2")  # fmt: skip
         for who in APPROVERS:
             as_(who, "approve", out["request"], "--yes")
-        out = as_("ops", "keys", "create", KEY_ID, "--policy", POLICY_ID)
-        for who in APPROVERS:
-            as_(who, "approve", out["request"], "--yes")
-        deadline = time.monotonic() + 60
-        while True:
-            r = as_("audit", "requests", "show", out["request"])
-            if r["state"] == "executed":
-                break
-            if r["state"] == "failed" or time.monotonic() > deadline:
-                raise RuntimeError(f"key creation did not complete: {r['state']} {r['failure']}")
-            time.sleep(0.3)
+        keys = [(KEY_ID, POLICY_ID, "sign")]
+        if self.sc.workload.decrypts:
+            out = as_("ops", "policy", "set", ENC_POLICY_ID, "--requesters", REQUESTER,
+                      "--operations", "decrypt", "--approvers", "alice,bob,carol", "--k", "2")
+            for who in APPROVERS:
+                as_(who, "approve", out["request"], "--yes")
+            keys.append((ENC_KEY_ID, ENC_POLICY_ID, "encrypt"))
+        for key_id, policy, purpose in keys:
+            out = as_("ops", "keys", "create", key_id, "--policy", policy, "--purpose", purpose)
+            for who in APPROVERS:
+                as_(who, "approve", out["request"], "--yes")
+            deadline = time.monotonic() + 60
+            while True:
+                r = as_("audit", "requests", "show", out["request"])
+                if r["state"] == "executed":
+                    break
+                if r["state"] == "failed" or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"key creation did not complete: {r['state']} {r['failure']}")
+                time.sleep(0.3)
         for _ in range(10):
             as_("ops", "epoch", "advance")
-            if as_("audit", "keys", "show", KEY_ID)["primary"] >= 1:
+            if all(as_("audit", "keys", "show", k)["primary"] >= 1 for k, _, _ in keys):
                 break
+            time.sleep(1.0)  # epoch_min_interval_s
         else:
             raise RuntimeError(f"key {KEY_ID} has no active version")
 
@@ -243,6 +262,9 @@ class Drill:
         await asyncio.sleep(max(0.0, f.at - self.h.now()))
         if f.action in NET_ACTIONS:
             await self._network(i, f, rec)
+            return
+        if f.action in OPERATOR_ACTIONS:
+            await self._operator(i, f, rec)
             return
         node, why = await self._resolve(f.target)
         if node is None:
@@ -294,6 +316,65 @@ class Drill:
         except Exception as exc:
             rec.status = f"error: {type(exc).__name__}: {exc}"
             _say(f"fault {i}: ERROR {rec.status}")
+
+    async def _operator(self, i: int, f: Fault, rec: FaultRecord) -> None:
+        """rotate: the workload's rotation flow (recorded in the history as a `rotate` op);
+        refresh: `custody refresh start --wait` as ops, then `GET /v1/refresh`."""
+        rec.injected_at = self.h.now()
+        rec.status = "injected"
+        t0 = time.monotonic()
+        try:
+            if f.action == "rotate":
+                assert self.wl is not None
+                self._note(i, rec, "ops requests a rotation of the signing key")
+                async with contextlib.AsyncExitStack() as stack:
+                    cl = {w: await stack.enter_async_context(
+                        Client(self.cluster.profile(w), timeout=4.0, attempts=1))
+                        for w in (OPERATOR, *APPROVERS)}  # fmt: skip
+                    op, _old = await self.wl._rotate(100 + i, cl, 100 + i, f.timeout)
+                self.h.ops.append(op)
+                rec.op_request = op.ref
+                rec.op_state = "done" if op.outcome == "ok" else f"{op.outcome}: {op.detail}"
+            else:
+                rec.op_request = f"{OPERATOR}:drill-refresh-{self.seed}-{i}"
+                rid = rec.op_request.split(":", 1)[1]
+                self._note(i, rec, f"ops runs custody refresh start --wait ({rid})")
+                last = ""
+                while time.monotonic() - t0 < f.timeout:
+                    try:
+                        await asyncio.wait_for(asyncio.to_thread(
+                            self._as, "ops", "refresh", "start", "--wait", "--request-id", rid),
+                            f.timeout - (time.monotonic() - t0))  # fmt: skip
+                        break
+                    except (RuntimeError, TimeoutError) as exc:
+                        last = " ".join(str(exc).split())[-300:]
+                        self._note(i, rec, f"refresh start: {last}")
+                        await asyncio.sleep(1.0)
+                async with Client(self.cluster.profile("audit"), timeout=5, attempts=3) as cl:
+                    doc = await self._get(cl, "/v1/refresh", time.monotonic() + 30)
+                r = doc.get("refresh") or {}
+                state = str(r.get("state") or "none")
+                gens = doc.get("generations") or {}
+                rec.observed.append(f"refresh {r.get('request')}: {state} {r.get('done')}/"
+                                    f"{r.get('total')} versions, run {r.get('run')}; "
+                                    f"generations {gens}")  # fmt: skip
+                if r.get("request") != rec.op_request:
+                    rec.op_state = f"not ours: the latest refresh is {r.get('request')}"
+                elif state == "done" and (r.get("done") != r.get("total") or not r.get("total")
+                                          or not any(g >= 1 for g in gens.values())):
+                    rec.op_state = (f"done with {r.get('done')}/{r.get('total')} versions, "
+                                    f"generations {gens}")  # fmt: skip
+                else:
+                    rec.op_state = "done" if state == "done" else (
+                        f"{state}: {r.get('failure') or last}")  # fmt: skip
+            if rec.op_state == "done":
+                rec.op_s = round(time.monotonic() - t0, 2)
+            rec.ended_at = self.h.now()
+            self._note(i, rec, f"{f.action} {rec.op_request}: {rec.op_state}"
+                       + (f" after {rec.op_s:.2f} s" if rec.op_s is not None else ""))
+        except Exception as exc:
+            rec.op_state = f"error: {type(exc).__name__}: {str(exc)[-300:]}"
+            self._note(i, rec, rec.op_state)
 
     def _note(self, i: int, rec: FaultRecord, msg: str) -> None:
         rec.observed.append(f"t={self.h.now():.2f}s {msg}")
@@ -530,14 +611,21 @@ class Drill:
             await asyncio.to_thread(c.start, node)
             rec.ended_at = self.h.now()
             note(f"started {node} on its new token")
-            stage = "repair request"
-            out = await asyncio.to_thread(self._as, "ops", "node", "repair", node,
-                                          "--public-key", new_key)  # fmt: skip
+            stage = what = "replace request" if f.replace else "repair request"
+            if f.replace:  # the same member re-registered at its SAME addresses
+                doc = json.loads((self.root / "cluster.json").read_text())
+                me = next(n for n in doc["nodes"] if n["name"] == node)
+                out = await asyncio.to_thread(self._as, "ops", "node", "replace", node,
+                                              "--public-key", new_key, "--raft", me["raft"],
+                                              "--api", me["api"])  # fmt: skip
+            else:
+                out = await asyncio.to_thread(self._as, "ops", "node", "repair", node,
+                                              "--public-key", new_key)  # fmt: skip
             ref = rec.repair_request = str(out["request"])
             for who in APPROVERS:
                 stage = f"approval by {who}"
                 await asyncio.to_thread(self._as, who, "approve", ref, "--yes")
-            note(f"repair request {ref} submitted by ops ({out.get('code')}), approved by "
+            note(f"{what} {ref} submitted by ops ({out.get('code')}), approved by "
                  f"{', '.join(APPROVERS)}")  # fmt: skip
             stage = "time lock"
             async with Client(c.profile("audit"), timeout=5, attempts=3) as cl:
@@ -641,13 +729,16 @@ class Drill:
         c = self.cluster
         self.res.leader_before = await c.leader(timeout=10) or ""
         key_before = await self.group_key()
-        repairs = any(f.action == "lose-token" for f in self.sc.faults)
+        repairs = any(f.action in ("lose-token", *OPERATOR_ACTIONS) for f in self.sc.faults) \
+            or self.sc.workload.rotate_every is not None  # fmt: skip
         keys_before = await self.group_keys() if repairs else {}
-        profiles = {w: c.profile(w) for w in (REQUESTER, *APPROVERS)}
+        profiles = {w: c.profile(w) for w in (REQUESTER, OPERATOR, *APPROVERS)}
         counts = {"ok": 0, "failed": 0, "unknown": 0}
 
         def progress(op: Op) -> None:
             counts[op.outcome] += 1
+            if op.kind in ("rotate", "revoke"):
+                _say(f"t={self.h.now():.1f}s {op.kind} {op.ref}: {op.outcome} {op.detail}")
 
         samples: list[dict[str, Any]] = []
         self.samples = samples
@@ -674,8 +765,11 @@ class Drill:
                 )
 
         self.h = History()
-        wl = Workload(profiles, KEY_ID, self.seed, self.sc.workload.clients,
-                      self.sc.workload.op_timeout, self.h, progress)  # fmt: skip
+        w = self.sc.workload
+        wl = self.wl = Workload(
+            profiles, KEY_ID, self.seed, w.clients, w.op_timeout, self.h, progress,
+            mix=w.weights(), enc_key=ENC_KEY_ID if w.decrypts else "",
+            rotate_every=w.rotate_every, revoke=w.revoke)  # fmt: skip
         recs = [FaultRecord(i, f.action, f.target, f.at) for i, f in enumerate(self.sc.faults)]
         self.res.faults = recs
         _say(f"{self.sc.name}: workload {self.sc.workload.clients} client(s) for "
@@ -796,18 +890,30 @@ class Drill:
         evidence = self.out / "evidence"
         evidence.mkdir(parents=True, exist_ok=True)
         verified = {n: await asyncio.to_thread(self._export_verify, n, evidence) for n in c.names}
+        rotated = any(o.kind == "rotate" for o in ops)
+        versions = None
+        if rotated:  # signatures may come from several versions: each checked at its epoch
+            async with Client(c.profile("audit"), timeout=10) as cl:
+                k = await cl.get(f"/v1/keys/{KEY_ID}")
+            versions = {int(v["version"]): v for v in k["versions"]}
         checks = [
             invariants.no_signature_without_approval(ops, views, chains),
             invariants.acknowledged_not_lost(events, ops, members),
             invariants.linearizable(events),
             invariants.audit_chains_agree(chains, verified),
-            invariants.signatures_verify(ops, key_before, key_after),
+            invariants.signatures_verify(ops, key_before, key_after, views, versions),
         ]
+        if self.sc.workload.decrypts:
+            checks.append(invariants.decrypts_return_plaintext(ops, views))
+        actions = [asdict(r) for r in self.res.faults if r.action in OPERATOR_ACTIONS]
+        if actions:
+            checks.append(invariants.operator_actions_done(actions))
         if self.sc.max_gap_s is not None:
             checks.append(invariants.availability(ops, self.sc.duration, self.sc.max_gap_s))
         if keys_before is not None:
             recs = [asdict(r) for r in self.res.faults]
-            checks.append(invariants.token_loss_repaired(recs, ops))
+            if any(r["action"] == "lose-token" for r in recs):
+                checks.append(invariants.token_loss_repaired(recs, ops))
             keys_after = {n: await self.group_keys(n) for n in c.names}
             checks.append(invariants.group_keys_unchanged(keys_before, keys_after))
         self.res.checks = [ch.to_json() for ch in checks]
@@ -821,7 +927,8 @@ class Drill:
             _say(f"  {'PASS' if ch.passed else 'FAIL'} {ch.name}: {ch.summary}")
 
     def recovery(self) -> None:
-        oks = sorted((o.invoke, o.complete) for o in self.h.ops if o.outcome == "ok")
+        oks = sorted((o.invoke, o.complete) for o in self.h.ops
+                     if o.outcome == "ok" and o.kind in invariants.CLIENT_KINDS)  # fmt: skip
         for r in self.res.faults:
             if r.injected_at is None:
                 continue
@@ -843,6 +950,9 @@ class Drill:
         n = {"ok": 0, "failed": 0, "unknown": 0}
         for o in self.h.ops:
             n[o.outcome] += 1
+            if o.kind != "sign":
+                key = f"{o.kind}_{o.outcome}"
+                n[key] = n.get(key, 0) + 1
         self.res.ops = n
 
     def run(self) -> DrillResult:

@@ -20,6 +20,12 @@ libfaketime (`requirements()` says which a scenario needs; `chaos.sandbox` check
     workload:
       clients: 3                      # concurrent signing clients, 1..32
       op_timeout: 20                  # seconds one signing flow may take, 2..120
+      mix: {sign: 3, decrypt: 1}      # optional: relative weights of each client's flows
+                                      # (sign | decrypt: envelope encrypt + approved
+                                      # decrypt); default signing only
+      rotate_every: 12                # optional: ops rotates the signing key this often
+                                      # (approved by alice and bob, epoch advanced)
+      revoke: true                    # with rotate_every: then revoke the replaced version
     faults:
       - at: 8                         # seconds after the workload starts
         action: kill                  # kill | pause | restart
@@ -67,6 +73,19 @@ libfaketime (`requirements()` says which a scenario needs; `chaos.sandbox` check
         action: disk-full             # fill the node's data disk (a loop-mounted ext4);
         target: follower              # free it `free_after` s later, restart the node
         free_after: 8
+      - at: 40
+        action: lose-token
+        target: follower
+        replace: true                 # re-register it with `custody node replace NAME
+                                      # --public-key --raft --api` (its same addresses)
+                                      # instead of `custody node repair`
+      - at: 8
+        action: rotate                # operator action: ops rotates the signing key
+                                      # (approved by alice and bob, epoch advanced until
+        timeout: 60                   # the new version is primary), within timeout s
+      - at: 8
+        action: refresh               # operator action: `custody refresh start --wait`
+        timeout: 90                   # as ops; must end `done` within timeout s
       - at: 5
         action: slow-disk             # throttle the node's data disk to this many write
         target: follower              # IOs per second (cgroup v1 blkio), for heal_after s
@@ -92,7 +111,9 @@ LINK_WORDS = ("leader", "follower", "random")
 NODE_ACTIONS = ("kill", "pause", "restart", "lose-token", "clock-jump", "disk-full",
                 "slow-disk")  # fmt: skip
 NET_ACTIONS = ("partition", "cut-link", "slow-link")
-ACTIONS = (*NODE_ACTIONS[:4], *NET_ACTIONS, *NODE_ACTIONS[4:])
+# Operator actions in the schedule: no target; the drill checks that they completed.
+OPERATOR_ACTIONS = ("rotate", "refresh")
+ACTIONS = (*NODE_ACTIONS[:4], *NET_ACTIONS, *NODE_ACTIONS[4:], *OPERATOR_ACTIONS)
 # Other names for the fault kinds: refused, pointing at the one this loader knows.
 ALIASES = {"hsm_delete": "lose-token", "token_delete": "lose-token",
            "token_loss": "lose-token", "lose_token": "lose-token",
@@ -134,6 +155,8 @@ class Fault:
     every: float = 0.0  # clock-jump: seconds between successive offsets
     free_after: float | None = None  # disk-full: else freed when the workload stops
     write_iops: int = 0  # slow-disk
+    replace: bool = False  # lose-token: `custody node replace` instead of `node repair`
+    timeout: float = 60.0  # rotate / refresh: seconds until it must have completed
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +166,17 @@ class Workload:
     # ops runs `custody epoch advance` this often during the workload (every member
     # votes with its own wall clock: what clock-jump faults act on); None: never
     epoch_advance_every: float | None = None
+    # relative weights of the clients' flows (sign, decrypt); default signing only
+    mix: tuple[tuple[str, int], ...] = (("sign", 1),)
+    rotate_every: float | None = None  # ops rotates the signing key this often
+    revoke: bool = False  # and then revokes the version each rotation replaced
+
+    def weights(self) -> dict[str, int]:
+        return dict(self.mix)
+
+    @property
+    def decrypts(self) -> bool:
+        return any(k == "decrypt" and w > 0 for k, w in self.mix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,22 +202,25 @@ _TOP = {
     "nodes",
     "max_gap_s",
 }
-_WORKLOAD = {"clients", "op_timeout", "epoch_advance_every"}
+_WORKLOAD = {"clients", "op_timeout", "epoch_advance_every", "mix", "rotate_every", "revoke"}
+OP_KINDS = ("sign", "decrypt")
 _FAULT = {"at", "action", "target", "restart_after", "resume_after", "down_for",
           "repair_timeout", "groups", "links", "oneway", "heal_after", "delay_ms",
           "jitter_ms", "loss_pct", "offsets_s", "every", "free_after",
-          "write_iops"}  # fmt: skip
+          "write_iops", "replace", "timeout"}  # fmt: skip
 _PER_ACTION = {
     "kill": {"restart_after"},
     "pause": {"resume_after"},
     "restart": {"down_for"},
-    "lose-token": {"down_for", "repair_timeout"},
+    "lose-token": {"down_for", "repair_timeout", "replace"},
     "partition": {"groups", "heal_after"},
     "cut-link": {"links", "oneway", "heal_after"},
     "slow-link": {"links", "delay_ms", "jitter_ms", "loss_pct", "heal_after"},
     "clock-jump": {"offsets_s", "every"},
     "disk-full": {"free_after"},
     "slow-disk": {"write_iops", "heal_after"},
+    "rotate": {"timeout"},
+    "refresh": {"timeout"},
 }
 _REQUIRED = {"partition": ("groups",), "cut-link": ("links",), "slow-link": ("links",),
              "clock-jump": ("offsets_s",), "slow-disk": ("write_iops",)}  # fmt: skip
@@ -280,6 +317,25 @@ def _links(where: str, raw: Any, nodes: int) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ScenarioError(f"{where}: must be true or false, not {value!r}")
+    return value
+
+
+def _mix(where: str, raw: Any) -> tuple[tuple[str, int], ...]:
+    """`{sign: 3, decrypt: 1}`: non-negative integer weights, at least one above 0."""
+    if raw is None:
+        return (("sign", 1),)
+    d = _mapping(where, raw, set(OP_KINDS))
+    if not d:
+        raise ScenarioError(f"{where}: names no flow ({', '.join(OP_KINDS)})")
+    out = tuple((k, _int(f"{where}.{k}", d[k], 0, 100)) for k in OP_KINDS if k in d)
+    if not any(w for _, w in out):
+        raise ScenarioError(f"{where}: every weight is 0")
+    return out
+
+
 def summary(f: Fault) -> str:
     """How a network fault's groups or links read in lists and reports."""
     if f.groups:
@@ -305,6 +361,8 @@ def _fault(where: str, raw: Any, nodes: int, duration: float) -> Fault:
         raise ScenarioError(f"{where}.action: unknown action {action!r} ({', '.join(ACTIONS)})")
     if action in NODE_ACTIONS and "target" not in d:
         raise ScenarioError(f"{where}: missing required key 'target'")
+    if action in OPERATOR_ACTIONS and "target" in d:
+        raise ScenarioError(f"{where}.target: {action!r} is an operator action on the cluster")
     if action in NET_ACTIONS and "target" in d:
         which = "groups" if action == "partition" else "links"
         raise ScenarioError(f"{where}.target: action {action!r} names its nodes in {which!r}")
@@ -365,6 +423,12 @@ def _fault(where: str, raw: Any, nodes: int, duration: float) -> Fault:
             raise ScenarioError(f"{where}.every: only with more than one offset")
     if action == "disk-full" and "free_after" in d:
         kw["free_after"] = _number(f"{where}.free_after", d["free_after"], 0, 600)
+    if "replace" in d:
+        kw["replace"] = _bool(f"{where}.replace", d["replace"])
+    if "timeout" in d:
+        kw["timeout"] = _number(f"{where}.timeout", d["timeout"], 5, 600)
+    if action in OPERATOR_ACTIONS:
+        target = "cluster"
     if action == "slow-disk":
         kw["write_iops"] = _int(f"{where}.write_iops", d["write_iops"], 1, 100000)
     if action in NET_ACTIONS:
@@ -423,11 +487,18 @@ def parse(raw: Any, source: str, *, default_name: str = "scenario") -> Scenario:
         max_gap = _number(f"{source}: max_gap_s", max_gap, 0.5, 600)
     wl_raw = _mapping(f"{source}: workload", top.get("workload", {}) or {}, _WORKLOAD)
     workload = Workload(
+        mix=_mix(f"{source}: workload.mix", wl_raw.get("mix")),
+        rotate_every=None if wl_raw.get("rotate_every") is None else _number(
+            f"{source}: workload.rotate_every", wl_raw["rotate_every"], 3, 600),
+        revoke=_bool(f"{source}: workload.revoke", wl_raw.get("revoke", False)),
         clients=_int(f"{source}: workload.clients", wl_raw.get("clients", 3), 1, 32),
         op_timeout=_number(f"{source}: workload.op_timeout", wl_raw.get("op_timeout", 20), 2, 120),
         epoch_advance_every=None if wl_raw.get("epoch_advance_every") is None else _number(
             f"{source}: workload.epoch_advance_every", wl_raw["epoch_advance_every"], 1, 600),
     )  # fmt: skip
+    if workload.revoke and workload.rotate_every is None:
+        raise ScenarioError(f"{source}: workload.revoke: needs workload.rotate_every (it "
+                            "revokes the version each rotation replaced)")
     faults_raw = top.get("faults", [])
     if faults_raw is None:
         faults_raw = []

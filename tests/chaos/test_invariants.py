@@ -194,11 +194,110 @@ def test_signatures_verify() -> None:
     ).passed
 
 
+KEY2 = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+PUB2 = KEY2.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def version(n: int, pub: str, act: int, revoked: int | None = None) -> dict:
+    return {"version": n, "group_public_key": pub, "activation_epoch": act,
+            "revoked_epoch": revoked, "destroyed_epoch": None,
+            "rolled_back_epoch": None}  # fmt: skip
+
+
+def test_signatures_after_rotation_verify_under_a_version_usable_at_their_epoch() -> None:
+    versions = {1: version(1, PUB, 2, revoked=6), 2: version(2, PUB2, 5)}
+    op1 = good_op("app1:a")
+    op2 = Op(0, "app1:b", MSG.hex(), 1, 2, "ok", KEY2.sign(MSG).hex())
+    views = {"app1:a": {"version": 1, "decided_epoch": 4},
+             "app1:b": {"version": 2, "decided_epoch": 7}}  # fmt: skip
+    ok = inv.signatures_verify([op1, op2], PUB, PUB2, views, versions)
+    assert ok.passed and ok.data["by_version"] == {"1": 1, "2": 1}, ok.summary
+    # v1 revoked at epoch 6: a v1 signature decided at epoch 6 is one too many
+    late = {**views, "app1:a": {"version": 1, "decided_epoch": 6}}
+    assert "not usable" in inv.signatures_verify([op1], PUB, PUB2, late, versions).summary
+    # before v2's activation
+    early = {**views, "app1:b": {"version": 2, "decided_epoch": 4}}
+    assert not inv.signatures_verify([op2], PUB, PUB2, early, versions).passed
+    # the cluster says v1 signed it, but the bytes verify only under v2
+    wrong = {**views, "app1:b": {"version": 1, "decided_epoch": 4}}
+    bad = inv.signatures_verify([op2], PUB, PUB2, wrong, versions)
+    assert "does not verify" in bad.summary
+    # an unknown version, and the pre-drill key gone
+    assert not inv.signatures_verify([op1], PUB, PUB2, {"app1:a": {"version": 9}}, versions).passed
+    assert not inv.signatures_verify([op2], PUB, PUB2, views, {2: versions[2]}).passed
+    # decrypt, rotate and revoke ops carry no signature to verify
+    other = Op(0, "ops:r", "", 0, 1, "ok", kind="rotate")
+    assert inv.signatures_verify([other], PUB, PUB2, {}, versions).passed
+
+
+def dec_op(result: str = MSG.hex(), ref: str = "app1:d1", v: int = 1) -> Op:
+    return Op(0, ref, MSG.hex(), 0, 1, "ok", kind="decrypt", key_id="k2", version=v,
+              result_hex=result)  # fmt: skip
+
+
+def test_decrypts_return_the_encrypted_plaintext() -> None:
+    views = {"app1:d1": {**view("executed", sig=None), "version": 1}}
+    ok = inv.decrypts_return_plaintext([dec_op(), Op(0, "x", "00", 0, 1, "unknown",
+                                                     kind="decrypt")], views)  # fmt: skip
+    assert ok.passed and ok.data == {"decrypted": 1, "decrypt_flows": 2}
+    assert "other bytes" in inv.decrypts_return_plaintext([dec_op("00")], views).summary
+    assert "did not open" in inv.decrypts_return_plaintext([dec_op("")], views).summary
+    pending = {"app1:d1": {**view("pending", ("alice",), None), "version": 1}}
+    assert not inv.decrypts_return_plaintext([dec_op()], pending).passed
+    assert not inv.decrypts_return_plaintext([dec_op()], {}).passed
+    assert not inv.decrypts_return_plaintext([dec_op(v=2)], views).passed
+    # the signing invariants leave decrypts to this one
+    assert inv.no_signature_without_approval([dec_op()], views, {}).passed
+
+
+def test_revocation_executed_by_its_quorum_approval_is_linearizable() -> None:
+    ref = "ops:rev-1"
+    evs = [
+        Event(0, ref, "submit", "ops", 0.0, 0.1, "ok", "pending"),
+        Event(0, ref, "approve", "alice", 0.2, 0.3, "ok", "pending"),
+        Event(0, ref, "approve", "bob", 0.4, 0.5, "ok", "executed"),
+        Event(0, ref, "read", "ops", 0.6, 0.7, "ok", ["executed", ["alice", "bob"], None]),
+    ]
+    assert inv.linearizable(evs).passed
+    # ... but not by the first approval of two
+    evs[1] = Event(0, ref, "approve", "alice", 0.2, 0.3, "ok", "executed")
+    assert not inv.linearizable(evs).passed
+
+
+def test_pending_request_may_fail_before_its_quorum() -> None:
+    ref = "app1:f"
+    evs = [
+        Event(0, ref, "submit", "app1", 0.0, 0.1, "ok", "pending"),
+        Event(0, ref, "read", "alice", 0.2, 0.3, "ok", ["failed", [], None]),
+        Event(0, ref, "approve", "bob", 0.4, 0.5, "failed", "rejected:request_not_pending"),
+        Event(0, ref, "read", "app1", 0.6, 0.7, "ok", ["failed", [], None]),
+    ]
+    assert inv.linearizable(evs).passed
+    # but never back: failed, then pending again
+    evs.append(Event(0, ref, "read", "app1", 0.8, 0.9, "ok", ["pending", [], None]))
+    assert not inv.linearizable(evs).passed
+
+
+def test_operator_actions_done() -> None:
+    done = {"index": 1, "action": "refresh", "status": "injected", "op_state": "done",
+            "op_s": 4.2}  # fmt: skip
+    assert inv.operator_actions_done([done]).passed
+    assert not inv.operator_actions_done([]).passed
+    assert not inv.operator_actions_done([{**done, "op_state": "failed: x"}]).passed
+    assert not inv.operator_actions_done([{**done, "status": "skipped: no"}]).passed
+
+
+def test_availability_counts_client_flows_only() -> None:
+    ops = [Op(0, "ops:rot", "", 0, 9, "ok", kind="rotate"), Op(0, "a", "00", 0, 1, "ok")]
+    assert inv.longest_gap(ops, 10) == (1.0, 10.0)
+
+
 # ---------------------------------------------------------------- layering (DESIGN.md §3)
 
 
 def test_chaos_imports_only_client_side_node_modules() -> None:
-    allowed = {"node.client.http", "node.client.profile", "node.cli.requests"}
+    allowed = {"node.client.http", "node.client.profile", "node.cli.requests",
+               "node.client.envelope"}
     for path in sorted((ROOT / "chaos").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for n in ast.walk(tree):

@@ -67,3 +67,17 @@ def test_network_faults_and_skipped_scenarios(tmp_path: Path) -> None:
     index = (tmp_path / "summary.md").read_text()
     assert "skipped: network faults: needs root" in index
     assert json.loads((tmp_path / "results.json").read_text())["passed"]  # skips don't fail
+
+
+def test_report_counts_kinds_and_operator_actions(tmp_path: Path) -> None:
+    ops = [Op(0, f"app1:r{i}", "00", i * 0.5, i * 0.5 + 0.2, "ok", "ab") for i in range(4)]
+    ops.append(Op(0, "app1:d", "00", 1, 2, "ok", kind="decrypt", result_hex="00"))
+    ops.append(Op(3, "ops:rot-1", "", 1, 4, "ok", kind="rotate", version=2))
+    r = DrillResult("refresh-under-load", 1, passed=True)
+    r.faults = [FaultRecord(0, "refresh", "cluster", 6.0, "", 6.0, 7.7, "injected",
+                            op_request="ops:drill-refresh-1-0", op_state="done", op_s=1.75)]
+    r.ops = {"ok": 6, "failed": 0, "unknown": 0, "decrypt_ok": 1, "rotate_ok": 1}
+    report.write_scenario(tmp_path / "x", r, ops, "desc")
+    md = (tmp_path / "x" / "summary.md").read_text()
+    assert "of which decrypt ok 1, rotate ok 1" in md
+    assert "Fault 0 (refresh): request `ops:drill-refresh-1-0` done, 1.75 s" in md

@@ -46,7 +46,9 @@ def test_shipped_scenarios_load() -> None:
     } <= names
     for p in scenario.available():
         sc = load(p)
-        assert sc.name == p.stem and sc.faults and sc.duration > 0
+        # a drill injects faults, or (mixed-workload) has the operator rotate keys
+        assert sc.name == p.stem and (sc.faults or sc.workload.rotate_every)
+        assert sc.duration > 0
 
 
 def test_good_file(tmp_path: Path) -> None:
@@ -340,3 +342,89 @@ def test_bad_network_clock_and_disk_faults(tmp_path: Path, faults: str, expect: 
 def test_bad_epoch_advance_every(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match=r"workload\.epoch_advance_every: 0 is out of range"):
         load(write(tmp_path, "duration: 20\nworkload: {epoch_advance_every: 0}\n"))
+
+
+# ---------------------------------------------------------------- workload mix, operator actions
+
+
+def test_workload_defaults_to_signing_only(tmp_path: Path) -> None:
+    w = load(write(tmp_path, "duration: 20\n")).workload
+    assert w.weights() == {"sign": 1} and not w.decrypts
+    assert w.rotate_every is None and w.revoke is False
+
+
+def test_workload_mix_rotation_and_revocation_load(tmp_path: Path) -> None:
+    text = ("duration: 20\nworkload: {mix: {sign: 3, decrypt: 1}, rotate_every: 8, "
+            "revoke: true}\n")  # fmt: skip
+    w = load(write(tmp_path, text)).workload
+    assert w.weights() == {"sign": 3, "decrypt": 1} and w.decrypts
+    assert w.rotate_every == 8 and w.revoke is True
+
+
+@pytest.mark.parametrize(
+    ("wl", "expect"),
+    [
+        ("{mix: {encrypt: 1}}", "workload.mix: unknown key 'encrypt'"),
+        ("{mix: {sign: 0, decrypt: 0}}", "workload.mix: every weight is 0"),
+        ("{mix: {}}", "workload.mix: names no flow"),
+        ("{mix: {sign: 1.5}}", "workload.mix.sign: must be an integer"),
+        ("{mix: {decrypt: -1}}", "workload.mix.decrypt: -1 is out of range"),
+        ("{mix: [sign]}", "workload.mix: must be a mapping"),
+        ("{revoke: true}", "workload.revoke: needs workload.rotate_every"),
+        ("{rotate_every: 1}", "workload.rotate_every: 1 is out of range"),
+        ("{rotate_every: 5, revoke: yes-please}", "workload.revoke: must be true or false"),
+    ],
+)
+def test_bad_workload_mix(tmp_path: Path, wl: str, expect: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        load(write(tmp_path, f"duration: 20\nworkload: {wl}\n"))
+    assert expect in str(e.value), str(e.value)
+
+
+def test_operator_actions_and_replace_load(tmp_path: Path) -> None:
+    text = """\
+duration: 40
+faults:
+  - {at: 5, action: rotate}
+  - {at: 6, action: refresh, timeout: 90}
+  - {at: 7, action: lose-token, target: follower, replace: true}
+"""
+    rot, ref, lose = load(write(tmp_path, text)).faults
+    assert (rot.action, rot.target, rot.timeout) == ("rotate", "cluster", 60.0)
+    assert (ref.action, ref.timeout) == ("refresh", 90.0)
+    assert lose.replace is True
+    assert scenario.requirements(load(write(tmp_path, text))) == set()
+
+
+@pytest.mark.parametrize(
+    ("fault", "expect"),
+    [
+        ("{at: 5, action: rotate, target: leader}", "'rotate' is an operator action"),
+        ("{at: 5, action: refresh, timeout: 1}", "timeout: 1 is out of range"),
+        ("{at: 5, action: refresh, replace: true}", "not a parameter of action 'refresh'"),
+        ("{at: 5, action: kill, target: leader, replace: true}", "not a parameter of action"),
+        ("{at: 5, action: lose-token, target: follower, replace: 1}", "must be true or false"),
+    ],
+)
+def test_bad_operator_actions(tmp_path: Path, fault: str, expect: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        load(write(tmp_path, f"duration: 20\nfaults:\n  - {fault}\n"))
+    assert expect in str(e.value), str(e.value)
+
+
+def test_shipped_workload_scenarios_have_their_shapes() -> None:
+    get = lambda n: load(scenario.find(n))  # noqa: E731
+    rdp = get("rotation-during-partition")
+    part, rot = rdp.faults
+    assert part.action == "partition" and rot.action == "rotate"
+    assert part.at < rot.at < part.at + (part.heal_after or 0)  # requested while cut off
+    assert rdp.workload.decrypts
+    ref = get("refresh-under-load")
+    assert [f.action for f in ref.faults] == ["refresh"] and ref.max_gap_s is not None
+    rep = get("node-replacement")
+    assert rep.faults[0].action == "lose-token" and rep.faults[0].replace
+    assert rep.faults[1].target == "other-follower"
+    five = get("five-node")
+    assert five.nodes == 5 and five.workload.rotate_every
+    mixed = get("mixed-workload")
+    assert mixed.workload.revoke and mixed.workload.decrypts and not mixed.faults
