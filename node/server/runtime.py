@@ -535,7 +535,14 @@ class Runtime:
             if not self.registered():
                 continue
             msg = checkpoint_message(self.cfg.genesis, index, state_hash)
-            sig = await asyncio.to_thread(self.slot.sign, msg)
+            try:
+                sig = await asyncio.to_thread(self.slot.sign, msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the HSM failed: this checkpoint is lost, not the task
+                log.error("checkpoint %d not signed: the HSM failed (%s)", index,
+                          exc.__class__.__name__)  # fmt: skip
+                continue
             cmd = PostCheckpoint(
                 request_id=f"checkpoint-{index}", author=self.name, index=index,
                 state_hash=state_hash, signature=sig,
