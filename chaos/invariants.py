@@ -10,6 +10,7 @@ histories.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -476,25 +477,130 @@ def token_loss_repaired(faults: Sequence[Mapping[str, Any]], ops: Sequence[Op]) 
         done, _, total = str(f.get("repair_versions") or "").partition("/")
         if not done or done != total or f.get("repair_s") is None:
             problems.append(f"{label(f)}: repair done with {f.get('repair_versions')!r} versions")
+    _needed_member_signs(faults, ops, problems, quorum, "repaired")
+    parts = [f"{k}: repaired {v:.2f} s after the loss" for k, v in times.items() if v is not None]
+    parts += [f"{k}: {n} flow(s) signed with the repaired member" for k, n in quorum.items()]
+    return _fail(name, problems, "; ".join(parts) or "nothing to check",
+                 {"repair_s": times, "signed_while_needed": quorum})  # fmt: skip
+
+
+def _fault_label(f: Mapping[str, Any]) -> str:
+    return f"fault {f.get('index')} ({f.get('action')} {f.get('node') or f.get('target')})"
+
+
+def _needed_member_signs(
+    faults: Sequence[Mapping[str, Any]], ops: Sequence[Op], problems: list[str],
+    quorum: dict[str, int], who: str,
+) -> None:  # fmt: skip
+    """For every `other-follower` fault: the signing flows invoked after it took its node
+    down and completed ok before that node was back (with t = 2 of 3 each needed the
+    member the earlier fault hit); none, or the fault not injected, is a problem."""
     for f in faults:
         if f.get("target") != "other-follower":
             continue
         start, end = f.get("injected_at"), f.get("ended_at")
         if f.get("status") != "injected" or start is None:
-            problems.append(f"{label(f)}: not injected ({f.get('status')}): the repaired "
+            problems.append(f"{_fault_label(f)}: not injected ({f.get('status')}): the {who} "
                             "member was never needed for a quorum")  # fmt: skip
             continue
         n = sum(1 for o in ops if o.outcome == "ok" and o.kind == "sign" and o.invoke >= start
                 and (end is None or o.complete <= end))  # fmt: skip
-        quorum[label(f)] = n
+        quorum[_fault_label(f)] = n
         if n == 0:
-            problems.append(f"{label(f)}: no signing flow succeeded while "
+            problems.append(f"{_fault_label(f)}: no signing flow succeeded while "
                             f"{f.get('node')} was down (t={start:.2f}.."
                             f"{'end' if end is None else f'{end:.2f}'} s)")  # fmt: skip
-    parts = [f"{k}: repaired {v:.2f} s after the loss" for k, v in times.items() if v is not None]
-    parts += [f"{k}: {n} flow(s) signed with the repaired member" for k, n in quorum.items()]
+
+
+# ---------------------------------------------------------------- 7b. refusing HSM (opt-in)
+
+_METRIC_RE = re.compile(r'^(custody_hsm_(?:operations|errors)_total)\{([^}]*)\}\s+(\S+)')
+_LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def hsm_counters(text: str) -> dict[str, dict[str, float]]:
+    """The slot counters of one node's `GET /metrics` (Prometheus text): `calls`
+    (`custody_hsm_operations_total` by op) and `errors` (`custody_hsm_errors_total` by
+    "op error")."""
+    out: dict[str, dict[str, float]] = {"calls": {}, "errors": {}}
+    for line in text.splitlines():
+        m = _METRIC_RE.match(line)
+        if m is None:
+            continue
+        labels = dict(_LABEL_RE.findall(m.group(2)))
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        if m.group(1) == "custody_hsm_operations_total":
+            out["calls"][labels.get("op", "?")] = value
+        else:
+            key = f"{labels.get('op', '?')} {labels.get('error', '?')}"
+            out["errors"][key] = value
+    return out
+
+
+def hsm_delta(
+    after: Mapping[str, Mapping[str, float]], before: Mapping[str, Mapping[str, float]] | None,
+) -> dict[str, dict[str, int]]:  # fmt: skip
+    """What the counters grew by between two scrapes (`before` None: since the process
+    started), zero entries left out."""
+    out: dict[str, dict[str, int]] = {}
+    for part in ("calls", "errors"):
+        base = (before or {}).get(part, {})
+        out[part] = {k: int(v - base.get(k, 0.0)) for k, v in sorted(after.get(part, {}).items())
+                     if v - base.get(k, 0.0) > 0}  # fmt: skip
+    return out
+
+
+def _brief(d: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
+
+
+def hsm_refuse_recovered(faults: Sequence[Mapping[str, Any]], ops: Sequence[Op]) -> Check:
+    """For scenarios with `hsm-refuse` faults (`faults`: every fault record, as a dict):
+    each was injected and its token put back; the node's own HSM counters show calls that
+    failed while the token was away (the fault took effect) and none failing from the
+    token's return (or the node's restart) to the end of the workload; and while an
+    `other-follower` fault had another member down, at least one signing flow succeeded
+    (with t = 2 of 3 it needed the refused member's HSM)."""
+    name = "refused HSM failed, then the member signs again"
+    problems: list[str] = []
+    quorum: dict[str, int] = {}
+    parts: list[str] = []
+    refused = [f for f in faults if f.get("action") == "hsm-refuse"]
+    if not refused:
+        problems.append("no hsm-refuse fault in the scenario")
+    for f in refused:
+        label = _fault_label(f)
+        if f.get("status") != "injected":
+            problems.append(f"{label}: not injected ({f.get('status')})")
+            continue
+        if f.get("ended_at") is None:
+            problems.append(f"{label}: the token was never put back")
+            continue
+        during, after = f.get("hsm_during") or {}, f.get("hsm_after") or {}
+        if "error" in during or not during:
+            problems.append(f"{label}: no HSM counters for the fault "
+                            f"({during.get('error', 'not read')})")  # fmt: skip
+            continue
+        if not during.get("errors"):
+            problems.append(f"{label}: no HSM call of {f.get('node')} failed while the token "
+                            f"was away (calls: {_brief(during.get('calls', {}))})")  # fmt: skip
+        if "error" in after or not after:
+            problems.append(f"{label}: no HSM counters after the fault "
+                            f"({after.get('error', 'not read')})")  # fmt: skip
+        elif after.get("errors"):
+            problems.append(f"{label}: HSM calls of {f.get('node')} still fail after the token "
+                            f"came back: {_brief(after['errors'])} (calls: "
+                            f"{_brief(after.get('calls', {}))})")  # fmt: skip
+        parts.append(f"{label}: failed while away: {_brief(during.get('errors', {}))}; after: "
+                     f"{_brief(after.get('calls', {}))} call(s), "
+                     f"{sum(after.get('errors', {}).values())} failed")  # fmt: skip
+    _needed_member_signs(faults, ops, problems, quorum, "refused")
+    parts += [f"{k}: {n} flow(s) signed with the refused member" for k, n in quorum.items()]
     return _fail(name, problems, "; ".join(parts) or "nothing to check",
-                 {"repair_s": times, "signed_while_needed": quorum})  # fmt: skip
+                 {"signed_while_needed": quorum})  # fmt: skip
 
 
 # ---------------------------------------------------------------- 8. group keys unchanged (opt-in)

@@ -44,6 +44,17 @@ def timeline(path: Path, ops: list[Op], result: DrillResult, title: str) -> None
     plt.close(fig)
 
 
+def _hsm(d: dict[str, Any]) -> str:
+    """`{"calls": {...}, "errors": {...}}` as "calls: sign 2; failed: sign ModuleFailureError 2"."""
+    if not d:
+        return "not read"
+    if "error" in d:
+        return f"not read ({d['error']})"
+    calls = ", ".join(f"{k} {v}" for k, v in d.get("calls", {}).items()) or "none"
+    errors = ", ".join(f"{k} {v}" for k, v in d.get("errors", {}).items()) or "none"
+    return f"calls {calls}; failed {errors}"
+
+
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
@@ -127,6 +138,11 @@ def summary_md(r: DrillResult, description: str) -> str:
                       f"{f.repair_state or '—'}, request `{f.repair_request or '—'}`, versions "
                       f"rebuilt {f.repair_versions or '—'}, {_fmt(f.repair_s)} s from the loss "
                       "to done."]  # fmt: skip
+    for f in r.faults:
+        if f.action == "hsm-refuse":
+            lines += ["", f"Fault {f.index} ({f.action} {f.node or f.target}): the node's HSM "
+                      f"counters while its token was away: {_hsm(f.hsm_during)}; from the "
+                      f"token's return to the workload's end: {_hsm(f.hsm_after)}."]  # fmt: skip
     for f in r.faults:
         if f.action in ("rotate", "refresh"):
             lines += ["", f"Fault {f.index} ({f.action}): request `{f.op_request or '—'}` "

@@ -88,6 +88,11 @@ class FaultRecord:
     op_request: str = ""
     op_state: str = ""
     op_s: float | None = None
+    # hsm-refuse: the node's own HSM counters (`custody_hsm_*` of its /metrics) grown while
+    # the token was away and from its return (or the node's restart) to the workload's
+    # end: {"calls": {op: n}, "errors": {"op Error": n}}, or {"error": why unread}
+    hsm_during: dict[str, Any] = field(default_factory=dict)
+    hsm_after: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -153,6 +158,10 @@ class Drill:
         self.h = History()
         self.samples: list[dict[str, Any]] = []
         self.token_lost: set[str] = set()  # nodes whose token a lose-token fault deleted
+        self.hsm_refused: set[str] = set()  # nodes whose token an hsm-refuse fault took away
+        # hsm-refuse fault index -> (node, its counters when the token came back; None if
+        # it was restarted then), for the counters after the fault
+        self._hsm_base: dict[int, tuple[str, dict[str, Any] | None, int]] = {}
         self.res = DrillResult(scenario.name, seed, workdir=str(self.root))
         self.sandbox = Sandbox(self.root, scenario, _say)
         # faults still active, healed when the workload stops: index -> heal()
@@ -253,9 +262,10 @@ class Drill:
         if target == "other-follower":
             if leader is None:
                 return None, "no leader found within 8 s"
-            followers = [n for n in followers if n not in self.token_lost]
+            hit = self.token_lost | self.hsm_refused
+            followers = [n for n in followers if n not in hit]
             if not followers:
-                return None, f"no live follower other than {', '.join(sorted(self.token_lost))}"
+                return None, f"no live follower other than {', '.join(sorted(hit))}"
         return (self.rng.choice(followers), "") if followers else (None, "no live follower")
 
     async def _inject(self, i: int, f: Fault, rec: FaultRecord) -> None:
@@ -311,6 +321,8 @@ class Drill:
                 _say(f"t={rec.ended_at:.1f}s fault {i}: started {node} again")
             elif f.action == "lose-token":
                 await self._lose_token(i, f, rec, node)
+            elif f.action == "hsm-refuse":
+                await self._hsm_refuse(i, f, rec, node)
             else:  # the loader refuses these; never pass silently
                 rec.status = f"skipped: not implemented yet ({f.action})"
         except Exception as exc:
@@ -567,6 +579,129 @@ class Drill:
 
         await self._heal_later(i, f.heal_after, heal)
 
+    # ------------------------------------------------------------ hsm-refuse
+
+    def _token_dir(self, node: str) -> Path:
+        """The node's one SoftHSM2 token directory (`<node>/hsm/tokens/<uuid>`)."""
+        tokens = self.root / node / "hsm" / "tokens"
+        dirs = [p for p in tokens.iterdir() if p.is_dir()]
+        if len(dirs) != 1:
+            raise RuntimeError(f"{tokens.relative_to(self.root)} holds {len(dirs)} token "
+                               "directories, not 1")  # fmt: skip
+        return dirs[0]
+
+    async def _hsm_scrape(self, node: str) -> dict[str, Any]:
+        """The node's `custody_hsm_*` counters from its own /metrics (as auditor), or
+        {"error": why}."""
+        try:
+            async with Client(self.cluster.node_profile("audit", node), timeout=4,
+                              attempts=2) as cl:  # fmt: skip
+                body, _ = await cl.call("GET", "/metrics", raw=True)
+        except (ApiError, Unreachable, OSError, TimeoutError) as exc:
+            return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        return invariants.hsm_counters(body.decode(errors="replace"))
+
+    @staticmethod
+    def _delta(now: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+        if "error" in now:
+            return {"error": now["error"]}
+        if base is not None and "error" in base:
+            return {"error": f"counters before: {base['error']}"}
+        return invariants.hsm_delta(now, base)
+
+    def _log_errors(self, node: str, start: int, limit: int = 6) -> tuple[list[str], int]:
+        """Distinct error lines the node logged after byte `start` (HSM-related first),
+        without their timestamps, and where its log ends now."""
+        log = self.root / node / "node.log"
+        try:
+            with open(log, "rb") as fh:
+                fh.seek(start)
+                text = fh.read(4 << 20).decode(errors="replace")
+                end = fh.tell()
+        except OSError:
+            return [], start
+        words = ("Error", "error", "ERROR", "fail", "Traceback", "Refused", "warning", "WARNING")
+        seen: dict[str, int] = {}
+        for line in text.splitlines():
+            if not any(w in line for w in words):
+                continue
+            body = line.split(" ", 1)[1] if line[:1].isdigit() and " " in line else line
+            body = " ".join(body.split())[:240]
+            seen[body] = seen.get(body, 0) + 1
+        hsm = ("Hsm", "HSM", "Share", "share", "Module", "slot", "PKCS")
+        ranked = sorted(seen, key=lambda b: (not any(w in b for w in hsm), -seen[b]))
+        return [f"{seen[b]}x {b}" for b in ranked[:limit]], end
+
+    async def _nudge_epoch(self, i: int, rec: FaultRecord, why: str) -> None:
+        """`POST /v1/epoch/advance` as ops: every member votes, signing its vote with its
+        HSM identity key, so the refused node makes an HSM call even if no signing flow
+        asks it for a share."""
+        try:
+            async with Client(self.cluster.profile("ops"), timeout=4, attempts=2) as cl:
+                out = await cl.post("/v1/epoch/advance", {})
+            self._note(i, rec, f"epoch advance ({why}): epoch {out.get('epoch_before')} -> "
+                       f"{out.get('epoch')}, voted {out.get('voted')}")  # fmt: skip
+        except (ApiError, Unreachable, OSError, TimeoutError) as exc:
+            self._note(i, rec, f"epoch advance ({why}): {type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())[:200]}")  # fmt: skip
+
+    async def _hsm_refuse(self, i: int, f: Fault, rec: FaultRecord, node: str) -> None:
+        """The node keeps running while its token directory is away (renamed out of
+        SoftHSM2's token directory: every object file and the directory itself are gone,
+        for root as for anyone, where `chmod 000` would not stop root); after `duration`
+        it is renamed back, and with `restart` the node is restarted (SIGTERM, start)."""
+        c = self.cluster
+        tok = await asyncio.to_thread(self._token_dir, node)
+        away = tok.parent.parent / f"{tok.name}.refused"
+        log = self.root / node / "node.log"
+        base = await self._hsm_scrape(node)
+        pos = log.stat().st_size if log.exists() else 0
+        pid = c.pid(node)
+        await asyncio.to_thread(os.rename, tok, away)
+        rec.injected_at = self.h.now()
+        rec.status = "injected"
+        self.hsm_refused.add(node)
+        self._note(i, rec, f"moved {node}'s token directory {tok.relative_to(self.root)} to "
+                   f"{away.relative_to(self.root)}; the node runs on (pid {pid})")  # fmt: skip
+        during: dict[str, Any] = {"error": "not read"}
+        try:
+            await asyncio.sleep(min(1.0, f.duration / 2))
+            await self._nudge_epoch(i, rec, "an HSM call on every member during the fault")
+            await asyncio.sleep(max(0.0, rec.injected_at + f.duration - self.h.now()))
+            during = await self._hsm_scrape(node)
+        finally:
+            await asyncio.to_thread(os.rename, away, tok)
+            rec.ended_at = self.h.now()
+        rec.hsm_during = self._delta(during, base)
+        lines, pos = await asyncio.to_thread(self._log_errors, node, pos)
+        alive = c.running(node) and c.pid(node) == pid
+        self._note(i, rec, f"token directory put back; while it was away {node}'s HSM "
+                   f"counters grew by {rec.hsm_during}; "
+                   f"{'still running' if alive else 'NOT running: ' + c._why(node)}")  # fmt: skip
+        for line in lines:
+            self._note(i, rec, f"{node} logged: {line}")
+        after_base: dict[str, Any] | None = await self._hsm_scrape(node)
+        if f.restart:
+            await asyncio.to_thread(c.terminate, node)
+            await asyncio.to_thread(c.start, node)
+            after_base = None
+            self._note(i, rec, f"restarted {node} (SIGTERM, start) on its restored token")
+        self._hsm_base[i] = (node, after_base, log.stat().st_size if log.exists() else 0)
+        await asyncio.sleep(1.0)
+        await self._nudge_epoch(i, rec, "an HSM call on every member after the fault")
+
+    async def _hsm_after(self) -> None:
+        """When the workload stops: each refused node's HSM counters since its token
+        came back (or since its restart), and what it logged meanwhile."""
+        for i, (node, base, pos) in sorted(self._hsm_base.items()):
+            rec = self.res.faults[i]
+            rec.hsm_after = self._delta(await self._hsm_scrape(node), base)
+            self._note(i, rec, f"{node}'s HSM counters from the token's return to the "
+                       f"workload's end: {rec.hsm_after}")  # fmt: skip
+            lines, _ = await asyncio.to_thread(self._log_errors, node, pos)
+            for line in lines:
+                self._note(i, rec, f"{node} logged after the fault: {line}")
+
     async def _heal_all(self) -> None:
         """When the workload stops: heal every fault still active."""
         for i in sorted(self.heals):
@@ -786,6 +921,7 @@ class Drill:
         await asyncio.sleep(max(0.0, self.sc.duration - self.h.now()))
         wl.stop.set()
         await asyncio.gather(*fault_tasks)
+        await self._hsm_after()
         await self._heal_all()
         await wl_task
         if epochs is not None:
@@ -910,6 +1046,9 @@ class Drill:
             checks.append(invariants.operator_actions_done(actions))
         if self.sc.max_gap_s is not None:
             checks.append(invariants.availability(ops, self.sc.duration, self.sc.max_gap_s))
+        if any(r.action == "hsm-refuse" for r in self.res.faults):
+            checks.append(invariants.hsm_refuse_recovered(
+                [asdict(r) for r in self.res.faults], ops))  # fmt: skip
         if keys_before is not None:
             recs = [asdict(r) for r in self.res.faults]
             if any(r["action"] == "lose-token" for r in recs):

@@ -6,10 +6,11 @@ file and the field (`leader-crash.yaml: faults[1].target: ...`). Other names for
 fault kinds (`isolate`, `netem`, `disk_full`, `clock_skew`, ...) are refused with a
 pointer to the name this loader knows, never silently accepted.
 
-Process faults (kill, pause, restart) and token loss (lose-token) need nothing
-special; network faults (partition, cut-link, slow-link) and disk faults (disk-full,
-slow-disk) need root (a network namespace, iptables, loop devices); clock-jump needs
-libfaketime (`requirements()` says which a scenario needs; `chaos.sandbox` checks them).
+Process faults (kill, pause, restart), token loss (lose-token) and a refusing HSM
+(hsm-refuse) need nothing special; network faults (partition, cut-link, slow-link)
+and disk faults (disk-full, slow-disk) need root (a network namespace, iptables, loop
+devices); clock-jump needs libfaketime (`requirements()` says which a scenario needs;
+`chaos.sandbox` checks them).
 
     name: leader-crash                # [a-z0-9-]+, defaults to the file's stem
     description: one line
@@ -91,6 +92,11 @@ libfaketime (`requirements()` says which a scenario needs; `chaos.sandbox` check
         target: follower              # IOs per second (cgroup v1 blkio), for heal_after s
         write_iops: 8
         heal_after: 10
+      - at: 6
+        action: hsm-refuse            # the node keeps running; its SoftHSM2 token directory
+        target: follower              # is moved away (every PKCS#11 call on its objects
+        duration: 10                  # fails) for `duration` s, then moved back; with
+        restart: false                # restart: true the node is then restarted too
 """
 
 from __future__ import annotations
@@ -103,17 +109,20 @@ from typing import Any
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 TARGET_RE = re.compile(r"node-([1-9][0-9]?)")
-# `other-follower`: a follower that no earlier `lose-token` fault hit (needs one).
+# `other-follower`: a follower that no earlier `lose-token` / `hsm-refuse` fault hit
+# (needs one).
 TARGET_WORDS = ("leader", "follower", "random", "other-follower")
 # In partition groups and links: `rest` (groups only) is every node no other word names.
 GROUP_WORDS = ("leader", "follower", "random", "rest")
 LINK_WORDS = ("leader", "follower", "random")
 NODE_ACTIONS = ("kill", "pause", "restart", "lose-token", "clock-jump", "disk-full",
-                "slow-disk")  # fmt: skip
+                "slow-disk", "hsm-refuse")  # fmt: skip
 NET_ACTIONS = ("partition", "cut-link", "slow-link")
 # Operator actions in the schedule: no target; the drill checks that they completed.
 OPERATOR_ACTIONS = ("rotate", "refresh")
 ACTIONS = (*NODE_ACTIONS[:4], *NET_ACTIONS, *NODE_ACTIONS[4:], *OPERATOR_ACTIONS)
+# Faults after which `other-follower` means "a follower other than the member(s) they hit".
+MEMBER_FAULTS = ("lose-token", "hsm-refuse")
 # Other names for the fault kinds: refused, pointing at the one this loader knows.
 ALIASES = {"hsm_delete": "lose-token", "token_delete": "lose-token",
            "token_loss": "lose-token", "lose_token": "lose-token",
@@ -121,7 +130,9 @@ ALIASES = {"hsm_delete": "lose-token", "token_delete": "lose-token",
            "delay": "slow-link", "loss": "slow-link", "netem": "slow-link",
            "latency": "slow-link", "disk_full": "disk-full", "disk_slow": "slow-disk",
            "slow_disk": "slow-disk", "clock_jump": "clock-jump",
-           "clock_skew": "clock-jump"}  # fmt: skip
+           "clock_skew": "clock-jump", "hsm_refuse": "hsm-refuse",
+           "hsm_fail": "hsm-refuse", "hsm-fail": "hsm-refuse", "hsm_down": "hsm-refuse",
+           "hsm-down": "hsm-refuse", "token_refuse": "hsm-refuse"}  # fmt: skip
 DEFAULT_REPAIR_TIMEOUT = 90.0
 MAX_CLOCK_OFFSET_S = 30 * 86400
 # What a fault kind needs beyond starting processes (`requirements`, `chaos.sandbox`).
@@ -157,6 +168,8 @@ class Fault:
     write_iops: int = 0  # slow-disk
     replace: bool = False  # lose-token: `custody node replace` instead of `node repair`
     timeout: float = 60.0  # rotate / refresh: seconds until it must have completed
+    duration: float = 0.0  # hsm-refuse: seconds the token stays away
+    restart: bool = False  # hsm-refuse: restart the node once the token is back
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +220,7 @@ OP_KINDS = ("sign", "decrypt")
 _FAULT = {"at", "action", "target", "restart_after", "resume_after", "down_for",
           "repair_timeout", "groups", "links", "oneway", "heal_after", "delay_ms",
           "jitter_ms", "loss_pct", "offsets_s", "every", "free_after",
-          "write_iops", "replace", "timeout"}  # fmt: skip
+          "write_iops", "replace", "timeout", "duration", "restart"}  # fmt: skip
 _PER_ACTION = {
     "kill": {"restart_after"},
     "pause": {"resume_after"},
@@ -221,9 +234,11 @@ _PER_ACTION = {
     "slow-disk": {"write_iops", "heal_after"},
     "rotate": {"timeout"},
     "refresh": {"timeout"},
+    "hsm-refuse": {"duration", "restart"},
 }
 _REQUIRED = {"partition": ("groups",), "cut-link": ("links",), "slow-link": ("links",),
-             "clock-jump": ("offsets_s",), "slow-disk": ("write_iops",)}  # fmt: skip
+             "clock-jump": ("offsets_s",), "slow-disk": ("write_iops",),
+             "hsm-refuse": ("duration",)}  # fmt: skip
 
 
 def _number(where: str, value: Any, lo: float, hi: float) -> float:
@@ -429,6 +444,14 @@ def _fault(where: str, raw: Any, nodes: int, duration: float) -> Fault:
         kw["timeout"] = _number(f"{where}.timeout", d["timeout"], 5, 600)
     if action in OPERATOR_ACTIONS:
         target = "cluster"
+    if action == "hsm-refuse":
+        kw["duration"] = _number(f"{where}.duration", d["duration"], 0.5, 600)
+        if at + kw["duration"] > duration:
+            raise ScenarioError(
+                f"{where}.duration: the token would come back at {at + kw['duration']:g} s, "
+                f"after the workload's {duration:g} s")
+    if "restart" in d:
+        kw["restart"] = _bool(f"{where}.restart", d["restart"])
     if action == "slow-disk":
         kw["write_iops"] = _int(f"{where}.write_iops", d["write_iops"], 1, 100000)
     if action in NET_ACTIONS:
@@ -450,8 +473,8 @@ def requirements(sc: Scenario) -> set[str]:
 
 
 def _check_schedule(source: str, faults: list[Fault], duration: float) -> None:
-    """Checks across faults: `other-follower` needs a `lose-token` fault before it; a
-    clock-jump's last offset comes within the workload."""
+    """Checks across faults: `other-follower` needs a `lose-token` or `hsm-refuse` fault
+    before it; a clock-jump's last offset comes within the workload."""
     for i, f in enumerate(faults):
         last = f.at + f.every * (len(f.offsets_s) - 1)
         if f.action == "clock-jump" and last > duration:
@@ -461,10 +484,11 @@ def _check_schedule(source: str, faults: list[Fault], duration: float) -> None:
             )
         if f.target != "other-follower":
             continue
-        if not any(g.action == "lose-token" and g.at < f.at for g in faults):
+        if not any(g.action in MEMBER_FAULTS and g.at < f.at for g in faults):
             raise ScenarioError(
                 f"{source}: faults[{i}].target: 'other-follower' needs an earlier lose-token "
-                "fault (it picks a follower other than the member(s) whose token was lost)"
+                "fault or hsm-refuse fault (it picks a follower other than the member(s) "
+                "whose token was lost or refused)"
             )
 
 

@@ -410,3 +410,80 @@ def test_group_keys_unchanged() -> None:
     assert not c.passed and "node-3: cluster-audit v1 is missing" in c.summary
     assert not inv.group_keys_unchanged({}, {"node-1": same}).passed
     assert not inv.group_keys_unchanged(before, {}).passed
+
+
+# ---------------------------------------------------------------- 7b. refusing HSM (opt-in)
+
+METRICS = """\
+# HELP custody_hsm_operations_total slot calls
+# TYPE custody_hsm_operations_total counter
+custody_hsm_operations_total{op="sign"} 7.0
+custody_hsm_operations_total{op="load_share"} 120.0
+custody_hsm_operations_total{op="store_share"} 2.0
+# TYPE custody_hsm_errors_total counter
+custody_hsm_errors_total{error="ShareNotFoundError",op="load_share"} 4.0
+custody_hsm_errors_total{op="sign",error="ModuleFailureError"} 1.0
+custody_hsm_operation_seconds_bucket{op="sign",le="0.001"} 3.0
+custody_http_requests_total{route="/metrics"} 9.0
+"""
+
+
+def test_hsm_counters_and_delta() -> None:
+    now = inv.hsm_counters(METRICS)
+    assert now == {"calls": {"sign": 7.0, "load_share": 120.0, "store_share": 2.0},
+                   "errors": {"load_share ShareNotFoundError": 4.0,
+                              "sign ModuleFailureError": 1.0}}  # fmt: skip
+    before = {"calls": {"sign": 5.0, "load_share": 100.0, "store_share": 2.0},
+              "errors": {"load_share ShareNotFoundError": 4.0}}  # fmt: skip
+    assert inv.hsm_delta(now, before) == {
+        "calls": {"load_share": 20, "sign": 2}, "errors": {"sign ModuleFailureError": 1}}
+    assert inv.hsm_delta(now, None)["errors"] == {"load_share ShareNotFoundError": 4,
+                                                  "sign ModuleFailureError": 1}  # fmt: skip
+    assert inv.hsm_counters("") == {"calls": {}, "errors": {}}
+
+
+def refused(**kw: object) -> dict:
+    f = {"index": 0, "action": "hsm-refuse", "target": "follower", "node": "node-3",
+         "status": "injected", "injected_at": 6.0, "ended_at": 16.0,
+         "hsm_during": {"calls": {"load_share": 12, "sign": 1},
+                        "errors": {"load_share ShareNotFoundError": 12,
+                                   "sign ModuleFailureError": 1}},
+         "hsm_after": {"calls": {"load_share": 40, "sign": 2}, "errors": {}}}  # fmt: skip
+    f.update(kw)
+    return f
+
+
+def test_refused_hsm_that_recovers_passes() -> None:
+    ops = [signed(25.0, 25.3), signed(29.0, 29.2)]
+    c = inv.hsm_refuse_recovered([refused(), other(injected_at=24.0, ended_at=32.0)], ops)
+    assert c.passed, c.summary
+    assert c.data["signed_while_needed"] == {"fault 1 (kill node-1)": 2}
+    assert "failed while away: load_share ShareNotFoundError 12" in c.summary
+
+
+@pytest.mark.parametrize(("fault", "expect"), [
+    (refused(status="skipped: no live follower", node=""), "not injected (skipped"),
+    (refused(ended_at=None), "the token was never put back"),
+    (refused(hsm_during={"error": "Unreachable: no node answered"}),
+     "no HSM counters for the fault (Unreachable"),
+    (refused(hsm_during={"calls": {"load_share": 3}, "errors": {}}),
+     "no HSM call of node-3 failed while the token was away (calls: load_share 3)"),
+    (refused(hsm_after={"calls": {"load_share": 9},
+                        "errors": {"load_share ShareNotFoundError": 9}}),
+     "HSM calls of node-3 still fail after the token came back: load_share ShareNotFoundError 9"),
+    (refused(hsm_after={}), "no HSM counters after the fault (not read)"),
+])  # fmt: skip
+def test_refused_hsm_problems_are_caught(fault: dict, expect: str) -> None:
+    ops = [signed(25.0, 25.3)]
+    c = inv.hsm_refuse_recovered([fault, other(injected_at=24.0, ended_at=32.0)], ops)
+    assert not c.passed and expect in c.summary, c.summary
+
+
+def test_no_signature_while_the_refused_member_was_needed_is_caught() -> None:
+    ops = [signed(23.0, 24.5), signed(26.0, 27.0, "failed"), signed(33.0, 33.5)]
+    c = inv.hsm_refuse_recovered([refused(), other(injected_at=24.0, ended_at=32.0)], ops)
+    assert not c.passed and "no signing flow succeeded while node-1 was down" in c.summary
+    skipped = other(status="skipped: no live follower other than node-3", injected_at=None)
+    c = inv.hsm_refuse_recovered([refused(), skipped], ops)
+    assert not c.passed and "the refused member was never needed for a quorum" in c.summary
+    assert not inv.hsm_refuse_recovered([other()], ops).passed  # no hsm-refuse at all

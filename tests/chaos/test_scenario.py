@@ -428,3 +428,82 @@ def test_shipped_workload_scenarios_have_their_shapes() -> None:
     assert five.nodes == 5 and five.workload.rotate_every
     mixed = get("mixed-workload")
     assert mixed.workload.revoke and mixed.workload.decrypts and not mixed.faults
+
+
+# ---------------------------------------------------------------- hsm-refuse
+
+
+REFUSE = """\
+duration: 30
+faults:
+  - {at: 6, action: hsm-refuse, target: follower, duration: 10}
+  - {at: 20, action: kill, target: other-follower, restart_after: 5}
+  - {at: 22, action: hsm-refuse, target: node-2, duration: 0.5, restart: true}
+"""
+
+
+def test_hsm_refuse_loads_with_its_parameters(tmp_path: Path) -> None:
+    sc = load(write(tmp_path, REFUSE))
+    refuse, kill, refuse2 = sc.faults
+    assert (refuse.action, refuse.target, refuse.duration, refuse.restart) == (
+        "hsm-refuse", "follower", 10.0, False)  # fmt: skip
+    assert (kill.target, kill.restart_after) == ("other-follower", 5)
+    assert (refuse2.target, refuse2.duration, refuse2.restart) == ("node-2", 0.5, True)
+    assert scenario.requirements(sc) == set()  # a rename: no root, nothing installed
+
+
+def test_shipped_hsm_refuse_drill_needs_the_refused_member() -> None:
+    sc = load(scenario.find("hsm-refuse"))
+    refuse, kill = sc.faults
+    assert (refuse.action, refuse.target, refuse.restart) == ("hsm-refuse", "follower", False)
+    assert (kill.action, kill.target) == ("kill", "other-follower")
+    # the other follower goes down after the token is back, for longer than the
+    # availability gap: signing in that window needs the refused member's HSM
+    assert kill.at > refuse.at + refuse.duration
+    assert sc.max_gap_s is not None and kill.restart_after is not None
+    assert kill.restart_after > sc.max_gap_s and kill.at + kill.restart_after < sc.duration
+
+
+@pytest.mark.parametrize(
+    ("fault", "expect"),
+    [
+        ("{at: 5, action: hsm-refuse, target: follower}",
+         "faults[0]: action 'hsm-refuse' needs 'duration'"),
+        ("{at: 5, action: hsm-refuse, target: follower, duration: 0}",
+         "faults[0].duration: 0 is out of range 0.5..600"),
+        ("{at: 5, action: hsm-refuse, target: follower, duration: soon}",
+         "faults[0].duration: must be a number, not str"),
+        ("{at: 15, action: hsm-refuse, target: follower, duration: 6}",
+         "faults[0].duration: the token would come back at 21 s, after the workload's 20 s"),
+        ("{at: 5, action: hsm-refuse, target: follower, duration: 3, restart: yes please}",
+         "faults[0].restart: must be true or false"),
+        ("{at: 5, action: hsm-refuse, duration: 3}", "faults[0]: missing required key 'target'"),
+        ("{at: 5, action: hsm-refuse, target: node-4, duration: 3}",
+         "faults[0].target: 'node-4' is not a target"),
+        ("{at: 5, action: hsm-refuse, target: leader, duration: 3, heal_after: 2}",
+         "faults[0].heal_after: not a parameter of action 'hsm-refuse'"),
+        ("{at: 5, action: kill, target: leader, duration: 3}",
+         "faults[0].duration: not a parameter of action 'kill'"),
+        ("{at: 5, action: kill, target: leader, restart: true}",
+         "faults[0].restart: not a parameter of action 'kill'"),
+        ("{at: 5, action: hsm_fail, target: leader, duration: 3}",
+         "faults[0].action: unknown action 'hsm_fail'; it is spelled 'hsm-refuse'"),
+        ("{at: 5, action: hsm-down, target: leader, duration: 3}",
+         "it is spelled 'hsm-refuse'"),
+    ],
+)  # fmt: skip
+def test_bad_hsm_refuse(tmp_path: Path, fault: str, expect: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        load(write(tmp_path, f"duration: 20\nfaults:\n  - {fault}\n"))
+    assert expect in str(e.value), str(e.value)
+
+
+def test_other_follower_after_hsm_refuse(tmp_path: Path) -> None:
+    ok = "duration: 20\nfaults:\n  - {at: 2, action: hsm-refuse, target: node-1, duration: 3}\n" \
+         "  - {at: 8, action: kill, target: other-follower}\n"  # fmt: skip
+    assert load(write(tmp_path, ok)).faults[1].target == "other-follower"
+    late = "duration: 20\nfaults:\n  - {at: 9, action: hsm-refuse, target: node-1, duration: 3}\n" \
+           "  - {at: 8, action: kill, target: other-follower}\n"  # fmt: skip
+    with pytest.raises(ScenarioError) as e:
+        load(write(tmp_path, late))
+    assert "'other-follower' needs an earlier lose-token fault or hsm-refuse fault" in str(e.value)

@@ -51,3 +51,37 @@ def test_other_follower_is_skipped_when_none_qualifies(tmp_path: Path) -> None:
         None, "no live follower other than node-3")  # fmt: skip
     d = drill(tmp_path, StubCluster(None), {"node-3"})
     assert asyncio.run(d._resolve("other-follower")) == (None, "no leader found within 8 s")
+
+
+def test_other_follower_avoids_a_refused_member(tmp_path: Path) -> None:
+    for seed_round in range(20):
+        d = drill(tmp_path, StubCluster("node-1"), set())
+        d.hsm_refused = {"node-2"}
+        d.rng.seed(seed_round)
+        assert asyncio.run(d._resolve("other-follower")) == ("node-3", "")
+    d = drill(tmp_path, StubCluster("node-1"), {"node-3"})
+    d.hsm_refused = {"node-2"}
+    assert asyncio.run(d._resolve("other-follower")) == (
+        None, "no live follower other than node-2, node-3")  # fmt: skip
+
+
+def test_log_errors_lists_hsm_lines_first(tmp_path: Path) -> None:
+    d = drill(tmp_path, StubCluster("node-1"), set())
+    d.root = tmp_path
+    (tmp_path / "node-2").mkdir()
+    log = tmp_path / "node-2" / "node.log"
+    old = "2026-12-03T08:00:00Z WARNING custody.x: before the fault\n"
+    log.write_text(old + "".join(
+        f"2026-12-03T08:00:0{i}Z {line}\n" for i, line in enumerate([
+            "INFO custody.signer: sign r1: share given to node-1",
+            "WARNING custody.runtime: duty round failed; retrying",
+            "ERROR custody.app: load share: PKCS#11 module failure (ObjectHandleInvalid)",
+            "WARNING custody.runtime: duty round failed; retrying",
+        ])))  # fmt: skip
+    lines, end = d._log_errors("node-2", len(old))
+    assert lines == [
+        "1x ERROR custody.app: load share: PKCS#11 module failure (ObjectHandleInvalid)",
+        "2x WARNING custody.runtime: duty round failed; retrying",
+    ]
+    assert end == log.stat().st_size
+    assert d._log_errors("node-9", 0) == ([], 0)
