@@ -149,32 +149,37 @@ def _encode_snapshot(s: Snapshot) -> bytes:
     return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head)) & 0xFFFFFFFF) + payload
 
 
-def _read_snapshot(path: Path, index: int, term: int) -> Snapshot:
-    buf = path.read_bytes()
-    where = f"{path}: offset 0"
+def decode_snapshot_file(buf: bytes, where: str) -> Snapshot:
+    """A snapshot file's bytes (header, CRC, payload) back to its Snapshot; CorruptLog
+    naming `where` if anything is off. Also what a backup uses to read one."""
     if len(buf) < SNAP_HEADER_SIZE:
-        raise CorruptLog(f"{where}: snapshot header truncated")
+        raise CorruptLog(f"{where}: offset 0: snapshot header truncated")
     magic, version, length = _SNAP_HDR.unpack_from(buf, 0)
     (crc,) = struct.unpack_from(">I", buf, _SNAP_HDR.size)
     if magic != SNAP_MAGIC:
-        raise CorruptLog(f"{where}: bad snapshot magic")
+        raise CorruptLog(f"{where}: offset 0: bad snapshot magic")
     if version != wal.FORMAT_VERSION:
-        raise CorruptLog(f"{where}: unsupported snapshot format version {version}")
+        raise CorruptLog(f"{where}: offset 0: unsupported snapshot format version {version}")
     payload = buf[SNAP_HEADER_SIZE:]
     if len(payload) != length:
-        raise CorruptLog(f"{path}: offset {SNAP_HEADER_SIZE}: snapshot length mismatch")
+        raise CorruptLog(f"{where}: offset {SNAP_HEADER_SIZE}: snapshot length mismatch")
     if zlib.crc32(payload, zlib.crc32(buf[: _SNAP_HDR.size])) & 0xFFFFFFFF != crc:
-        raise CorruptLog(f"{path}: offset {SNAP_HEADER_SIZE}: snapshot fails its checksum")
-    idx, trm, voters, learners, data = _unpack_ints(payload, 5, str(path))
-    if (_uint(idx, str(path)), _uint(trm, str(path))) != (index, term):
-        raise CorruptLog(f"{where}: snapshot contents do not match its file name")
+        raise CorruptLog(f"{where}: offset {SNAP_HEADER_SIZE}: snapshot fails its checksum")
+    idx, trm, voters, learners, data = _unpack_ints(payload, 5, where)
     if not (isinstance(voters, list) and isinstance(learners, list) and type(data) is bytes):
-        raise CorruptLog(f"{where}: snapshot payload has wrong types")
+        raise CorruptLog(f"{where}: offset 0: snapshot payload has wrong types")
     conf = ConfState(
-        frozenset(_uint(v, str(path)) for v in voters),
-        frozenset(_uint(v, str(path)) for v in learners),
+        frozenset(_uint(v, where) for v in voters),
+        frozenset(_uint(v, where) for v in learners),
     )
-    return Snapshot(SnapshotMeta(index, term, conf), data)
+    return Snapshot(SnapshotMeta(_uint(idx, where), _uint(trm, where), conf), data)
+
+
+def _read_snapshot(path: Path, index: int, term: int) -> Snapshot:
+    snap = decode_snapshot_file(path.read_bytes(), str(path))
+    if (snap.meta.index, snap.meta.term) != (index, term):
+        raise CorruptLog(f"{path}: offset 0: snapshot contents do not match its file name")
+    return snap
 
 
 def _list_snapshots(directory: Path) -> list[tuple[int, int, Path]]:

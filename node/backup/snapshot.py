@@ -25,16 +25,13 @@ import secrets
 import shutil
 import struct
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
-
-from consensus import wal
-from consensus.filestore import SNAP_HEADER_SIZE, SNAP_MAGIC, FileStorage
-from consensus.messages import ConfState, HardState, Snapshot, SnapshotMeta
+from consensus.filestore import SNAP_HEADER_SIZE, FileStorage, decode_snapshot_file
+from consensus.messages import HardState, Snapshot
 from consensus.session import ReplicatedMachine
+from consensus.storage import CorruptLog
 from node.state import Machine
 from node.state.model import State
 
@@ -64,37 +61,20 @@ class SnapshotFile:
 
 
 def parse_snapshot_file(raw: bytes, where: str = "snapshot") -> Snapshot:
-    """Decode a `snap-*.snap` file (FileStorage's format); BackupError if anything is off."""
+    """Decode a `snap-*.snap` file (FileStorage's own decoder); BackupError if anything is
+    off, including sizes and memberships no node would write."""
     if len(raw) < SNAP_HEADER_SIZE or len(raw) > MAX_SNAPSHOT_FILE_BYTES:
         raise BackupError(f"{where}: snapshot file has an impossible size ({len(raw)} bytes)")
-    magic, version, length = _HDR.unpack_from(raw, 0)
-    (crc,) = struct.unpack_from(">I", raw, _HDR.size)
-    if magic != SNAP_MAGIC:
-        raise BackupError(f"{where}: not a Raft snapshot file (bad magic)")
-    if version != wal.FORMAT_VERSION:
-        raise BackupError(f"{where}: unsupported snapshot format version {version}")
-    payload = raw[SNAP_HEADER_SIZE:]
-    if len(payload) != length:
-        raise BackupError(f"{where}: snapshot length mismatch (truncated?)")
-    if zlib.crc32(payload, zlib.crc32(raw[: _HDR.size])) & 0xFFFFFFFF != crc:
-        raise BackupError(f"{where}: snapshot fails its checksum")
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_array_len=_MAX_MEMBERS,
-                              max_map_len=0, max_str_len=0, max_ext_len=0,
-                              max_bin_len=MAX_SNAPSHOT_FILE_BYTES)  # fmt: skip
-    except Exception as exc:  # msgpack raises many types; all mean "malformed"
-        raise BackupError(f"{where}: undecodable snapshot payload ({type(exc).__name__})") from None
-    ok = (type(obj) is list and len(obj) == 5 and all(type(v) is int for v in obj[:2])
-          and type(obj[2]) is list and type(obj[3]) is list and type(obj[4]) is bytes)  # fmt: skip
-    if not ok:
-        raise BackupError(f"{where}: snapshot payload has the wrong shape")
-    index, term, voters, learners, data = obj
-    ids = [*voters, *learners]
-    if not (1 <= index <= _U63 and 0 <= term <= _U63
-            and all(type(v) is int and 1 <= v <= _MAX_MEMBERS for v in ids)):  # fmt: skip
+        snap = decode_snapshot_file(raw, where)
+    except CorruptLog as exc:
+        raise BackupError(str(exc)) from None
+    conf = snap.meta.conf
+    ids = [*conf.voters, *conf.learners]
+    if snap.meta.index < 1 or len(ids) > _MAX_MEMBERS or not all(1 <= v <= _MAX_MEMBERS
+                                                                 for v in ids):  # fmt: skip
         raise BackupError(f"{where}: snapshot index, term or membership out of range")
-    return Snapshot(SnapshotMeta(index, term, ConfState(frozenset(voters), frozenset(learners))),
-                    data)  # fmt: skip
+    return snap
 
 
 def read_newest(data_dir: Path) -> SnapshotFile | None:
