@@ -184,7 +184,7 @@ def _submit_governance(args: argparse.Namespace, make: Any) -> int:
         out = await post_signed(client, profile, make(profile.principal))
         emit(args, out, lambda o: f"governance request {o['request']}: {o['code']} "
              f"{o.get('detail', '')}\n(needs the governance quorum: custody approve "
-             f"{o['request']})")  # fmt: skip
+             f"{o['request']}; progress: custody node repairs --watch)")  # fmt: skip
         return 0
 
     return run_client(args, body)
@@ -221,23 +221,13 @@ def _replace(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    from node.cli.keys import post_signed
     from node.state import RepairMember
 
     key = _public_key(args.public_key) if args.public_key else b""
-
-    async def body(client: Client, profile: Profile) -> int:
-        cmd = RepairMember(
-            request_id=args.request_id or new_request_id("repair"), author=profile.principal,
-            name=args.name, public_key=key,
-        )  # fmt: skip
-        out = await post_signed(client, profile, cmd)
-        emit(args, out, lambda o: f"governance request {o['request']}: {o['code']} "
-             f"{o.get('detail', '')}\n(needs the governance quorum: custody approve "
-             f"{o['request']}; then watch: custody node repairs --watch)")  # fmt: skip
-        return 0
-
-    return run_client(args, body)
+    return _submit_governance(args, lambda author: RepairMember(
+        request_id=args.request_id or new_request_id("repair"), author=author,
+        name=args.name, public_key=key,
+    ))  # fmt: skip
 
 
 def describe_repair(r: dict[str, Any], versions: bool = False) -> str:

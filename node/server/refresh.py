@@ -27,7 +27,6 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from node.hsm.aad import zero
@@ -44,6 +43,7 @@ from node.protocols.wire import RefreshDelivery
 from node.server.faults import crash_point
 from node.server.repair import RepairRefused
 from node.server.runs import (
+    Run,
     Sessions,
     first_time,
     load_shares,
@@ -54,27 +54,13 @@ from node.server.runs import (
 )
 from node.state import PostRefresh, RecordRefresh, ReportRefresh, StartRefresh
 from node.state.model import Refresh
+from node.state.names import member_index
 from shares.errors import SharesError
 
 if TYPE_CHECKING:
     from node.server.runtime import Runtime
 
 log = logging.getLogger("custody.refresh")
-
-
-@dataclass
-class _Run:
-    session: Any  # RefreshSession
-    post: Any  # the signed refresh_post, proposed again until the log has it
-    posted_at: float
-    phase: str = "posted"  # posted -> exchange -> storing -> done
-    buffered: dict[int, bytes] = field(default_factory=dict)
-    received: dict[int, bytes] = field(default_factory=dict)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-
-def _index(name: str) -> int:
-    return int(name.removeprefix("node-"))
 
 
 class RefreshDuty:
@@ -119,7 +105,7 @@ class RefreshDuty:
         return out
 
     def _context(self, r: Refresh, items: list[KeyVersion]) -> tuple[bytes, list[int], int]:
-        ids = sorted(_index(p) for p in r.participants)
+        ids = sorted(member_index(p) for p in r.participants)
         t = self.rt.machine.state.threshold
         ctx = refresh_context(self.rt.cfg.cluster_id, f"{r.request}#{r.run}", ids, t, items)
         return ctx, ids, t
@@ -178,7 +164,7 @@ class RefreshDuty:
         cmd = PostRefresh(request_id=f"refresh-post-{r.run}", author=rt.name, run=r.run,
                           package=post)  # fmt: skip
         signed = await rt.sign_command(cmd)
-        self.runs[r.run] = _Run(session, signed, time.monotonic())
+        self.runs[r.run] = Run(session, signed, time.monotonic())
         out = await rt.propose_quietly(signed, f"refresh post {r.run}")
         if out is not None and not out.ok and out.code != "duplicate_post":
             self._drop(r.run)
@@ -187,9 +173,9 @@ class RefreshDuty:
         if out is not None and out.ok:
             crash_point("refresh.posted")
 
-    async def _exchange(self, r: Refresh, run: _Run) -> None:
+    async def _exchange(self, r: Refresh, run: Run) -> None:
         rt = self.rt
-        posts = {_index(p): r.posts[p] for p in r.participants}
+        posts = {member_index(p): r.posts[p] for p in r.participants}
         try:
             boxes = run.session.on_posts(posts)
         except RefreshCulprits as exc:
@@ -229,7 +215,7 @@ class RefreshDuty:
             await self._take(r, run, d.sender, d.message)
             await self._maybe_finish(r, run)
 
-    async def _take(self, r: Refresh, run: _Run, sender: int, message: bytes) -> None:
+    async def _take(self, r: Refresh, run: Run, sender: int, message: bytes) -> None:
         if not first_time(run.received, sender, message):
             return
         try:
@@ -239,13 +225,13 @@ class RefreshDuty:
         except RefreshError as exc:
             log.warning("refresh run %d: message from node-%d refused: %s", r.run, sender, exc)
 
-    async def _maybe_finish(self, r: Refresh, run: _Run) -> None:
+    async def _maybe_finish(self, r: Refresh, run: Run) -> None:
         if run.phase != "exchange" or not run.session.complete:
             return
         run.phase = "storing"
         run.tasks.append(asyncio.create_task(self._store(r, run)))
 
-    async def _store(self, r: Refresh, run: _Run) -> None:
+    async def _store(self, r: Refresh, run: Run) -> None:
         rt = self.rt
         number = r.run  # `r` is the live state: the run may move on meanwhile
         try:
@@ -253,7 +239,7 @@ class RefreshDuty:
         except RefreshCulprits as exc:
             await self._blame(r, exc)
             return
-        ids = sorted(_index(p) for p in r.participants)
+        ids = sorted(member_index(p) for p in r.participants)
         rows = tuple(tuple(vs[j] for j in ids) for vs in result.verification_shares)
 
         ids = [self._next_id(it.key_id, it.version) for it in result.items]
@@ -288,8 +274,8 @@ class RefreshDuty:
         """After a restart: the new verification shares (derived from the log's posts) if
         this member's slot already holds a matching next generation of the whole batch."""
         items = self._items(r)
-        ctx_ids = sorted(_index(p) for p in r.participants)
-        posts = {_index(p): r.posts[p] for p in r.participants if p in r.posts}
+        ctx_ids = sorted(member_index(p) for p in r.participants)
+        posts = {member_index(p): r.posts[p] for p in r.participants if p in r.posts}
         if len(posts) != len(ctx_ids):
             return None
         try:

@@ -27,7 +27,6 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from node.hsm.aad import zero
@@ -43,6 +42,7 @@ from node.protocols.repair_session import (
 from node.protocols.wire import RepairDelivery
 from node.server.faults import crash_point
 from node.server.runs import (
+    Run,
     Sessions,
     first_time,
     load_shares,
@@ -53,6 +53,7 @@ from node.server.runs import (
 )
 from node.state import PostRepair, RecordRepair, ReportRepair, repair_request_id
 from node.state.model import Repair, RepairState
+from node.state.names import member_index
 from shares import repair as srepair
 from shares.errors import SharesError
 
@@ -64,22 +65,6 @@ log = logging.getLogger("custody.repair")
 
 class RepairRefused(ValueError):
     """A delivery this member will not take (HTTP 409)."""
-
-
-@dataclass
-class _Run:
-    role: str  # "target" | "helper"
-    session: Any  # RepairTarget | RepairHelper
-    post: Any  # the signed repair_post, proposed again until the log has it
-    posted_at: float
-    phase: str = "posted"  # posted -> exchange -> storing -> done
-    buffered: dict[int, bytes] = field(default_factory=dict)
-    received: dict[int, bytes] = field(default_factory=dict)  # sender -> digest of its message
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-
-def _index(name: str) -> int:
-    return int(name.removeprefix("node-"))
 
 
 class RepairDuty:
@@ -125,8 +110,8 @@ class RepairDuty:
 
     def _context(self, repair: Repair, items: list[RepairItem]) -> tuple[bytes, Any]:
         request = srepair.RepairRequest(
-            participant=_index(repair.member),
-            helpers=tuple(sorted(_index(h) for h in repair.helpers)),
+            participant=member_index(repair.member),
+            helpers=tuple(sorted(member_index(h) for h in repair.helpers)),
             min_participants=self.rt.machine.state.threshold,
         )
         run_ref = f"{repair.request}#{repair.run}"
@@ -190,7 +175,7 @@ class RepairDuty:
             author=rt.name, member=repair.member, run=repair.run, package=post,
         )  # fmt: skip
         signed = await rt.sign_command(cmd)
-        self.runs[key] = _Run(role, session, signed, time.monotonic())
+        self.runs[key] = Run(session, signed, time.monotonic(), role=role)
         out = await rt.propose_quietly(signed, f"repair post {key}")
         if out is not None and not out.ok and out.code != "duplicate_post":
             self._drop(key)
@@ -200,9 +185,9 @@ class RepairDuty:
         if out is not None and out.ok:
             crash_point(f"repair.{role}.posted")
 
-    async def _exchange(self, repair: Repair, run: _Run) -> None:
+    async def _exchange(self, repair: Repair, run: Run) -> None:
         rt, key = self.rt, (repair.member, repair.run)
-        helper_posts = {_index(h): repair.posts[h] for h in repair.helpers}
+        helper_posts = {member_index(h): repair.posts[h] for h in repair.helpers}
         target_post = repair.posts[repair.member]
         try:
             if run.role == "helper":
@@ -251,7 +236,7 @@ class RepairDuty:
             await self._take(repair, run, delivery.sender, delivery.message)
             await self._maybe_finish(repair, run)
 
-    async def _take(self, repair: Repair, run: _Run, sender: int, message: bytes) -> None:
+    async def _take(self, repair: Repair, run: Run, sender: int, message: bytes) -> None:
         if not first_time(run.received, sender, message):
             return
         try:
@@ -265,7 +250,7 @@ class RepairDuty:
             log.warning("repair %s run %d: message from node-%d refused: %s",
                         repair.member, repair.run, sender, exc)  # fmt: skip
 
-    async def _maybe_finish(self, repair: Repair, run: _Run) -> None:
+    async def _maybe_finish(self, repair: Repair, run: Run) -> None:
         if run.phase != "exchange" or not run.session.complete:
             return
         key = (repair.member, repair.run)
@@ -277,14 +262,14 @@ class RepairDuty:
                 return
             run.phase = "done"
             d = RepairDelivery(repair.member, repair.run, "sigma", self.rt.index,
-                               _index(repair.member), sums)  # fmt: skip
+                               member_index(repair.member), sums)  # fmt: skip
             run.tasks.append(asyncio.create_task(self._deliver(key, repair.member, d)))
             log.info("repair %s run %d: sums sent to the target", repair.member, repair.run)
             return
         run.phase = "storing"
         run.tasks.append(asyncio.create_task(self._store(repair, run)))
 
-    async def _store(self, repair: Repair, run: _Run) -> None:
+    async def _store(self, repair: Repair, run: Run) -> None:
         rt = self.rt
         number = repair.run  # `repair` is the live state: the run may move on meanwhile
         try:

@@ -20,30 +20,26 @@ from node.server.repair import RepairRefused
 from node.state.model import Refresh, Repair
 
 
-async def peer_repair(request: web.Request) -> web.StreamResponse:
+async def _deliver(request: web.Request, duty: str, decode: Any, unknown: str) -> web.Response:
+    """A sealed message for one of this member's live runs (repair or refresh): 404 while
+    no such run is under way here (the sender retries), 409 when refused for good."""
     ident = _require(request, {"node"})
-    rt = request.app[RUNTIME]
-    delivery = RepairDelivery.decode(await request.read())
+    delivery = decode(await request.read())
     try:
-        await rt.repair.deliver(delivery, ident.name)
+        await getattr(request.app[RUNTIME], duty).deliver(delivery, ident.name)
     except LookupError as exc:
-        raise ApiError(404, "unknown_repair", str(exc)) from None
+        raise ApiError(404, unknown, str(exc)) from None
     except RepairRefused as exc:
         raise ApiError(409, "refused", str(exc)) from None
     return web.Response(body=b"", content_type=MSGPACK)
+
+
+async def peer_repair(request: web.Request) -> web.StreamResponse:
+    return await _deliver(request, "repair", RepairDelivery.decode, "unknown_repair")
 
 
 async def peer_refresh(request: web.Request) -> web.StreamResponse:
-    ident = _require(request, {"node"})
-    rt = request.app[RUNTIME]
-    delivery = RefreshDelivery.decode(await request.read())
-    try:
-        await rt.refresh.deliver(delivery, ident.name)
-    except LookupError as exc:
-        raise ApiError(404, "unknown_refresh", str(exc)) from None
-    except RepairRefused as exc:
-        raise ApiError(409, "refused", str(exc)) from None
-    return web.Response(body=b"", content_type=MSGPACK)
+    return await _deliver(request, "refresh", RefreshDelivery.decode, "unknown_refresh")
 
 
 def refresh_view(r: Refresh) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
 
@@ -22,9 +23,19 @@ log = logging.getLogger("custody.runs")
 K = TypeVar("K")
 
 
-class _Live(Protocol):
+@dataclass
+class Run:
+    """This member's part in one run of a repair or refresh: its session (secrets), the
+    signed post it proposes again until the log has it, messages that came early."""
+
     session: Any
-    tasks: list[asyncio.Task[None]]
+    post: Any
+    posted_at: float
+    role: str = ""  # repair: "target" | "helper"
+    phase: str = "posted"  # posted -> exchange -> storing -> done
+    buffered: dict[int, bytes] = field(default_factory=dict)  # sender -> message, pre-exchange
+    received: dict[int, bytes] = field(default_factory=dict)  # sender -> digest of its message
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class Sessions(Generic[K]):
@@ -43,7 +54,7 @@ class Sessions(Generic[K]):
     def get(self, key: K) -> Any:
         return self.table.get(key)
 
-    def __setitem__(self, key: K, value: _Live) -> None:
+    def __setitem__(self, key: K, value: Run) -> None:
         self.table[key] = value
 
     def drop(self, key: K) -> None:

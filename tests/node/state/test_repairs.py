@@ -187,7 +187,6 @@ def test_a_cluster_without_keys_has_nothing_to_repair(ready: World):
 
 
 def test_batches_keep_a_helpers_post_within_one_command():
-    from node.protocols.repair_session import MAX_POST_SIZE  # noqa: F401 (engine bound)
     from node.state.commands import MAX_REPAIR_POST_BYTES
 
     for t in range(2, 16):
