@@ -657,6 +657,7 @@ class Drill:
         base = await self._hsm_scrape(node)
         pos = log.stat().st_size if log.exists() else 0
         pid = c.pid(node)
+        started = (await c.status(node) or {}).get("started_at")
         await asyncio.to_thread(os.rename, tok, away)
         rec.injected_at = self.h.now()
         rec.status = "injected"
@@ -681,6 +682,19 @@ class Drill:
         for line in lines:
             self._note(i, rec, f"{node} logged: {line}")
         after_base: dict[str, Any] | None = await self._hsm_scrape(node)
+        if not f.restart:
+            # A member whose HSM failed restarts itself in place once a fresh process
+            # opens the token (node/server/hsm_watch.py): wait for it, counters restart.
+            back = await self._hsm_back(node, started, timeout=30.0)
+            if back is None:
+                self._note(i, rec, f"{node} did not report a usable HSM within 30 s of the "
+                           "token's return")  # fmt: skip
+            elif back.get("started_at") != started:
+                after_base = None
+                self._note(i, rec, f"{node} restarted itself in place (pid "
+                           f"{c.pid(node)}) and reports its HSM usable")  # fmt: skip
+            else:
+                self._note(i, rec, f"{node} reports its HSM usable without a restart")
         if f.restart:
             await asyncio.to_thread(c.terminate, node)
             await asyncio.to_thread(c.start, node)
@@ -689,6 +703,18 @@ class Drill:
         self._hsm_base[i] = (node, after_base, log.stat().st_size if log.exists() else 0)
         await asyncio.sleep(1.0)
         await self._nudge_epoch(i, rec, "an HSM call on every member after the fault")
+
+    async def _hsm_back(self, node: str, started: Any, timeout: float) -> dict[str, Any] | None:
+        """The node's status once it reports a usable HSM, healthy, and (if its HSM failed
+        meanwhile) after its restart in place; None if not within `timeout`."""
+        deadline = self.h.now() + timeout
+        while self.h.now() < deadline:
+            st = await self.cluster.status(node)
+            hsm = (st or {}).get("hsm") or {}
+            if st and hsm.get("ok") and st.get("health") == "ok":
+                return st
+            await asyncio.sleep(0.5)
+        return None
 
     async def _hsm_after(self) -> None:
         """When the workload stops: each refused node's HSM counters since its token

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from consensus.driver import NodeStopped, ProposalDropped
 from node import tlsctx
+from node.hsm.errors import HsmError
 from node.pki.names import Identity, PkiError
 from node.protocols.wire import CommitRequest, Round2Delivery, ShareRequest, WireError
 from node.server.dkg import DkgRefused
@@ -528,6 +529,11 @@ async def errors(
         return _err(400, "bad_request", str(exc))
     except web.HTTPRequestEntityTooLarge:
         return _err(413, "too_large", "request body over the limit")
+    except HsmError as exc:  # its token went away, its module failed: another node can help
+        log.error("%s %s: the HSM failed (%s)", request.method, request.path,
+                  type(exc).__name__)  # fmt: skip
+        return _err(503, "hsm_unavailable", "this node's HSM failed; try another node",
+                    **{"Retry-After": "1"})  # fmt: skip
     except web.HTTPException as exc:
         if exc.status >= 400:
             return _err(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 
 from aiohttp import web
 
@@ -17,6 +19,8 @@ from node.server.config import NodeConfig
 from node.server.runtime import Runtime
 
 log = logging.getLogger("custody.node")
+
+RESTART = -1  # `serve` asks `run` to restart the node in place (node.server.hsm_watch)
 
 
 async def serve(cfg: NodeConfig) -> int:
@@ -45,12 +49,15 @@ async def serve(cfg: NodeConfig) -> int:
         assert rt.driver is not None
         failed = asyncio.ensure_future(rt.driver.wait_failed())
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        for t in (failed, stopped):
+        restart = asyncio.ensure_future(rt.hsm.restart.wait())
+        await asyncio.wait({failed, stopped, restart}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (failed, stopped, restart):
             t.cancel()
         if rt.driver.failure is not None:
             log.error("fail-stop: %s", rt.driver.failure)
             code = 1
+        elif rt.hsm.restart.is_set() and not stop.is_set():
+            code = RESTART
         else:
             log.info("stopping on signal")
     finally:
@@ -65,4 +72,11 @@ def run(cfg: NodeConfig) -> int:
     logs.setup(cfg.name, cfg.log_level, cfg.log_format)
     ratelog.install()
     raise_nofile_limit()
-    return asyncio.run(serve(cfg))
+    code = asyncio.run(serve(cfg))
+    if code != RESTART:
+        return code
+    # The same command line in a new process image (same pid, same environment): the
+    # PKCS#11 module is initialised afresh. Python's own descriptors are close-on-exec.
+    log.warning("restarting in place: %s", " ".join(sys.orig_argv))
+    logging.shutdown()
+    os.execv(sys.executable, sys.orig_argv)  # noqa: S606 (our own argv, no shell)

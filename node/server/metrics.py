@@ -113,9 +113,11 @@ class InstrumentedSlot:
     thread-safe. Arguments and results (messages, shares) are never looked at.
     """
 
-    def __init__(self, inner: Any, hsm: _HsmMetrics) -> None:
+    def __init__(self, inner: Any, hsm: _HsmMetrics,
+                 on_error: Callable[[str, BaseException], None] | None = None) -> None:  # fmt: skip
         self._inner = inner
         self._hsm = hsm
+        self._on_error = on_error  # told of every failed call (node.server.hsm_watch)
 
     @property
     def inner(self) -> Any:
@@ -133,6 +135,8 @@ class InstrumentedSlot:
             return fn(*args, **kwargs)
         except Exception as exc:
             self._hsm.errors.labels(op, type(exc).__name__).inc()
+            if self._on_error is not None:
+                self._on_error(op, exc)
             raise
         finally:
             self._hsm.seconds.labels(op).observe(time.perf_counter() - start)
@@ -157,7 +161,9 @@ class InstrumentedSlot:
         return self._timed("destroy_share", self._inner.destroy_shares, *args, **kwargs)
 
 
-def instrument_slot(slot: Any, registry: CollectorRegistry) -> InstrumentedSlot:
+def instrument_slot(slot: Any, registry: CollectorRegistry,
+                    on_error: Callable[[str, BaseException], None] | None = None,
+                    ) -> InstrumentedSlot:  # fmt: skip
     """`slot` behind a proxy that records `custody_hsm_*` metrics in `registry`.
 
     A slot that is already instrumented is unwrapped first: proxies never stack,
@@ -165,7 +171,7 @@ def instrument_slot(slot: Any, registry: CollectorRegistry) -> InstrumentedSlot:
     """
     if isinstance(slot, InstrumentedSlot):
         slot = slot.inner
-    return InstrumentedSlot(slot, _hsm_metrics(registry))
+    return InstrumentedSlot(slot, _hsm_metrics(registry), on_error)
 
 
 # ---------------------------------------------------------------- signing timings
@@ -457,7 +463,9 @@ class NodeMetrics:
         slot is opened by `Runtime.start`; a slot opened later is wrapped on first use)."""
         slot = self.rt.slot
         if slot is not None and not isinstance(slot, InstrumentedSlot):
-            self.rt.slot = instrument_slot(slot, self.registry)
+            watch = getattr(self.rt, "hsm", None)
+            self.rt.slot = instrument_slot(slot, self.registry,
+                                           watch.suspect if watch is not None else None)
 
     def observe_http(self, route: str, method: str, status: str, seconds: float) -> None:
         method = method if method in HTTP_METHODS else "other"

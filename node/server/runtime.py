@@ -110,22 +110,25 @@ class Observed:
         self.notify()
 
 
-def open_slot(cfg: NodeConfig) -> Pkcs11Slot:
-    """Open this node's token (blocking: run it in a thread)."""
+def slot_config(cfg: NodeConfig) -> SlotConfig:
+    """How this node opens its token (in its own process, or a fresh one to probe it)."""
     sync_dir = None
     if cfg.hsm_softhsm_conf is not None:
         sync_dir = str(cfg.hsm_softhsm_conf.parent / "tokens")
-    return Pkcs11Slot.open(
-        SlotConfig(
-            token_label=cfg.hsm_token_label,
-            cluster_id=cfg.cluster_id,
-            pin_file=str(cfg.hsm_pin_file) if cfg.hsm_pin_file else None,
-            pin_env=cfg.hsm_pin_env,
-            module_path=cfg.hsm_module,
-            softhsm_conf=str(cfg.hsm_softhsm_conf) if cfg.hsm_softhsm_conf else None,
-            sync_dir=sync_dir,
-        )
+    return SlotConfig(
+        token_label=cfg.hsm_token_label,
+        cluster_id=cfg.cluster_id,
+        pin_file=str(cfg.hsm_pin_file) if cfg.hsm_pin_file else None,
+        pin_env=cfg.hsm_pin_env,
+        module_path=cfg.hsm_module,
+        softhsm_conf=str(cfg.hsm_softhsm_conf) if cfg.hsm_softhsm_conf else None,
+        sync_dir=sync_dir,
     )
+
+
+def open_slot(cfg: NodeConfig) -> Pkcs11Slot:
+    """Open this node's token (blocking: run it in a thread)."""
+    return Pkcs11Slot.open(slot_config(cfg))
 
 
 class Runtime:
@@ -156,6 +159,10 @@ class Runtime:
         self.refresh: Any = None  # node.server.refresh.RefreshDuty
         self.membership: Any = None  # node.server.membership.MembershipDuty
         self.identity = b""  # this node's identity public key (from its token)
+        self.started_at = time.time()  # a restart in place (hsm_watch) keeps the pid
+        from node.server.hsm_watch import HsmWatch
+
+        self.hsm = HsmWatch(self)
         self._unregistered_logged = False
 
     # ------------------------------------------------------------ lifecycle
@@ -236,6 +243,7 @@ class Runtime:
         for name, coro in (
             ("duties", self._duties()),
             ("checkpoints", self._post_checkpoints()),
+            ("hsm-watch", self.hsm.run()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{cfg.name}-{name}"))
         log.info("started: member %s, raft %s, api %s", cfg.name, cfg.raft_listen, cfg.api_listen)
@@ -439,11 +447,15 @@ class Runtime:
                         self.caught_up = True
                 if self.membership is not None:  # the address book, even before registered
                     await self.membership.reconcile()
+                if not self.hsm.ok:  # hsm_watch.py: replicate only, until the token is back
+                    await self._hand_over_leadership("its HSM is unusable")
+                    await self.changed(0.5, since=seen)
+                    continue
                 if not self.registered():
                     if not self._unregistered_logged and self.caught_up:
                         log.warning("identity key not registered for %s: no duties", self.name)
                         self._unregistered_logged = True
-                    await self._hand_over_leadership()
+                    await self._hand_over_leadership("identity key not registered")
                     await self.changed(0.5, since=seen)
                     continue
                 self._unregistered_logged = False
@@ -470,9 +482,10 @@ class Runtime:
             await asyncio.sleep(DUTY_MIN_S)
             await self.changed(0.2, since=seen)
 
-    async def _hand_over_leadership(self) -> None:
-        """A leader that may not sign (its key is not registered) would leave approved
-        requests uncoordinated: it hands leadership to the first other member."""
+    async def _hand_over_leadership(self, why: str) -> None:
+        """A leader that may not sign (its key is not registered, or its HSM is unusable)
+        would leave approved requests uncoordinated: it hands leadership to the first
+        other member."""
         if not self.is_leader() or not self.machine.state.bootstrapped:
             return
         others = sorted(m.index for m in self.machine.state.members.values()
@@ -482,7 +495,7 @@ class Runtime:
         assert self.driver is not None
         try:
             await self.driver.transfer_leadership(others[0], timeout=2.0)
-            log.info("handed leadership to node-%d (identity key not registered)", others[0])
+            log.info("handed leadership to node-%d (%s)", others[0], why)
         except Exception as exc:  # retried on the next round
             log.info("leadership hand-over failed: %s", exc.__class__.__name__)
 
@@ -589,7 +602,7 @@ class Runtime:
         st = self.driver.status()
         state = self.machine.state
         failed = self.driver.failure is not None
-        healthy = not failed and bool(st.leader) and state.bootstrapped
+        healthy = not failed and bool(st.leader) and state.bootstrapped and self.hsm.ok
         return {
             "node": self.name,
             "cluster_id": self.cfg.cluster_id,
@@ -604,7 +617,9 @@ class Runtime:
             "bootstrapped": state.bootstrapped,
             "audit_seq": len(state.audit),
             "health": "failed" if failed else ("ok" if healthy else "degraded"),
-            "error": st.error,
+            "error": st.error if st.error or self.hsm.ok else f"hsm: {self.hsm.down}",
+            "hsm": self.hsm.summary(),
+            "started_at": self.started_at,
             "signing": self.signer.summary() if self.signer is not None else {"count": 0},
             "snapshots": {
                 k: v for k, v in sorted(self.driver.stats.items())
