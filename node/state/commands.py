@@ -986,6 +986,162 @@ class PostAuditCheckpoint(Command):
     )
 
 
+# ------------------------------------------------------------ recovery officers, escrow
+
+MAX_OFFICERS = 32  # node.protocols.escrow.MAX_OFFICERS
+MAX_ESCROW_ITEMS = 16  # versions per escrow post
+MAX_RELEASE_ITEMS = 64  # versions per officer release post
+MAX_ESCROW_PACKAGE_BYTES = 4096  # one version's package: m sealed pieces (m <= 32)
+MAX_RELEASE_BYTES = 512  # one re-sealed piece of one version
+
+
+@dataclass(frozen=True, slots=True)
+class OfficerSpec:
+    name: str
+    x25519: bytes  # receives escrow pieces
+    ed25519: bytes  # signs the officer's approvals and releases
+    SCHEMA: ClassVar = (
+        ("name", PRINCIPAL),
+        ("x25519", Bytes(lengths=(32,))),
+        ("ed25519", Bytes(lengths=(32,))),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SetOfficers(Command):
+    """Set the recovery officers and their quorum `k` (2 <= k <= m), or none (empty, k 0).
+    Whoever holds k officers' keys can rebuild escrowed shares: always time-locked."""
+
+    officers: tuple[OfficerSpec, ...]
+    k: int
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "set_officers"
+    SCHEMA: ClassVar = (
+        ("officers", ListOf(Struct(OfficerSpec), MAX_OFFICERS)),
+        ("k", Int(0, MAX_OFFICERS)),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EscrowItem:
+    key_id: str
+    version: int
+    generation: int
+    package: bytes
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", VERSION),
+        ("generation", Int(0, U32)),
+        ("package", Bytes(min_len=1, max_len=MAX_ESCROW_PACKAGE_BYTES)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PostEscrow(Command):
+    """A member escrows its shares of `items` (one package per version) to the officer
+    set whose digest is `officers` (`node.protocols.escrow`; opaque to the machine)."""
+
+    officers: bytes
+    items: tuple[EscrowItem, ...]
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "escrow_post"
+    SCHEMA: ClassVar = (
+        ("officers", Bytes(lengths=(64,))),
+        ("items", ListOf(Struct(EscrowItem), MAX_ESCROW_ITEMS)),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverSpec:
+    name: str  # the member whose place a fresh node takes
+    public_key: bytes  # the fresh node's identity key (in its token)
+    recovery_key: bytes  # its X25519 key for the officers' releases
+    SCHEMA: ClassVar = (
+        ("name", MEMBER),
+        ("public_key", Bytes(lengths=(32,))),
+        ("recovery_key", Bytes(lengths=(32,))),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverMembers(Command):
+    """A lost cluster's members are taken over by fresh nodes (restored from the last
+    state): decided by the governance quorum AND k officers (`officer_approve`), with no
+    time lock (no member is left to vote epochs). Starts a `Recovery`."""
+
+    members: tuple[RecoverSpec, ...]
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "recover_members"
+    SCHEMA: ClassVar = (
+        ("members", ListOf(Struct(RecoverSpec), MAX_MEMBERS)),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OfficerApprove(Command):
+    """An operator submits officer `officer`'s approval of the open request `request`
+    (`officer_signature`: Ed25519 by the officer's key over `recovery.officer_approval`)."""
+
+    request: str
+    officer: str
+    officer_signature: bytes
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "officer_approve"
+    SCHEMA: ClassVar = (
+        ("request", REF),
+        ("officer", PRINCIPAL),
+        ("officer_signature", SIGNATURE),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseItem:
+    key_id: str
+    version: int
+    blob: bytes
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", VERSION),
+        ("blob", Bytes(min_len=1, max_len=MAX_RELEASE_BYTES)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PostRelease(Command):
+    """An operator submits officer `officer`'s pieces of member `member`'s escrowed shares,
+    re-sealed to the member's fresh node (`officer_signature` over
+    `recovery.release_message`)."""
+
+    member: str
+    officer: str
+    items: tuple[ReleaseItem, ...]
+    officer_signature: bytes
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "officer_release"
+    SCHEMA: ClassVar = (
+        ("member", MEMBER),
+        ("officer", PRINCIPAL),
+        ("items", ListOf(Struct(ReleaseItem), MAX_RELEASE_ITEMS)),
+        ("officer_signature", SIGNATURE),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRecovery(Command):
+    """The fresh node of member `member` stored every recovered share, each checked
+    against the published verification share."""
+
+    member: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "record_recovery"
+    SCHEMA: ClassVar = (("member", MEMBER), ("signature", SIGNATURE))
+
+
 COMMANDS: dict[str, type[Command]] = {
     cls.KIND: cls
     for cls in (
@@ -1028,6 +1184,12 @@ COMMANDS: dict[str, type[Command]] = {
         PostRefresh,
         RecordRefresh,
         ReportRefresh,
+        SetOfficers,
+        PostEscrow,
+        RecoverMembers,
+        OfficerApprove,
+        PostRelease,
+        RecordRecovery,
     )
 }
 
@@ -1038,7 +1200,7 @@ GOVERNANCE_KINDS: frozenset[str] = frozenset(
     {
         "add_principal", "remove_principal", "rekey_principal", "set_policy",
         "set_governance", "set_threshold", "add_member", "remove_member", "repair_member",
-        "cancel",
+        "set_officers", "recover_members", "cancel",
     }
 )  # fmt: skip
 

@@ -58,17 +58,22 @@ from .commands import (
     CreateGrant,
     CreateKey,
     DeleteAlias,
+    OfficerApprove,
     PostAuditCheckpoint,
     PostCheckpoint,
     PostDkgRound1,
+    PostEscrow,
     PostRefresh,
+    PostRelease,
     PostRepair,
     RecordDkgResult,
     RecordErasure,
     RecordFailure,
+    RecordRecovery,
     RecordRefresh,
     RecordRepair,
     RecordResult,
+    RecoverMembers,
     RekeyPrincipal,
     RemoveMember,
     RemovePrincipal,
@@ -84,6 +89,7 @@ from .commands import (
     RevokeGrant,
     SetGovernance,
     SetKeyMetadata,
+    SetOfficers,
     SetPolicy,
     SetThreshold,
     StartRefresh,
@@ -132,6 +138,7 @@ from .model import (
     VersionState,
 )
 from .names import member_index, ref
+from .recovery import RecoveryRules
 from .refreshes import RefreshRules
 from .repairs import RepairRules, check_address_pair
 from .snapshot import decode_state, encode_state
@@ -164,7 +171,7 @@ RK = RequestKind
 DKG_KINDS = (RK.CREATE_KEY, RK.ROTATE)
 GovernanceCommand = (
     AddPrincipal | RemovePrincipal | RekeyPrincipal | SetPolicy | SetGovernance | SetThreshold
-    | AddMember | RemoveMember | RepairMember | CancelRequest
+    | AddMember | RemoveMember | RepairMember | SetOfficers | RecoverMembers | CancelRequest
 )  # fmt: skip
 
 
@@ -209,7 +216,7 @@ def decode_outcome(data: bytes) -> Outcome:
     return Outcome(raw["request_id"], raw["ok"], raw["code"], raw["detail"], raw["seq"])
 
 
-class Machine(RepairRules, RefreshRules):
+class Machine(RepairRules, RefreshRules, RecoveryRules):
     """Applies commands to one `State`. Deterministic: same commands, same bytes."""
 
     def __init__(self, state: State | None = None, *, genesis: bytes | None = None) -> None:
@@ -247,6 +254,10 @@ class Machine(RepairRules, RefreshRules):
             PostRefresh: self._refresh_handler(self._post_refresh),
             RecordRefresh: self._refresh_handler(self._record_refresh),
             ReportRefresh: self._refresh_handler(self._report_refresh),
+            PostEscrow: self._recovery_handler(self._post_escrow),
+            OfficerApprove: self._officer_approve_cmd,
+            PostRelease: self._recovery_handler(self._post_release),
+            RecordRecovery: self._recovery_handler(self._record_recovery),
         }
         # Governance changes: (check against the state now, apply). Submitting one only
         # opens a request; `apply` runs when the governance quorum approved it and, for a
@@ -262,6 +273,8 @@ class Machine(RepairRules, RefreshRules):
             AddMember: (self._check_add_member, self._add_member),
             RemoveMember: (self._check_remove_member, self._remove_member),
             RepairMember: (self._check_repair_member, self._repair_member),
+            SetOfficers: (self._check_set_officers, self._set_officers),
+            RecoverMembers: (self._check_recover_members, self._recover_members),
             CancelRequest: (self._check_cancel, self._cancel),
         }
         for cls in self._changes:
@@ -277,6 +290,35 @@ class Machine(RepairRules, RefreshRules):
             return _Effect(code, subject=self.state.repairs[cmd.member].request, detail=detail)
 
         return run
+
+    def _recovery_handler(
+        self, handler: Callable[[Any], tuple[str, str]]
+    ) -> Callable[[Any], _Effect]:
+        """An escrow or recovery command's effect: its code and progress, about the
+        running recovery (if any)."""
+
+        def run(cmd: Any) -> _Effect:
+            rec = self.running_recovery()
+            subject = rec.request if rec is not None else ""
+            code, detail = handler(cmd)
+            return _Effect(code, subject=subject, detail=detail)
+
+        return run
+
+    def _officer_approve_cmd(self, cmd: OfficerApprove) -> _Effect:
+        """An officer's approval of a recover_members request (submitted by an operator).
+        The request executes once the governance quorum AND k officers approved it."""
+        req = self._request(cmd.request)
+        if req.kind is not RK.RECOVER_MEMBERS:
+            raise Rejected(Reason.WRONG_REQUEST_KIND, "officers approve recover_members only")
+        if req.state not in (RS.PENDING, RS.APPROVED):
+            raise Rejected(Reason.REQUEST_DECIDED, f"request already {req.state.value}")
+        count = self._officer_approve(cmd, cmd.request, self._fresh_digest(req))
+        if req.state is RS.APPROVED and count >= self.state.officers.k:
+            return self._execute_change(req, self._change_of(req))
+        return self._request_effect(
+            req, detail=f"{count} of {self.state.officers.k} officer approval(s)"
+        )
 
     def _refresh_handler(
         self, handler: Callable[[Any], tuple[str, str]]
@@ -568,6 +610,7 @@ class Machine(RepairRules, RefreshRules):
             version.revoked_epoch = epoch
         elif event in ("destroy", "abort"):
             version.destroyed_epoch = epoch
+            self._drop_escrows(key.key_id, version.number)
         if key.primary == version.number and version.state is not VS.ACTIVE:
             key.primary = 0
         self._fail_impossible(key.key_id, version.number)
@@ -1478,7 +1521,7 @@ class Machine(RepairRules, RefreshRules):
         st = self.state
         kind = RequestKind(change.KIND)
         if kind in rules.ALWAYS_WEAKENING:
-            return ["membership"]
+            return ["officers"] if kind is RK.SET_OFFICERS else ["membership"]
         if kind is RK.REKEY_PRINCIPAL and self._live_grants(change.name):
             return [f"grantee {change.name}"]  # a new holder of the grants' capability
         if kind in rules.APPROVER_WEAKENING:
@@ -1500,7 +1543,7 @@ class Machine(RepairRules, RefreshRules):
         """The quorum is met: apply now, or start the time lock of a weakening change.
         A change the state no longer allows (e.g. the name was taken since) fails."""
         change = self._change_of(req)
-        check, apply = self._changes[type(change)]
+        check = self._changes[type(change)][0]
         try:
             check(change)
         except Rejected as rej:
@@ -1514,8 +1557,27 @@ class Machine(RepairRules, RefreshRules):
                 " unless the governance quorum cancels it"
             )
             return self._request_effect(req, detail=detail, flag="weakening")
+        if isinstance(change, RecoverMembers):
+            have, k = self.officers_approved(req.ref), self.state.officers.k
+            if have < k:
+                return self._request_effect(
+                    req, detail=f"waits for officers: {have} of {k} approved", flag="recovery"
+                )
+        return self._execute_change(req, change)
+
+    def _execute_change(self, req: Request, change: GovernanceCommand) -> _Effect:
+        check, apply = self._changes[type(change)]
+        try:
+            check(change)
+        except Rejected as rej:
+            self._fail_request(req, rej.reason.value)
+            return self._request_effect(req, detail=rej.detail)
         self._finish(req, rules.request_step(req.state, "complete"))
         apply(change)
+        if isinstance(change, RecoverMembers):
+            self.state.officer_approvals.pop(req.ref, None)
+            return self._request_effect(req, detail="RECOVERY: fresh nodes take the members' "
+                                        "places", flag="recovery")  # fmt: skip
         return self._request_effect(req)
 
     def _apply_time_locked(self, epoch: int) -> list[str]:

@@ -66,6 +66,8 @@ class RequestKind(StrEnum):
     ADD_MEMBER = "add_member"
     REMOVE_MEMBER = "remove_member"
     REPAIR_MEMBER = "repair_member"
+    SET_OFFICERS = "set_officers"
+    RECOVER_MEMBERS = "recover_members"
     CANCEL = "cancel"
     # A grant: decided by the key's policy quorum like a key request (docs/grants.md).
     GRANT = "grant"
@@ -406,6 +408,59 @@ class Refresh:
         return self.items[self.done : self.done + self.batch]
 
 
+@dataclass(frozen=True, slots=True)
+class Officer:
+    """A recovery officer (docs/recovery.md): a person with their own keys, never a
+    principal of the API. X25519 receives escrow pieces; Ed25519 signs approvals and
+    releases, which an operator submits for them."""
+
+    name: str
+    x25519: bytes
+    ed25519: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Officers:
+    """The officer set and its quorum `k` (empty: no escrow, no recovery)."""
+
+    officers: tuple[Officer, ...] = ()  # sorted by name; officer o holds escrow piece o
+    k: int = 0
+    digest: bytes = b""  # `recovery.officers_digest`: escrow packages name the set they used
+
+
+@dataclass(frozen=True, slots=True)
+class Escrow:
+    """One member's share of one version, split k-of-m among the officers and sealed to
+    each (`node.protocols.escrow`); opaque to the machine."""
+
+    member: str
+    key_id: str
+    version: int
+    generation: int  # the share generation escrowed (a refresh makes it stale)
+    officers: bytes  # the officer-set digest it was made for
+    package: bytes
+    epoch: int
+
+
+@dataclass(slots=True)
+class Recovery:
+    """A lost cluster rebuilt by the officers (docs/recovery.md): `recover_members`
+    registered fresh nodes' identity keys; officers re-seal their escrow pieces of each
+    member's shares to that member's fresh node (`releases`), which combines them, checks
+    them against the verification shares, stores them and confirms (`recovered`)."""
+
+    request: str  # the recover_members request (`<author>:<id>`)
+    started_epoch: int
+    officers: Officers  # the set whose pieces are released (as when it started)
+    keys: dict[str, bytes] = field(default_factory=dict)  # member -> fresh node's X25519 key
+    items: dict[str, tuple[VersionRef, ...]] = field(default_factory=dict)  # member -> escrowed
+    usable: tuple[VersionRef, ...] = ()  # every usable version when it started
+    # "<member>/<officer>/<key id>/<version>" -> an officer's re-sealed piece
+    releases: dict[str, bytes] = field(default_factory=dict)
+    recovered: tuple[str, ...] = ()  # members whose node stored and confirmed every share
+    finished_epoch: int = 0
+
+
 @dataclass(slots=True)
 class State:
     cluster_id: str = ""
@@ -446,6 +501,14 @@ class State:
     addresses: dict[str, Address] = field(default_factory=dict)
     # Proactive refreshes: the latest one only (by its request ref), running or finished.
     refreshes: dict[str, Refresh] = field(default_factory=dict)
+    # Recovery officers and escrow (docs/recovery.md): the officer set, the members'
+    # escrow packages ("<member>/<key id>/<version>" -> the newest), officers' approvals of
+    # open recover_members requests (request ref -> officer -> signature), and the latest
+    # recovery of a lost cluster (at most one entry, by its request ref).
+    officers: Officers = field(default_factory=Officers)
+    escrows: dict[str, Escrow] = field(default_factory=dict)
+    officer_approvals: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    recoveries: dict[str, Recovery] = field(default_factory=dict)
 
     @property
     def bootstrapped(self) -> bool:

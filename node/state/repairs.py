@@ -137,7 +137,9 @@ class RepairRules:
     def _helpers_for(self, repair: Repair) -> tuple[str, ...]:
         st = self.state
         ms = sorted(st.members.values(), key=lambda m: m.index)
-        eligible = [m.name for m in ms if m.name != repair.member and m.name not in repair.excluded]
+        eligible = [m.name for m in ms if m.name != repair.member and m.name not in repair.excluded
+                    and all(self.holds(m.name, r.key_id, r.version)
+                            for r in repair.items[repair.done :])]  # fmt: skip
         return tuple(eligible[: st.threshold])
 
     def _new_run(self, repair: Repair, *, first: bool = False) -> None:
@@ -257,6 +259,9 @@ class RepairRules:
         v = key.versions.get(version) if key is not None else None
         if m is None or v is None or m.index > len(v.verification_shares):
             return False
+        recovered = self.recovery_holds(member, VersionRef(key_id, version))  # type: ignore[attr-defined]
+        if recovered is not None:
+            return recovered
         repair = self.repairing(member)
         if repair is None:
             return True

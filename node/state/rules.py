@@ -55,6 +55,12 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "add_member": frozenset({Role.OPERATOR}),
     "remove_member": frozenset({Role.OPERATOR}),
     "repair_member": frozenset({Role.OPERATOR}),
+    "set_officers": frozenset({Role.OPERATOR}),
+    "recover_members": frozenset({Role.OPERATOR}),
+    "officer_approve": frozenset({Role.OPERATOR}),  # carries the officer's own signature
+    "officer_release": frozenset({Role.OPERATOR}),  # carries the officer's own signature
+    "escrow_post": frozenset({Role.NODE}),
+    "record_recovery": frozenset({Role.NODE}),
     # Approvers may submit a cancel themselves, so that operators who all push a weakening
     # change cannot also keep the approvers from stopping it during its time lock.
     "cancel": frozenset({Role.OPERATOR, Role.APPROVER}),
@@ -126,7 +132,7 @@ GOVERNANCE_KINDS: frozenset[RequestKind] = frozenset(
     {
         RK.ADD_PRINCIPAL, RK.REMOVE_PRINCIPAL, RK.REKEY_PRINCIPAL, RK.SET_POLICY,
         RK.SET_GOVERNANCE, RK.SET_THRESHOLD, RK.ADD_MEMBER, RK.REMOVE_MEMBER, RK.REPAIR_MEMBER,
-        RK.CANCEL,
+        RK.SET_OFFICERS, RK.RECOVER_MEMBERS, RK.CANCEL,
     }
 )  # fmt: skip
 
@@ -169,7 +175,9 @@ GOVERNANCE_WEAKER: dict[str, Callable[[Any, Any], bool]] = {
 }
 # Governance requests that always wait the time lock, whatever the state: a new or removed
 # member changes who holds shares and votes epochs (and removal can exclude an honest one).
-ALWAYS_WEAKENING: frozenset[RequestKind] = frozenset({RK.ADD_MEMBER, RK.REMOVE_MEMBER})
+ALWAYS_WEAKENING: frozenset[RequestKind] = frozenset(
+    {RK.ADD_MEMBER, RK.REMOVE_MEMBER, RK.SET_OFFICERS}
+)
 # Principal changes that weaken protection when the principal is (or becomes) an approver:
 # a new approver, an approver's new key (a new holder of a vote), fewer approvers.
 APPROVER_WEAKENING: frozenset[RequestKind] = frozenset(

@@ -38,10 +38,11 @@ from .model import RequestState, State
 # (`Version.replaced`, `rolled_back_epoch`, `rollback_uses`; `Policy.dual_sign_epochs`;
 # `Request.dual_version`); 9: executed decrypt requests that take late partials
 # (`State.lingering`); 10: share repairs and refreshes (`State.repairs`, `refreshes`,
-# `Version.generation`). Any other version is refused,
-# except that a version-9 snapshot is read as a version 10 one without repairs (`_MIGRATE`),
-# so that a node upgraded in place restarts from the snapshot it wrote.
-SNAPSHOT_VERSION = 10
+# `Version.generation`); 11: recovery officers, escrow and recoveries (`State.officers`,
+# `escrows`, `officer_approvals`, `recoveries`). Any other version is refused, except
+# that version-9 and 10 snapshots are read as version 11 ones without what they lack
+# (`_MIGRATE`), so that a node upgraded in place restarts from the snapshot it wrote.
+SNAPSHOT_VERSION = 11
 SNAPSHOT_CONTEXT = b"custody-cluster/v1/snapshot"
 MAX_SNAPSHOT_BYTES = 1 << 30
 
@@ -91,8 +92,12 @@ def encode_state(state: State) -> bytes:
 
 # Older snapshot versions still read: version -> the State fields it lacks (their defaults
 # are used, and it must have been written by the encoder of its day: no such field set).
-_MIGRATE: dict[int, tuple[str, ...]] = {9: ("addresses", "repairs", "refreshes")}
-_MIGRATE_VERSION_FIELDS: dict[int, tuple[str, ...]] = {9: ("generation",)}
+_RECOVERY_FIELDS = ("officers", "escrows", "officer_approvals", "recoveries")
+_MIGRATE: dict[int, tuple[str, ...]] = {
+    9: ("addresses", "repairs", "refreshes", *_RECOVERY_FIELDS),
+    10: _RECOVERY_FIELDS,
+}
+_MIGRATE_VERSION_FIELDS: dict[int, tuple[str, ...]] = {9: ("generation",), 10: ()}
 
 
 def _versions_of(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -236,11 +241,15 @@ def _check_consistency(state: State) -> None:
         (state.aliases, "name"),
         (state.requests, "ref"),
         (state.repairs, "member"),
+        (state.recoveries, "request"),
     )
     for table, attr in named:
         for key, item in table.items():
             if getattr(item, attr) != key:
                 raise DecodeError(f"snapshot entry {key!r} is filed under the wrong name")
+    for name, e in state.escrows.items():
+        if name != f"{e.member}/{e.key_id}/{e.version}":
+            raise DecodeError(f"escrow {name!r} is filed under the wrong name")
     for key in state.keys.values():
         for number, version in key.versions.items():
             if version.number != number:

@@ -241,7 +241,7 @@ def test_snapshot_v4_roundtrip(approved):
     w = approved
     post(w, "node-1")
     snap = w.snap()
-    assert msgpack.unpackb(snap, raw=False, strict_map_key=False)["v"] == SNAPSHOT_VERSION == 10
+    assert msgpack.unpackb(snap, raw=False, strict_map_key=False)["v"] == SNAPSHOT_VERSION == 11
     restored = Machine.from_snapshot(snap, genesis=w.m.genesis)
     assert restored.snapshot() == snap and restored.state == w.m.state
 

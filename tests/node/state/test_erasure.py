@@ -131,7 +131,7 @@ def test_snapshot_roundtrip_and_version(destroyed: World):
     w = destroyed
     w.ok(erasure("node-2"))
     snap = w.snap()
-    assert msgpack.unpackb(snap, raw=False, strict_map_key=False)["v"] == SNAPSHOT_VERSION == 10
+    assert msgpack.unpackb(snap, raw=False, strict_map_key=False)["v"] == SNAPSHOT_VERSION == 11
     m = Machine.from_snapshot(snap, genesis=w.m.genesis)
     assert m.state.keys["k1"].versions[1].erased_by == ("node-2",)
     assert m.snapshot() == snap
