@@ -62,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ps.add_argument("--dual-sign-epochs", type=int, default=0,
                     help="epochs after a rotation in which sign requests on the primary are "
                     "also signed by the version it replaced (0: off; <= --grace-epochs)")
+    ps.add_argument("--escrow", action="store_true",
+                    help="members escrow their shares of this policy's keys to the recovery "
+                    "officers (custody officers set), so that k officers can rebuild a lost "
+                    "cluster (docs/recovery.md)")
     ps.add_argument("--request-id")
     add_client_args(ps)
     ps.set_defaults(func=_policy_set)
@@ -254,7 +258,7 @@ def _policy_set(args: argparse.Namespace) -> int:
             policy_id=args.policy_id, requesters=_names(args.requesters),
             operations=_names(args.operations), approvers=_names(args.approvers), k=args.k,
             rotation_interval_s=args.rotation_interval_s, max_uses=args.max_uses,
-            grace_epochs=args.grace_epochs, waiting_epochs=args.waiting_epochs, escrow=False,
+            grace_epochs=args.grace_epochs, waiting_epochs=args.waiting_epochs, escrow=args.escrow,
             dual_sign_epochs=args.dual_sign_epochs,
         )  # fmt: skip
         out = await post_signed(client, profile, cmd)

@@ -576,11 +576,12 @@ def create_app(rt: Runtime) -> web.Application:
         routes_grants,
         routes_lifecycle,
         routes_metrics,
+        routes_recovery,
         routes_repair,
     )
 
     for module in (routes_envelope, routes_lifecycle, routes_metrics, routes_events, routes_grants,
-                   routes_repair):  # fmt: skip
+                   routes_repair, routes_recovery):  # fmt: skip
         module.register(app)
     from node.server.openapi import get_openapi
 

@@ -681,6 +681,12 @@ PATHS: dict[str, dict[str, Any]] = {
         "version (docs/recovery.md)", AUDIT, tag="recovery",
         responses={"200": _json({"type": "object"}, "`{repairs: [...]}`")},
     )},
+    "/v1/recovery": {"get": _op(
+        "show_recovery", "Recovery officers, escrow per member, and the latest recovery of "
+        "a lost cluster with what officers need to release their pieces (docs/recovery.md)",
+        AUDIT, tag="recovery",
+        responses={"200": _json({"type": "object"}, "`{officers, k, escrowed, recovery}`")},
+    )},
     "/v1/refresh": {"get": _op(
         "show_refresh", "The latest proactive refresh and each version's share generation "
         "(docs/recovery.md)", AUDIT, tag="recovery",

@@ -68,6 +68,7 @@ PEER_TIMEOUT_S = 5.0
 FOLLOWER_WAIT_S = 2.0
 FORWARD_POLL_S = 0.1  # how often a forwarded proposal checks whether the leader changed
 DUTY_MIN_S = 0.02
+HANDOVER_RETRY_S = 0.5
 MSGPACK = "application/msgpack"
 
 
@@ -158,12 +159,15 @@ class Runtime:
         self.repair: Any = None  # node.server.repair.RepairDuty
         self.refresh: Any = None  # node.server.refresh.RefreshDuty
         self.membership: Any = None  # node.server.membership.MembershipDuty
+        self.escrow: Any = None  # node.server.escrow.EscrowDuty
+        self.recovery_key = b""  # X25519 key officers re-seal escrow pieces to (escrow.py)
         self.identity = b""  # this node's identity public key (from its token)
         self.started_at = time.time()  # a restart in place (hsm_watch) keeps the pid
         from node.server.hsm_watch import HsmWatch
 
         self.hsm = HsmWatch(self)
         self._unregistered_logged = False
+        self._handover_after = 0.0  # hand-over attempts are at most every HANDOVER_RETRY_S
 
     # ------------------------------------------------------------ lifecycle
 
@@ -172,6 +176,10 @@ class Runtime:
         self.slot = await asyncio.to_thread(open_slot, cfg)
         member = {m.name: m for m in cfg.bootstrap_command.members}.get(cfg.name)
         self.identity = self.slot.identity_public_key()
+        from node.server.escrow import EscrowDuty, recovery_public
+
+        self.recovery_key = await asyncio.to_thread(recovery_public, self.slot, cfg.cluster_id,
+                                                    cfg.name)  # fmt: skip
         if member is None and not cfg.raft_join:
             raise RuntimeError(
                 f"{cfg.name} is not a member in the bootstrap command (a node added later "
@@ -238,6 +246,7 @@ class Runtime:
         from node.server.membership import MembershipDuty
 
         self.membership = MembershipDuty(self)
+        self.escrow = EscrowDuty(self)
         await asyncio.to_thread(self._erase_destroyed)  # reconcile before serving
         self._erased = self._destroyed_versions()
         for name, coro in (
@@ -466,6 +475,7 @@ class Runtime:
                     await self.audit_checkpoints.reconcile()  # audit_checkpoints.py
                     await self.repair.reconcile()  # repair.py
                     await self.refresh.reconcile()  # refresh.py
+                    await self.escrow.reconcile()  # escrow.py: escrow, and recovery
                     if self.is_leader():
                         await self.signer.reconcile()
                     destroyed = self._destroyed_versions()
@@ -488,16 +498,41 @@ class Runtime:
         other member."""
         if not self.is_leader() or not self.machine.state.bootstrapped:
             return
-        others = sorted(m.index for m in self.machine.state.members.values()
+        now = time.monotonic()
+        if now < self._handover_after:
+            return
+        self._handover_after = now + HANDOVER_RETRY_S
+        others = sorted((m.index, m.name) for m in self.machine.state.members.values()
                         if m.index != self.index)  # fmt: skip
-        if not others:
+        # Only to a member that says it can act: when none can (a whole cluster of fresh
+        # nodes before `recover_members`), this one keeps leading, or leadership would
+        # bounce between members that all hand it on.
+        target = None
+        for index, name in others:
+            st = await self._peer_status(name)
+            if st.get("registered") and (st.get("hsm") or {}).get("ok"):
+                target = index
+                break
+        if target is None:
             return
         assert self.driver is not None
         try:
-            await self.driver.transfer_leadership(others[0], timeout=2.0)
-            log.info("handed leadership to node-%d (%s)", others[0], why)
+            await self.driver.transfer_leadership(target, timeout=2.0)
+            log.info("handed leadership to node-%d (%s)", target, why)
         except Exception as exc:  # retried on the next round
             log.info("leadership hand-over failed: %s", exc.__class__.__name__)
+
+    async def _peer_status(self, name: str) -> dict[str, Any]:
+        """Another member's /v1/sys/status ({} if it does not answer within a second)."""
+        assert self.http is not None
+        try:
+            async with self.http.get(self.peer_url(name, "/v1/sys/status"),
+                                     timeout=aiohttp.ClientTimeout(total=1.0)) as r:  # fmt: skip
+                body = await r.json() if r.status == 200 else {}
+        except (aiohttp.ClientError, TimeoutError, NoLeader, ValueError) as exc:
+            log.debug("status of %s: %s", name, exc.__class__.__name__)
+            return {}
+        return body if isinstance(body, dict) else {}
 
     async def _bootstrap_if_needed(self) -> None:
         if self.machine.state.bootstrapped or not self.is_leader():
@@ -619,6 +654,9 @@ class Runtime:
             "health": "failed" if failed else ("ok" if healthy else "degraded"),
             "error": st.error if st.error or self.hsm.ok else f"hsm: {self.hsm.down}",
             "hsm": self.hsm.summary(),
+            "registered": self.registered() if state.bootstrapped else None,
+            "identity_key": self.identity.hex(),
+            "recovery_key": self.recovery_key.hex(),
             "started_at": self.started_at,
             "signing": self.signer.summary() if self.signer is not None else {"count": 0},
             "snapshots": {

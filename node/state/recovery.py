@@ -132,7 +132,9 @@ class RecoveryRules:
         """The versions `member` should escrow now: escrowable, held by it, and without a
         package for the current officer set and share generation."""
         st = self.state
-        out = []
+        out: list[VersionRef] = []
+        if st.officers.k == 0:
+            return out
         for key_id in sorted(st.keys):
             for number, v in sorted(st.keys[key_id].versions.items()):
                 if not self.escrowable(key_id, number) or not self.holds(member, key_id, number):  # type: ignore[attr-defined]

@@ -1,0 +1,188 @@
+"""The whole cluster is lost (every data directory and every token), and k officers bring
+it back (real processes, SoftHSM2 tokens, mTLS; every CLI step as its own process, as the
+operators and the officers would run it on their own machines):
+
+members escrow their shares to three officers (2 of 3) -> each node is backed up -> all
+nodes and tokens are destroyed -> fresh tokens, the state from the backups (unlocked by
+two officers) -> `custody recover request` (governance quorum AND two officers) -> two
+officers release their pieces to the fresh nodes -> each fresh node combines its own
+member's shares, checks and stores them -> same group keys, an old signature verifies,
+an old envelope decrypts, new signatures are made with a quorum of recovered members.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.backup.snapshot import decode_state, read_newest
+from node.server.config import load_config
+from tests.node.cluster.harness import QUIET_SCHEDULE, Live, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[3]
+MEMBERS = ("node-1", "node-2", "node-3")
+OFFICERS = ("olga", "oscar", "otto")
+CTX = "lost-cluster-test"
+
+
+def custody(*args: str | Path) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(f"custody {' '.join(map(str, args))} -> {proc.returncode}: "
+                             f"{proc.stderr[-1500:]}")  # fmt: skip
+    return proc.stdout
+
+
+def officers_view(live: Live) -> dict[str, Any]:
+    return json.loads(live.cli("officers", "show", "--json", who="audit"))
+
+
+def group_keys(live: Live) -> dict[str, str]:
+    return {k: next(v["group_public_key"] for v in live.key_view(k)["versions"]
+                    if v["version"] == 1) for k in ("k1", "e1")}  # fmt: skip
+
+
+def test_a_lost_cluster_is_recovered_by_the_officers(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    live = Live.init(root, schedule=QUIET_SCHEDULE, raft={"snapshot_every": 16})
+    live.up()
+    try:
+        _run(live, root, tmp_path)
+    finally:
+        live.down()
+
+
+def _run(live: Live, root: Path, tmp: Path) -> None:
+    keys = tmp / "officers"
+    for name in OFFICERS:
+        custody("backup", "officer-keygen", "--out", keys, "--name", name)
+    pub = [a for n in OFFICERS for a in ("--officer", str(keys / f"{n}.officer.json"))]
+    ref = live.submit_ref("officers", "set", *pub, "--k", "2", who="ops")
+    live.approve(ref, "alice", "bob")
+    for _ in range(8):  # registering officers is always time-locked
+        if live.request(ref)["state"] == "executed":
+            break
+        live.cli("epoch", "advance", who="ops")
+    assert live.request(ref)["state"] == "executed"
+
+    ps = live.submit_ref("policy", "set", "p1", "--requesters", "app1", "--operations",
+                         "sign,decrypt", "--approvers", "alice,bob,carol", "--k", "2",
+                         "--escrow", who="ops")  # fmt: skip
+    live.approve(ps, "alice", "bob")
+    live.key("k1")
+    ek = live.submit_ref("keys", "create", "e1", "--purpose", "encrypt", "--policy", "p1",
+                         who="ops")  # fmt: skip
+    live.approve(ek, "alice", "bob")
+    assert live.wait_request(ek, timeout=30)["state"] == "executed"
+    live.cli("epoch", "advance", who="ops")
+    # Every member escrows its share of k1 v1 and e1 v1 (and not of the audit key).
+    view = wait_for("every member to escrow", lambda: (
+        (v := officers_view(live))["escrowed"] == {m: 2 for m in MEMBERS}
+        and not any(v["escrow_due"].values()) and v))  # fmt: skip
+    assert [o["name"] for o in view["officers"]] == list(OFFICERS) and view["k"] == 2
+
+    before = group_keys(live)
+    old_sig = live.sign("k1", b"signed before the disaster")
+    plaintext = os.urandom(5000) + b"sealed before the disaster"
+    (tmp / "data.bin").write_bytes(plaintext)
+    live.cli("encrypt", "--key", "e1", "--context", CTX, "--in", str(tmp / "data.bin"),
+             "--out", str(tmp / "data.env"), who="app1")  # fmt: skip
+
+    # Each node's backup (nodes running), once its snapshot holds every member's escrow.
+    genesis = load_config(root / "node-1" / "node.toml").genesis
+
+    def escrow_in_snapshots() -> bool:
+        for m in MEMBERS:
+            snap = read_newest(root / m / "data")
+            if snap is None or len(decode_state(snap.snapshot, genesis).escrows) < 6:
+                return False
+        return True
+
+    for i in range(120):
+        if escrow_in_snapshots():
+            break
+        live.sign_request("k1", f"filler {i}".encode())
+    assert escrow_in_snapshots()
+    officer_files = ",".join(str(keys / f"{n}.officer.json") for n in OFFICERS)
+    for m in MEMBERS:
+        custody("backup", "create", "--config", root / m / "node.toml", "--out",
+                tmp / f"bundle-{m}", "--k", "2", "--officers", officer_files)  # fmt: skip
+
+    # The disaster: every node, every data directory, every token.
+    live.down()
+    for m in MEMBERS:
+        shutil.rmtree(root / m / "data")
+        shutil.rmtree(root / m / "hsm" / "tokens")
+
+    # Fresh tokens; each node's state from its backup, unlocked by two officers.
+    for m in MEMBERS:
+        custody("node", "provision", "--config", root / m / "node.toml")
+        custody("backup", "restore", tmp / f"bundle-{m}", "--config", root / m / "node.toml",
+                "--snapshot-only", "--officer-key", keys / "olga.officer-key.json",
+                "--officer-key", keys / "otto.officer-key.json")  # fmt: skip
+    live.up()  # every node replicates, none is registered: nothing can sign
+    specs = [custody("recover", "node-keys", "--config", root / m / "node.toml").strip()
+             for m in MEMBERS]  # fmt: skip
+    leader = wait_for("a stable leader", lambda: _leader_any(live))
+    time.sleep(1.0)
+    assert _leader_any(live) == leader  # fresh nodes do not bounce leadership between them
+
+    members = [a for s in specs for a in ("--member", s)]
+    rec_ref = live.submit_ref("recover", "request", *members, who="ops")
+    live.approve(rec_ref, "alice", "bob")
+    assert live.request(rec_ref)["state"] == "approved"  # the approvers alone: not enough
+    for name in ("olga", "oscar"):
+        custody("recover", "approve", rec_ref, "--officer-key",
+                keys / f"{name}.officer-key.json", "--out", tmp / f"{name}.approve.json",
+                "--profile", live.profile("audit"))  # fmt: skip
+    live.cli("recover", "submit", str(tmp / "olga.approve.json"), who="ops")
+    assert live.request(rec_ref)["state"] == "approved"  # one officer: not enough
+    live.cli("recover", "submit", str(tmp / "oscar.approve.json"), who="ops")
+    assert live.wait_request(rec_ref)["state"] == "executed"
+
+    for name in ("oscar", "otto"):
+        custody("recover", "release", "--officer-key", keys / f"{name}.officer-key.json",
+                "--out", tmp / f"{name}.release.json", "--profile", live.profile("audit"))
+        live.cli("recover", "submit", str(tmp / f"{name}.release.json"), who="ops")
+    done = wait_for("the recovery to finish", lambda: (
+        (r := officers_view(live)["recovery"]) and r["state"] == "done" and r), timeout=90)
+    assert done["recovered"] == list(MEMBERS)
+
+    # Same group keys; the old signature verifies; new signatures need recovered members.
+    assert group_keys(live) == before
+    live.group_key("k1").verify(old_sig, b"signed before the disaster")
+    message = b"signed by the recovered cluster"
+    live.group_key("k1").verify(live.sign("k1", message, timeout=60), message)
+    out = tmp / "data.out"
+    args = ("decrypt", "--in", str(tmp / "data.env"), "--context", CTX, "--out", str(out))
+    dref = live.submit_ref(*args, who="app1")
+    live.approve(dref, "alice", "bob")
+    live.cli(*args, "--request-id", dref.split(":", 1)[1], "--wait", who="app1")
+    assert out.read_bytes() == plaintext
+    # Loud in the audit chain of the new cluster: the request, each officer, each member.
+    audit = live.audit()
+    kinds = [a["kind"] for a in audit]
+    assert kinds.count("officer_approve") == 2 and kinds.count("officer_release") >= 6
+    assert kinds.count("record_recovery") == 3
+    recover = [a for a in audit if a["kind"] == "approve" and a["subject"] == rec_ref]
+    assert any("recovery" in a["outcome"] for a in audit if a["subject"] == rec_ref), recover
+
+
+def _leader_any(live: Live) -> str | None:
+    for row in live.status():
+        st = row.get("status") or {}
+        if st.get("role") == "leader":
+            return row["name"]
+    return None
