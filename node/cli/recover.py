@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import base64
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,10 +223,23 @@ def _approve(args: argparse.Namespace) -> int:
     key = load_private(args.officer_key)
 
     async def body(client: Client, profile: Profile) -> int:
+        from node.cli.requests import recompute_digest
+        from node.state import decode_change
+
         view = await client.get(f"/v1/requests/{args.request}")
         if view.get("kind") != "recover_members":
             raise ValueError(f"{args.request} is a {view.get('kind')} request, not a recovery")
-        msg = officer_approval(profile.cluster_id, args.request, bytes.fromhex(view["digest"]))
+        if view["cluster_id"] != profile.cluster_id:
+            raise ValueError("the request belongs to another cluster than the profile's")
+        digest = recompute_digest(view)  # from the change itself, not the node's word
+        if digest.hex() != view["digest"]:
+            raise ValueError("the node's digest differs from the one recomputed here: refusing")
+        change = decode_change(base64.b64decode(view["payload_b64"]))
+        print(f"{args.request}: fresh nodes take these members' places; compare each with "
+              "`custody recover node-keys` on that node:", file=sys.stderr)
+        for m in change.members:  # type: ignore[attr-defined]
+            print(f"  {m.name}={m.public_key.hex()}:{m.recovery_key.hex()}", file=sys.stderr)
+        msg = officer_approval(profile.cluster_id, args.request, digest)
         doc = {"format": FILE_FORMAT, "kind": "officer_approve", "request": args.request,
                "officer": key.officer.name,
                "signature": key.ed25519_private.sign(msg).hex()}  # fmt: skip

@@ -54,7 +54,7 @@ from node.state import (
     encode_command,
 )
 from node.state.digest import command_digest
-from node.state.model import RequestState, Role
+from node.state.model import RequestKind, RequestState, Role
 
 log = logging.getLogger("custody.api")
 
@@ -426,7 +426,10 @@ async def show_request(request: web.Request) -> web.StreamResponse:
         if r.state in enough or left <= 0:
             break
         await rt.changed(left)
-    show = ident.role == "approver" or r.author == ident.name
+    # A recovery's change (the fresh nodes' public keys) is shown to auditors too: officers
+    # read it with an auditor profile to check what they approve (custody recover approve).
+    show = (ident.role == "approver" or r.author == ident.name
+            or (r.kind is RequestKind.RECOVER_MEMBERS and ident.role == "auditor"))  # fmt: skip
     return web.json_response(request_view(rt.machine.state, r, show_payload=show))
 
 

@@ -156,7 +156,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "bootstrapped": {"type": "boolean"},
             "audit_seq": _int(description="number of audit records"),
             "health": _str(enum=["ok", "degraded", "failed"]),
-            "error": _nullable(_str(description="why the node fail-stopped")),
+            "error": _nullable(_str(description="why the node fail-stopped, or `hsm: ...` "
+                                        "while its HSM is unusable")),
+            "hsm": {"type": "object", "properties": {
+                "ok": {"type": "boolean"}, "error": _nullable(_str()),
+                "since": _nullable({"type": "number"}),
+                "last_probe_error": _nullable(_str())},
+                "description": "this node's HSM as its own probes see it (docs/hsm.md)"},
+            "started_at": {"type": "number", "description": "process image start (unix s): "
+                           "a restart in place after an HSM failure keeps the pid"},
+            "registered": _nullable({"type": "boolean", "description": "is the token's "
+                                     "identity key the one the state registers for it"}),
+            "identity_key": _str(pattern="^[0-9a-f]{64}$"),
+            "recovery_key": _str(pattern="^[0-9a-f]{64}$",
+                                 description="X25519 key officers release escrow pieces to"),
             "signing": {
                 "type": "object", "required": ["count"],
                 "properties": {"count": _int()},

@@ -38,7 +38,7 @@ from .commands import (
 )
 from .digest import lp, u64
 from .errors import Reason, Rejected
-from .model import Escrow, Officer, Officers, Recovery, VersionRef, VersionState
+from .model import Escrow, Officer, Officers, Purpose, Recovery, VersionRef, VersionState
 from .names import ref
 
 if TYPE_CHECKING:
@@ -119,13 +119,17 @@ class RecoveryRules:
     # ------------------------------------------------------------ escrow
 
     def escrowable(self, key_id: str, version: int) -> bool:
-        """Is this version one whose shares members escrow (its policy says so, it has a
-        group key, it is not revoked or destroyed), with officers registered?"""
+        """Is this version one whose shares members escrow (its policy says so, or it is the
+        cluster's audit key; it has a group key, it is not revoked or destroyed), with
+        officers registered?"""
         st = self.state
         key = st.keys.get(key_id)
         v = key.versions.get(version) if key is not None else None
         policy = st.policies.get(key.policy_id) if key is not None else None
-        return (st.officers.k > 0 and v is not None and policy is not None and policy.escrow
+        # The cluster's own audit key always: a recovered cluster must sign checkpoints.
+        wanted = key is not None and (key.purpose is Purpose.AUDIT
+                                      or (policy is not None and policy.escrow))  # fmt: skip
+        return (st.officers.k > 0 and v is not None and wanted
                 and bool(v.group_public_key) and v.state not in _SKIPPED)  # fmt: skip
 
     def escrow_due(self, member: str) -> list[VersionRef]:

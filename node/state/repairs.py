@@ -114,7 +114,7 @@ class RepairRules:
             member=cmd.name,
             request=f"{cmd.author}:{cmd.request_id}",
             started_epoch=st.epoch,
-            items=repairable_versions(st, member.index),
+            items=self._rebuildable(cmd.name, repairable_versions(st, member.index)),
             batch=batch_size(st.threshold),
             # Run numbers never repeat for a member: posts' request ids name them.
             run=previous.run + 1 if previous is not None else 1,
@@ -124,6 +124,14 @@ class RepairRules:
             self._end_repair(repair, RepairState.DONE)
             return
         self._new_run(repair, first=True)
+
+    def _rebuildable(self, target: str, refs: tuple[VersionRef, ...]) -> tuple[VersionRef, ...]:
+        """The versions at least t other members hold (after a lost cluster's recovery, a
+        version nobody escrowed is held by nobody: it cannot be rebuilt, it is lost)."""
+        st = self.state
+        others = [m for m in st.members if m != target]
+        return tuple(r for r in refs if sum(self.holds(m, r.key_id, r.version)
+                                            for m in others) >= st.threshold)  # fmt: skip
 
     def _repair_weakening(self, cmd: RepairMember) -> list[str]:
         member = self.state.members.get(cmd.name)

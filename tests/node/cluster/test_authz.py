@@ -107,6 +107,7 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/metrics"): _row(403, 403, 200, 200, 200, 403),
     ("GET", "/v1/repairs"): _row(403, 200, 200, 200, 403, 403),
     ("GET", "/v1/refresh"): _row(403, 200, 200, 200, 403, 403),
+    ("GET", "/v1/recovery"): _row(403, 200, 200, 200, 403, 403),
     # A member's propose of one junk byte would go into the log (as a rejected command):
     # not an authorisation question, so node-2's answer is not asserted here.
     ("POST", "/v1/peer/propose"): _row(403, 403, 403, 403, None, 403),

@@ -25,6 +25,7 @@ import pytest
 
 from node.backup.snapshot import decode_state, read_newest
 from node.server.config import load_config
+from node.state.audit_checkpoint import AUDIT_KEY_ID
 from tests.node.cluster.harness import QUIET_SCHEDULE, Live, wait_for
 
 pytestmark = pytest.mark.slow
@@ -87,9 +88,9 @@ def _run(live: Live, root: Path, tmp: Path) -> None:
     live.approve(ek, "alice", "bob")
     assert live.wait_request(ek, timeout=30)["state"] == "executed"
     live.cli("epoch", "advance", who="ops")
-    # Every member escrows its share of k1 v1 and e1 v1 (and not of the audit key).
+    # Every member escrows its share of k1 v1, e1 v1 and the cluster's audit key.
     view = wait_for("every member to escrow", lambda: (
-        (v := officers_view(live))["escrowed"] == {m: 2 for m in MEMBERS}
+        (v := officers_view(live))["escrowed"] == {m: 3 for m in MEMBERS}
         and not any(v["escrow_due"].values()) and v))  # fmt: skip
     assert [o["name"] for o in view["officers"]] == list(OFFICERS) and view["k"] == 2
 
@@ -106,7 +107,7 @@ def _run(live: Live, root: Path, tmp: Path) -> None:
     def escrow_in_snapshots() -> bool:
         for m in MEMBERS:
             snap = read_newest(root / m / "data")
-            if snap is None or len(decode_state(snap.snapshot, genesis).escrows) < 6:
+            if snap is None or len(decode_state(snap.snapshot, genesis).escrows) < 9:
                 return False
         return True
 
@@ -159,6 +160,8 @@ def _run(live: Live, root: Path, tmp: Path) -> None:
     done = wait_for("the recovery to finish", lambda: (
         (r := officers_view(live)["recovery"]) and r["state"] == "done" and r), timeout=90)
     assert done["recovered"] == list(MEMBERS)
+    assert {v["key_id"] for v in done["members"]["node-3"]["versions"]} == {
+        "k1", "e1", AUDIT_KEY_ID}
 
     # Same group keys; the old signature verifies; new signatures need recovered members.
     assert group_keys(live) == before

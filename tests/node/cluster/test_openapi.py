@@ -218,6 +218,9 @@ def test_sys_and_reads_match_the_document(api: Api, live: Live) -> None:
     api("app1", "GET", "/v1/repairs", expect=403)
     refresh = api("audit", "GET", "/v1/refresh")
     assert refresh["refresh"] is None and all(g == 0 for g in refresh["generations"].values())
+    recovery = api("audit", "GET", "/v1/recovery")
+    assert recovery["officers"] == [] and recovery["k"] == 0 and recovery["recovery"] is None
+    api("app1", "GET", "/v1/recovery", expect=403)
 
 
 def test_sign_flow_matches_the_document(api: Api, live: Live) -> None:

@@ -239,3 +239,34 @@ def test_a_v10_snapshot_loads_without_recovery_fields(ready: World) -> None:
     body["state"]["escrows"] = {}
     with pytest.raises(DecodeError):
         decode_state(msgpack.packb(body, use_bin_type=True))
+
+
+def test_a_member_the_officers_did_not_release_is_repaired_from_recovered_ones(
+    escrowed: World,
+) -> None:
+    """Officers release to node-1 and node-2 only; node-3 is then repaired (its key is
+    already registered: no time lock) of what t recovered members hold: k1, not k2 (no
+    escrow, held by nobody: lost)."""
+    from node.state import RepairMember
+    from node.state.model import RepairState
+
+    w = escrowed
+    ref = open_recovery(w)
+    for who in ("alice", "bob"):
+        w.approve(ref, who)
+    officer_ok(w, ref, "olga")
+    officer_ok(w, ref, "otto")
+    for m in ("node-1", "node-2"):
+        w.ok(release(w, m, "olga"))
+        w.ok(release(w, m, "otto"))
+        w.ok(confirm(w, m))
+    assert w.m.running_recovery() is not None  # node-3 has escrow but no releases
+    out = w.ok(RepairMember(w.rid("rp"), "ops", "node-3"))
+    rref = f"ops:{out.request_id}"
+    w.approve(rref, "alice")
+    w.approve(rref, "bob")
+    assert w.req(rref).state is RequestState.EXECUTED  # same key: not time-locked
+    repair = w.m.state.repairs["node-3"]
+    assert repair.state is RepairState.RUNNING
+    assert repair.items == (VersionRef("k1", 1),) and repair.helpers == ("node-1", "node-2")
+    assert not w.m.holds("node-3", "k1", 1)
