@@ -16,11 +16,8 @@ hold node-3's old token open while it is wiped and re-created.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,22 +27,12 @@ import pytest
 from node.backup.snapshot import decode_state, read_newest
 from node.server.config import load_config
 from tests.node.cluster.harness import Live
+from tests.node.cluster.harness import custody_process as custody
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[3]
 MEMBERS = ("node-1", "node-2", "node-3")
 TARGET = "node-3"
-
-
-def custody(*args: str | Path) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    if proc.returncode != 0:
-        raise AssertionError(f"custody {' '.join(map(str, args))} -> {proc.returncode}: "
-                             f"{proc.stderr[-1500:]}")  # fmt: skip
-    return proc.stdout
 
 
 def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:

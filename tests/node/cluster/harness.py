@@ -250,6 +250,23 @@ def cli(*args: str) -> str:
     return out.getvalue()
 
 
+def custody_process(*args: str | Path) -> str:
+    """`custody ARGS` as its own process (as an operator or an officer runs it on their
+    own machine: a process loads the SoftHSM2 module with one node's configuration)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(f"custody {' '.join(map(str, args))} -> {proc.returncode}: "
+                             f"{proc.stderr[-1500:]}")  # fmt: skip
+    return proc.stdout
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

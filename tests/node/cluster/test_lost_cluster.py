@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,23 +25,13 @@ from node.backup.snapshot import decode_state, read_newest
 from node.server.config import load_config
 from node.state.audit_checkpoint import AUDIT_KEY_ID
 from tests.node.cluster.harness import QUIET_SCHEDULE, Live, wait_for
+from tests.node.cluster.harness import custody_process as custody
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[3]
 MEMBERS = ("node-1", "node-2", "node-3")
 OFFICERS = ("olga", "oscar", "otto")
 CTX = "lost-cluster-test"
-
-
-def custody(*args: str | Path) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    if proc.returncode != 0:
-        raise AssertionError(f"custody {' '.join(map(str, args))} -> {proc.returncode}: "
-                             f"{proc.stderr[-1500:]}")  # fmt: skip
-    return proc.stdout
 
 
 def officers_view(live: Live) -> dict[str, Any]:
