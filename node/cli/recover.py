@@ -133,7 +133,8 @@ def describe(data: dict[str, Any]) -> str:
                  f"{len(rec['recovered'])}/{len(rec['members'])} recovered")  # fmt: skip
     for name, m in sorted(rec["members"].items()):
         released = min((len(v["released_by"]) for v in m["versions"]), default=0)
-        lines.append(f"  {name}: {'recovered' if m['recovered'] else 'waiting'}; "
+        state = "recovered" if m["recovered"] else "repaired" if m.get("repaired") else "waiting"
+        lines.append(f"  {name}: {state}; "
                      f"{len(m['versions'])} escrowed version(s); releases {released}/"
                      f"{rec['k']} (fewest of any version)"
                      + ("" if m["versions"] else "; no escrow: repair it from t recovered "
@@ -274,7 +275,7 @@ def _release(args: argparse.Namespace) -> int:
         rng = system_rng()
         posts = []
         for name, m in sorted(rec["members"].items()):
-            if m["recovered"] or (args.member and name not in args.member):
+            if m["recovered"] or m.get("repaired") or (args.member and name not in args.member):
                 continue
             node_public = bytes.fromhex(m["recovery_key"])
             items = []

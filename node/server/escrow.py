@@ -146,7 +146,7 @@ class EscrowDuty:
         """Rebuild this member's shares once every release is in; whether it still waits."""
         rt, m = self.rt, self.rt.machine
         rec = m.running_recovery()
-        if rec is None or rt.name not in rec.keys or rt.name in rec.recovered:
+        if rec is None or rt.name not in rec.keys or rt.name in (*rec.recovered, *rec.repaired):
             return False
         if rec.request == self._recovered:
             return True  # confirmed; waiting for the commit

@@ -40,14 +40,15 @@ def recovery_view(st: State, rec: Recovery, machine: Any) -> dict[str, Any]:
             })  # fmt: skip
         members[name] = {
             "index": st.members[name].index, "recovery_key": rec.keys[name].hex(),
-            "recovered": name in rec.recovered, "versions": items,
+            "recovered": name in rec.recovered, "repaired": name in rec.repaired,
+            "versions": items,
         }  # fmt: skip
     return {
         "request": rec.request, "started_epoch": rec.started_epoch,
         "finished_epoch": rec.finished_epoch,
         "state": "done" if rec.finished_epoch else "running",
         "officers": [o.name for o in rec.officers.officers], "k": rec.officers.k,
-        "recovered": list(rec.recovered), "members": members,
+        "recovered": list(rec.recovered), "repaired": list(rec.repaired), "members": members,
     }  # fmt: skip
 
 

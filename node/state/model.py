@@ -458,6 +458,7 @@ class Recovery:
     # "<member>/<officer>/<key id>/<version>" -> an officer's re-sealed piece
     releases: dict[str, bytes] = field(default_factory=dict)
     recovered: tuple[str, ...] = ()  # members whose node stored and confirmed every share
+    repaired: tuple[str, ...] = ()  # members rebuilt by a repair from recovered ones instead
     finished_epoch: int = 0
 
 

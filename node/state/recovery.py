@@ -273,8 +273,8 @@ class RecoveryRules:
             raise Rejected(Reason.REQUEST_DECIDED, "no recovery is under way")
         if cmd.member not in rec.keys:
             raise Rejected(Reason.INVALID_ARGUMENT, f"{cmd.member} is not being recovered")
-        if cmd.member in rec.recovered:
-            raise Rejected(Reason.REQUEST_DECIDED, f"{cmd.member} is recovered already")
+        if cmd.member in rec.recovered or cmd.member in rec.repaired:
+            raise Rejected(Reason.REQUEST_DECIDED, f"{cmd.member} holds its shares already")
         officer = self._officer(cmd.officer, rec.officers)
         wanted = set(rec.items.get(cmd.member, ()))
         refs = [VersionRef(i.key_id, i.version) for i in cmd.items]
@@ -299,8 +299,8 @@ class RecoveryRules:
             raise Rejected(Reason.REQUEST_DECIDED, f"no recovery of {cmd.member} is under way")
         if cmd.author != cmd.member:
             raise Rejected(Reason.UNAUTHORIZED, "only the recovered member confirms its shares")
-        if cmd.member in rec.recovered:
-            raise Rejected(Reason.DUPLICATE_POST, f"{cmd.member} confirmed already")
+        if cmd.member in rec.recovered or cmd.member in rec.repaired:
+            raise Rejected(Reason.DUPLICATE_POST, f"{cmd.member} holds its shares already")
         short = [r for r in rec.items.get(cmd.member, ()) if len(self.releases_for(
             rec, cmd.member, r.key_id, r.version)) < rec.officers.k]  # fmt: skip
         if short:
@@ -310,11 +310,20 @@ class RecoveryRules:
         return ("executed" if rec.finished_epoch else "ok"), self.recovery_detail(rec)
 
     def _maybe_end_recovery(self, rec: Recovery) -> None:
-        """Done once every named member with escrow confirmed (the others wait for a
-        repair)."""
-        waiting = [m for m in rec.keys if m not in rec.recovered and rec.items.get(m)]
+        """Done once every named member with escrow confirmed or was repaired instead
+        (members without escrow are repaired afterwards, outside the recovery)."""
+        waiting = [m for m in rec.keys if m not in rec.recovered and m not in rec.repaired
+                   and rec.items.get(m)]  # fmt: skip
         if not waiting:
             rec.finished_epoch = self.state.epoch or 1
+
+    def _recovery_repair_done(self, member: str) -> None:
+        """A repair of a member the recovery names finished: it holds its shares again."""
+        rec = self.running_recovery()
+        if rec is None or member not in rec.keys or member in rec.recovered:
+            return
+        rec.repaired = tuple(sorted({*rec.repaired, member}))
+        self._maybe_end_recovery(rec)
 
     # ------------------------------------------------------------ queries
 
@@ -350,5 +359,6 @@ class RecoveryRules:
     def recovery_detail(self, rec: Recovery) -> str:
         named = sorted(rec.keys)
         return (f"recovery {rec.request}: {len(rec.recovered)}/{len(named)} member(s) "
-                f"recovered ({', '.join(rec.recovered) or 'none'})"
+                f"recovered ({', '.join(rec.recovered) or 'none'}), repaired "
+                f"{', '.join(rec.repaired) or 'none'}"
                 f"{', finished' if rec.finished_epoch else ''}")  # fmt: skip

@@ -174,6 +174,8 @@ class RepairRules:
         repair.posts = {}
         repair.helpers = ()
         repair.finished_epoch = self.state.epoch
+        if state is RepairState.DONE:
+            self._recovery_repair_done(repair.member)  # type: ignore[attr-defined]
 
     def _current_run(self, member: str, run: int) -> Repair:
         repair = self.state.repairs.get(member)

@@ -270,3 +270,16 @@ def test_a_member_the_officers_did_not_release_is_repaired_from_recovered_ones(
     assert repair.state is RepairState.RUNNING
     assert repair.items == (VersionRef("k1", 1),) and repair.helpers == ("node-1", "node-2")
     assert not w.m.holds("node-3", "k1", 1)
+    # The helpers and the target post, the target confirms: node-3 counts as repaired and
+    # the recovery is over.
+    from node.state import PostRepair, RecordRepair, repair_request_id
+
+    for who in ("node-1", "node-2", "node-3"):
+        w.ok(w.signed(PostRepair(repair_request_id("rp", "node-3", repair.run), who, "node-3",
+                                 repair.run, b"\x01" * 40), who + "-fresh"))  # fmt: skip
+    w.ok(w.signed(RecordRepair(repair_request_id("rr", "node-3", repair.run), "node-3",
+                               "node-3", repair.run), "node-3-fresh"))  # fmt: skip
+    assert repair.state is RepairState.DONE and w.m.holds("node-3", "k1", 1)
+    rec = w.m.state.recoveries[ref]
+    assert rec.repaired == ("node-3",) and rec.finished_epoch and w.m.running_recovery() is None
+    w.rejects(confirm(w, "node-3"), Reason.REQUEST_DECIDED)
