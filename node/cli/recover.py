@@ -97,6 +97,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_client_args(ss)
     ss.set_defaults(func=_status)
 
+    bg = subparsers.add_parser("breakglass", help="export one key version whole (last resort)")
+    bsub = bg.add_subparsers(dest="breakglass_command", metavar="ACTION", required=True)
+    br = bsub.add_parser(
+        "request", help="ask for a key version whole, sealed to a key made here (operator)",
+        description="The ONLY path that makes a key whole. Refused unless the key's policy "
+        "says escrow: true. Needs the governance quorum AND k officers (custody recover "
+        "approve), then waits the time lock, during which the quorum may cancel it. The "
+        "recipient key is made here and never leaves this machine.")
+    br.add_argument("key_id")
+    br.add_argument("--version", required=True, type=int)
+    br.add_argument("--reason", required=True, help="kept in the audit chain")
+    br.add_argument("--key-out", required=True, type=Path,
+                    help="where to write the recipient's private key (0600; keep it offline)")
+    br.add_argument("--request-id", help="reuse to retry safely")
+    add_client_args(br)
+    br.set_defaults(func=_breakglass_request)
+    bo = bsub.add_parser("open", help="combine the members' pieces into the key (requester)")
+    bo.add_argument("request", help="the export_key request reference")
+    bo.add_argument("--key", required=True, type=Path, help="the --key-out file of the request")
+    bo.add_argument("--out", required=True, type=Path, help="file for the secret (0600)")
+    add_client_args(bo)
+    bo.set_defaults(func=_breakglass_open)
+
 
 # ------------------------------------------------------------------ helpers
 
@@ -228,18 +251,25 @@ def _approve(args: argparse.Namespace) -> int:
         from node.state import decode_change
 
         view = await client.get(f"/v1/requests/{args.request}")
-        if view.get("kind") != "recover_members":
-            raise ValueError(f"{args.request} is a {view.get('kind')} request, not a recovery")
+        if view.get("kind") not in ("recover_members", "export_key"):
+            raise ValueError(f"{args.request} is a {view.get('kind')} request: officers "
+                             "approve recoveries and break-glass exports only")  # fmt: skip
         if view["cluster_id"] != profile.cluster_id:
             raise ValueError("the request belongs to another cluster than the profile's")
         digest = recompute_digest(view)  # from the change itself, not the node's word
         if digest.hex() != view["digest"]:
             raise ValueError("the node's digest differs from the one recomputed here: refusing")
-        change = decode_change(base64.b64decode(view["payload_b64"]))
-        print(f"{args.request}: fresh nodes take these members' places; compare each with "
-              "`custody recover node-keys` on that node:", file=sys.stderr)
-        for m in change.members:  # type: ignore[attr-defined]
-            print(f"  {m.name}={m.public_key.hex()}:{m.recovery_key.hex()}", file=sys.stderr)
+        change: Any = decode_change(base64.b64decode(view["payload_b64"]))
+        if view["kind"] == "export_key":
+            print(f"{args.request}: BREAK-GLASS export of {change.key_id} v{change.version} "
+                  f"WHOLE to recipient key {change.recipient.hex()}; reason: {change.reason}",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"{args.request}: fresh nodes take these members' places; compare each "
+                  "with `custody recover node-keys` on that node:", file=sys.stderr)
+            for m in change.members:
+                print(f"  {m.name}={m.public_key.hex()}:{m.recovery_key.hex()}",
+                      file=sys.stderr)  # fmt: skip
         msg = officer_approval(profile.cluster_id, args.request, digest)
         doc = {"format": FILE_FORMAT, "kind": "officer_approve", "request": args.request,
                "officer": key.officer.name,
@@ -343,6 +373,99 @@ def _submit(args: argparse.Namespace) -> int:
         emit(args, results, lambda rs: "\n".join(
             f"{r['file']}: {r['code']} {r.get('detail', '')}" for r in rs))  # fmt: skip
         return 0 if all(r.get("ok", True) for r in results) else 1
+
+    return run_client(args, body)
+
+
+BREAKGLASS_KEY_FORMAT = "custody-breakglass-key/v1"
+
+
+def _write_private(path: Path, doc: dict[str, Any]) -> None:
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def _breakglass_request(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from node.cli.keys import post_signed
+    from node.protocols import sealbox
+    from node.state import ExportKey
+
+    if args.key_out.exists():
+        raise ValueError(f"{args.key_out} exists; choose another --key-out")
+    private = X25519PrivateKey.generate()
+    public = sealbox.public_bytes(private)
+
+    async def body(client: Client, profile: Profile) -> int:
+        cmd = ExportKey(request_id=args.request_id or new_request_id("export"),
+                        author=profile.principal, key_id=args.key_id, version=args.version,
+                        recipient=public, reason=args.reason)  # fmt: skip
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            NoEncryption,
+            PrivateFormat,
+        )
+
+        raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        _write_private(args.key_out, {"format": BREAKGLASS_KEY_FORMAT, "x25519": public.hex(),
+                                      "x25519_private": raw.hex()})  # fmt: skip
+        out = await post_signed(client, profile, cmd)
+        emit(args, out, lambda o: f"BREAK-GLASS request {o['request']}: {o['code']}\n(needs "
+             f"the governance quorum: custody approve {o['request']}; k officers: custody "
+             f"recover approve {o['request']} ...; then the time lock. Recipient key: "
+             f"{args.key_out})")  # fmt: skip
+        return 0
+
+    return run_client(args, body)
+
+
+def _breakglass_open(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from node.protocols import breakglass as bg
+    from node.protocols.batch import zero
+
+    doc = json.loads(args.key.read_text())
+    if doc.get("format") != BREAKGLASS_KEY_FORMAT:
+        raise ValueError(f"{args.key}: not a break-glass recipient key")
+    private = X25519PrivateKey.from_private_bytes(_hex(doc["x25519_private"], "key", 32))
+    if args.out.exists():
+        raise ValueError(f"{args.out} exists; choose another --out")
+
+    async def body(client: Client, profile: Profile) -> int:
+        data = await client.get("/v1/recovery")
+        e = next((x for x in data["exports"] if x["request"] == args.request), None)
+        if e is None:
+            raise ValueError(f"no executed export {args.request} (approved by the quorum and "
+                             "k officers, time lock over?)")  # fmt: skip
+        if e["recipient"] != doc["x25519"]:
+            raise ValueError("this export is sealed to another recipient key")
+        group_key = bytes.fromhex(e["group_public_key"])
+        ctx = bg.export_context(profile.cluster_id, e["request"], e["key_id"], e["version"],
+                                group_key)  # fmt: skip
+        vshares = {i + 1: bytes.fromhex(y) for i, y in enumerate(e["verification_shares"])}
+        pieces = {p["index"]: base64.b64decode(p["piece_b64"]) for p in e["pieces"].values()}
+        secret, bad = bg.open_pieces(ctx, pieces, private, vshares, group_key, e["threshold"])
+        try:
+            _write_private(args.out, {
+                "format": "custody-exported-key/v1", "key_id": e["key_id"],
+                "version": e["version"], "group_public_key": e["group_public_key"],
+                "secret_scalar": bytes(secret).hex(),
+                "note": "Ed25519 group secret scalar (little-endian, < L), not an RFC 8032 "
+                "seed: it signs with any Ed25519 implementation that takes an expanded key "
+                "or scalar. Destroy this file when done."})  # fmt: skip
+        finally:
+            zero(secret)
+        emit(args, {"request": e["request"], "key_id": e["key_id"], "version": e["version"],
+                    "out": str(args.out), "bad_pieces": bad},
+             lambda d: f"BREAK-GLASS: {d['key_id']} v{d['version']} combined and checked "
+             f"against its group key; written to {d['out']} (0600)"
+             + (f"; bad pieces from members {bad}" if bad else ""))  # fmt: skip
+        return 0
 
     return run_client(args, body)
 

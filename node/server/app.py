@@ -426,10 +426,12 @@ async def show_request(request: web.Request) -> web.StreamResponse:
         if r.state in enough or left <= 0:
             break
         await rt.changed(left)
-    # A recovery's change (the fresh nodes' public keys) is shown to auditors too: officers
-    # read it with an auditor profile to check what they approve (custody recover approve).
+    # What officers approve (a recovery's fresh keys, a break-glass export's key version and
+    # recipient) is shown to auditors too: officers read it with an auditor profile to check
+    # it before they sign (custody recover approve).
+    officers_review = (RequestKind.RECOVER_MEMBERS, RequestKind.EXPORT_KEY)
     show = (ident.role == "approver" or r.author == ident.name
-            or (r.kind is RequestKind.RECOVER_MEMBERS and ident.role == "auditor"))  # fmt: skip
+            or (r.kind in officers_review and ident.role == "auditor"))  # fmt: skip
     return web.json_response(request_view(rt.machine.state, r, show_payload=show))
 
 

@@ -89,7 +89,8 @@ class EscrowDuty:
 
     async def reconcile(self) -> None:
         now = time.monotonic()
-        if now < self._next_try or self.rt.machine.state.officers.k == 0:
+        st = self.rt.machine.state
+        if now < self._next_try or (st.officers.k == 0 and not st.exports):
             return
         seen = self.rt.generation
         if seen == self._idle_at:
@@ -97,6 +98,7 @@ class EscrowDuty:
         try:
             busy = await self._recover()
             busy = await self._escrow() or busy
+            busy = await self._export() or busy
         except Exception:
             self._next_try = now + RETRY_S
             raise
@@ -139,6 +141,39 @@ class EscrowDuty:
         else:
             self._next_try = time.monotonic() + RETRY_S
         return True
+
+    # ------------------------------------------------------------ break-glass export
+
+    async def _export(self) -> bool:
+        """Seal this member's share of each executed export's version to its recipient
+        (node.protocols.breakglass); whether one was due."""
+        from node.protocols import breakglass as bg
+        from node.state import PostExportPiece
+
+        rt, m = self.rt, self.rt.machine
+        st = m.state
+        for ref in sorted(st.exports):
+            e = st.exports[ref]
+            if rt.name in e.pieces or not m.holds(rt.name, e.key_id, e.version):
+                continue
+            v = st.keys[e.key_id].versions[e.version]
+            ctx = bg.export_context(st.cluster_id, ref, e.key_id, e.version, v.group_public_key)
+            (share,) = await asyncio.to_thread(load_shares, rt, [(e.key_id, e.version)])
+            try:
+                piece = bg.seal_piece(ctx, st.members[rt.name].index, share, e.recipient,
+                                      system_rng())  # fmt: skip
+            finally:
+                zero(share)
+            rid = result_request_id("export-piece", f"{ref}|{rt.name}")
+            cmd = PostExportPiece(rid, rt.name, ref, piece)
+            out = await rt.propose_quietly(await rt.sign_command(cmd), "break-glass piece")
+            if out is not None and out.ok:
+                log.warning("BREAK-GLASS: sealed this member's share of %s v%d to the "
+                            "recipient of export %s", e.key_id, e.version, ref)  # fmt: skip
+            else:
+                self._next_try = time.monotonic() + RETRY_S
+            return True
+        return False
 
     # ------------------------------------------------------------ recovery
 

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from node.server.app import AUDIT_ROLES, RUNTIME, _require
-from node.state.model import Recovery, State
+from node.state.model import Export, Recovery, State
 from node.state.recovery import escrow_key
 
 
@@ -52,6 +52,20 @@ def recovery_view(st: State, rec: Recovery, machine: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def export_view(st: State, e: Export) -> dict[str, Any]:
+    """A break-glass export: its pieces are sealed to the recipient (useless to others)."""
+    v = st.keys[e.key_id].versions[e.version]
+    return {
+        "request": e.request, "key_id": e.key_id, "version": e.version,
+        "recipient": e.recipient.hex(), "epoch": e.epoch, "threshold": st.threshold,
+        "group_public_key": v.group_public_key.hex(),
+        "verification_shares": [y.hex() for y in v.verification_shares],
+        "pieces": {name: {"index": st.members[name].index if name in st.members
+                          else st.removed_members[name].index, "piece_b64": _b64(p)}
+                   for name, p in sorted(e.pieces.items())},
+    }  # fmt: skip
+
+
 async def show_recovery(request: web.Request) -> web.StreamResponse:
     _require(request, AUDIT_ROLES)
     machine = request.app[RUNTIME].machine
@@ -68,6 +82,7 @@ async def show_recovery(request: web.Request) -> web.StreamResponse:
         "escrowed": escrowed,
         "escrow_due": {m: len(machine.escrow_due(m)) for m in sorted(st.members)},
         "recovery": latest[0] if latest else None,
+        "exports": [export_view(st, st.exports[r]) for r in sorted(st.exports)],
     })  # fmt: skip
 
 

@@ -1142,6 +1142,45 @@ class RecordRecovery(Command):
     SCHEMA: ClassVar = (("member", MEMBER), ("signature", SIGNATURE))
 
 
+MAX_EXPORT_PIECE_BYTES = 128  # sender key, sealed scalar (node.protocols.breakglass)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportKey(Command):
+    """Break-glass: export key version `version` of `key_id` whole, sealed to `recipient`
+    (X25519). Only under a policy with `escrow: true`; needs the governance quorum AND k
+    officers, then waits the time lock. `reason` is kept in the audit chain."""
+
+    key_id: str
+    version: int
+    recipient: bytes
+    reason: str
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "export_key"
+    SCHEMA: ClassVar = (
+        ("key_id", Name()),
+        ("version", VERSION),
+        ("recipient", Bytes(lengths=(32,))),
+        ("reason", NonEmpty(Text(MAX_TEXT_CHARS))),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PostExportPiece(Command):
+    """A member's share of an export's version, sealed to the export's recipient."""
+
+    request: str
+    piece: bytes
+    signature: bytes = b""  # Ed25519 by the author over `signing_digest` (see module doc)
+    KIND: ClassVar[str] = "export_piece"
+    SCHEMA: ClassVar = (
+        ("request", REF),
+        ("piece", Bytes(min_len=1, max_len=MAX_EXPORT_PIECE_BYTES)),
+        ("signature", SIGNATURE),
+    )
+
+
 COMMANDS: dict[str, type[Command]] = {
     cls.KIND: cls
     for cls in (
@@ -1190,6 +1229,8 @@ COMMANDS: dict[str, type[Command]] = {
         OfficerApprove,
         PostRelease,
         RecordRecovery,
+        ExportKey,
+        PostExportPiece,
     )
 }
 
@@ -1200,7 +1241,7 @@ GOVERNANCE_KINDS: frozenset[str] = frozenset(
     {
         "add_principal", "remove_principal", "rekey_principal", "set_policy",
         "set_governance", "set_threshold", "add_member", "remove_member", "repair_member",
-        "set_officers", "recover_members", "cancel",
+        "set_officers", "recover_members", "export_key", "cancel",
     }
 )  # fmt: skip
 

@@ -58,11 +58,13 @@ from .commands import (
     CreateGrant,
     CreateKey,
     DeleteAlias,
+    ExportKey,
     OfficerApprove,
     PostAuditCheckpoint,
     PostCheckpoint,
     PostDkgRound1,
     PostEscrow,
+    PostExportPiece,
     PostRefresh,
     PostRelease,
     PostRepair,
@@ -166,12 +168,15 @@ UNAUTHENTICATED = frozenset(
 )
 
 RS = RequestState
+# Governance requests that also need k recovery officers' approvals (`officer_approve`).
+OFFICER_KINDS = (RequestKind.RECOVER_MEMBERS, RequestKind.EXPORT_KEY)
 VS = VersionState
 RK = RequestKind
 DKG_KINDS = (RK.CREATE_KEY, RK.ROTATE)
 GovernanceCommand = (
     AddPrincipal | RemovePrincipal | RekeyPrincipal | SetPolicy | SetGovernance | SetThreshold
-    | AddMember | RemoveMember | RepairMember | SetOfficers | RecoverMembers | CancelRequest
+    | AddMember | RemoveMember | RepairMember | SetOfficers | RecoverMembers | ExportKey
+    | CancelRequest
 )  # fmt: skip
 
 
@@ -258,6 +263,7 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
             OfficerApprove: self._officer_approve_cmd,
             PostRelease: self._recovery_handler(self._post_release),
             RecordRecovery: self._recovery_handler(self._record_recovery),
+            PostExportPiece: self._recovery_handler(self._post_export_piece),
         }
         # Governance changes: (check against the state now, apply). Submitting one only
         # opens a request; `apply` runs when the governance quorum approved it and, for a
@@ -275,6 +281,7 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
             RepairMember: (self._check_repair_member, self._repair_member),
             SetOfficers: (self._check_set_officers, self._set_officers),
             RecoverMembers: (self._check_recover_members, self._recover_members),
+            ExportKey: (self._check_export_key, self._export_key),
             CancelRequest: (self._check_cancel, self._cancel),
         }
         for cls in self._changes:
@@ -309,13 +316,14 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
         """An officer's approval of a recover_members request (submitted by an operator).
         The request executes once the governance quorum AND k officers approved it."""
         req = self._request(cmd.request)
-        if req.kind is not RK.RECOVER_MEMBERS:
-            raise Rejected(Reason.WRONG_REQUEST_KIND, "officers approve recover_members only")
-        if req.state not in (RS.PENDING, RS.APPROVED):
+        if req.kind not in OFFICER_KINDS:
+            raise Rejected(Reason.WRONG_REQUEST_KIND,
+                           "officers approve recover_members and export_key only")  # fmt: skip
+        if req.state not in (RS.PENDING, RS.APPROVED) or req.effective_epoch:
             raise Rejected(Reason.REQUEST_DECIDED, f"request already {req.state.value}")
         count = self._officer_approve(cmd, cmd.request, self._fresh_digest(req))
         if req.state is RS.APPROVED and count >= self.state.officers.k:
-            return self._execute_change(req, self._change_of(req))
+            return self._after_quorum(req, self._change_of(req))
         return self._request_effect(
             req, detail=f"{count} of {self.state.officers.k} officer approval(s)"
         )
@@ -1521,7 +1529,8 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
         st = self.state
         kind = RequestKind(change.KIND)
         if kind in rules.ALWAYS_WEAKENING:
-            return ["officers"] if kind is RK.SET_OFFICERS else ["membership"]
+            return [{RK.SET_OFFICERS: "officers", RK.EXPORT_KEY: "break-glass export"}.get(
+                kind, "membership")]
         if kind is RK.REKEY_PRINCIPAL and self._live_grants(change.name):
             return [f"grantee {change.name}"]  # a new holder of the grants' capability
         if kind in rules.APPROVER_WEAKENING:
@@ -1549,6 +1558,16 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
         except Rejected as rej:
             self._fail_request(req, rej.reason.value)
             return self._request_effect(req, detail=rej.detail)
+        if req.kind in OFFICER_KINDS:
+            have, k = self.officers_approved(req.ref), self.state.officers.k
+            if have < k:
+                return self._request_effect(
+                    req, detail=f"waits for officers: {have} of {k} approved", flag="recovery"
+                )
+        return self._after_quorum(req, change)
+
+    def _after_quorum(self, req: Request, change: GovernanceCommand) -> _Effect:
+        """Every approval it needs is in: start its time lock if it weakens, else apply."""
         why = self._weakening(change)
         if why:
             req.effective_epoch = self.state.epoch + self.state.governance.time_lock_epochs
@@ -1557,12 +1576,6 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
                 " unless the governance quorum cancels it"
             )
             return self._request_effect(req, detail=detail, flag="weakening")
-        if isinstance(change, RecoverMembers):
-            have, k = self.officers_approved(req.ref), self.state.officers.k
-            if have < k:
-                return self._request_effect(
-                    req, detail=f"waits for officers: {have} of {k} approved", flag="recovery"
-                )
         return self._execute_change(req, change)
 
     def _execute_change(self, req: Request, change: GovernanceCommand) -> _Effect:
@@ -1574,10 +1587,14 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
             return self._request_effect(req, detail=rej.detail)
         self._finish(req, rules.request_step(req.state, "complete"))
         apply(change)
+        self.state.officer_approvals.pop(req.ref, None)
         if isinstance(change, RecoverMembers):
-            self.state.officer_approvals.pop(req.ref, None)
             return self._request_effect(req, detail="RECOVERY: fresh nodes take the members' "
                                         "places", flag="recovery")  # fmt: skip
+        if isinstance(change, ExportKey):
+            return self._request_effect(req, detail=f"BREAK-GLASS: {change.key_id} v"
+                                        f"{change.version} goes out whole to the recipient "
+                                        f"({change.reason})", flag="break-glass")  # fmt: skip
         return self._request_effect(req)
 
     def _apply_time_locked(self, epoch: int) -> list[str]:
@@ -1601,6 +1618,9 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
             if not quorum_met(len(self._valid_approvers(req)), req.k):
                 self._fail_request(req, "quorum_lost")
                 continue
+            if req.kind in OFFICER_KINDS and self.officers_approved(ref_) < st.officers.k:
+                self._fail_request(req, "officers_changed")  # approvals of a replaced set
+                continue
             try:
                 check(change)
             except Rejected as rej:
@@ -1608,6 +1628,7 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
                 continue
             self._finish(req, rules.request_step(req.state, "complete"))
             apply(change)
+            st.officer_approvals.pop(ref_, None)
             changed.append(ref_)
         return changed
 

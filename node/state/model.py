@@ -68,6 +68,7 @@ class RequestKind(StrEnum):
     REPAIR_MEMBER = "repair_member"
     SET_OFFICERS = "set_officers"
     RECOVER_MEMBERS = "recover_members"
+    EXPORT_KEY = "export_key"  # break-glass: a whole key version to one recipient
     CANCEL = "cancel"
     # A grant: decided by the key's policy quorum like a key request (docs/grants.md).
     GRANT = "grant"
@@ -463,6 +464,20 @@ class Recovery:
 
 
 @dataclass(slots=True)
+class Export:
+    """A break-glass export (docs/recovery.md): members seal their shares of one version
+    to the requester's X25519 key; the requester's tool combines t of them, outside the
+    cluster."""
+
+    request: str  # the export_key request (`<author>:<id>`)
+    key_id: str
+    version: int
+    recipient: bytes  # the requester's X25519 public key
+    epoch: int
+    pieces: dict[str, bytes] = field(default_factory=dict)  # member -> its sealed share
+
+
+@dataclass(slots=True)
 class State:
     cluster_id: str = ""
     genesis: bytes = b""  # genesis_digest of the bootstrap command
@@ -510,6 +525,7 @@ class State:
     escrows: dict[str, Escrow] = field(default_factory=dict)
     officer_approvals: dict[str, dict[str, bytes]] = field(default_factory=dict)
     recoveries: dict[str, Recovery] = field(default_factory=dict)
+    exports: dict[str, Export] = field(default_factory=dict)  # break-glass, by request ref
 
     @property
     def bootstrapped(self) -> bool:

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING
 
 from .approvals import valid_public_key, verify_approval
 from .commands import (
+    ExportKey,
     OfficerApprove,
     PostEscrow,
+    PostExportPiece,
     PostRelease,
     RecordRecovery,
     RecoverMembers,
@@ -38,7 +40,16 @@ from .commands import (
 )
 from .digest import lp, u64
 from .errors import Reason, Rejected
-from .model import Escrow, Officer, Officers, Purpose, Recovery, VersionRef, VersionState
+from .model import (
+    Escrow,
+    Export,
+    Officer,
+    Officers,
+    Purpose,
+    Recovery,
+    VersionRef,
+    VersionState,
+)
 from .names import ref
 
 if TYPE_CHECKING:
@@ -186,6 +197,7 @@ class RecoveryRules:
         st = self.state
         for name in list(st.members) + list(st.removed_members):
             st.escrows.pop(escrow_key(name, key_id, version), None)
+        self._drop_exports(key_id, version)
 
     # ------------------------------------------------------------ recover_members
 
@@ -324,6 +336,56 @@ class RecoveryRules:
             return
         rec.repaired = tuple(sorted({*rec.repaired, member}))
         self._maybe_end_recovery(rec)
+
+    # ------------------------------------------------------------ break-glass export
+
+    def _check_export_key(self, cmd: ExportKey) -> None:
+        st = self.state
+        key = st.keys.get(cmd.key_id)
+        if key is None:
+            raise Rejected(Reason.UNKNOWN_KEY, f"no key {cmd.key_id!r}")
+        if key.purpose is Purpose.AUDIT:
+            raise Rejected(Reason.OPERATION_NOT_ALLOWED, "the cluster-audit key is never exported")
+        policy = st.policies.get(key.policy_id)
+        if policy is None or not policy.escrow:
+            why = f"policy {key.policy_id!r} does not allow export (escrow: false)"
+            raise Rejected(Reason.OPERATION_NOT_ALLOWED, why)
+        v = key.versions.get(cmd.version)
+        if v is None or not v.group_public_key or v.state is VersionState.DESTROYED:
+            raise Rejected(Reason.VERSION_NOT_USABLE,
+                           f"{cmd.key_id} v{cmd.version} has no key to export")  # fmt: skip
+        if st.officers.k == 0:
+            raise Rejected(Reason.INVALID_CLUSTER, "no recovery officers are registered")
+        if len(cmd.recipient) != 32 or cmd.recipient == bytes(32):
+            raise Rejected(Reason.INVALID_ARGUMENT, "the recipient must be an X25519 key")
+
+    def _export_key(self, cmd: ExportKey) -> None:
+        st = self.state
+        req = ref(cmd.author, cmd.request_id)
+        st.exports[req] = Export(req, cmd.key_id, cmd.version, cmd.recipient, st.epoch)
+
+    def _post_export_piece(self, cmd: PostExportPiece) -> tuple[str, str]:
+        st = self.state
+        export = st.exports.get(cmd.request)
+        if export is None:
+            raise Rejected(Reason.UNKNOWN_REQUEST, "no such export")
+        key = st.keys.get(export.key_id)
+        v = key.versions.get(export.version) if key is not None else None
+        if v is None or v.state is VersionState.DESTROYED:
+            raise Rejected(Reason.VERSION_NOT_USABLE, "the version was destroyed")
+        if not self.holds(cmd.author, export.key_id, export.version):  # type: ignore[attr-defined]
+            raise Rejected(Reason.UNAUTHORIZED, f"{cmd.author} holds no share of it")
+        if cmd.author in export.pieces:
+            raise Rejected(Reason.DUPLICATE_POST, f"{cmd.author} posted its piece already")
+        export.pieces[cmd.author] = cmd.piece
+        return "ok", (f"BREAK-GLASS export {export.request}: {len(export.pieces)} piece(s) of "
+                      f"{export.key_id} v{export.version} (t = {st.threshold})")  # fmt: skip
+
+    def _drop_exports(self, key_id: str, version: int) -> None:
+        """A destroyed version's export pieces go with it."""
+        for e in self.state.exports.values():
+            if (e.key_id, e.version) == (key_id, version):
+                e.pieces.clear()
 
     # ------------------------------------------------------------ queries
 

@@ -61,6 +61,8 @@ COMMAND_ROLES: dict[str, frozenset[Role]] = {
     "officer_release": frozenset({Role.OPERATOR}),  # carries the officer's own signature
     "escrow_post": frozenset({Role.NODE}),
     "record_recovery": frozenset({Role.NODE}),
+    "export_key": frozenset({Role.OPERATOR}),  # break-glass (governance, k officers)
+    "export_piece": frozenset({Role.NODE}),
     # Approvers may submit a cancel themselves, so that operators who all push a weakening
     # change cannot also keep the approvers from stopping it during its time lock.
     "cancel": frozenset({Role.OPERATOR, Role.APPROVER}),
@@ -132,7 +134,7 @@ GOVERNANCE_KINDS: frozenset[RequestKind] = frozenset(
     {
         RK.ADD_PRINCIPAL, RK.REMOVE_PRINCIPAL, RK.REKEY_PRINCIPAL, RK.SET_POLICY,
         RK.SET_GOVERNANCE, RK.SET_THRESHOLD, RK.ADD_MEMBER, RK.REMOVE_MEMBER, RK.REPAIR_MEMBER,
-        RK.SET_OFFICERS, RK.RECOVER_MEMBERS, RK.CANCEL,
+        RK.SET_OFFICERS, RK.RECOVER_MEMBERS, RK.EXPORT_KEY, RK.CANCEL,
     }
 )  # fmt: skip
 
@@ -176,7 +178,7 @@ GOVERNANCE_WEAKER: dict[str, Callable[[Any, Any], bool]] = {
 # Governance requests that always wait the time lock, whatever the state: a new or removed
 # member changes who holds shares and votes epochs (and removal can exclude an honest one).
 ALWAYS_WEAKENING: frozenset[RequestKind] = frozenset(
-    {RK.ADD_MEMBER, RK.REMOVE_MEMBER, RK.SET_OFFICERS}
+    {RK.ADD_MEMBER, RK.REMOVE_MEMBER, RK.SET_OFFICERS, RK.EXPORT_KEY}
 )
 # Principal changes that weaken protection when the principal is (or becomes) an approver:
 # a new approver, an approver's new key (a new holder of a vote), fewer approvers.

@@ -39,7 +39,7 @@ from .model import RequestState, State
 # `Request.dual_version`); 9: executed decrypt requests that take late partials
 # (`State.lingering`); 10: share repairs and refreshes (`State.repairs`, `refreshes`,
 # `Version.generation`); 11: recovery officers, escrow and recoveries (`State.officers`,
-# `escrows`, `officer_approvals`, `recoveries`). Any other version is refused, except
+# `escrows`, `officer_approvals`, `recoveries`, `exports`). Any other version is refused, except
 # that version-9 and 10 snapshots are read as version 11 ones without what they lack
 # (`_MIGRATE`), so that a node upgraded in place restarts from the snapshot it wrote.
 SNAPSHOT_VERSION = 11
@@ -92,7 +92,7 @@ def encode_state(state: State) -> bytes:
 
 # Older snapshot versions still read: version -> the State fields it lacks (their defaults
 # are used, and it must have been written by the encoder of its day: no such field set).
-_RECOVERY_FIELDS = ("officers", "escrows", "officer_approvals", "recoveries")
+_RECOVERY_FIELDS = ("officers", "escrows", "officer_approvals", "recoveries", "exports")
 _MIGRATE: dict[int, tuple[str, ...]] = {
     9: ("addresses", "repairs", "refreshes", *_RECOVERY_FIELDS),
     10: _RECOVERY_FIELDS,

@@ -176,10 +176,12 @@ def _run(live: Live, root: Path, tmp: Path) -> None:
     live.approve(dref, "alice", "bob")
     live.cli(*args, "--request-id", dref.split(":", 1)[1], "--wait", who="app1")
     assert out.read_bytes() == plaintext
+    _break_glass(live, keys, tmp, before["k1"])
     # Loud in the audit chain of the new cluster: the request, each officer, each member.
     audit = live.audit()
     kinds = [a["kind"] for a in audit]
-    assert kinds.count("officer_approve") == 2 and kinds.count("officer_release") == 4
+    assert kinds.count("officer_approve") == 4 and kinds.count("officer_release") == 4
+    assert kinds.count("export_piece") >= 2  # officer approvals: 2 recovery + 2 export
     assert kinds.count("record_recovery") == 2 and "record_repair" in kinds
     recover = [a for a in audit if a["kind"] == "approve" and a["subject"] == rec_ref]
     assert any("recovery" in a["outcome"] for a in audit if a["subject"] == rec_ref), recover
@@ -191,3 +193,36 @@ def _leader_any(live: Live) -> str | None:
         if st.get("role") == "leader":
             return row["name"]
     return None
+
+
+def _break_glass(live: Live, keys: Path, tmp: Path, group_key: str) -> None:
+    """The recovered cluster exports k1 v1 whole: only with the quorum, two officers and
+    the time lock; the requester's tool combines t pieces, checked against the group key."""
+    from shares import group as g
+
+    ref = live.submit_ref("breakglass", "request", "k1", "--version", "1", "--reason",
+                          "lost-cluster test", "--key-out", str(tmp / "recipient.key"),
+                          who="ops")  # fmt: skip
+    live.approve(ref, "alice", "bob")
+    for name in ("olga", "otto"):
+        custody("recover", "approve", ref, "--officer-key", keys / f"{name}.officer-key.json",
+                "--out", tmp / f"{name}.export.json", "--profile", live.profile("audit"))
+        live.cli("recover", "submit", str(tmp / f"{name}.export.json"), who="ops")
+    with pytest.raises(AssertionError, match="no executed export"):  # the time lock runs
+        custody("breakglass", "open", ref, "--key", tmp / "recipient.key", "--out",
+                tmp / "k1.exported", "--profile", live.profile("ops"))  # fmt: skip
+    for _ in range(8):
+        if live.request(ref)["state"] == "executed":
+            break
+        live.cli("epoch", "advance", who="ops")
+    assert live.request(ref)["state"] == "executed"
+    wait_for("t pieces", lambda: len(next(
+        e for e in officers_view(live)["exports"] if e["request"] == ref)["pieces"]) >= 2)
+    custody("breakglass", "open", ref, "--key", tmp / "recipient.key", "--out",
+            tmp / "k1.exported", "--profile", live.profile("ops"))  # fmt: skip
+    exported = json.loads((tmp / "k1.exported").read_text())
+    assert (tmp / "k1.exported").stat().st_mode & 0o077 == 0
+    scalar = bytes.fromhex(exported["secret_scalar"])
+    assert g.base_mult(scalar).hex() == group_key == exported["group_public_key"]
+    assert any("break-glass" in a["outcome"] or "weakening" in a["outcome"]
+               for a in live.audit() if a["subject"] == ref)

@@ -16,6 +16,7 @@ from node.state import (
     CreateKey,
     DecodeError,
     EscrowItem,
+    ExportKey,
     Machine,
     OfficerApprove,
     OfficerSpec,
@@ -23,6 +24,7 @@ from node.state import (
     PostCheckpoint,
     PostDkgRound1,
     PostEscrow,
+    PostExportPiece,
     PostRelease,
     RecordDkgResult,
     RecordErasure,
@@ -126,6 +128,8 @@ def _samples(world):
         PostRelease("r37", "ops", "node-1", "olga", (ReleaseItem("k1", 1, b"\x04" * 90),),
                     bytes(64)),
         RecordRecovery("recovered-1", "node-1", "node-1"),
+        ExportKey("r38", "ops", "k1", 1, b"\x05" * 32, "court order 12"),
+        PostExportPiece("export-1", "node-1", "ops:r38", b"\x06" * 92),
     ]
 
 

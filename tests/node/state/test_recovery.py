@@ -9,9 +9,11 @@ import pytest
 
 from node.state import (
     EscrowItem,
+    ExportKey,
     OfficerApprove,
     OfficerSpec,
     PostEscrow,
+    PostExportPiece,
     PostRelease,
     Reason,
     RecordRecovery,
@@ -283,3 +285,47 @@ def test_a_member_the_officers_did_not_release_is_repaired_from_recovered_ones(
     rec = w.m.state.recoveries[ref]
     assert rec.repaired == ("node-3",) and rec.finished_epoch and w.m.running_recovery() is None
     w.rejects(confirm(w, "node-3"), Reason.REQUEST_DECIDED)
+
+
+# ------------------------------------------------------------------ break-glass export
+
+
+def export(w: World, key_id: str = "k1", version: int = 1) -> ExportKey:
+    return ExportKey(w.rid("ex"), "ops", key_id, version, b"\x07" * 32, "court order 12")
+
+
+def test_break_glass_export_needs_quorum_officers_and_the_time_lock(escrowed: World) -> None:
+    w = escrowed
+    w.rejects(export(w, "k2"), Reason.OPERATION_NOT_ALLOWED)  # its policy says escrow: false
+    w.rejects(export(w, "k1", 2), Reason.VERSION_NOT_USABLE)
+    out = w.ok(export(w))
+    ref = f"ops:{out.request_id}"
+    w.approve(ref, "alice")
+    w.approve(ref, "bob")
+    req = w.req(ref)
+    assert req.state is RequestState.APPROVED and not req.effective_epoch  # officers first
+    assert officer_ok(w, ref, "olga").ok
+    assert not req.effective_epoch and w.m.state.exports == {}
+    assert officer_ok(w, ref, "otto").ok
+    assert req.effective_epoch  # now the time lock: the quorum may still cancel it
+    late = officer_ok(w, ref, "omar")
+    assert not late.ok and late.code == Reason.REQUEST_DECIDED.value
+    w.advance(by=req.effective_epoch - w.m.state.epoch)
+    assert req.state is RequestState.EXECUTED
+    exp = w.m.state.exports[ref]
+    assert (exp.key_id, exp.version, exp.recipient) == ("k1", 1, b"\x07" * 32)
+    # Members post one piece each; the snapshot keeps them.
+    w.ok(PostExportPiece(w.rid("xp"), "node-1", ref, b"\x08" * 92))
+    w.rejects(PostExportPiece(w.rid("xp"), "node-1", ref, b"\x09" * 92), Reason.DUPLICATE_POST)
+    w.rejects(PostExportPiece(w.rid("xp"), "ops", ref, b"\x09" * 92), Reason.UNAUTHORIZED)
+    assert exp.pieces == {"node-1": b"\x08" * 92}
+    assert encode_state(decode_state(w.snap())) == w.snap()
+    assert any("weakening" in a.outcome for a in w.m.state.audit if a.subject == ref)
+
+
+def test_the_audit_key_and_unknown_keys_are_never_exported(escrowed: World) -> None:
+    from node.state.audit_checkpoint import AUDIT_KEY_ID
+
+    w = escrowed
+    w.rejects(export(w, AUDIT_KEY_ID), Reason.OPERATION_NOT_ALLOWED)
+    w.rejects(export(w, "nope"), Reason.UNKNOWN_KEY)
