@@ -20,7 +20,8 @@ it and gives up the rest:
   is an ordinary crash-safe restart), which opens the token afresh.
 
 Detection: the identity key signs a fixed probe message every `PROBE_EVERY_S`,
-and at once after any slot call fails (`InstrumentedSlot.on_error`). A failed
+and at once after any slot call fails (`InstrumentedSlot.on_error`); the HSM
+counts as gone when two probes `CONFIRM_S` apart both fail. A failed
 share call alone proves nothing (a missing share is not a missing token); a
 failed identity signature does: a healthy token always signs.
 """
@@ -43,6 +44,7 @@ log = logging.getLogger("custody.node")
 
 PROBE_EVERY_S = 5.0
 RETRY_S = 2.0
+CONFIRM_S = 0.5  # a failed probe is repeated after this long before the HSM counts as gone
 PROBE_MESSAGE = b"custody/v1/hsm-probe\x00"  # signed and thrown away; never a protocol message
 
 
@@ -83,6 +85,9 @@ class HsmWatch:
                 await asyncio.wait_for(self._wake.wait(), self.probe_every_s)
             self._wake.clear()
             why = await self._probe_here()
+            if why is not None:  # once more, so that one transient error restarts nothing
+                await asyncio.sleep(CONFIRM_S)
+                why = await self._probe_here()
             if why is None:
                 continue
             self.down, self.down_since = why, time.time()
