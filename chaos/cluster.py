@@ -76,9 +76,10 @@ def proc_matches(pid: int, config: Path) -> bool:
 class DrillCluster:
     """One drill's cluster in `root` (a fresh directory)."""
 
-    def __init__(self, root: Path, nodes: int = 3) -> None:
+    def __init__(self, root: Path, nodes: int = 3, snapshot_every: int = 0) -> None:
         self.root = root
         self.n = nodes
+        self.snapshot_every = snapshot_every  # node.toml raft.snapshot_every; 0: the default
         self.names = [f"node-{i}" for i in range(1, nodes + 1)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.paused: set[str] = set()
@@ -102,6 +103,14 @@ class DrillCluster:
                 text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
                 if n == 0:
                     text = text.replace("[schedule]\n", f"[schedule]\n{key} = {value}\n")
+            if self.snapshot_every:
+                text, n = re.subn(r"(?m)^snapshot_every = .*$",
+                                  f"snapshot_every = {self.snapshot_every}", text)  # fmt: skip
+                if n == 0:
+                    text = text.replace("[raft]\n", f"[raft]\nsnapshot_every = "
+                                        f"{self.snapshot_every}\n")  # fmt: skip
+                if f"snapshot_every = {self.snapshot_every}" not in text:
+                    raise RuntimeError(f"{toml}: cannot set raft.snapshot_every")
             toml.write_text(text)
         doc = json.loads((self.root / "cluster.json").read_text())
         self.api = {n["name"]: n["api"] for n in doc["nodes"]}
@@ -163,6 +172,15 @@ class DrillCluster:
         self._signal(name, signal.SIGKILL)
         self._wait_exit(name, 10)
         self.paused.discard(name)
+
+    def kill_all(self) -> None:
+        """SIGKILL every running node at once (paused ones too), then wait for each exit."""
+        for name in self.names:
+            with contextlib.suppress(ProcessLookupError, RuntimeError):
+                self._signal(name, signal.SIGKILL)
+        for name in self.names:
+            self._wait_exit(name, 10)
+        self.paused.clear()
 
     def stop(self, name: str) -> None:
         self._signal(name, signal.SIGSTOP)

@@ -106,14 +106,36 @@ def no_signature_without_approval(
 def acknowledged_not_lost(
     events: Sequence[Event], ops: Sequence[Op],
     member_views: Mapping[str, Mapping[str, Mapping[str, Any] | None]],
+    after_backup: tuple[float, float] | None = None,
 ) -> Check:  # fmt: skip
     """Everything acknowledged to a client is on every member after the cluster settled:
     each acked submission exists, each acked approval is among the request's approvals,
-    each received signature is there, executed, with the same bytes."""
+    each received signature is there, executed, with the same bytes.
+
+    `after_backup` (a whole-cluster loss restored from backups): `(backup, loss)`, the
+    moment every node's backup had been taken and the moment of the loss. A write whose
+    call came after `backup` was appended after the backups' snapshot (which existed by
+    then), so a point-in-time restore loses it by design: one that the lost cluster
+    acknowledged before `loss` and that is missing is counted apart (`lost_by_design`),
+    not as a problem. Everything else missing is a problem, also a write called before
+    `backup` and acknowledged after it (its place in the log is not known: no excuse)."""
     name = "acknowledged operations not lost (RPO = 0)"
     problems: list[str] = []
     lost: set[tuple[str, str, str]] = set()
+    by_design: set[tuple[str, str, str]] = set()
     acked = 0
+
+    def excused(call: float, ret: float | None) -> bool:
+        return (after_backup is not None and call >= after_backup[0] and ret is not None
+                and ret < after_backup[1])  # fmt: skip
+
+    def missing(what: tuple[str, str, str], call: float, ret: float | None, msg: str) -> None:
+        if excused(call, ret):
+            by_design.add(what)
+        else:
+            lost.add(what)
+            problems.append(msg)
+
     for e in events:
         if e.status != "ok" or e.kind not in ("submit", "approve"):
             continue
@@ -121,12 +143,12 @@ def acknowledged_not_lost(
         for node, views in sorted(member_views.items()):
             v = views.get(e.ref)
             if v is None:
-                lost.add((e.kind, e.ref, e.who))
-                problems.append(f"{node}: acknowledged {e.kind} of {e.ref} by {e.who}: "
-                                "the request is missing")  # fmt: skip
+                missing((e.kind, e.ref, e.who), e.call, e.ret,
+                        f"{node}: acknowledged {e.kind} of {e.ref} by {e.who}: the request "
+                        "is missing")  # fmt: skip
             elif e.kind == "approve" and e.who not in v.get("approvals", []):
-                lost.add((e.kind, e.ref, e.who))
-                problems.append(f"{node}: acknowledged approval of {e.ref} by {e.who} is missing")
+                missing((e.kind, e.ref, e.who), e.call, e.ret,
+                        f"{node}: acknowledged approval of {e.ref} by {e.who} is missing")
     for o in ops:
         if o.outcome != "ok":
             continue
@@ -136,20 +158,25 @@ def acknowledged_not_lost(
             if o.kind != "sign":  # decrypt: approved (partials given); rotate/revoke: done
                 want = ("approved", "executed") if o.kind == "decrypt" else ("executed",)
                 if v.get("state") not in want:
-                    lost.add((o.kind, o.ref, ""))
-                    problems.append(f"{node}: {o.kind} {o.ref} acknowledged, but the request "
-                                    f"is {v.get('state')!r}")  # fmt: skip
+                    missing((o.kind, o.ref, ""), o.invoke, o.complete,
+                            f"{node}: {o.kind} {o.ref} acknowledged, but the request is "
+                            f"{v.get('state')!r}")  # fmt: skip
                 continue
             if v.get("state") != "executed" or (v.get("signature") or "") != o.signature:
-                lost.add(("signature", o.ref, ""))
-                problems.append(
-                    f"{node}: signed {o.ref}: state {v.get('state')!r}, signature "
-                    f"{'same' if v.get('signature') == o.signature else 'DIFFERENT'}"
-                )
-    return _fail(name, problems,
-                 f"{acked} acknowledged operation(s), all present on {len(member_views)} "
-                 "member(s)", {"acknowledged": acked, "lost": len(lost),
-                               "members": sorted(member_views)})  # fmt: skip
+                missing(("signature", o.ref, ""), o.invoke, o.complete,
+                        f"{node}: signed {o.ref}: state {v.get('state')!r}, signature "
+                        f"{'same' if v.get('signature') == o.signature else 'DIFFERENT'}")
+    data: dict[str, Any] = {"acknowledged": acked, "lost": len(lost),
+                            "members": sorted(member_views)}  # fmt: skip
+    ok = f"{acked} acknowledged operation(s), all present on {len(member_views)} member(s)"
+    if after_backup is not None:
+        data["lost_by_design"] = len(by_design)
+        data["backup_window"] = [round(after_backup[0], 2), round(after_backup[1], 2)]
+        ok = (f"{acked - len(by_design)} of {acked} acknowledged operation(s) present on "
+              f"{len(member_views)} member(s); {len(by_design)} acknowledged after the newest "
+              f"backup (t={after_backup[0]:.2f}..{after_backup[1]:.2f} s) and missing: lost by "
+              "design (point-in-time restore: after the newest backup)")  # fmt: skip
+    return _fail(name, problems, ok, data)
 
 
 # ---------------------------------------------------------------- 3. linearizability
@@ -628,3 +655,80 @@ def group_keys_unchanged(
     return _fail(name, problems,
                  f"{len(before)} key version(s) ({', '.join(sorted(before))}) unchanged on "
                  f"{len(after)} member(s)", {"versions": dict(before)})  # fmt: skip
+
+
+# ---------------------------------------------------------------- 12. lost cluster (opt-in)
+
+
+def cluster_recovered(
+    faults: Sequence[Mapping[str, Any]], ops: Sequence[Op],
+    chains: Mapping[str, Sequence[Mapping[str, Any]]],
+    audit_before: Mapping[int, Sequence[str]], members: Sequence[str],
+) -> Check:  # fmt: skip
+    """For scenarios with a `lose-cluster` action (`faults`: every fault record, as a dict):
+    the loss happened after every node's backup had been taken at one snapshot index, at
+    or above the commit index of the moment the clients were held; the recovery request
+    executed and the recovery ended `done` with every member recovered, within the
+    action's timeout; every member's audit chain begins with the chain read from the lost
+    cluster before its backups (`audit_before`: fault index -> record hashes), record for
+    record; and at least one signing flow invoked after the loss completed (the recovered
+    members sign with their escrowed shares), and one decrypt flow if any was invoked after
+    the loss (they decrypt with them)."""
+    name = "lost cluster restored from backups and recovered by the officers"
+    problems: list[str] = []
+    parts: list[str] = []
+    lost = [f for f in faults if f.get("action") == "lose-cluster"]
+    if not lost:
+        problems.append("no lose-cluster action in the scenario")
+    for f in lost:
+        label = f"fault {f.get('index')} (lose-cluster)"
+        b = f.get("backup") or {}
+        if f.get("status") != "injected":
+            problems.append(f"{label}: the cluster was not lost ({f.get('status')})")
+            continue
+        indexes = b.get("bundle_indexes") or {}
+        commit = b.get("commit_at_hold")
+        if sorted(indexes) != sorted(members):
+            problems.append(f"{label}: backups of {sorted(indexes)}, not of every member")
+        elif len(set(indexes.values())) != 1:
+            problems.append(f"{label}: the backups' snapshots are at different indexes {indexes}")
+        elif commit is None or min(indexes.values()) < commit:
+            problems.append(f"{label}: the backups' snapshot index {min(indexes.values())} is "
+                            f"below the commit index {commit} of the hold")  # fmt: skip
+        state = str(f.get("op_state") or "")
+        if state != "done":
+            problems.append(f"{label}: recovery {state or 'never started'}")
+        elif sorted(f.get("recovered") or []) != sorted(members):
+            problems.append(f"{label}: recovery done, but recovered {f.get('recovered')} of "
+                            f"{list(members)}")  # fmt: skip
+        before = list(audit_before.get(int(f.get("index", -1)), ()))
+        if not before:
+            problems.append(f"{label}: no audit chain read before the loss")
+        for node, chain in sorted(chains.items()):
+            head = [str(r.get("hash")) for r in chain[: len(before)]]
+            if len(head) < len(before):
+                problems.append(f"{node}: audit chain of {len(chain)} record(s), shorter than "
+                                f"the {len(before)} read before the loss")  # fmt: skip
+            elif head != before:
+                at = next(k for k, (x, y) in enumerate(zip(head, before, strict=True)) if x != y)
+                problems.append(f"{node}: audit record {at} differs from the one read before "
+                                "the loss")  # fmt: skip
+        t = f.get("injected_at")
+        after = [o for o in ops if o.kind == "sign" and o.outcome == "ok" and t is not None
+                 and o.invoke >= t]  # fmt: skip
+        if not after:
+            problems.append(f"{label}: no signing flow invoked after the loss succeeded")
+        dec = [o for o in ops if o.kind == "decrypt" and t is not None and o.invoke >= t]
+        dec_ok = sum(1 for o in dec if o.outcome == "ok")
+        if dec and not dec_ok:
+            problems.append(f"{label}: none of the {len(dec)} decrypt flow(s) invoked after the "
+                            "loss succeeded")  # fmt: skip
+        parts.append(
+            f"{label}: backups at snapshot index {sorted(set(indexes.values()))} (commit "
+            f"{commit} at the hold); recovery {state or '—'} {f.get('op_s')} s after the "
+            f"loss, recovered {', '.join(f.get('recovered') or []) or 'none'}; "
+            f"{len(before)} audit record(s) from before the loss kept on {len(chains)} "
+            f"member(s); {len(after)} signing flow(s) after the loss succeeded"
+            + (f", {dec_ok} decrypt flow(s)" if dec else ""))
+    return _fail(name, problems, "; ".join(parts) or "nothing to check",
+                 {"audit_before": {str(k): len(v) for k, v in audit_before.items()}})  # fmt: skip

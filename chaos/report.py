@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chaos.runner import DrillResult
+from chaos.runner import DrillResult, FaultRecord
 from chaos.workload import Op
 
 
@@ -64,6 +64,27 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _loss(f: FaultRecord) -> str:
+    """The lose-cluster paragraph: the hold, the backups, the loss, the recovery."""
+    b = f.backup
+    held = (f"clients held from t={_fmt(b.get('held_at'))} s (no flow in flight from "
+            f"t={_fmt(b.get('quiet_at'))} s) to t={_fmt(b.get('released_at'))} s; "
+            if "held_at" in b else "")  # fmt: skip
+    return (f"Fault {f.index} (lose-cluster): {held}commit index at the hold "
+            f"{b.get('commit_at_hold', '—')}, {b.get('audit_records_before', '—')} audit "
+            f"records read; {b.get('fillers', '—')} filler request(s) until every node's "
+            f"snapshot (every {b.get('snapshot_every')} entries) covered it; bundles at "
+            f"snapshot indexes {b.get('bundle_indexes', '—')}, done at "
+            f"t={_fmt(b.get('backups_done_at'))} s; the whole cluster lost at "
+            f"t={_fmt(f.injected_at)} s; restored at indexes {b.get('restored_indexes', '—')}, "
+            f"nodes started at t={_fmt(f.ended_at)} s; recovery request "
+            f"`{f.op_request or '—'}` {f.op_state or '—'}, members recovered: "
+            f"{', '.join(f.recovered) or 'none'}, {_fmt(f.op_s)} s from the loss to done; "
+            f"first successful signing flow after the loss: {_fmt(f.recovery_s)} s after it."
+            + (f" Escrow 3 s after the recovery: held {b['escrow_after'].get('escrowed')}, due "
+               f"{b['escrow_after'].get('due')}." if b.get("escrow_after") else ""))
+
+
 def _verdict(r: DrillResult) -> str:
     return "SKIPPED" if r.skipped else "PASSED" if r.passed else "FAILED"
 
@@ -96,7 +117,10 @@ def summary_md(r: DrillResult, description: str) -> str:
             if r.longest_gap
             else "—"
         ),
-        f"- **acknowledged operations lost: {r.acked_lost if r.acked_lost is not None else '?'}**",
+        f"- **acknowledged operations lost: {r.acked_lost if r.acked_lost is not None else '?'}**"
+        + ("" if r.acked_lost_by_design is None else
+           f" (and {r.acked_lost_by_design} acknowledged after the newest backup, lost by "
+           "design: point-in-time restore)"),
     ]
     if r.epoch_advances:
         e = r.epoch_advances
@@ -119,8 +143,10 @@ def summary_md(r: DrillResult, description: str) -> str:
     lines += ["", "## Faults and recovery", "",
               "Recovery: from the fault (or from its end: restart/resume, heal, the restart "
               "after a full disk is freed, the last clock jump; for a lost token the "
-              "start on the new token) to the completion of the first successful signing "
-              "flow invoked after it. Repaired: from a token loss to its member's repair done. "
+              "start on the new token; for a lost cluster the start on the restored state) "
+              "to the completion of the first successful signing "
+              "flow invoked after it. Repaired: from a token loss to its member's repair done "
+              "(for a lost cluster: from the loss to the officers' recovery done). "
               "Rejoined: from the end of a network or disk fault until the nodes it named are "
               "healthy, follow the leader and have applied the leader's commit index of "
               "that moment.",
@@ -131,7 +157,8 @@ def summary_md(r: DrillResult, description: str) -> str:
         lines.append(f"| {f.index} | {f.action} | {_cell(f.target)} | {_cell(f.node) or '—'} | "
                      f"{_fmt(f.injected_at)} | {_fmt(f.ended_at)} | {f.status} | "
                      f"{_fmt(f.recovery_s)} | {_fmt(f.recovery_from_end_s)} | "
-                     f"{_fmt(f.repair_s)} | {_fmt(f.rejoin_s)} |")  # fmt: skip
+                     f"{_fmt(f.op_s if f.action == 'lose-cluster' else f.repair_s)} | "
+                     f"{_fmt(f.rejoin_s)} |")  # fmt: skip
     for f in r.faults:
         if f.action == "lose-token":
             lines += ["", f"Fault {f.index} ({f.action} {f.node or f.target}): repair "
@@ -143,6 +170,9 @@ def summary_md(r: DrillResult, description: str) -> str:
             lines += ["", f"Fault {f.index} ({f.action} {f.node or f.target}): the node's HSM "
                       f"counters while its token was away: {_hsm(f.hsm_during)}; from the "
                       f"token's return to the workload's end: {_hsm(f.hsm_after)}."]  # fmt: skip
+    for f in r.faults:
+        if f.action == "lose-cluster":
+            lines += ["", _loss(f)]
     for f in r.faults:
         if f.action in ("rotate", "refresh"):
             lines += ["", f"Fault {f.index} ({f.action}): request `{f.op_request or '—'}` "
@@ -192,9 +222,12 @@ def write_index(out: Path, results: list[DrillResult], seed: int, argv: list[str
         gap = f"{r.longest_gap[1] - r.longest_gap[0]:.2f}" if r.longest_gap else "—"
         rec = ", ".join(f"{f.action} {_cell(f.node or f.target)}: {_fmt(f.recovery_s)}"
                         + (f" (repaired {_fmt(f.repair_s)})" if f.action == "lose-token" else "")
+                        + (f" (recovered {_fmt(f.op_s)})" if f.action == "lose-cluster" else "")
                         for f in r.faults) or "—"  # fmt: skip
         lines.append(f"| [{r.scenario}]({r.scenario}/summary.md) | "
                      f"{'passed' if r.passed else '**FAILED**'} | {r.ops.get('ok', 0)}/"
-                     f"{r.ops.get('failed', 0)}/{r.ops.get('unknown', 0)} | {r.acked_lost} | "
+                     f"{r.ops.get('failed', 0)}/{r.ops.get('unknown', 0)} | {r.acked_lost}"
+                     + ("" if r.acked_lost_by_design is None else
+                        f" (+{r.acked_lost_by_design} by design)") + " | "
                      f"{rec} | {gap} |")  # fmt: skip
     (out / "summary.md").write_text("\n".join(lines) + "\n")

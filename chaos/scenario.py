@@ -97,6 +97,13 @@ devices); clock-jump needs libfaketime (`requirements()` says which a scenario n
         target: follower              # is moved away (every PKCS#11 call on its objects
         duration: 10                  # fails) for `duration` s, then moved back; with
         restart: false                # restart: true the node is then restarted too
+      - at: 10
+        action: lose-cluster          # operator action: the clients are held, every node is
+        officers: 3                   # backed up (bundles for `officers`, opened by
+        officer_k: 2                  # `officer_k` of them), then every node, data directory
+        snapshot_every: 100           # and token is lost; the operators and the officers
+        down_for: 0                   # rebuild it from the bundles (custody recover), within
+        timeout: 180                  # timeout s of the loss. The scenario's only fault.
 """
 
 from __future__ import annotations
@@ -119,7 +126,7 @@ NODE_ACTIONS = ("kill", "pause", "restart", "lose-token", "clock-jump", "disk-fu
                 "slow-disk", "hsm-refuse")  # fmt: skip
 NET_ACTIONS = ("partition", "cut-link", "slow-link")
 # Operator actions in the schedule: no target; the drill checks that they completed.
-OPERATOR_ACTIONS = ("rotate", "refresh")
+OPERATOR_ACTIONS = ("rotate", "refresh", "lose-cluster")
 ACTIONS = (*NODE_ACTIONS[:4], *NET_ACTIONS, *NODE_ACTIONS[4:], *OPERATOR_ACTIONS)
 # Faults after which `other-follower` means "a follower other than the member(s) they hit".
 MEMBER_FAULTS = ("lose-token", "hsm-refuse")
@@ -134,6 +141,13 @@ ALIASES = {"hsm_delete": "lose-token", "token_delete": "lose-token",
            "hsm_fail": "hsm-refuse", "hsm-fail": "hsm-refuse", "hsm_down": "hsm-refuse",
            "hsm-down": "hsm-refuse", "token_refuse": "hsm-refuse"}  # fmt: skip
 DEFAULT_REPAIR_TIMEOUT = 90.0
+# lose-cluster: the nodes' Raft snapshot interval (node.toml raft.snapshot_every; the node's
+# default is 1000), recovery officers, their quorum, seconds from the loss to recovery done.
+DEFAULT_LOSS_SNAPSHOT_EVERY = 100
+DEFAULT_OFFICERS = 3
+DEFAULT_OFFICER_K = 2
+DEFAULT_LOSS_TIMEOUT = 180.0
+MAX_OFFICERS = 7
 MAX_CLOCK_OFFSET_S = 30 * 86400
 # What a fault kind needs beyond starting processes (`requirements`, `chaos.sandbox`).
 NEEDS = {"partition": "network", "cut-link": "network", "slow-link": "network",
@@ -170,6 +184,11 @@ class Fault:
     timeout: float = 60.0  # rotate / refresh: seconds until it must have completed
     duration: float = 0.0  # hsm-refuse: seconds the token stays away
     restart: bool = False  # hsm-refuse: restart the node once the token is back
+    # lose-cluster: recovery officers (m), how many open a bundle and recover (k), and the
+    # nodes' snapshot interval (0: the node's default; lose-cluster sets its own)
+    officers: int = DEFAULT_OFFICERS
+    officer_k: int = DEFAULT_OFFICER_K
+    snapshot_every: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +239,8 @@ OP_KINDS = ("sign", "decrypt")
 _FAULT = {"at", "action", "target", "restart_after", "resume_after", "down_for",
           "repair_timeout", "groups", "links", "oneway", "heal_after", "delay_ms",
           "jitter_ms", "loss_pct", "offsets_s", "every", "free_after",
-          "write_iops", "replace", "timeout", "duration", "restart"}  # fmt: skip
+          "write_iops", "replace", "timeout", "duration", "restart", "officers",
+          "officer_k", "snapshot_every"}  # fmt: skip
 _PER_ACTION = {
     "kill": {"restart_after"},
     "pause": {"resume_after"},
@@ -235,6 +255,7 @@ _PER_ACTION = {
     "rotate": {"timeout"},
     "refresh": {"timeout"},
     "hsm-refuse": {"duration", "restart"},
+    "lose-cluster": {"timeout", "down_for", "officers", "officer_k", "snapshot_every"},
 }
 _REQUIRED = {"partition": ("groups",), "cut-link": ("links",), "slow-link": ("links",),
              "clock-jump": ("offsets_s",), "slow-disk": ("write_iops",),
@@ -399,7 +420,7 @@ def _fault(where: str, raw: Any, nodes: int, duration: float) -> Fault:
         if "resume_after" not in d:
             raise ScenarioError(f"{where}: action 'pause' needs 'resume_after' (seconds)")
         kw["resume_after"] = _number(f"{where}.resume_after", d["resume_after"], 0, 600)
-    if action in ("restart", "lose-token") and "down_for" in d:
+    if action in ("restart", "lose-token", "lose-cluster") and "down_for" in d:
         kw["down_for"] = _number(f"{where}.down_for", d["down_for"], 0, 600)
     if action == "lose-token" and "repair_timeout" in d:
         kw["repair_timeout"] = _number(f"{where}.repair_timeout", d["repair_timeout"], 5, 600)
@@ -444,6 +465,18 @@ def _fault(where: str, raw: Any, nodes: int, duration: float) -> Fault:
         kw["timeout"] = _number(f"{where}.timeout", d["timeout"], 5, 600)
     if action in OPERATOR_ACTIONS:
         target = "cluster"
+    if action == "lose-cluster":
+        kw["officers"] = _int(f"{where}.officers", d.get("officers", DEFAULT_OFFICERS), 2,
+                              MAX_OFFICERS)  # fmt: skip
+        kw["officer_k"] = _int(f"{where}.officer_k", d.get("officer_k", DEFAULT_OFFICER_K), 2,
+                               MAX_OFFICERS)  # fmt: skip
+        if kw["officer_k"] > kw["officers"]:
+            raise ScenarioError(f"{where}.officer_k: {kw['officer_k']} is more than officers "
+                                f"{kw['officers']}")  # fmt: skip
+        kw["snapshot_every"] = _int(f"{where}.snapshot_every",
+                                    d.get("snapshot_every", DEFAULT_LOSS_SNAPSHOT_EVERY), 10,
+                                    10000)  # fmt: skip
+        kw.setdefault("timeout", DEFAULT_LOSS_TIMEOUT)
     if action == "hsm-refuse":
         kw["duration"] = _number(f"{where}.duration", d["duration"], 0.5, 600)
         if at + kw["duration"] > duration:
@@ -492,6 +525,26 @@ def _check_schedule(source: str, faults: list[Fault], duration: float) -> None:
             )
 
 
+def _check_loss(source: str, faults: list[Fault], workload: Workload) -> None:
+    """A `lose-cluster` action is the scenario's only fault, without the operator's
+    rotations or epoch advances in the workload (combinations not tried: the backups
+    would have to wait for each new version's escrow, and the loss would cut them off)."""
+    losses = [i for i, f in enumerate(faults) if f.action == "lose-cluster"]
+    if not losses:
+        return
+    i = losses[0]
+    if len(faults) > 1:
+        other = next(j for j in range(len(faults)) if j != i)
+        raise ScenarioError(
+            f"{source}: faults[{other}]: a scenario with lose-cluster (faults[{i}]) has no other "
+            "fault (combinations are not tried)")
+    if workload.rotate_every is not None:
+        raise ScenarioError(f"{source}: workload.rotate_every: not with lose-cluster (not tried)")
+    if workload.epoch_advance_every is not None:
+        raise ScenarioError(
+            f"{source}: workload.epoch_advance_every: not with lose-cluster (not tried)")
+
+
 def parse(raw: Any, source: str, *, default_name: str = "scenario") -> Scenario:
     """A checked `Scenario` from parsed YAML; `source` names the file in errors."""
     top = _mapping(source, raw, _TOP)
@@ -532,6 +585,7 @@ def parse(raw: Any, source: str, *, default_name: str = "scenario") -> Scenario:
         _fault(f"{source}: faults[{i}]", f, nodes, duration) for i, f in enumerate(faults_raw)
     ]
     _check_schedule(source, faults, duration)
+    _check_loss(source, faults, workload)
     return Scenario(
         name=name, description=desc, duration=duration, settle_timeout=settle,
         workload=workload, faults=tuple(sorted(faults, key=lambda f: f.at)), nodes=nodes,

@@ -141,6 +141,11 @@ class Workload:
         self.revoke = revoke
         if "decrypt" in self.mix and not enc_key:
             raise ValueError("a decrypt mix needs an encrypt key")
+        # `hold()` clears `go`: no new flow starts until `release()`; `busy` counts the
+        # flows in flight (the lose-cluster action holds the clients around its backups).
+        self.go = asyncio.Event()
+        self.go.set()
+        self.busy = 0
         self.keys: dict[str, Ed25519PrivateKey] = {}
         for who in APPROVERS:
             path = profiles[who].approval_key
@@ -165,6 +170,26 @@ class Workload:
                 tasks.append(self._lifecycle(self.clients, lc))
             await asyncio.gather(*tasks)
 
+    async def hold(self, timeout: float) -> bool:
+        """Let no new flow start and wait until none is in flight (True), or `timeout`
+        seconds (False: some still are)."""
+        self.go.clear()
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.busy == 0
+
+    def release(self) -> None:
+        self.go.set()
+
+    async def _held(self) -> bool:
+        """While held: wait for `release()` (or the stop); True if it was held."""
+        if self.go.is_set():
+            return False
+        while not self.go.is_set() and not self.stop.is_set():
+            await asyncio.sleep(0.02)
+        return True
+
     def _record(self, op: Op) -> None:
         self.h.ops.append(op)
         if self.progress:
@@ -175,11 +200,14 @@ class Workload:
         kinds, weights = list(self.mix), list(self.mix.values())
         n = 0
         while not self.stop.is_set():
+            if await self._held():
+                continue
             n += 1
             kind = kinds[0] if len(kinds) == 1 else rng.choices(kinds, weights)[0]
             tag = "drill" if kind == "sign" else "dec"
             rid = f"{tag}-{self.seed}-{i}-{n:05d}-{rng.getrandbits(32):08x}"
             msg = f"drill seed {self.seed} worker {i} op {n} ".encode() + rng.randbytes(16)
+            self.busy += 1
             try:
                 if kind == "sign":
                     op = await self._flow(i, c, rid, msg)
@@ -189,6 +217,8 @@ class Workload:
                 op = Op(i, f"{REQUESTER}:{rid}", msg.hex(), self.h.now(), self.h.now(),
                         "unknown", detail=f"workload error: {type(exc).__name__}: {exc}",
                         kind=kind)  # fmt: skip
+            finally:
+                self.busy -= 1
             self._record(op)
             if op.outcome != "ok":
                 await asyncio.sleep(0.2)  # do not spin while the cluster is down

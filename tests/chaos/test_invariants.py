@@ -487,3 +487,116 @@ def test_no_signature_while_the_refused_member_was_needed_is_caught() -> None:
     c = inv.hsm_refuse_recovered([refused(), skipped], ops)
     assert not c.passed and "the refused member was never needed for a quorum" in c.summary
     assert not inv.hsm_refuse_recovered([other()], ops).passed  # no hsm-refuse at all
+
+
+# ---------------------------------------------------------------- 12. lost cluster (opt-in)
+
+
+def test_acked_after_the_backup_is_lost_by_design_before_it_is_a_failure() -> None:
+    """A point-in-time restore loses what the lost cluster acknowledged after the backups
+    (writes called after they were done): counted apart. Anything else missing fails,
+    also a write called before the backups and acknowledged after them."""
+    late = [Event(0, "app1:late", "submit", "app1", 12.5, 12.6, "ok", "pending"),
+            Event(0, "app1:late", "approve", "alice", 12.7, 12.8, "ok", "pending")]
+    members = {n: {REF: view(), "app1:late": None} for n in ("node-1", "node-2")}
+    c = inv.acknowledged_not_lost(good_events() + late, [good_op()], members, (12.0, 13.0))
+    assert c.passed, c.summary
+    assert c.data["lost"] == 0 and c.data["lost_by_design"] == 2
+    assert "2 acknowledged after the newest backup (t=12.00..13.00 s)" in c.summary
+    assert "lost by design (point-in-time restore: after the newest backup)" in c.summary
+    # without the window (or acknowledged after the loss: by the restored cluster) it fails
+    assert not inv.acknowledged_not_lost(good_events() + late, [], members).passed
+    assert not inv.acknowledged_not_lost(late, [], members, (12.0, 12.7)).passed
+    # called before the backups were done: its place in the log is unknown, no excuse
+    straddle = [Event(0, "app1:late", "submit", "app1", 11.9, 12.1, "ok", "pending")]
+    c = inv.acknowledged_not_lost(straddle, [], members, (12.0, 13.0))
+    assert not c.passed and c.data["lost"] == 1 and c.data["lost_by_design"] == 0
+    # everything present: 0 by design, and the window is in the data
+    c = inv.acknowledged_not_lost(good_events(), [good_op()], members, (12.0, 13.0))
+    assert c.passed and c.data["lost_by_design"] == 0 and c.data["backup_window"] == [12.0, 13.0]
+
+
+def loss(**kw: object) -> dict:
+    f = {"index": 0, "action": "lose-cluster", "target": "cluster", "node": "all",
+         "status": "injected", "injected_at": 12.3, "ended_at": 14.4, "op_state": "done",
+         "op_s": 10.6, "op_request": "ops:drill-recover-7-0",
+         "recovered": ["node-1", "node-2", "node-3"],
+         "backup": {"commit_at_hold": 1210, "backups_done_at": 12.28,
+                    "bundle_indexes": {"node-1": 1300, "node-2": 1300, "node-3": 1300}}}
+    f.update(kw)
+    return f
+
+
+NODES = ["node-1", "node-2", "node-3"]
+
+
+def chains_with(before: list[str], extra: int = 2) -> dict[str, list[dict]]:
+    recs = [{"seq": i, "hash": h} for i, h in enumerate(before)]
+    recs += [{"seq": len(before) + i, "hash": f"new{i}"} for i in range(extra)]
+    return {n: recs for n in NODES}
+
+
+def test_recovered_cluster_passes() -> None:
+    before = ["h0", "h1", "h2"]
+    ops = [signed(5.0, 5.2), signed(13.0, 23.5)]  # one before, one after the loss
+    c = inv.cluster_recovered([loss()], ops, chains_with(before), {0: before}, NODES)
+    assert c.passed, c.summary
+    assert "backups at snapshot index [1300] (commit 1210 at the hold)" in c.summary
+    assert "recovery done 10.6 s after the loss" in c.summary
+    assert "3 audit record(s) from before the loss kept on 3 member(s)" in c.summary
+    assert "1 signing flow(s) after the loss succeeded" in c.summary
+
+
+@pytest.mark.parametrize(("fault", "expect"), [
+    (loss(status="error: backups: RuntimeError: boom", injected_at=None),
+     "the cluster was not lost (error: backups"),
+    (loss(op_state="timeout: recovery running after 120 s"),
+     "recovery timeout: recovery running after 120 s"),
+    (loss(op_state="error: restore: RuntimeError: x"), "recovery error: restore"),
+    (loss(op_state=""), "recovery never started"),
+    (loss(recovered=["node-1", "node-2"]), "recovery done, but recovered ['node-1', 'node-2']"),
+    (loss(backup={"commit_at_hold": 1210, "bundle_indexes": {"node-1": 1300, "node-2": 1200,
+                                                              "node-3": 1300}}),
+     "the backups' snapshots are at different indexes"),
+    (loss(backup={"commit_at_hold": 1310, "bundle_indexes": {n: 1300 for n in NODES}}),
+     "snapshot index 1300 is below the commit index 1310 of the hold"),
+    (loss(backup={"commit_at_hold": 10, "bundle_indexes": {"node-1": 100, "node-2": 100}}),
+     "backups of ['node-1', 'node-2'], not of every member"),
+])  # fmt: skip
+def test_unrecovered_cluster_is_caught(fault: dict, expect: str) -> None:
+    before = ["h0", "h1"]
+    c = inv.cluster_recovered([fault], [signed(13.0, 23.5)], chains_with(before), {0: before},
+                              NODES)  # fmt: skip
+    assert not c.passed and any(expect in d for d in c.details), c.details
+
+
+def test_recovered_cluster_audit_and_signing_problems_are_caught() -> None:
+    before = ["h0", "h1", "h2"]
+    ops = [signed(13.0, 23.5)]
+    chains = chains_with(before)
+    chains["node-2"] = [{"seq": 0, "hash": "h0"}, {"seq": 1, "hash": "hX"},
+                        {"seq": 2, "hash": "h2"}]  # fmt: skip
+    chains["node-3"] = chains["node-3"][:2]
+    c = inv.cluster_recovered([loss()], ops, chains, {0: before}, NODES)
+    assert not c.passed
+    assert "node-2: audit record 1 differs from the one read before the loss" in c.details
+    assert any("node-3: audit chain of 2 record(s), shorter than the 3" in d for d in c.details)
+    c = inv.cluster_recovered([loss()], ops, chains_with(before), {}, NODES)
+    assert not c.passed and "no audit chain read before the loss" in c.summary
+    # signing flows before the loss, or failed after it, do not show a recovered cluster
+    ops = [signed(5.0, 5.2), signed(13.0, 40.0, "unknown"), signed(14.0, 20.0, "failed")]
+    c = inv.cluster_recovered([loss()], ops, chains_with(before), {0: before}, NODES)
+    assert not c.passed and "no signing flow invoked after the loss succeeded" in c.summary
+    assert not inv.cluster_recovered([], ops, {}, {}, NODES).passed  # no lose-cluster at all
+
+
+def test_recovered_cluster_must_decrypt_when_asked_to() -> None:
+    before = ["h0"]
+    dec = [Op(1, "app1:d1", "00", 14.0, 20.0, "unknown", kind="decrypt"),
+           Op(1, "app1:d2", "00", 21.0, 21.5, "failed", kind="decrypt")]
+    ops = [signed(13.0, 23.5), *dec]
+    c = inv.cluster_recovered([loss()], ops, chains_with(before), {0: before}, NODES)
+    assert not c.passed and "none of the 2 decrypt flow(s) invoked after the loss" in c.summary
+    ok = Op(1, "app1:d3", "00", 22.0, 24.0, "ok", kind="decrypt", result_hex="00")
+    c = inv.cluster_recovered([loss()], [*ops, ok], chains_with(before), {0: before}, NODES)
+    assert c.passed and "1 signing flow(s) after the loss succeeded, 1 decrypt flow(s)" in c.summary

@@ -81,3 +81,31 @@ def test_report_counts_kinds_and_operator_actions(tmp_path: Path) -> None:
     md = (tmp_path / "x" / "summary.md").read_text()
     assert "of which decrypt ok 1, rotate ok 1" in md
     assert "Fault 0 (refresh): request `ops:drill-refresh-1-0` done, 1.75 s" in md
+
+
+def test_report_of_a_lost_cluster(tmp_path: Path) -> None:
+    ops = [Op(0, f"app1:r{i}", "00", i * 0.5, i * 0.5 + 0.2, "ok", "ab") for i in range(4)]
+    r = DrillResult("cluster-loss", 7, passed=True, acked_lost=0, acked_lost_by_design=0)
+    r.faults = [FaultRecord(
+        0, "lose-cluster", "cluster", 10.0, "all", 12.28, 14.41, "injected", 11.81, 9.74,
+        op_request="ops:drill-recover-7-0", op_state="done", op_s=10.63,
+        recovered=["node-1", "node-2", "node-3"],
+        backup={"held_at": 10.0, "quiet_at": 10.09, "released_at": 12.29, "snapshot_every": 100,
+                "commit_at_hold": 1210, "audit_records_before": 1768, "fillers": 90,
+                "bundle_indexes": {"node-1": 1300, "node-2": 1300, "node-3": 1300},
+                "backups_done_at": 12.28,
+                "restored_indexes": {"node-1": 1300, "node-2": 1300, "node-3": 1300}})]
+    report.write_scenario(tmp_path / "cluster-loss", r, ops, "desc")
+    report.write_index(tmp_path, [r], 7, ["custody", "drill", "run", "cluster-loss"])
+    md = (tmp_path / "cluster-loss" / "summary.md").read_text()
+    assert "acknowledged operations lost: 0** (and 0 acknowledged after the newest backup" in md
+    assert "| 0 | lose-cluster | cluster | all | 12.28 | 14.41 | injected | 11.81 | 9.74 | " \
+           "10.63 | — |" in md  # fmt: skip
+    assert "clients held from t=10.00 s (no flow in flight from t=10.09 s) to t=12.29 s" in md
+    assert "commit index at the hold 1210" in md and "90 filler request(s)" in md
+    assert "recovery request `ops:drill-recover-7-0` done" in md
+    assert "members recovered: node-1, node-2, node-3, 10.63 s from the loss to done" in md
+    index = (tmp_path / "summary.md").read_text()
+    assert "| 0 (+0 by design) |" in index and "lose-cluster all: 11.81 (recovered 10.63)" in index
+    doc = json.loads((tmp_path / "results.json").read_text())["scenarios"][0]
+    assert doc["acked_lost_by_design"] == 0 and doc["faults"][0]["backup"]["fillers"] == 90

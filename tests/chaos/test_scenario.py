@@ -507,3 +507,96 @@ def test_other_follower_after_hsm_refuse(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as e:
         load(write(tmp_path, late))
     assert "'other-follower' needs an earlier lose-token fault or hsm-refuse fault" in str(e.value)
+
+
+# ---------------------------------------------------------------- lose-cluster
+
+
+def test_lose_cluster_loads_with_defaults_and_parameters(tmp_path: Path) -> None:
+    sc = load(write(tmp_path, "duration: 40\nfaults:\n  - {at: 8, action: lose-cluster}\n"))
+    (loss,) = sc.faults
+    assert (loss.action, loss.target, loss.down_for) == ("lose-cluster", "cluster", 0.0)
+    assert (loss.officers, loss.officer_k) == (scenario.DEFAULT_OFFICERS,
+                                               scenario.DEFAULT_OFFICER_K)  # fmt: skip
+    assert loss.snapshot_every == scenario.DEFAULT_LOSS_SNAPSHOT_EVERY
+    assert loss.timeout == scenario.DEFAULT_LOSS_TIMEOUT
+    text = ("duration: 40\nfaults:\n  - {at: 8, action: lose-cluster, officers: 5, officer_k: 3,"
+            " snapshot_every: 50, down_for: 2, timeout: 90}\n")  # fmt: skip
+    (loss,) = load(write(tmp_path, text)).faults
+    assert (loss.officers, loss.officer_k, loss.snapshot_every) == (5, 3, 50)
+    assert (loss.down_for, loss.timeout) == (2.0, 90.0)
+    assert scenario.requirements(load(write(tmp_path, text))) == set()
+    # other faults keep the node's own snapshot interval
+    assert load(write(tmp_path, GOOD)).faults[0].snapshot_every == 0
+
+
+def test_shipped_cluster_loss_drill() -> None:
+    sc = load(scenario.find("cluster-loss"))
+    (loss,) = sc.faults
+    assert loss.action == "lose-cluster" and loss.officer_k <= loss.officers
+    # the loss comes mid-workload, with time left to recover and sign again
+    assert 0 < loss.at < sc.duration - 30
+    assert not sc.workload.rotate_every and sc.max_gap_s is None
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ("[{at: 5, action: lose-cluster, target: leader}]",
+     "faults[0].target: 'lose-cluster' is an operator action on the cluster"),
+    ("[{at: 5, action: lose-cluster, officers: 1}]",
+     "faults[0].officers: 1 is out of range 2..7"),
+    ("[{at: 5, action: lose-cluster, officers: 8}]",
+     "faults[0].officers: 8 is out of range 2..7"),
+    ("[{at: 5, action: lose-cluster, officers: 2.5}]",
+     "faults[0].officers: must be an integer, not float"),
+    ("[{at: 5, action: lose-cluster, officer_k: 1}]",
+     "faults[0].officer_k: 1 is out of range 2..7"),
+    ("[{at: 5, action: lose-cluster, officers: 3, officer_k: 4}]",
+     "faults[0].officer_k: 4 is more than officers 3"),
+    ("[{at: 5, action: lose-cluster, officers: 2, officer_k: 3}]",
+     "faults[0].officer_k: 3 is more than officers 2"),
+    ("[{at: 5, action: lose-cluster, snapshot_every: 5}]",
+     "faults[0].snapshot_every: 5 is out of range 10..10000"),
+    ("[{at: 5, action: lose-cluster, snapshot_every: often}]",
+     "faults[0].snapshot_every: must be an integer, not str"),
+    ("[{at: 5, action: lose-cluster, timeout: 2}]",
+     "faults[0].timeout: 2 is out of range 5..600"),
+    ("[{at: 5, action: lose-cluster, down_for: -1}]",
+     "faults[0].down_for: -1 is out of range 0..600"),
+    ("[{at: 5, action: lose-cluster, repair_timeout: 60}]",
+     "faults[0].repair_timeout: not a parameter of action 'lose-cluster'"),
+    ("[{at: 5, action: lose-cluster, replace: true}]",
+     "faults[0].replace: not a parameter of action 'lose-cluster'"),
+    ("[{at: 5, action: kill, target: leader, officers: 3}]",
+     "faults[0].officers: not a parameter of action 'kill'"),
+    ("[{at: 5, action: lose-token, target: follower, snapshot_every: 100}]",
+     "faults[0].snapshot_every: not a parameter of action 'lose-token'"),
+    ("[{at: 5, action: refresh, officer_k: 2}]",
+     "faults[0].officer_k: not a parameter of action 'refresh'"),
+    ("[{at: 25, action: lose-cluster}]", "faults[0].at: 25 is out of range 0..20"),
+    ("[{at: 5, action: lose-cluster}, {at: 2, action: kill, target: leader}]",
+     "faults[1]: a scenario with lose-cluster (faults[0]) has no other fault"),
+    ("[{at: 2, action: rotate}, {at: 5, action: lose-cluster}]",
+     "faults[0]: a scenario with lose-cluster (faults[1]) has no other fault"),
+    ("[{at: 5, action: lose-cluster}, {at: 9, action: lose-cluster}]",
+     "faults[1]: a scenario with lose-cluster (faults[0]) has no other fault"),
+])  # fmt: skip
+def test_bad_lose_cluster(tmp_path: Path, text: str, expect: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        load(write(tmp_path, f"duration: 20\nfaults: {text}\n"))
+    assert expect in str(e.value), str(e.value)
+    assert str(e.value).startswith("s.yaml: ")
+
+
+@pytest.mark.parametrize(("workload", "expect"), [
+    ("{rotate_every: 8}", "workload.rotate_every: not with lose-cluster"),
+    ("{epoch_advance_every: 3}", "workload.epoch_advance_every: not with lose-cluster"),
+])  # fmt: skip
+def test_lose_cluster_refuses_the_operators_workload(tmp_path: Path, workload: str,
+                                                     expect: str) -> None:  # fmt: skip
+    text = f"duration: 20\nworkload: {workload}\nfaults: [{{at: 5, action: lose-cluster}}]\n"
+    with pytest.raises(ScenarioError, match=expect):
+        load(write(tmp_path, text))
+    # the decrypt mix is fine: its policy is escrowed too
+    ok = "duration: 20\nworkload: {mix: {sign: 1, decrypt: 1}}\nfaults: [{at: 5, action: " \
+         "lose-cluster}]\n"  # fmt: skip
+    assert load(write(tmp_path, ok)).workload.decrypts
