@@ -21,6 +21,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -185,14 +186,15 @@ class Runtime:
                 f"{cfg.name} is not a member in the bootstrap command (a node added later "
                 "has `join = true` in [raft])"
             )
-        if member is not None and member.public_key != self.identity:
+        if member is not None and member.public_key != self.identity and not self._key_in_state():
             # A re-provisioned token (the old one was lost): this node replicates the log
             # but signs nothing until the state registers this key (a repair_member
             # request); its signatures would be refused anyway.
             log.warning(
-                "the identity key in token %r is not %s's key in the bootstrap command; "
-                "it acts once the cluster registers it (custody node repair %s "
-                "--public-key %s)", cfg.hsm_token_label, cfg.name, cfg.name, self.identity.hex(),
+                "the identity key in token %r is not %s's key in the bootstrap command nor in "
+                "the newest local snapshot; it acts once the cluster registers it (a lost "
+                "token: custody node repair %s --public-key %s; a lost cluster: custody "
+                "recover request)", cfg.hsm_token_label, cfg.name, cfg.name, self.identity.hex(),
             )
         guard = SnapshotGuard(
             self.machine, on_checkpoint=self._queue_checkpoint, bootstrap=cfg.bootstrap_command
@@ -290,7 +292,9 @@ class Runtime:
     def _on_approved(self, ref: str) -> None:
         req = self.machine.state.requests.get(ref)
         is_sign = req is not None and req.kind is RequestKind.SIGN
-        if is_sign and self.signer is not None and self.is_leader():
+        # Only a leader that may sign coordinates (the duty loop applies the same rule).
+        if (is_sign and self.signer is not None and self.is_leader() and self.hsm.ok
+                and self.registered()):  # fmt: skip
             self.signer.kick(ref)
 
     async def changed(self, timeout: float, since: int | None = None) -> None:
@@ -434,6 +438,20 @@ class Runtime:
         return out
 
     # ------------------------------------------------------------ duties
+
+    def _key_in_state(self) -> bool:
+        """At start, before Raft runs: does the newest local snapshot already register this
+        token's key for this member (after a repair or a recovery)? Only for the log line."""
+        try:
+            from node.backup.snapshot import decode_state, read_newest
+
+            snap = read_newest(Path(self.cfg.data_dir))
+            if snap is None:
+                return False
+            member = decode_state(snap.snapshot, self.cfg.genesis).members.get(self.name)
+        except Exception:  # no snapshot to read: say what the bootstrap command says
+            return False
+        return member is not None and member.public_key == self.identity
 
     def registered(self) -> bool:
         """Is this node's identity key the one the state registers for it (or, before the
