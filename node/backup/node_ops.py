@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from node.hsm.errors import SlotNotProvisionedError, TokenNotFoundError
-from node.hsm.pkcs11_slot import Pkcs11Slot, SlotConfig
+from node.hsm.pkcs11_slot import Pkcs11Slot
+from node.server.config import slot_config
 
 from . import bundle as bmod
 from . import snapshot as snapmod
@@ -35,20 +36,6 @@ PROBE_TIMEOUT_S = 0.3
 
 
 # ------------------------------------------------------------------ node access
-
-
-def slot_config(cfg: Any) -> SlotConfig:
-    """The node's `SlotConfig`, as `node.server.runtime.open_slot` builds it."""
-    sync_dir = None
-    if cfg.hsm_softhsm_conf is not None:
-        sync_dir = str(cfg.hsm_softhsm_conf.parent / "tokens")
-    return SlotConfig(
-        token_label=cfg.hsm_token_label, cluster_id=cfg.cluster_id,
-        pin_file=str(cfg.hsm_pin_file) if cfg.hsm_pin_file else None, pin_env=cfg.hsm_pin_env,
-        module_path=cfg.hsm_module,
-        softhsm_conf=str(cfg.hsm_softhsm_conf) if cfg.hsm_softhsm_conf else None,
-        sync_dir=sync_dir,
-    )  # fmt: skip
 
 
 def open_slot(cfg: Any, *, observer: bool) -> Pkcs11Slot:

@@ -25,12 +25,15 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.state.approvals import genesis_of
 from node.state.commands import MAX_COMMAND_BYTES, Bootstrap, decode_command
 from node.state.errors import DecodeError
 from node.state.names import member_index
+
+if TYPE_CHECKING:
+    from node.hsm.pkcs11_slot import SlotConfig
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_PATH_CHARS = 4096
@@ -740,3 +743,22 @@ __all__ = [
     "render_config",
     "toml_string",
 ]
+
+
+def slot_config(cfg: NodeConfig) -> SlotConfig:
+    """How this node opens its token: in its own process, in a fresh one that probes it,
+    or in an operator's tool (backup, node keys)."""
+    from node.hsm.pkcs11_slot import SlotConfig
+
+    sync_dir = None
+    if cfg.hsm_softhsm_conf is not None:
+        sync_dir = str(cfg.hsm_softhsm_conf.parent / "tokens")
+    return SlotConfig(
+        token_label=cfg.hsm_token_label,
+        cluster_id=cfg.cluster_id,
+        pin_file=str(cfg.hsm_pin_file) if cfg.hsm_pin_file else None,
+        pin_env=cfg.hsm_pin_env,
+        module_path=cfg.hsm_module,
+        softhsm_conf=str(cfg.hsm_softhsm_conf) if cfg.hsm_softhsm_conf else None,
+        sync_dir=sync_dir,
+    )

@@ -110,7 +110,7 @@ class HsmWatch:
 
     async def _wait_for_token(self) -> None:
         from node.hsm.softhsm import verify_persisted
-        from node.server.runtime import slot_config
+        from node.server.config import slot_config
 
         config = slot_config(self.rt.cfg)
         while True:

@@ -144,16 +144,11 @@ class LifecycleDuty:
 
     def slot_config(self) -> SlotConfig | None:
         """The slot configuration a fresh process uses to look at this member's token (the
-        same `open_slot` builds); None when the token is not a SoftHSM2 one."""
+        same `open_slot` uses); None when the token is not a SoftHSM2 one."""
+        from node.server.config import slot_config
+
         cfg = self.rt.cfg
-        if cfg.hsm_softhsm_conf is None:
-            return None
-        return SlotConfig(
-            token_label=cfg.hsm_token_label, cluster_id=cfg.cluster_id,
-            pin_file=str(cfg.hsm_pin_file) if cfg.hsm_pin_file else None,
-            pin_env=cfg.hsm_pin_env, module_path=cfg.hsm_module,
-            softhsm_conf=str(cfg.hsm_softhsm_conf),
-        )  # fmt: skip
+        return slot_config(cfg) if cfg.hsm_softhsm_conf is not None else None
 
     # ------------------------------------------------------------ nonces
 

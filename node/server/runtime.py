@@ -36,10 +36,10 @@ from consensus.driver import (
     ProposalDropped,
     open_node,
 )
-from node.hsm.pkcs11_slot import Pkcs11Slot, SlotConfig
+from node.hsm.pkcs11_slot import Pkcs11Slot
 from node.hsm.slot import ShareId
 from node.protocols.signing import NonceStock
-from node.server.config import NodeConfig, format_address, parse_address
+from node.server.config import NodeConfig, format_address, parse_address, slot_config
 from node.state import (
     AdvanceEpoch,
     Approve,
@@ -110,22 +110,6 @@ class Observed:
         self.machine.restore(data)
         log.info("state restored from a snapshot (audit length %d)", len(self.machine.state.audit))
         self.notify()
-
-
-def slot_config(cfg: NodeConfig) -> SlotConfig:
-    """How this node opens its token (in its own process, or a fresh one to probe it)."""
-    sync_dir = None
-    if cfg.hsm_softhsm_conf is not None:
-        sync_dir = str(cfg.hsm_softhsm_conf.parent / "tokens")
-    return SlotConfig(
-        token_label=cfg.hsm_token_label,
-        cluster_id=cfg.cluster_id,
-        pin_file=str(cfg.hsm_pin_file) if cfg.hsm_pin_file else None,
-        pin_env=cfg.hsm_pin_env,
-        module_path=cfg.hsm_module,
-        softhsm_conf=str(cfg.hsm_softhsm_conf) if cfg.hsm_softhsm_conf else None,
-        sync_dir=sync_dir,
-    )
 
 
 def open_slot(cfg: NodeConfig) -> Pkcs11Slot:
