@@ -321,7 +321,7 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
                            "officers approve recover_members and export_key only")  # fmt: skip
         if req.state not in (RS.PENDING, RS.APPROVED) or req.effective_epoch:
             raise Rejected(Reason.REQUEST_DECIDED, f"request already {req.state.value}")
-        count = self._officer_approve(cmd, cmd.request, self._fresh_digest(req))
+        count = self._officer_approve(cmd, self._fresh_digest(req))
         if req.state is RS.APPROVED and count >= self.state.officers.k:
             return self._after_quorum(req, self._change_of(req))
         return self._request_effect(
@@ -604,6 +604,7 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
         req.failure = failure
         req.payload = b""
         req.dkg_round1 = {}  # round-1 packages serve only the DKG under way
+        self.state.officer_approvals.pop(req.ref, None)  # serve only an open request
         req.decided_epoch = req.decided_epoch or self.state.epoch
         key = self.state.keys.get(req.key_id)
         if key is not None and key.lifecycle_request == req.ref:
@@ -1587,7 +1588,6 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
             return self._request_effect(req, detail=rej.detail)
         self._finish(req, rules.request_step(req.state, "complete"))
         apply(change)
-        self.state.officer_approvals.pop(req.ref, None)
         if isinstance(change, RecoverMembers):
             return self._request_effect(req, detail="RECOVERY: fresh nodes take the members' "
                                         "places", flag="recovery")  # fmt: skip
@@ -1628,7 +1628,6 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
                 continue
             self._finish(req, rules.request_step(req.state, "complete"))
             apply(change)
-            st.officer_approvals.pop(ref_, None)
             changed.append(ref_)
         return changed
 

@@ -53,7 +53,7 @@ from .model import (
 from .names import ref
 
 if TYPE_CHECKING:
-    from .model import Request, State
+    from .model import State
 
 OFFICERS_CONTEXT = b"custody-cluster/v1/officers"
 OFFICER_APPROVAL_CONTEXT = b"custody-cluster/v1/officer-approval"
@@ -260,16 +260,16 @@ class RecoveryRules:
             raise Rejected(Reason.UNKNOWN_PRINCIPAL, f"{name!r} is not a recovery officer")
         return found
 
-    def _officer_approve(self, cmd: OfficerApprove, req: Request, digest: bytes) -> int:
-        """Record the officer's approval of `req` (a recover_members request); returns how
-        many officers approved it."""
+    def _officer_approve(self, cmd: OfficerApprove, digest: bytes) -> int:
+        """Record the officer's approval of request `cmd.request` (whose digest is
+        `digest`); returns how many officers approved it. A rejection changes nothing."""
         st = self.state
         officer = self._officer(cmd.officer, st.officers)
-        given = st.officer_approvals.setdefault(cmd.request, {})
-        if cmd.officer in given:
+        if cmd.officer in st.officer_approvals.get(cmd.request, {}):
             raise Rejected(Reason.DUPLICATE_APPROVAL, f"{cmd.officer!r} already approved")
         verify_approval(officer.ed25519, officer_approval(st.cluster_id, cmd.request, digest),
                         cmd.officer_signature)  # fmt: skip
+        given = st.officer_approvals.setdefault(cmd.request, {})
         given[cmd.officer] = cmd.officer_signature
         return len(given)
 

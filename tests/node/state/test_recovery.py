@@ -154,8 +154,11 @@ def test_recovery_needs_the_governance_quorum_and_k_officers(escrowed: World) ->
     req = w.req(ref)
     assert req.state is RequestState.APPROVED and not req.effective_epoch  # no time lock
     assert w.m.state.members["node-1"].public_key == old  # the approvers alone: nothing
-    out = officer_ok(w, ref, "olga", signer="omar")  # an operator forging an officer
-    assert not out.ok and out.code == Reason.BAD_SIGNATURE.value
+    # An operator forging an officer: rejected, and the state keeps nothing of it.
+    digest = w.req(ref).digest
+    forged = sign_approval(w.private_key("omar"), officer_approval(CLUSTER, ref, digest))
+    w.rejects(OfficerApprove(w.rid("oa"), "ops", ref, "olga", forged), Reason.BAD_SIGNATURE)
+    assert ref not in w.m.state.officer_approvals
     assert officer_ok(w, ref, "olga").ok
     dup = officer_ok(w, ref, "olga")
     assert not dup.ok and dup.code == Reason.DUPLICATE_APPROVAL.value
