@@ -134,10 +134,11 @@ def _hex(value: str, what: str, size: int) -> bytes:
     return raw
 
 
-def _write(path: Path, doc: dict[str, Any]) -> None:
-    if path.exists():
-        raise ValueError(f"{path} exists; choose another --out")
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+def _write(path: Path, doc: dict[str, Any], mode: int = 0o644) -> None:
+    """Write `doc` as JSON to a new file (never over an existing one), fsynced."""
+    from node.backup.formats import write_file
+
+    write_file(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
 def describe(data: dict[str, Any]) -> str:
@@ -380,14 +381,6 @@ def _submit(args: argparse.Namespace) -> int:
 BREAKGLASS_KEY_FORMAT = "custody-breakglass-key/v1"
 
 
-def _write_private(path: Path, doc: dict[str, Any]) -> None:
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-
-
 def _breakglass_request(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -411,8 +404,8 @@ def _breakglass_request(args: argparse.Namespace) -> int:
         )
 
         raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        _write_private(args.key_out, {"format": BREAKGLASS_KEY_FORMAT, "x25519": public.hex(),
-                                      "x25519_private": raw.hex()})  # fmt: skip
+        _write(args.key_out, {"format": BREAKGLASS_KEY_FORMAT, "x25519": public.hex(),
+                                      "x25519_private": raw.hex()}, mode=0o600)  # fmt: skip
         out = await post_signed(client, profile, cmd)
         emit(args, out, lambda o: f"BREAK-GLASS request {o['request']}: {o['code']}\n(needs "
              f"the governance quorum: custody approve {o['request']}; k officers: custody "
@@ -451,13 +444,13 @@ def _breakglass_open(args: argparse.Namespace) -> int:
         pieces = {p["index"]: base64.b64decode(p["piece_b64"]) for p in e["pieces"].values()}
         secret, bad = bg.open_pieces(ctx, pieces, private, vshares, group_key, e["threshold"])
         try:
-            _write_private(args.out, {
+            _write(args.out, {
                 "format": "custody-exported-key/v1", "key_id": e["key_id"],
                 "version": e["version"], "group_public_key": e["group_public_key"],
                 "secret_scalar": bytes(secret).hex(),
                 "note": "Ed25519 group secret scalar (little-endian, < L), not an RFC 8032 "
                 "seed: it signs with any Ed25519 implementation that takes an expanded key "
-                "or scalar. Destroy this file when done."})  # fmt: skip
+                "or scalar. Destroy this file when done."}, mode=0o600)  # fmt: skip
         finally:
             zero(secret)
         emit(args, {"request": e["request"], "key_id": e["key_id"], "version": e["version"],

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from node.protocols import escrow as esc
 from node.protocols import sealbox
-from node.protocols.batch import KeyVersion, zero
-from node.server.runs import load_shares, not_persisted
+from node.protocols.batch import zero
+from node.server.runs import key_versions, load_shares, not_persisted
 from node.server.runtime import result_request_id
 from node.state import EscrowItem, PostEscrow, RecordRecovery
 from node.state.commands import MAX_ESCROW_ITEMS
@@ -70,12 +70,6 @@ def recovery_public(slot: Any, cluster_id: str, member: str) -> bytes:
 
 def officer_rows(officers: Any) -> list[tuple[str, bytes]]:
     return [(o.name, o.x25519) for o in officers.officers]
-
-
-def key_version(state: Any, ref: VersionRef) -> KeyVersion:
-    v = state.keys[ref.key_id].versions[ref.version]
-    vshares = {i + 1: y for i, y in enumerate(v.verification_shares)}
-    return KeyVersion(ref.key_id, ref.version, v.group_public_key, vshares)
 
 
 class EscrowDuty:
@@ -123,7 +117,7 @@ class EscrowDuty:
         items = []
         try:
             for ref, share in zip(batch, shares, strict=True):
-                kv = key_version(st, ref)
+                (kv,) = key_versions(st, [ref])
                 ctx = esc.escrow_context(st.cluster_id, me, [kv], rows, officers.k)
                 pkg = esc.escrow_package(ctx, me, [kv], [share], rows, officers.k, rng)
                 gen = st.keys[ref.key_id].versions[ref.version].generation
@@ -224,7 +218,7 @@ class EscrowDuty:
         me = st.members[rt.name].index
         stored = []
         for ref in items:
-            kv = key_version(st, ref)
+            (kv,) = key_versions(st, [ref])
             ctx = esc.escrow_context(st.cluster_id, me, [kv], rows, rec.officers.k)
             releases = {positions[o]: blob for o, blob in
                         m.releases_for(rec, rt.name, ref.key_id, ref.version).items()}  # fmt: skip

@@ -51,11 +51,8 @@ PROBE_MESSAGE = b"custody/v1/hsm-probe\x00"  # signed and thrown away; never a p
 class HsmWatch:
     """The member's view of its own HSM; `run()` is one of the runtime's tasks."""
 
-    def __init__(self, rt: Runtime, *, probe_every_s: float = PROBE_EVERY_S,
-                 retry_s: float = RETRY_S) -> None:  # fmt: skip
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.probe_every_s = probe_every_s
-        self.retry_s = retry_s
         self.down: str | None = None  # why the HSM is unusable, or None
         self.down_since: float | None = None  # wall clock
         self.last_retry: str | None = None  # why the last fresh-process probe failed
@@ -82,7 +79,7 @@ class HsmWatch:
         self._loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.probe_every_s)
+                await asyncio.wait_for(self._wake.wait(), PROBE_EVERY_S)
             self._wake.clear()
             why = await self._probe_here()
             if why is not None:  # once more, so that one transient error restarts nothing
@@ -114,7 +111,7 @@ class HsmWatch:
 
         config = slot_config(self.rt.cfg)
         while True:
-            await asyncio.sleep(self.retry_s)
+            await asyncio.sleep(RETRY_S)
             try:
                 await asyncio.to_thread(verify_persisted, config, [])
                 return

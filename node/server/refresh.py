@@ -46,6 +46,7 @@ from node.server.runs import (
     Run,
     Sessions,
     first_time,
+    key_versions,
     load_shares,
     not_persisted,
     post_until_taken,
@@ -96,13 +97,7 @@ class RefreshDuty:
         await self._schedule()
 
     def _items(self, r: Refresh) -> list[KeyVersion]:
-        keys = self.rt.machine.state.keys
-        out = []
-        for ref in r.batch_items():
-            v = keys[ref.key_id].versions[ref.version]
-            vshares = {i + 1: y for i, y in enumerate(v.verification_shares)}
-            out.append(KeyVersion(ref.key_id, ref.version, v.group_public_key, vshares))
-        return out
+        return key_versions(self.rt.machine.state, r.batch_items())
 
     def _context(self, r: Refresh, items: list[KeyVersion]) -> tuple[bytes, list[int], int]:
         ids = sorted(member_index(p) for p in r.participants)

@@ -45,6 +45,7 @@ from node.server.runs import (
     Run,
     Sessions,
     first_time,
+    key_versions,
     load_shares,
     not_persisted,
     post_until_taken,
@@ -100,13 +101,7 @@ class RepairDuty:
             del self.first_seen[key]
 
     def _items(self, repair: Repair) -> list[RepairItem]:
-        keys = self.rt.machine.state.keys
-        out = []
-        for ref in repair.batch_items():
-            v = keys[ref.key_id].versions[ref.version]
-            vshares = {i + 1: y for i, y in enumerate(v.verification_shares)}
-            out.append(RepairItem(ref.key_id, ref.version, v.group_public_key, vshares))
-        return out
+        return key_versions(self.rt.machine.state, repair.batch_items())
 
     def _context(self, repair: Repair, items: list[RepairItem]) -> tuple[bytes, Any]:
         request = srepair.RepairRequest(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import aiohttp
 
 from node.hsm.aad import zero
+from node.protocols.batch import KeyVersion
 
 if TYPE_CHECKING:
     from node.server.runtime import Runtime
@@ -70,6 +71,17 @@ class Sessions(Generic[K]):
     def drop_all(self) -> None:
         for key in list(self.table):
             self.drop(key)
+
+
+def key_versions(state: Any, refs: Iterable[Any]) -> list[KeyVersion]:
+    """The public data of each version `refs` names (`VersionRef`s), as the protocol
+    engines take it: group key and verification shares by member index."""
+    out = []
+    for ref in refs:
+        v = state.keys[ref.key_id].versions[ref.version]
+        vshares = {i + 1: y for i, y in enumerate(v.verification_shares)}
+        out.append(KeyVersion(ref.key_id, ref.version, v.group_public_key, vshares))
+    return out
 
 
 def load_shares(rt: Runtime, refs: Iterable[tuple[str, int]]) -> list[bytearray]:

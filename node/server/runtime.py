@@ -21,7 +21,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -170,16 +169,6 @@ class Runtime:
                 f"{cfg.name} is not a member in the bootstrap command (a node added later "
                 "has `join = true` in [raft])"
             )
-        if member is not None and member.public_key != self.identity and not self._key_in_state():
-            # A re-provisioned token (the old one was lost): this node replicates the log
-            # but signs nothing until the state registers this key (a repair_member
-            # request); its signatures would be refused anyway.
-            log.warning(
-                "the identity key in token %r is not %s's key in the bootstrap command nor in "
-                "the newest local snapshot; it acts once the cluster registers it (a lost "
-                "token: custody node repair %s --public-key %s; a lost cluster: custody "
-                "recover request)", cfg.hsm_token_label, cfg.name, cfg.name, self.identity.hex(),
-            )
         guard = SnapshotGuard(
             self.machine, on_checkpoint=self._queue_checkpoint, bootstrap=cfg.bootstrap_command
         )
@@ -207,6 +196,16 @@ class Runtime:
                 keep_entries=min(1000, cfg.snapshot_every),
             ),
         )
+        if member is not None and not self.registered():
+            # Judged on the state the driver restored (its snapshot), else the bootstrap
+            # command. A re-provisioned token: this node replicates the log but signs nothing
+            # until the state registers this key; its signatures would be refused anyway.
+            log.warning(
+                "the identity key in token %r is not the one registered for %s; it acts once "
+                "the cluster registers it (a lost token: custody node repair %s --public-key "
+                "%s; a lost cluster: custody recover request)", cfg.hsm_token_label, cfg.name,
+                cfg.name, self.identity.hex(),
+            )  # fmt: skip
         from node.server.dkg import DkgDuty
         from node.server.signer import Signer
 
@@ -276,9 +275,7 @@ class Runtime:
     def _on_approved(self, ref: str) -> None:
         req = self.machine.state.requests.get(ref)
         is_sign = req is not None and req.kind is RequestKind.SIGN
-        # Only a leader that may sign coordinates (the duty loop applies the same rule).
-        if (is_sign and self.signer is not None and self.is_leader() and self.hsm.ok
-                and self.registered()):  # fmt: skip
+        if is_sign and self.signer is not None and self.is_leader() and self.may_act():
             self.signer.kick(ref)
 
     async def changed(self, timeout: float, since: int | None = None) -> None:
@@ -423,19 +420,10 @@ class Runtime:
 
     # ------------------------------------------------------------ duties
 
-    def _key_in_state(self) -> bool:
-        """At start, before Raft runs: does the newest local snapshot already register this
-        token's key for this member (after a repair or a recovery)? Only for the log line."""
-        try:
-            from node.backup.snapshot import decode_state, read_newest
-
-            snap = read_newest(Path(self.cfg.data_dir))
-            if snap is None:
-                return False
-            member = decode_state(snap.snapshot, self.cfg.genesis).members.get(self.name)
-        except Exception:  # no snapshot to read: say what the bootstrap command says
-            return False
-        return member is not None and member.public_key == self.identity
+    def may_act(self) -> bool:
+        """May this member sign, coordinate or lead? Its key is the registered one and its
+        HSM works (hsm_watch.py); otherwise it only replicates."""
+        return self.hsm.ok and self.registered()
 
     def registered(self) -> bool:
         """Is this node's identity key the one the state registers for it (or, before the
@@ -458,15 +446,12 @@ class Runtime:
                         self.caught_up = True
                 if self.membership is not None:  # the address book, even before registered
                     await self.membership.reconcile()
-                if not self.hsm.ok:  # hsm_watch.py: replicate only, until the token is back
-                    await self._hand_over_leadership("its HSM is unusable")
-                    await self.changed(0.5, since=seen)
-                    continue
-                if not self.registered():
+                if not self.may_act():  # replicate only (and hand leadership on)
+                    why = "identity key not registered" if self.hsm.ok else "its HSM is unusable"
                     if not self._unregistered_logged and self.caught_up:
-                        log.warning("identity key not registered for %s: no duties", self.name)
+                        log.warning("%s: %s, no duties", self.name, why)
                         self._unregistered_logged = True
-                    await self._hand_over_leadership("identity key not registered")
+                    await self._hand_over_leadership(why)
                     await self.changed(0.5, since=seen)
                     continue
                 self._unregistered_logged = False

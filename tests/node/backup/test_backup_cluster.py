@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,13 @@ import pytest
 
 from node.backup.snapshot import decode_state, read_newest
 from node.server.config import load_config
-from tests.node.cluster.harness import Live
+from tests.node.cluster.harness import Live, wait_for
 from tests.node.cluster.harness import custody_process as custody
 
 pytestmark = pytest.mark.slow
 
 MEMBERS = ("node-1", "node-2", "node-3")
 TARGET = "node-3"
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def status(live: Live, node: str) -> dict[str, Any]:

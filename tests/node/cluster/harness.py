@@ -147,6 +147,16 @@ class Live:
         v = next(x for x in k["versions"] if x["version"] == k["primary"])
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(v["group_public_key"]))
 
+    def sign_needing(self, member: str, key_id: str, message: bytes) -> None:
+        """Sign `message` and verify it under the key's group key while another member,
+        not the leader, is down: with t = 2 of 3 the quorum left needs `member`."""
+        other = next(n for n in self.api if n not in (member, self.leader()))
+        self.kill(other)
+        try:
+            self.group_key(key_id).verify(self.sign(key_id, message, timeout=60), message)
+        finally:
+            self.up()
+
     def request(self, ref: str, who: str = "audit") -> dict[str, Any]:
         return json.loads(self.cli("requests", "show", ref, "--json", who=who))
 

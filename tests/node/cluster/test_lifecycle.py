@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.node.cluster.harness import Live, b64
+from tests.node.cluster.harness import Live, b64, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,17 +44,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         c.down()
         for node in MEMBERS:
             assert c.pid(node) is None, f"{node} left behind"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def version(live: Live, key_id: str, number: int) -> dict[str, Any]:
