@@ -1591,10 +1591,6 @@ class Machine(RepairRules, RefreshRules, RecoveryRules):
         if isinstance(change, RecoverMembers):
             return self._request_effect(req, detail="RECOVERY: fresh nodes take the members' "
                                         "places", flag="recovery")  # fmt: skip
-        if isinstance(change, ExportKey):
-            return self._request_effect(req, detail=f"BREAK-GLASS: {change.key_id} v"
-                                        f"{change.version} goes out whole to the recipient "
-                                        f"({change.reason})", flag="break-glass")  # fmt: skip
         return self._request_effect(req)
 
     def _apply_time_locked(self, epoch: int) -> list[str]:
